@@ -1,0 +1,31 @@
+"""bptt_jax: backpropagation through time derived by hand, under ``jax.lax.scan``.
+
+The seed's vanilla RNN
+
+    s_t = U h_{t-1} + W x_t + b,  h_t = tanh(s_t),  z_t = V h_t + c,
+    ŷ_t = softmax(z_t),           E = Σ_t −y_tᵀ log ŷ_t
+
+with its gradients ∂E/∂U, V, W, b, c written out by hand (:func:`bptt`) and
+refereed by autodiff (:func:`autodiff_bptt`) and finite differences
+(:func:`finite_difference_bptt`).
+"""
+
+from ._bptt import bptt as bptt
+from ._params import Params as Params
+from ._params import init_params as init_params
+from ._reference import autodiff_bptt as autodiff_bptt
+from ._reference import finite_difference_bptt as finite_difference_bptt
+from ._rnn import forward as forward
+from ._rnn import loss as loss
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "Params",
+    "autodiff_bptt",
+    "bptt",
+    "finite_difference_bptt",
+    "forward",
+    "init_params",
+    "loss",
+)

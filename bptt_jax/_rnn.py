@@ -1,0 +1,153 @@
+r"""The seed's forward pass and loss.
+
+.. math::
+
+    s_t = U h_{t-1} + W x_t + b,\quad h_t = \tanh(s_t),\quad
+    z_t = V h_t + c,\quad \hat y_t = \mathrm{softmax}(z_t),\quad
+    E = \sum_t E_t = -\sum_t y_t^\top \log \hat y_t
+
+Only the recursion over ``h`` is sequential (one ``lax.scan``). The input
+projection ``W x_t + b`` for all steps is computed before the scan (a gather of
+columns of ``W`` for token ids), and the logits ``z_t`` for all steps after it,
+as single batched operations over all ``T * B`` steps.
+
+The private ``*_core`` functions take the batched, validated layout of
+:func:`bptt_jax._validate.check_inputs` and contain no checks; the public
+functions validate, then call them.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ._params import Params
+from ._validate import check_inputs
+
+
+def input_projection(W: jax.Array, xs: jax.Array) -> jax.Array:
+    r"""Returns :math:`W x_t` for every step, time-major ``(T, B, H)``.
+
+    Args:
+      W: ``(H, K)``.
+      xs: ``(B, T)`` integer ids -- then :math:`W x_t` for the one-hot
+        :math:`x_t` is column ``x_t`` of ``W``, a gather -- or ``(B, T, K)``
+        dense vectors, then a matrix product.
+    """
+    if jnp.issubdtype(xs.dtype, jnp.integer):
+        # mode="fill": an id out of range (only possible when validation was
+        # skipped under tracing) gives NaN instead of a silently clamped column.
+        return jnp.take(W.T, xs.T, axis=0, mode="fill")  # (T, B, H)
+    return jnp.einsum("btk,hk->tbh", xs, W)  # (T, B, H)
+
+
+def hidden_states(params: Params, xs: jax.Array, h0: jax.Array) -> jax.Array:
+    r"""Runs :math:`h_t = \tanh(U h_{t-1} + W x_t + b)` for t = 1..T.
+
+    Args:
+      params: the model.
+      xs: ``(B, T)`` ids or ``(B, T, K)`` vectors.
+      h0: ``(B, H)``.
+
+    Returns:
+      ``hs``, time-major ``(T, B, H)``: :math:`h_1 \ldots h_T`.
+    """
+    a = input_projection(params.W, xs) + params.b  # (T, B, H): W x_t + b, all steps
+    UT = params.U.T  # (H, H)
+
+    def step(h_prev, a_t):  # (B, H), (B, H)
+        h = jnp.tanh(h_prev @ UT + a_t)  # s_t = U h_{t-1} + W x_t + b
+        return h, h
+
+    _, hs = lax.scan(step, h0, a)  # (T, B, H)
+    return hs
+
+
+def output_logits(params: Params, hs: jax.Array) -> jax.Array:
+    r""":math:`z_t = V h_t + c` for all steps at once: ``(T, B, H) -> (T, B, C)``."""
+    return hs @ params.V.T + params.c
+
+
+def log_softmax_loss(z: jax.Array, ys: jax.Array) -> tuple[jax.Array, jax.Array]:
+    r"""The cross-entropy :math:`E = -\sum_t \log \hat y_t[y_t]`, computed stably.
+
+    Args:
+      z: logits ``(T, B, C)``.
+      ys: class ids, time-major ``(T, B)``.
+
+    Returns:
+      ``(E, log_yhat)``: the summed loss and :math:`\log \hat y_t =
+      z_t - \operatorname{logsumexp}(z_t)` ``(T, B, C)``, never the log of a
+      softmax, so that logits of any size stay finite.
+    """
+    log_yhat = z - jax.nn.logsumexp(z, axis=-1, keepdims=True)  # (T, B, C)
+    log_p = jnp.take_along_axis(log_yhat, ys[..., None], axis=-1, mode="fill")  # (T, B, 1)
+    return jnp.sum(-log_p), log_yhat  # sum of negatives: +0.0 (not -0.0) for T = 0
+
+
+@jax.jit
+def forward_core(params: Params, xs: jax.Array, h0: jax.Array):
+    """``(B, T[, K]), (B, H) -> hs (B, T, H), logits (B, T, C)``; no checks."""
+    hs = hidden_states(params, xs, h0)  # (T, B, H)
+    z = output_logits(params, hs)  # (T, B, C)
+    return jnp.swapaxes(hs, 0, 1), jnp.swapaxes(z, 0, 1)
+
+
+@jax.jit
+def loss_core(params: Params, xs: jax.Array, ys: jax.Array, h0: jax.Array) -> jax.Array:
+    """``E`` for the batched layout; no checks."""
+    hs = hidden_states(params, xs, h0)  # (T, B, H)
+    E, _ = log_softmax_loss(output_logits(params, hs), ys.T)
+    return E
+
+
+def forward(params: Params, xs, h0=None) -> tuple[jax.Array, jax.Array]:
+    r"""All hidden states and all logits of the seed's RNN.
+
+    .. math::
+
+        s_t = U h_{t-1} + W x_t + b,\quad h_t = \tanh(s_t),\quad z_t = V h_t + c
+
+    Args:
+      params: :class:`Params` ``U (H, H), V (C, H), W (H, K), b (H,), c (C,)``.
+      xs: token ids ``(T,)`` or ``(B, T)`` (integers in ``0..K-1``), or input
+        vectors ``(T, K)`` / ``(B, T, K)`` (the seed's :math:`x_t`: one-hot or
+        any dense input; cast to the params' dtype).
+      h0: initial state :math:`h_0`, ``(H,)`` for one sequence or ``(B, H)``
+        for a batch; zeros when ``None``.
+
+    Returns:
+      ``(hs, logits)``: :math:`h_1..h_T` ``(T, H)`` / ``(B, T, H)`` and
+      :math:`z_1..z_T` ``(T, C)`` / ``(B, T, C)``.
+
+    Example:
+      >>> params = init_params(jax.random.key(0), vocab_size=5, hidden_size=8)
+      >>> hs, logits = forward(params, jnp.array([0, 3, 1]))
+      >>> hs.shape, logits.shape
+      ((3, 8), (3, 5))
+    """
+    params, inp = check_inputs(params, xs, None, h0, need_ys=False)
+    hs, z = forward_core(params, inp.xs, inp.h0)
+    if not inp.batched:
+        hs, z = hs[0], z[0]
+    return hs, z
+
+
+def loss(params: Params, xs, ys, h0=None) -> jax.Array:
+    r"""The seed's loss :math:`E = \sum_t E_t = -\sum_t y_t^\top \log \hat y_t`.
+
+    Summed over the steps and, for a batch, over the sequences. Differentiable
+    with ``jax.grad`` (that is how the tests referee :func:`bptt`).
+
+    Args:
+      params: :class:`Params`.
+      xs: ids ``(T,)`` / ``(B, T)`` or vectors ``(T, K)`` / ``(B, T, K)``.
+      ys: class ids ``(T,)`` / ``(B, T)`` in ``0..C-1``.
+      h0: ``(H,)`` / ``(B, H)``, zeros when ``None``.
+
+    Returns:
+      The scalar ``E``, in the params' dtype. An empty sequence (T = 0) gives 0.
+    """
+    params, inp = check_inputs(params, xs, ys, h0, need_ys=True)
+    return loss_core(params, inp.xs, inp.ys, inp.h0)
