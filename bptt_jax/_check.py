@@ -143,9 +143,9 @@ def run_check(
     inputs: str = "ids",
     dtype: str = "float64",
     seed: int = 0,
-    grad_fn: Callable = bptt,
+    grad_fn: Callable | None = None,
 ) -> Report:
-    """Runs ``grad_fn`` (default :func:`bptt`) against both referees.
+    """Runs ``grad_fn`` (default :func:`bptt_jax.bptt`) against both referees.
 
     Enables float64 for its own duration (the finite differences need it);
     ``dtype`` picks the precision of the model under test.
@@ -159,7 +159,7 @@ def run_check(
     tol = TOLERANCES[dtype]
     with jax.enable_x64(True):
         params, xs, ys, h0 = default_problem(**config)
-        E, grads = grad_fn(params, xs, ys, h0)
+        E, grads = (grad_fn or bptt)(params, xs, ys, h0)
         E_ad, grads_ad = autodiff_bptt(params, xs, ys, h0)
         params64, xs64, h064 = jax.tree.map(
             lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a,

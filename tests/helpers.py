@@ -1,0 +1,118 @@
+"""Test helpers: problems of a given shape, tolerances, and tree comparison."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bptt_jax import Params
+
+# Required agreement of the hand gradients with jax.grad (the project standard).
+RTOL = {"float64": 1e-10, "float32": 1e-4}
+# Finite differences (6th-order stencil, float64) are accurate to a few 1e-11
+# relative on these models; this bound is the method's, not the hand gradient's.
+FD_RTOL = 1e-9
+
+
+def max_rel_error(a, b) -> float:
+    """``max|a - b| / max|b|``, computed in float64 on the host."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    scale = np.max(np.abs(b)) if b.size else 0.0
+    err = np.max(np.abs(a - b)) if a.size else 0.0
+    return float(err / scale) if scale > 0 else float(err)
+
+
+def assert_tree_close(actual, expected, *, rtol: float) -> None:
+    """Every leaf of ``actual`` within ``rtol`` (max-norm relative) of ``expected``."""
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    names = getattr(type(expected), "_fields", None) or range(len(jax.tree.leaves(expected)))
+    for name, a, e in zip(names, jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        assert a.shape == e.shape, f"{name}: shape {a.shape} != {e.shape}"
+        assert a.dtype == e.dtype, f"{name}: dtype {a.dtype} != {e.dtype}"
+        err = max_rel_error(a, e)
+        assert err <= rtol, f"{name}: relative error {err:.3e} > {rtol:.0e}"
+
+
+def make_problem(
+    *,
+    K: int,
+    H: int,
+    C: int | None = None,
+    B: int | None = None,
+    T: int,
+    inputs: str = "ids",
+    h0: bool = False,
+    dtype="float64",
+    weight_scale: float = 2.0,
+    V_scale: float = 1.0,
+    seed: int = 0,
+):
+    """``(params, xs, ys, h0)`` for one sequence (``B=None``) or a batch.
+
+    Drawn with numpy (no per-shape JAX compilation): weights uniform in
+    ``±weight_scale/sqrt(H)`` (``V`` times ``V_scale`` more) and random biases,
+    so that tanh is in its curved range and every term of the gradient matters.
+    """
+    C = K if C is None else C
+    rng = np.random.default_rng(seed)
+    bound = weight_scale / np.sqrt(H)
+
+    def arr(x):
+        return jnp.asarray(x, dtype)
+
+    params = Params(
+        U=arr(rng.uniform(-bound, bound, (H, H))),
+        V=arr(V_scale * rng.uniform(-bound, bound, (C, H))),
+        W=arr(rng.uniform(-bound, bound, (H, K))),
+        b=arr(0.3 * rng.standard_normal(H)),
+        c=arr(0.3 * rng.standard_normal(C)),
+    )
+    steps = (T,) if B is None else (B, T)
+    if inputs == "ids":
+        xs = jnp.asarray(rng.integers(0, K, steps), jnp.int32)
+    else:
+        xs = arr(rng.standard_normal((*steps, K)))
+    ys = jnp.asarray(rng.integers(0, C, steps), jnp.int32)
+    state = None
+    if h0:
+        state = arr(0.5 * rng.standard_normal((H,) if B is None else (B, H)))
+    return params, xs, ys, state
+
+
+def seed_forward_loop(params, xs, ys=None, h0=None):
+    """The seed's forward equations, transcribed literally: one sequence, a
+    Python loop over t, numpy float64, one-hot x_t as a matrix product, and the
+    softmax followed by a log (fine in float64 for logits up to a few hundred).
+
+    Returns ``(hs (T, H), zs (T, C), E)`` (``E`` is None without ``ys``).
+    """
+    U, V, W, b, c = (np.asarray(p, np.float64) for p in params)
+    H, K = W.shape
+    h = np.zeros(H) if h0 is None else np.asarray(h0, np.float64)
+    xs = np.asarray(xs)
+    hs, zs, E = [], [], 0.0
+    for t in range(xs.shape[0]):
+        if np.issubdtype(xs.dtype, np.integer):
+            x_t = np.zeros(K)
+            x_t[xs[t]] = 1.0  # one-hot
+        else:
+            x_t = xs[t].astype(np.float64)
+        s_t = U @ h + W @ x_t + b
+        h = np.tanh(s_t)
+        z_t = V @ h + c
+        y_hat = np.exp(z_t) / np.sum(np.exp(z_t))
+        if ys is not None:
+            y_t = np.zeros(V.shape[0])
+            y_t[int(ys[t])] = 1.0
+            E += -y_t @ np.log(y_hat)
+        hs.append(h)
+        zs.append(z_t)
+    hs = np.array(hs).reshape(-1, H)
+    zs = np.array(zs).reshape(-1, V.shape[0])
+    return hs, zs, (E if ys is not None else None)
+
+
+def zeros_like_params(params: Params) -> Params:
+    return jax.tree.map(jnp.zeros_like, params)
