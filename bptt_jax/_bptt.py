@@ -64,15 +64,17 @@ def bptt_core(params: Params, xs: jax.Array, ys: jax.Array, h0: jax.Array):
       h0: ``(B, H)``.
 
     Returns:
-      ``(E, grads, dh0)``: the loss, the gradients as :class:`Params`, and
-      :math:`\partial E/\partial h_0 = U^\top \delta_1` ``(B, H)``.
+      ``(E, grads, dh0, h_T)``: the loss, the gradients as :class:`Params`,
+      :math:`\partial E/\partial h_0 = U^\top \delta_1` ``(B, H)``, and the
+      final state :math:`h_T` ``(B, H)`` (to carry into the next chunk of a
+      long stream).
     """
     U, V, W, _, _ = params
     T = xs.shape[1]
     C = V.shape[0]
 
     # Forward: the only sequential part is the h recursion.
-    hs = hidden_states(params, xs, h0)  # (T, B, H)
+    h_T, hs = hidden_states(params, xs, h0)  # (B, H), (T, B, H)
     z = output_logits(params, hs)  # (T, B, C)
     ys_tm = ys.T  # (T, B)
     E, log_yhat = log_softmax_loss(z, ys_tm)
@@ -96,7 +98,7 @@ def bptt_core(params: Params, xs: jax.Array, ys: jax.Array, h0: jax.Array):
     dW = input_gradient(deltas, xs, W.shape[1])  # Σ_t δ_t ⊗ x_t
     db = jnp.sum(deltas, axis=(0, 1))  # Σ_t δ_t
     dh0 = delta_1 @ U  # Uᵀ δ_1 (zero for T = 0: the carry never moves)
-    return E, Params(U=dU, V=dV, W=dW, b=db, c=dc), dh0
+    return E, Params(U=dU, V=dV, W=dW, b=db, c=dc), dh0, h_T
 
 
 def bptt(params: Params, xs, ys, h0=None) -> tuple[jax.Array, Params]:
@@ -137,5 +139,5 @@ def bptt(params: Params, xs, ys, h0=None) -> tuple[jax.Array, Params]:
       >>> params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
     """
     params, inp = check_inputs(params, xs, ys, h0, need_ys=True)
-    E, grads, _ = bptt_core(params, inp.xs, inp.ys, inp.h0)
+    E, grads, _, _ = bptt_core(params, inp.xs, inp.ys, inp.h0)
     return E, grads

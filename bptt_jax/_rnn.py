@@ -51,7 +51,8 @@ def hidden_states(params: Params, xs: jax.Array, h0: jax.Array) -> jax.Array:
       h0: ``(B, H)``.
 
     Returns:
-      ``hs``, time-major ``(T, B, H)``: :math:`h_1 \ldots h_T`.
+      ``(h_T, hs)``: the final state ``(B, H)`` (``h0`` when T = 0) and
+      :math:`h_1 \ldots h_T`, time-major ``(T, B, H)``.
     """
     a = input_projection(params.W, xs) + params.b  # (T, B, H): W x_t + b, all steps
     UT = params.U.T  # (H, H)
@@ -60,8 +61,8 @@ def hidden_states(params: Params, xs: jax.Array, h0: jax.Array) -> jax.Array:
         h = jnp.tanh(h_prev @ UT + a_t)  # s_t = U h_{t-1} + W x_t + b
         return h, h
 
-    _, hs = lax.scan(step, h0, a)  # (T, B, H)
-    return hs
+    h_T, hs = lax.scan(step, h0, a)  # (B, H), (T, B, H)
+    return h_T, hs
 
 
 def output_logits(params: Params, hs: jax.Array) -> jax.Array:
@@ -89,7 +90,7 @@ def log_softmax_loss(z: jax.Array, ys: jax.Array) -> tuple[jax.Array, jax.Array]
 @jax.jit
 def forward_core(params: Params, xs: jax.Array, h0: jax.Array):
     """``(B, T[, K]), (B, H) -> hs (B, T, H), logits (B, T, C)``; no checks."""
-    hs = hidden_states(params, xs, h0)  # (T, B, H)
+    _, hs = hidden_states(params, xs, h0)  # (T, B, H)
     z = output_logits(params, hs)  # (T, B, C)
     return jnp.swapaxes(hs, 0, 1), jnp.swapaxes(z, 0, 1)
 
@@ -97,7 +98,7 @@ def forward_core(params: Params, xs: jax.Array, h0: jax.Array):
 @jax.jit
 def loss_core(params: Params, xs: jax.Array, ys: jax.Array, h0: jax.Array) -> jax.Array:
     """``E`` for the batched layout; no checks."""
-    hs = hidden_states(params, xs, h0)  # (T, B, H)
+    _, hs = hidden_states(params, xs, h0)  # (T, B, H)
     E, _ = log_softmax_loss(output_logits(params, hs), ys.T)
     return E
 

@@ -127,3 +127,14 @@ def test_gradients_are_a_params_pytree_that_optax_applies(x64):
     # The seed's update V := V - λ ∂E/∂V, for every parameter.
     expected = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
     assert_tree_close(new, expected, rtol=1e-15)
+
+
+def test_core_returns_dh0_and_final_state_for_chunked_streams(x64):
+    from bptt_jax._bptt import bptt_core
+
+    params, xs, ys, h0 = make_problem(K=6, H=5, B=3, T=7, h0=True)
+    _, _, dh0, h_T = bptt_core(params, xs, ys, h0)
+    hs, _ = bptt_jax.forward(params, xs, h0)
+    np.testing.assert_array_equal(h_T, hs[:, -1])
+    dh0_ref = jax.grad(bptt_jax.loss, argnums=3)(params, xs, ys, h0)
+    assert_tree_close(dh0, dh0_ref, rtol=RTOL["float64"])
