@@ -10,22 +10,39 @@ refereed by autodiff (:func:`autodiff_bptt`) and finite differences
 (:func:`finite_difference_bptt`).
 """
 
+from ._activations import ACTIVATIONS
 from ._bptt import bptt as bptt
+from ._bptt import bptt_chunk as bptt_chunk
+from ._losses import softmax_cross_entropy_grad as softmax_cross_entropy_grad
 from ._params import Params as Params
 from ._params import init_params as init_params
+from ._per_loss import bptt_per_loss as bptt_per_loss
+from ._per_loss import per_loss_deltas as per_loss_deltas
 from ._reference import autodiff_bptt as autodiff_bptt
+from ._reference import autodiff_bptt_per_loss as autodiff_bptt_per_loss
+from ._reference import autodiff_dh0 as autodiff_dh0
 from ._reference import finite_difference_bptt as finite_difference_bptt
 from ._rnn import forward as forward
 from ._rnn import loss as loss
 
 __version__ = "0.1.0"
 
+#: The names accepted by every ``activation=`` argument.
+activations = tuple(ACTIVATIONS)
+
 __all__ = (
     "Params",
+    "activations",
     "autodiff_bptt",
+    "autodiff_bptt_per_loss",
+    "autodiff_dh0",
     "bptt",
+    "bptt_chunk",
+    "bptt_per_loss",
     "finite_difference_bptt",
     "forward",
     "init_params",
     "loss",
+    "per_loss_deltas",
+    "softmax_cross_entropy_grad",
 )

@@ -2,14 +2,15 @@ r"""The seed's forward pass and loss.
 
 .. math::
 
-    s_t = U h_{t-1} + W x_t + b,\quad h_t = \tanh(s_t),\quad
+    s_t = U h_{t-1} + W x_t + b,\quad h_t = f(s_t),\quad
     z_t = V h_t + c,\quad \hat y_t = \mathrm{softmax}(z_t),\quad
     E = \sum_t E_t = -\sum_t y_t^\top \log \hat y_t
 
 Only the recursion over ``h`` is sequential (one ``lax.scan``). The input
 projection ``W x_t + b`` for all steps is computed before the scan (a gather of
 columns of ``W`` for token ids), and the logits ``z_t`` for all steps after it,
-as single batched operations over all ``T * B`` steps.
+as single batched operations over all ``T * B`` steps. ``f`` is the seed's
+tanh by default, or any activation of :mod:`bptt_jax._activations`.
 
 The private ``*_core`` functions take the batched, validated layout of
 :func:`bptt_jax._validate.check_inputs` and contain no checks; the public
@@ -18,12 +19,16 @@ functions validate, then call them.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ._activations import get_activation
+from ._losses import cross_entropy, log_softmax
 from ._params import Params
-from ._validate import check_inputs
+from ._validate import check_activation, check_inputs
 
 
 def input_projection(W: jax.Array, xs: jax.Array) -> jax.Array:
@@ -42,23 +47,27 @@ def input_projection(W: jax.Array, xs: jax.Array) -> jax.Array:
     return jnp.einsum("btk,hk->tbh", xs, W)  # (T, B, H)
 
 
-def hidden_states(params: Params, xs: jax.Array, h0: jax.Array) -> jax.Array:
-    r"""Runs :math:`h_t = \tanh(U h_{t-1} + W x_t + b)` for t = 1..T.
+def hidden_states(
+    params: Params, xs: jax.Array, h0: jax.Array, activation: str = "tanh"
+) -> tuple[jax.Array, jax.Array]:
+    r"""Runs :math:`h_t = f(U h_{t-1} + W x_t + b)` for t = 1..T.
 
     Args:
       params: the model.
       xs: ``(B, T)`` ids or ``(B, T, K)`` vectors.
       h0: ``(B, H)``.
+      activation: the name of :math:`f` (default the seed's ``"tanh"``).
 
     Returns:
       ``(h_T, hs)``: the final state ``(B, H)`` (``h0`` when T = 0) and
       :math:`h_1 \ldots h_T`, time-major ``(T, B, H)``.
     """
+    f = get_activation(activation).f
     a = input_projection(params.W, xs) + params.b  # (T, B, H): W x_t + b, all steps
     UT = params.U.T  # (H, H)
 
     def step(h_prev, a_t):  # (B, H), (B, H)
-        h = jnp.tanh(h_prev @ UT + a_t)  # s_t = U h_{t-1} + W x_t + b
+        h = f(h_prev @ UT + a_t)  # h_t = f(s_t), s_t = U h_{t-1} + W x_t + b
         return h, h
 
     h_T, hs = lax.scan(step, h0, a)  # (B, H), (T, B, H)
@@ -70,45 +79,34 @@ def output_logits(params: Params, hs: jax.Array) -> jax.Array:
     return hs @ params.V.T + params.c
 
 
-def log_softmax_loss(z: jax.Array, ys: jax.Array) -> tuple[jax.Array, jax.Array]:
-    r"""The cross-entropy :math:`E = -\sum_t \log \hat y_t[y_t]`, computed stably.
-
-    Args:
-      z: logits ``(T, B, C)``.
-      ys: class ids, time-major ``(T, B)``.
-
-    Returns:
-      ``(E, log_yhat)``: the summed loss and :math:`\log \hat y_t =
-      z_t - \operatorname{logsumexp}(z_t)` ``(T, B, C)``, never the log of a
-      softmax, so that logits of any size stay finite.
-    """
-    log_yhat = z - jax.nn.logsumexp(z, axis=-1, keepdims=True)  # (T, B, C)
-    log_p = jnp.take_along_axis(log_yhat, ys[..., None], axis=-1, mode="fill")  # (T, B, 1)
-    return jnp.sum(-log_p), log_yhat  # sum of negatives: +0.0 (not -0.0) for T = 0
+def time_major(a: jax.Array) -> jax.Array:
+    """``(B, T, ...) -> (T, B, ...)``."""
+    return jnp.swapaxes(a, 0, 1)
 
 
-@jax.jit
-def forward_core(params: Params, xs: jax.Array, h0: jax.Array):
+@functools.partial(jax.jit, static_argnames="activation")
+def forward_core(params: Params, xs: jax.Array, h0: jax.Array, *, activation: str = "tanh"):
     """``(B, T[, K]), (B, H) -> hs (B, T, H), logits (B, T, C)``; no checks."""
-    _, hs = hidden_states(params, xs, h0)  # (T, B, H)
+    _, hs = hidden_states(params, xs, h0, activation)  # (T, B, H)
     z = output_logits(params, hs)  # (T, B, C)
-    return jnp.swapaxes(hs, 0, 1), jnp.swapaxes(z, 0, 1)
+    return time_major(hs), time_major(z)
 
 
-@jax.jit
-def loss_core(params: Params, xs: jax.Array, ys: jax.Array, h0: jax.Array) -> jax.Array:
-    """``E`` for the batched layout; no checks."""
-    _, hs = hidden_states(params, xs, h0)  # (T, B, H)
-    E, _ = log_softmax_loss(output_logits(params, hs), ys.T)
-    return E
+@functools.partial(jax.jit, static_argnames="activation")
+def loss_core(
+    params: Params, xs: jax.Array, ys: jax.Array, h0: jax.Array, *, activation: str = "tanh"
+) -> jax.Array:
+    """``E`` for the batched layout (``ys`` ids ``(B, T)`` or probabilities ``(B, T, C)``)."""
+    _, hs = hidden_states(params, xs, h0, activation)  # (T, B, H)
+    return cross_entropy(log_softmax(output_logits(params, hs)), time_major(ys))
 
 
-def forward(params: Params, xs, h0=None) -> tuple[jax.Array, jax.Array]:
+def forward(params: Params, xs, h0=None, *, activation="tanh") -> tuple[jax.Array, jax.Array]:
     r"""All hidden states and all logits of the seed's RNN.
 
     .. math::
 
-        s_t = U h_{t-1} + W x_t + b,\quad h_t = \tanh(s_t),\quad z_t = V h_t + c
+        s_t = U h_{t-1} + W x_t + b,\quad h_t = f(s_t),\quad z_t = V h_t + c
 
     Args:
       params: :class:`Params` ``U (H, H), V (C, H), W (H, K), b (H,), c (C,)``.
@@ -117,6 +115,8 @@ def forward(params: Params, xs, h0=None) -> tuple[jax.Array, jax.Array]:
         any dense input; cast to the params' dtype).
       h0: initial state :math:`h_0`, ``(H,)`` for one sequence or ``(B, H)``
         for a batch; zeros when ``None``.
+      activation: :math:`f`, one of ``"tanh"`` (the seed's), ``"sigmoid"``,
+        ``"relu"``.
 
     Returns:
       ``(hs, logits)``: :math:`h_1..h_T` ``(T, H)`` / ``(B, T, H)`` and
@@ -128,14 +128,15 @@ def forward(params: Params, xs, h0=None) -> tuple[jax.Array, jax.Array]:
       >>> hs.shape, logits.shape
       ((3, 8), (3, 5))
     """
+    activation = check_activation(activation)
     params, inp = check_inputs(params, xs, None, h0, need_ys=False)
-    hs, z = forward_core(params, inp.xs, inp.h0)
+    hs, z = forward_core(params, inp.xs, inp.h0, activation=activation)
     if not inp.batched:
         hs, z = hs[0], z[0]
     return hs, z
 
 
-def loss(params: Params, xs, ys, h0=None) -> jax.Array:
+def loss(params: Params, xs, ys, h0=None, *, activation="tanh") -> jax.Array:
     r"""The seed's loss :math:`E = \sum_t E_t = -\sum_t y_t^\top \log \hat y_t`.
 
     Summed over the steps and, for a batch, over the sequences. Differentiable
@@ -144,11 +145,14 @@ def loss(params: Params, xs, ys, h0=None) -> jax.Array:
     Args:
       params: :class:`Params`.
       xs: ids ``(T,)`` / ``(B, T)`` or vectors ``(T, K)`` / ``(B, T, K)``.
-      ys: class ids ``(T,)`` / ``(B, T)`` in ``0..C-1``.
+      ys: class ids ``(T,)`` / ``(B, T)`` in ``0..C-1``, or soft labels:
+        probability vectors ``(T, C)`` / ``(B, T, C)`` (rows summing to 1).
       h0: ``(H,)`` / ``(B, H)``, zeros when ``None``.
+      activation: ``"tanh"`` (default), ``"sigmoid"`` or ``"relu"``.
 
     Returns:
       The scalar ``E``, in the params' dtype. An empty sequence (T = 0) gives 0.
     """
+    activation = check_activation(activation)
     params, inp = check_inputs(params, xs, ys, h0, need_ys=True)
-    return loss_core(params, inp.xs, inp.ys, inp.h0)
+    return loss_core(params, inp.xs, inp.ys, inp.h0, activation=activation)

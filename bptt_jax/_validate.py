@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._activations import get_activation
 from ._params import Params
 
 _FIELD_NDIM = {"U": 2, "V": 2, "W": 2, "b": 1, "c": 1}
@@ -31,8 +32,9 @@ class Inputs(NamedTuple):
     """Inputs normalised to the batched layout that the jitted cores take."""
 
     xs: jax.Array  # (B, T) int ids or (B, T, K) dense, in the params' dtype
-    ys: jax.Array | None  # (B, T) int class ids
+    ys: jax.Array | None  # (B, T) int class ids, or (B, T, C) probabilities
     h0: jax.Array  # (B, H)
+    dh_T: jax.Array | None  # (B, H): incoming gradient at the final state, or None
     batched: bool  # False when the caller passed one sequence (T,) / (T, K)
 
 
@@ -109,13 +111,80 @@ def _check_range(x: jax.Array, n: int, name: str, what: str) -> None:
     )
 
 
-def check_inputs(params, xs, ys=None, h0=None, *, need_ys: bool) -> tuple[Params, Inputs]:
+def _check_labels(ys, steps_shape, xs_shape, C: int, dtype) -> jax.Array:
+    """Class ids ``steps_shape`` in 0..C-1, or probability rows ``(*steps_shape, C)``."""
+    if ys is None:
+        raise TypeError(
+            "ys is required: integer class ids with the shape of xs' steps, "
+            "or probability vectors with one more axis of size C"
+        )
+    ys = _as_array(ys, "ys")
+    if jnp.issubdtype(ys.dtype, jnp.integer):
+        if ys.shape != steps_shape:
+            raise ValueError(
+                f"ys has shape {ys.shape}, expected {steps_shape}: one class id per step of xs "
+                f"(xs has shape {xs_shape})"
+            )
+        _check_range(ys, C, "ys", f"class ids for C = V.shape[0] = {C}")
+        return ys
+    if not jnp.issubdtype(ys.dtype, jnp.floating):
+        raise TypeError(
+            f"ys must be integer class ids or floating probability vectors, got dtype {ys.dtype}"
+        )
+    expected = (*steps_shape, C)
+    if ys.shape != expected:
+        raise ValueError(
+            f"soft labels ys have shape {ys.shape}, expected {expected}: one probability "
+            f"vector of size C = V.shape[0] = {C} per step of xs (xs has shape {xs_shape})"
+        )
+    ys = ys.astype(dtype)
+    if is_concrete(ys) and ys.size:
+        lowest = float(jnp.min(ys))
+        if lowest < 0:
+            raise ValueError(f"soft labels ys must be probabilities >= 0, found {lowest:g}")
+        off = jnp.abs(jnp.sum(ys, axis=-1) - 1)  # steps_shape
+        worst = float(jnp.max(off))
+        tol = 1e-10 if ys.dtype == jnp.float64 else 1e-5
+        if worst > tol:
+            where = tuple(int(i) for i in np.unravel_index(int(jnp.argmax(off)), off.shape))
+            raise ValueError(
+                f"soft labels ys must sum to 1 over their last axis; the row at index {where} "
+                f"is off by {worst:.3g} (tolerance {tol:g} for {ys.dtype})"
+            )
+    return ys
+
+
+def check_activation(activation) -> str:
+    """Returns ``activation`` if it names a known activation, else ValueError."""
+    return get_activation(activation).name
+
+
+def check_truncate(truncate) -> int | None:
+    """``None`` (full BPTT) or a positive int number of steps; else a clear error."""
+    if truncate is None:
+        return None
+    if isinstance(truncate, bool) or not isinstance(truncate, (int, np.integer)):
+        raise TypeError(
+            f"truncate must be None (no truncation) or a positive int number of steps, "
+            f"got {truncate!r}"
+        )
+    if truncate < 1:
+        raise ValueError(
+            f"truncate must be None (no truncation) or an int >= 1, got {int(truncate)}"
+        )
+    return int(truncate)
+
+
+def check_inputs(
+    params, xs, ys=None, h0=None, *, dh_T=None, need_ys: bool
+) -> tuple[Params, Inputs]:
     """Validates the arguments of ``forward``/``loss``/``bptt`` and batches them.
 
     Returns the params and the inputs in the layout of the jitted cores:
     ``xs (B, T)`` ids or ``(B, T, K)`` vectors cast to the params' dtype,
-    ``ys (B, T)``, ``h0 (B, H)`` (zeros when ``None``), and whether the caller
-    passed a batch.
+    ``ys (B, T)`` ids or ``(B, T, C)`` probabilities, ``h0 (B, H)`` (zeros
+    when ``None``), ``dh_T (B, H)`` or ``None``, and whether the caller passed
+    a batch.
     """
     params, (K, H, C) = check_params(params)
     dtype = params.U.dtype
@@ -148,40 +217,33 @@ def check_inputs(params, xs, ys=None, h0=None, *, need_ys: bool) -> tuple[Params
     steps_shape = xs.shape[:2] if batched else xs.shape[:1]  # (B, T) or (T,)
 
     if need_ys:
-        if ys is None:
-            raise TypeError("ys is required: integer class ids with the shape of xs' steps")
-        ys = _as_array(ys, "ys")
-        if not jnp.issubdtype(ys.dtype, jnp.integer):
-            raise TypeError(
-                f"ys must be integer class ids, got dtype {ys.dtype} "
-                "(labels are ids 0..C-1, not one-hot or probability vectors)"
-            )
-        if ys.shape != steps_shape:
-            raise ValueError(
-                f"ys has shape {ys.shape}, expected {steps_shape}: one label per step of xs "
-                f"(xs has shape {xs.shape})"
-            )
-        _check_range(ys, C, "ys", f"class ids for C = V.shape[0] = {C}")
+        ys = _check_labels(ys, steps_shape, xs.shape, C, dtype)
         if not batched:
             ys = ys[None]
 
     B = steps_shape[0] if batched else 1
+    h0 = _check_state(h0, "h0", B, H, batched, dtype)
     if h0 is None:
         h0 = jnp.zeros((B, H), dtype)
-    else:
-        h0 = _as_array(h0, "h0")
-        if not jnp.issubdtype(h0.dtype, jnp.floating):
-            raise TypeError(f"h0 must be floating point, got dtype {h0.dtype}")
-        expected = (B, H) if batched else (H,)
-        if h0.shape != expected:
-            raise ValueError(
-                f"h0 has shape {h0.shape}, expected {expected} "
-                f"({'(B, H) for a batch' if batched else '(H,) for one sequence'}, "
-                f"H = U.shape[0] = {H})"
-            )
-        h0 = h0.astype(dtype)
-        if not batched:
-            h0 = h0[None]
+    dh_T = _check_state(dh_T, "dh_T", B, H, batched, dtype)
     if not batched:
         xs = xs[None]
-    return params, Inputs(xs=xs, ys=ys, h0=h0, batched=batched)
+    return params, Inputs(xs=xs, ys=ys, h0=h0, dh_T=dh_T, batched=batched)
+
+
+def _check_state(state, name: str, B: int, H: int, batched: bool, dtype):
+    """``None``, or a floating ``(H,)`` / ``(B, H)`` state returned as ``(B, H)``."""
+    if state is None:
+        return None
+    state = _as_array(state, name)
+    if not jnp.issubdtype(state.dtype, jnp.floating):
+        raise TypeError(f"{name} must be floating point, got dtype {state.dtype}")
+    expected = (B, H) if batched else (H,)
+    if state.shape != expected:
+        raise ValueError(
+            f"{name} has shape {state.shape}, expected {expected} "
+            f"({'(B, H) for a batch' if batched else '(H,) for one sequence'}, "
+            f"H = U.shape[0] = {H})"
+        )
+    state = state.astype(dtype)
+    return state if batched else state[None]

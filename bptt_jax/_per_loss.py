@@ -1,0 +1,168 @@
+r"""The seed's own route to the gradient: one loss at a time (seed §5.3).
+
+For each loss :math:`E_t` the seed defines :math:`\delta_k^{(t)} =
+\partial E_t/\partial s_k` for :math:`k \le t` and runs it from :math:`k = t`
+down to 1:
+
+.. math::
+
+    \delta_t^{(t)} &= (V^\top r_t) \odot f'(h_t) \\
+    \delta_k^{(t)} &= (U^\top \delta_{k+1}^{(t)}) \odot f'(h_k), \qquad k < t \\
+    \frac{\partial E}{\partial U} &= \sum_t \sum_{k \le t} \delta_k^{(t)} \otimes h_{k-1},
+    \quad \frac{\partial E}{\partial W} = \sum_t \sum_{k \le t} \delta_k^{(t)} \otimes x_k,
+    \quad \frac{\partial E}{\partial b} = \sum_t \sum_{k \le t} \delta_k^{(t)}
+
+This double sum costs :math:`O(T^2)`; :func:`bptt_jax.bptt` gets the same
+gradient in :math:`O(T)` because :math:`\sum_{t \ge k} \delta_k^{(t)} = \delta_k`
+obeys a single recursion. Both are here so that the seed's derivation runs as
+written, and so that truncation has its textbook meaning: with ``truncate=τ``
+each :math:`E_t` back-propagates through at most τ steps (:math:`t - τ < k \le
+t`), the sliding window of Williams & Peng's BPTT(h). (The ``bptt_truncate``
+of the well-known numpy RNN tutorial visits ``k = t - τ .. t``, τ + 1 steps: its
+``bptt_truncate=τ`` is ``truncate=τ + 1`` here.)
+
+Written as the seed does it: a ``lax.scan`` over the loss index :math:`t`,
+whose body runs a reverse ``lax.scan`` over :math:`k`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ._activations import get_activation
+from ._bptt import input_gradient, output_layer
+from ._params import Params
+from ._rnn import hidden_states, time_major
+from ._validate import check_activation, check_inputs, check_truncate
+
+
+def _deltas_of_loss(t, U, Vr, fprime, truncate):
+    r""":math:`\delta_k^{(t)}` for k = 1..T (zero outside :math:`t - τ < k \le t`).
+
+    Args:
+      t: the loss index, 0-based (a traced scalar).
+      U: ``(H, H)``.
+      Vr: :math:`V^\top r_k` for every step, ``(T, B, H)``.
+      fprime: :math:`f'(h_k)` for every step, ``(T, B, H)``.
+      truncate: τ or ``None``.
+
+    Returns:
+      ``(T, B, H)``, indexed by k.
+    """
+    T = Vr.shape[0]
+    k = jnp.arange(T)
+    inside = k <= t
+    if truncate is not None:
+        inside = inside & (k > t - truncate)
+
+    def step(delta_next, inputs):  # δ_{k+1}^{(t)} (B, H) -> δ_k^{(t)}
+        k, inside_k, fprime_k = inputs
+        # δ_t^(t) = (Vᵀ r_t) ⊙ f'(h_t);  δ_k^(t) = (Uᵀ δ_{k+1}^(t)) ⊙ f'(h_k), k < t
+        delta = jnp.where(k == t, Vr[t], delta_next @ U) * fprime_k
+        delta = jnp.where(inside_k, delta, 0)
+        return delta, delta
+
+    zeros = jnp.zeros(Vr.shape[1:], Vr.dtype)
+    _, deltas = lax.scan(step, zeros, (k, inside, fprime), reverse=True)
+    return deltas
+
+
+def _prepare(params, xs, ys, h0, activation):
+    """Forward pass and the per-step quantities every per-loss recursion reuses."""
+    _, hs = hidden_states(params, xs, h0, activation)  # (T, B, H)
+    E, r, dV, dc = output_layer(params, hs, time_major(ys))
+    Vr = r @ params.V  # (T, B, H): Vᵀ r_t
+    fprime = get_activation(activation).df_from_h(hs)  # (T, B, H): f'(h_k)
+    return hs, E, r, dV, dc, Vr, fprime
+
+
+@functools.partial(jax.jit, static_argnames=("activation", "truncate"))
+def per_loss_deltas_core(params, xs, ys, h0, *, activation="tanh", truncate=None):
+    r"""Every :math:`\delta_k^{(t)}`, ``(T_t, T_k, B, H)``, batched layout; no checks."""
+    _, _, _, _, _, Vr, fprime = _prepare(params, xs, ys, h0, activation)
+    T = Vr.shape[0]
+    return lax.map(lambda t: _deltas_of_loss(t, params.U, Vr, fprime, truncate), jnp.arange(T))
+
+
+@functools.partial(jax.jit, static_argnames=("activation", "truncate"))
+def bptt_per_loss_core(params, xs, ys, h0, *, activation="tanh", truncate=None):
+    """The seed's double sum on the batched layout; no checks. Returns ``(E, grads)``."""
+    hs, E, r, _, _, Vr, fprime = _prepare(params, xs, ys, h0, activation)
+    T = hs.shape[0]
+    K = params.W.shape[1]
+    h_prev = jnp.concatenate([h0[None], hs], axis=0)[:T]  # (T, B, H): h_{k-1}
+
+    def loss_t(grads, inputs):  # adds ∂E_t/∂θ for one loss E_t
+        t, r_t, h_t = inputs
+        deltas = _deltas_of_loss(t, params.U, Vr, fprime, truncate)  # (T, B, H): δ_k^(t)
+        return Params(
+            U=grads.U + jnp.einsum("kbi,kbj->ij", deltas, h_prev),  # Σ_k δ_k^(t) ⊗ h_{k−1}
+            V=grads.V + r_t.T @ h_t,  # r_t ⊗ h_t
+            W=grads.W + input_gradient(deltas, xs, K),  # Σ_k δ_k^(t) ⊗ x_k
+            b=grads.b + jnp.sum(deltas, axis=(0, 1)),  # Σ_k δ_k^(t)
+            c=grads.c + jnp.sum(r_t, axis=0),  # r_t
+        ), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads, _ = lax.scan(loss_t, zeros, (jnp.arange(T), r, hs))
+    return E, grads
+
+
+def bptt_per_loss(
+    params: Params, xs, ys, h0=None, *, activation="tanh", truncate=None
+) -> tuple[jax.Array, Params]:
+    r"""The seed's double sum: BPTT one loss :math:`E_t` at a time, :math:`O(T^2)`.
+
+    .. math::
+
+        \frac{\partial E}{\partial U} = \sum_{t=1}^{T} \sum_{k=\max(1, t-τ+1)}^{t}
+            \delta_k^{(t)} \otimes h_{k-1},\qquad
+        \delta_k^{(t)} = (U^\top \delta_{k+1}^{(t)}) \odot f'(h_k),\quad
+        \delta_t^{(t)} = (V^\top r_t) \odot f'(h_t)
+
+    and likewise :math:`W` (with :math:`x_k`) and :math:`b`; :math:`V` and
+    :math:`c` as in :func:`bptt`.
+
+    Args:
+      params, xs, ys, h0, activation: as for :func:`bptt`.
+      truncate: ``None`` for the exact gradient (equal to :func:`bptt` to
+        round-off), or τ ≥ 1: each :math:`E_t` back-propagates through the
+        last τ steps only, :math:`t - τ < k \le t` (a sliding window,
+        Williams & Peng's BPTT(h); not the chunked cut of ``bptt(truncate=)``).
+
+    Returns:
+      ``(E, grads)`` as :func:`bptt`.
+    """
+    activation = check_activation(activation)
+    truncate = check_truncate(truncate)
+    params, inp = check_inputs(params, xs, ys, h0, need_ys=True)
+    return bptt_per_loss_core(
+        params, inp.xs, inp.ys, inp.h0, activation=activation, truncate=truncate
+    )
+
+
+def per_loss_deltas(params: Params, xs, ys, h0=None, *, activation="tanh", truncate=None):
+    r"""All the seed's per-loss deltas :math:`\delta_k^{(t)} = \partial E_t/\partial s_k`.
+
+    Materialises a ``(T, T, ..., H)`` array, so it is meant for inspection and
+    diagnostics on short sequences.
+
+    Args:
+      params, xs, ys, h0, activation, truncate: as for :func:`bptt_per_loss`.
+
+    Returns:
+      ``deltas[t-1, k-1]`` = :math:`\delta_k^{(t)}`, shape ``(T, T, H)`` for one
+      sequence or ``(T, T, B, H)`` for a batch; zero for :math:`k > t` and
+      outside the truncation window.
+    """
+    activation = check_activation(activation)
+    truncate = check_truncate(truncate)
+    params, inp = check_inputs(params, xs, ys, h0, need_ys=True)
+    deltas = per_loss_deltas_core(
+        params, inp.xs, inp.ys, inp.h0, activation=activation, truncate=truncate
+    )
+    return deltas if inp.batched else deltas[:, :, 0]
