@@ -81,7 +81,7 @@ def softmax_cross_entropy_grad(z: jax.Array, y: jax.Array) -> jax.Array:
 
     Example:
       >>> softmax_cross_entropy_grad(jnp.array([2.0, 0.0, -1.0]), jnp.array(0))
-      Array([-0.1561...,  0.1141...,  0.0419...], dtype=float32)
+      Array([-0.1562...,  0.1141...,  0.0420...], dtype=float32)
     """
     z = jnp.asarray(z)
     y = jnp.asarray(y)
