@@ -161,7 +161,16 @@ def bptt_core(
 
 
 def bptt(
-    params: Params, xs, ys, h0=None, *, activation="tanh", truncate=None
+    params: Params,
+    xs,
+    ys,
+    h0=None,
+    *,
+    lengths=None,
+    mask=None,
+    reduction="sum",
+    activation="tanh",
+    truncate=None,
 ) -> tuple[jax.Array, Params]:
     r"""The loss and its gradients by hand-derived backpropagation through time.
 
@@ -178,39 +187,58 @@ def bptt(
 
     with :math:`f'(h_t) = 1 - h_t \odot h_t` for the seed's tanh. One forward
     ``lax.scan`` over :math:`h` and one reverse ``lax.scan`` over
-    :math:`\delta`; everything else is batched over all steps. No
+    :math:`\delta` (per layer and direction for a :class:`DeepParams`, see
+    :mod:`bptt_jax._deep`); everything else is batched over all steps. No
     ``jax.grad``: the tests referee this against ``jax.grad(loss)`` and
     finite differences.
 
     Args:
-      params: :class:`Params` ``U (H, H), V (C, H), W (H, K), b (H,), c (C,)``.
+      params: :class:`Params` ``U (H, H), V (C, H), W (H, K), b (H,), c (C,)``,
+        or a :class:`DeepParams`.
       xs: token ids ``(T,)`` / ``(B, T)`` or input vectors ``(T, K)`` /
         ``(B, T, K)``.
       ys: class ids ``(T,)`` / ``(B, T)`` in ``0..C-1``, or soft labels
         ``(T, C)`` / ``(B, T, C)`` (probability rows summing to 1).
-      h0: ``(H,)`` / ``(B, H)``; zeros when ``None``.
+      h0: ``(H,)`` / ``(B, H)`` (DeepParams: ``(L*D, [B,] H)``); zeros when ``None``.
+      lengths: ``(B,)`` real lengths, or ``mask`` ``(B, T)`` bool prefix mask:
+        padding steps contribute no loss, freeze the state and get zero
+        gradient.
+      reduction: ``"sum"`` (the seed's E) or ``"mean"`` over the real steps.
       activation: :math:`f`: ``"tanh"`` (the seed's), ``"sigmoid"``, ``"relu"``.
       truncate: ``None`` for full BPTT, or τ ≥ 1 to cut the gradient every τ
         steps (chunks 1..τ, τ+1..2τ, ... each back-propagate within
-        themselves). The loss is unchanged.
+        themselves). The loss is unchanged. Seed :class:`Params` without
+        padding and with ``reduction="sum"`` only.
 
     Returns:
-      ``(E, grads)``: the loss :math:`E` summed over steps and sequences (as
-      :func:`loss`), and the gradients :math:`\partial E/\partial U, V, W, b,
-      c` as a :class:`Params`. An empty sequence (T = 0) gives ``E = 0`` and
-      zero gradients.
+      ``(E, grads)``: the loss (as :func:`loss`) and its gradients, a pytree
+      like ``params``. An empty sequence (T = 0) gives ``E = 0`` and zero
+      gradients.
 
     Example:
       >>> params = init_params(jax.random.key(0), vocab_size=5, hidden_size=8)
       >>> E, grads = bptt(params, jnp.array([0, 3, 1]), jnp.array([3, 1, 4]))
       >>> params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
     """
-    E, grads, _, _ = bptt_chunk(params, xs, ys, h0, activation=activation, truncate=truncate)
+    E, grads, _, _ = bptt_chunk(
+        params, xs, ys, h0, lengths=lengths, mask=mask, reduction=reduction,
+        activation=activation, truncate=truncate,
+    )  # fmt: skip
     return E, grads
 
 
 def bptt_chunk(
-    params: Params, xs, ys, h0=None, *, dh_T=None, activation="tanh", truncate=None
+    params: Params,
+    xs,
+    ys,
+    h0=None,
+    *,
+    dh_T=None,
+    lengths=None,
+    mask=None,
+    reduction="sum",
+    activation="tanh",
+    truncate=None,
 ) -> tuple[jax.Array, Params, jax.Array, jax.Array]:
     r"""Hand BPTT for one chunk of a longer stream: also ∂E/∂h_0 and h_T.
 
@@ -227,21 +255,44 @@ def bptt_chunk(
         \frac{\partial E}{\partial h_0} = U^\top \delta_1
 
     Args:
-      params, xs, ys, h0, activation, truncate: as for :func:`bptt`.
-      dh_T: ``(H,)`` / ``(B, H)``: the gradient of the later chunks' loss with
-        respect to this chunk's final state, or ``None`` (zero).
+      params, xs, ys, h0, lengths, mask, reduction, activation, truncate: as
+        for :func:`bptt`.
+      dh_T: shaped like ``h0``: the gradient of the later chunks' loss with
+        respect to this chunk's final state(s), or ``None`` (zero).
 
     Returns:
       ``(E, grads, dh0, h_T)``: as :func:`bptt`, plus :math:`\partial E /
-      \partial h_0` and the final hidden state :math:`h_T`, each ``(H,)`` /
-      ``(B, H)`` like ``h0``.
+      \partial h_0` and the final hidden state(s) :math:`h_T` (each
+      sequence's own end when padded), each shaped like ``h0``.
     """
+    from ._deep import deep_bptt_core
+    from ._params import DeepParams, from_deep, to_deep
+    from ._validate import check_reduction
+
     activation = check_activation(activation)
     truncate = check_truncate(truncate)
-    params, inp = check_inputs(params, xs, ys, h0, dh_T=dh_T, need_ys=True)
-    E, grads, dh0, h_T = bptt_core(
-        params, inp.xs, inp.ys, inp.h0, inp.dh_T, activation=activation, truncate=truncate
+    reduction = check_reduction(reduction)
+    params, inp = check_inputs(
+        params, xs, ys, h0, dh_T=dh_T, lengths=lengths, mask=mask, need_ys=True
     )
+    deep = isinstance(params, DeepParams)
+    if not deep and inp.mask is None and reduction == "sum":
+        E, grads, dh0, h_T = bptt_core(
+            params, inp.xs, inp.ys, inp.h0, inp.dh_T, activation=activation, truncate=truncate
+        )
+        return (E, grads, dh0, h_T) if inp.batched else (E, grads, dh0[0], h_T[0])
+    if truncate is not None:
+        raise ValueError(
+            "truncate is implemented for the seed's Params on unpadded sequences with "
+            "reduction='sum'; for deep or padded inputs process chunks with bptt_chunk"
+        )
+    lift = (lambda a: a) if deep else (lambda a: None if a is None else a[None])
+    E, grads, dh0, h_T = deep_bptt_core(
+        params if deep else to_deep(params), inp.xs, inp.ys, lift(inp.h0), inp.mask,
+        lift(inp.dh_T), activation=activation, reduction=reduction,
+    )  # fmt: skip
+    if not deep:
+        grads, dh0, h_T = from_deep(grads), dh0[0], h_T[0]
     if not inp.batched:
-        dh0, h_T = dh0[0], h_T[0]
+        dh0, h_T = (dh0[:, 0], h_T[:, 0]) if deep else (dh0[0], h_T[0])
     return E, grads, dh0, h_T

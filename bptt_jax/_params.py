@@ -31,6 +31,87 @@ class Params(NamedTuple):
     c: jax.Array  # (C,)   output bias
 
 
+class Layer(NamedTuple):
+    r"""One direction of one hidden layer of a deep RNN (seed §2.4).
+
+    .. math::
+
+        s_t^\ell = U^\ell h_{t-1}^\ell + W^\ell h_t^{\ell-1} + b^\ell,\qquad
+        h_t^\ell = f(s_t^\ell),\qquad h_t^0 = x_t
+    """
+
+    U: jax.Array  # (H, H)    hidden -> hidden, within the layer
+    W: jax.Array  # (H, D_in) layer below -> this layer: D_in = K for layer 1,
+    #                         H above it (2H when bidirectional)
+    b: jax.Array  # (H,)
+
+
+class DeepParams(NamedTuple):
+    r"""Parameters of a stacked (``L`` layers), optionally bidirectional RNN.
+
+    ``layers[l]`` is layer ``l + 1`` reading the sequence forward in time;
+    ``reverse_layers[l]`` its twin reading it backward in time (an empty tuple
+    when the RNN is unidirectional). The output layer reads the top layer:
+    :math:`z_t = V [h_t^{L,\rightarrow}; h_t^{L,\leftarrow}] + c`.
+
+    Shapes, with ``D = 2`` if bidirectional else ``1``::
+
+        layers[0].W           (H, K)       layers[l].W, l >= 1   (H, D*H)
+        layers[l].U           (H, H)       layers[l].b           (H,)
+        reverse_layers[l]     as layers[l]
+        V                     (C, D*H)     c                     (C,)
+
+    With ``L = 1`` and one direction this is the seed's model:
+    ``layers[0] = Layer(U, W, b)`` (see :func:`to_deep` / :func:`from_deep`).
+    States (``h0``, final states, their gradients) are stacked
+    ``(L*D, H)`` per sequence, or ``(L*D, B, H)`` for a batch, in PyTorch's
+    order: index ``l*D + d`` is layer ``l + 1``, direction ``d`` (0 forward,
+    1 backward in time).
+    """
+
+    layers: tuple[Layer, ...]
+    reverse_layers: tuple[Layer, ...]
+    V: jax.Array  # (C, D*H)
+    c: jax.Array  # (C,)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def bidirectional(self) -> bool:
+        return len(self.reverse_layers) > 0
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def cells(self) -> list[tuple[Layer, ...]]:
+        """``cells()[l][d]``: layer ``l + 1``, direction ``d``."""
+        if self.bidirectional:
+            return [(f, r) for f, r in zip(self.layers, self.reverse_layers, strict=True)]
+        return [(f,) for f in self.layers]
+
+
+def to_deep(params: Params) -> DeepParams:
+    """The seed's :class:`Params` as a one-layer, one-direction :class:`DeepParams`."""
+    return DeepParams(
+        layers=(Layer(U=params.U, W=params.W, b=params.b),), reverse_layers=(), V=params.V,
+        c=params.c,
+    )  # fmt: skip
+
+
+def from_deep(params: DeepParams) -> Params:
+    """A one-layer, one-direction :class:`DeepParams` as the seed's :class:`Params`."""
+    if params.num_layers != 1 or params.bidirectional:
+        raise ValueError(
+            f"only a 1-layer unidirectional DeepParams is the seed's Params; got "
+            f"{params.num_layers} layers, bidirectional={params.bidirectional}"
+        )
+    (layer,) = params.layers
+    return Params(U=layer.U, V=params.V, W=layer.W, b=layer.b, c=params.c)
+
+
 def _positive_int(value, name: str) -> int:
     try:
         n = operator.index(value)
@@ -47,46 +128,76 @@ def init_params(
     hidden_size: int,
     *,
     num_classes: int | None = None,
+    num_layers: int = 1,
+    bidirectional: bool = False,
     dtype=jnp.float32,
-) -> Params:
-    r"""Initialise :class:`Params` for a vocabulary of ``K`` and ``H`` hidden units.
+) -> Params | DeepParams:
+    r"""Initialise the parameters for a vocabulary of ``K`` and ``H`` hidden units.
 
-    ``U``, ``W`` and ``V`` are drawn from :math:`\mathcal{U}(-1/\sqrt{H}, 1/\sqrt{H})`,
-    PyTorch's ``nn.RNN`` convention, which keeps :math:`\|U\|_2` near 1 and the
-    pre-activations :math:`s_t` of order 1; ``b`` and ``c`` start at zero.
+    Every weight matrix (``U``, ``W``, ``V``) is drawn from
+    :math:`\mathcal{U}(-1/\sqrt{H}, 1/\sqrt{H})`, PyTorch's ``nn.RNN``
+    convention, which keeps :math:`\|U\|_2` near 1 and the pre-activations
+    :math:`s_t` of order 1; biases start at zero.
 
     Args:
       key: a ``jax.random`` key.
-      vocab_size: ``K``, the number of input ids (columns of ``W``).
-      hidden_size: ``H``, the number of hidden units.
+      vocab_size: ``K``, the number of input ids (columns of the first ``W``).
+      hidden_size: ``H``, the number of hidden units per layer and direction.
       num_classes: ``C``, the number of output classes; defaults to ``K``
         (the seed's language model, where the label is the next input).
+      num_layers: ``L >= 1`` stacked hidden layers (seed §2.4).
+      bidirectional: add a backward-in-time twin to every layer.
       dtype: a floating dtype for every parameter.
 
     Returns:
-      ``Params(U (H, H), V (C, H), W (H, K), b (H,), c (C,))``.
+      The seed's ``Params(U (H, H), V (C, H), W (H, K), b (H,), c (C,))`` when
+      ``num_layers == 1`` and not bidirectional; otherwise a
+      :class:`DeepParams` (see its shapes).
 
     Example:
       >>> params = init_params(jax.random.key(0), vocab_size=65, hidden_size=128)
       >>> params.W.shape
       (128, 65)
+      >>> deep = init_params(jax.random.key(0), 65, 128, num_layers=2, bidirectional=True)
+      >>> deep.layers[1].W.shape, deep.V.shape
+      ((128, 256), (65, 256))
     """
     K = _positive_int(vocab_size, "vocab_size")
     H = _positive_int(hidden_size, "hidden_size")
     C = K if num_classes is None else _positive_int(num_classes, "num_classes")
+    L = _positive_int(num_layers, "num_layers")
+    if not isinstance(bidirectional, bool):
+        raise TypeError(f"bidirectional must be True or False, got {bidirectional!r}")
     dtype = jnp.dtype(dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"dtype must be a floating dtype (float32, float64, ...), got {dtype}")
     bound = 1.0 / math.sqrt(H)
-    kU, kV, kW = jax.random.split(key, 3)
+    D = 2 if bidirectional else 1
 
     def uniform(k, shape):
         return jax.random.uniform(k, shape, dtype, minval=-bound, maxval=bound)
 
-    return Params(
-        U=uniform(kU, (H, H)),
-        V=uniform(kV, (C, H)),
-        W=uniform(kW, (H, K)),
-        b=jnp.zeros((H,), dtype),
+    if L == 1 and not bidirectional:
+        kU, kV, kW = jax.random.split(key, 3)
+        return Params(
+            U=uniform(kU, (H, H)),
+            V=uniform(kV, (C, H)),
+            W=uniform(kW, (H, K)),
+            b=jnp.zeros((H,), dtype),
+            c=jnp.zeros((C,), dtype),
+        )
+
+    kV, *kcells = jax.random.split(key, 1 + L * D)
+
+    def layer(k, l):
+        kU, kW = jax.random.split(k)
+        D_in = K if l == 0 else D * H
+        return Layer(U=uniform(kU, (H, H)), W=uniform(kW, (H, D_in)), b=jnp.zeros((H,), dtype))
+
+    cells = [[layer(kcells[l * D + d], l) for d in range(D)] for l in range(L)]
+    return DeepParams(
+        layers=tuple(c[0] for c in cells),
+        reverse_layers=tuple(c[1] for c in cells) if bidirectional else (),
+        V=uniform(kV, (C, D * H)),
         c=jnp.zeros((C,), dtype),
     )

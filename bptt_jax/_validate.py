@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._activations import get_activation
-from ._params import Params
+from ._params import DeepParams, Layer, Params
 
 _FIELD_NDIM = {"U": 2, "V": 2, "W": 2, "b": 1, "c": 1}
 
@@ -33,8 +33,9 @@ class Inputs(NamedTuple):
 
     xs: jax.Array  # (B, T) int ids or (B, T, K) dense, in the params' dtype
     ys: jax.Array | None  # (B, T) int class ids, or (B, T, C) probabilities
-    h0: jax.Array  # (B, H)
-    dh_T: jax.Array | None  # (B, H): incoming gradient at the final state, or None
+    h0: jax.Array  # (B, H); (L*D, B, H) for DeepParams
+    dh_T: jax.Array | None  # like h0: incoming gradient at the final state, or None
+    mask: jax.Array | None  # (B, T) bool prefix mask of the real steps, or None
     batched: bool  # False when the caller passed one sequence (T,) / (T, K)
 
 
@@ -87,6 +88,116 @@ def check_params(params) -> tuple[Params, Dims]:
     return params, Dims(K=W.shape[1], H=H, C=V.shape[0])
 
 
+def _check_layer(layer, name: str, H: int, D_in: int, dtype) -> Layer:
+    if not isinstance(layer, Layer):
+        if isinstance(layer, tuple) and len(layer) == len(Layer._fields):
+            layer = Layer(*layer)
+        else:
+            raise TypeError(
+                f"{name} must be a bptt_jax.Layer(U, W, b), got {type(layer).__name__}"
+            )
+    leaves = {}
+    for field, shape in (("U", (H, H)), ("W", (H, D_in)), ("b", (H,))):
+        leaf = getattr(layer, field)
+        if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+            leaf = jnp.asarray(leaf)
+        if leaf.shape != shape:
+            raise ValueError(f"{name}.{field} has shape {leaf.shape}, expected {shape}")
+        if leaf.dtype != dtype:
+            raise TypeError(
+                f"{name}.{field} has dtype {leaf.dtype}; all parameters must share {dtype}"
+            )
+        leaves[field] = leaf
+    return Layer(**leaves)
+
+
+def check_deep_params(params: DeepParams) -> tuple[DeepParams, Dims]:
+    """Validates the shapes and dtypes of a :class:`DeepParams`; returns (K, H, C)."""
+    layers, reverse = tuple(params.layers), tuple(params.reverse_layers)
+    if len(layers) < 1:
+        raise ValueError("DeepParams needs at least one layer (num_layers >= 1), got 0")
+    if reverse and len(reverse) != len(layers):
+        raise ValueError(
+            f"a bidirectional DeepParams needs one reverse layer per layer: "
+            f"{len(layers)} layers, {len(reverse)} reverse_layers"
+        )
+    first = layers[0]
+    if not hasattr(first, "U") or not hasattr(first, "W"):
+        raise TypeError(f"DeepParams.layers must hold bptt_jax.Layer, got {type(first).__name__}")
+    U0 = jnp.asarray(first.U) if not hasattr(first.U, "shape") else first.U
+    W0 = jnp.asarray(first.W) if not hasattr(first.W, "shape") else first.W
+    if U0.ndim != 2 or W0.ndim != 2:
+        raise ValueError(
+            f"layers[0].U and .W must be matrices, got shapes {U0.shape} and {W0.shape}"
+        )
+    H, K, dtype = U0.shape[0], W0.shape[1], U0.dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"parameters must be floating point, got dtype {dtype}")
+    D = 2 if reverse else 1
+    checked = []
+    for group, name in ((layers, "layers"), (reverse, "reverse_layers")):
+        checked.append(
+            tuple(
+                _check_layer(layer, f"{name}[{l}]", H, K if l == 0 else D * H, dtype)
+                for l, layer in enumerate(group)
+            )
+        )
+    V = params.V if hasattr(params.V, "shape") else jnp.asarray(params.V)
+    c = params.c if hasattr(params.c, "shape") else jnp.asarray(params.c)
+    if V.ndim != 2 or V.shape[1] != D * H:
+        raise ValueError(
+            f"V has shape {V.shape}, expected (C, {D * H}): it reads the top layer's "
+            f"{'two directions' if reverse else 'output'} (D*H = {D}*{H})"
+        )
+    C = V.shape[0]
+    if c.shape != (C,):
+        raise ValueError(f"c has shape {c.shape}, expected ({C},)")
+    if V.dtype != dtype or c.dtype != dtype:
+        raise TypeError(f"V and c must share the layers' dtype {dtype}, got {V.dtype}, {c.dtype}")
+    return DeepParams(layers=checked[0], reverse_layers=checked[1], V=V, c=c), Dims(K, H, C)
+
+
+def _check_mask(lengths, mask, steps_shape, batched: bool):
+    """``lengths (B,)`` or a prefix ``mask (B, T)`` -> bool mask ``(B, T)``, or None."""
+    if lengths is not None and mask is not None:
+        raise ValueError("give lengths or mask, not both")
+    T = steps_shape[-1]
+    if lengths is not None:
+        lengths = _as_array(lengths, "lengths")
+        if not jnp.issubdtype(lengths.dtype, jnp.integer):
+            raise TypeError(f"lengths must be integers, got dtype {lengths.dtype}")
+        expected = steps_shape[:1] if batched else ()
+        if lengths.shape != expected:
+            raise ValueError(
+                f"lengths has shape {lengths.shape}, expected {expected}: "
+                f"{'one length per sequence' if batched else 'a scalar for one sequence'}"
+            )
+        if is_concrete(lengths) and lengths.size:
+            lo, hi = int(jnp.min(lengths)), int(jnp.max(lengths))
+            if lo < 0 or hi > T:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"lengths contains {bad}; lengths must be in 0..T = 0..{T}")
+        mask = jnp.arange(T) < lengths[..., None]  # (B, T) or (T,)
+    elif mask is not None:
+        mask = _as_array(mask, "mask")
+        if mask.dtype != jnp.bool_:
+            raise TypeError(f"mask must be boolean (True on real steps), got dtype {mask.dtype}")
+        if mask.shape != steps_shape:
+            raise ValueError(f"mask has shape {mask.shape}, expected {steps_shape} (as xs' steps)")
+        if is_concrete(mask) and mask.size:
+            m = np.asarray(mask).reshape(-1, T)
+            not_prefix = np.any(m[:, 1:] & ~m[:, :-1], axis=1)
+            if np.any(not_prefix):
+                row = int(np.argmax(not_prefix))
+                raise ValueError(
+                    f"mask must be a prefix mask (True for the first steps, then False): "
+                    f"row {row} has a True after a False; pad at the end of each sequence"
+                )
+    else:
+        return None
+    return mask if batched else mask[None]
+
+
 def _as_array(x, name: str) -> jax.Array:
     if isinstance(x, jax.Array):
         return x
@@ -96,10 +207,13 @@ def _as_array(x, name: str) -> jax.Array:
         raise TypeError(f"{name} must be an array, got {type(x).__name__}: {e}") from None
 
 
-def _check_range(x: jax.Array, n: int, name: str, what: str) -> None:
-    """Raises ValueError if the concrete integer array ``x`` has a value outside [0, n)."""
-    if not is_concrete(x) or x.size == 0:
+def _check_range(x: jax.Array, n: int, name: str, what: str, mask=None) -> None:
+    """Raises ValueError if the concrete integer array ``x`` has a value outside
+    [0, n) (at the real steps only, when a ``mask`` of x's shape is given)."""
+    if not is_concrete(x) or x.size == 0 or (mask is not None and not is_concrete(mask)):
         return
+    if mask is not None:
+        x = jnp.where(mask, x, 0)
     lo, hi = int(jnp.min(x)), int(jnp.max(x))
     if lo >= 0 and hi < n:
         return
@@ -111,7 +225,7 @@ def _check_range(x: jax.Array, n: int, name: str, what: str) -> None:
     )
 
 
-def _check_labels(ys, steps_shape, xs_shape, C: int, dtype) -> jax.Array:
+def _check_labels(ys, steps_shape, xs_shape, C: int, dtype, mask=None) -> jax.Array:
     """Class ids ``steps_shape`` in 0..C-1, or probability rows ``(*steps_shape, C)``."""
     if ys is None:
         raise TypeError(
@@ -125,7 +239,7 @@ def _check_labels(ys, steps_shape, xs_shape, C: int, dtype) -> jax.Array:
                 f"ys has shape {ys.shape}, expected {steps_shape}: one class id per step of xs "
                 f"(xs has shape {xs_shape})"
             )
-        _check_range(ys, C, "ys", f"class ids for C = V.shape[0] = {C}")
+        _check_range(ys, C, "ys", f"class ids for C = V.shape[0] = {C}", mask)
         return ys
     if not jnp.issubdtype(ys.dtype, jnp.floating):
         raise TypeError(
@@ -138,7 +252,9 @@ def _check_labels(ys, steps_shape, xs_shape, C: int, dtype) -> jax.Array:
             f"vector of size C = V.shape[0] = {C} per step of xs (xs has shape {xs_shape})"
         )
     ys = ys.astype(dtype)
-    if is_concrete(ys) and ys.size:
+    if is_concrete(ys) and ys.size and (mask is None or is_concrete(mask)):
+        if mask is not None:  # padding rows are ignored: check only the real steps
+            ys = jnp.where(mask[..., None], ys, 1 / C)
         lowest = float(jnp.min(ys))
         if lowest < 0:
             raise ValueError(f"soft labels ys must be probabilities >= 0, found {lowest:g}")
@@ -159,6 +275,13 @@ def check_activation(activation) -> str:
     return get_activation(activation).name
 
 
+def check_reduction(reduction) -> str:
+    """``"sum"`` (the seed's E) or ``"mean"`` (over real steps); else ValueError."""
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    return reduction
+
+
 def check_truncate(truncate) -> int | None:
     """``None`` (full BPTT) or a positive int number of steps; else a clear error."""
     if truncate is None:
@@ -176,27 +299,43 @@ def check_truncate(truncate) -> int | None:
 
 
 def check_inputs(
-    params, xs, ys=None, h0=None, *, dh_T=None, need_ys: bool
-) -> tuple[Params, Inputs]:
+    params,
+    xs,
+    ys=None,
+    h0=None,
+    *,
+    dh_T=None,
+    lengths=None,
+    mask=None,
+    need_ys: bool,
+) -> tuple[Params | DeepParams, Inputs]:
     """Validates the arguments of ``forward``/``loss``/``bptt`` and batches them.
 
-    Returns the params and the inputs in the layout of the jitted cores:
-    ``xs (B, T)`` ids or ``(B, T, K)`` vectors cast to the params' dtype,
-    ``ys (B, T)`` ids or ``(B, T, C)`` probabilities, ``h0 (B, H)`` (zeros
-    when ``None``), ``dh_T (B, H)`` or ``None``, and whether the caller passed
-    a batch.
+    ``params`` is the seed's :class:`Params` or a :class:`DeepParams`. Returns
+    the params and the inputs in the layout of the jitted cores: ``xs (B, T)``
+    ids or ``(B, T, K)`` vectors cast to the params' dtype, ``ys (B, T)`` ids
+    or ``(B, T, C)`` probabilities, ``h0 (B, H)`` for Params or
+    ``(L*D, B, H)`` for DeepParams (zeros when ``None``), ``dh_T`` like ``h0``
+    or ``None``, the ``(B, T)`` mask of real steps (from ``lengths`` or
+    ``mask``) or ``None``, and whether the caller passed a batch.
     """
-    params, (K, H, C) = check_params(params)
-    dtype = params.U.dtype
+    if isinstance(params, DeepParams):
+        params, (K, H, C) = check_deep_params(params)
+        dtype = params.V.dtype
+        stack = params.num_layers * params.num_directions
+    else:
+        params, (K, H, C) = check_params(params)
+        dtype = params.U.dtype
+        stack = None
 
     xs = _as_array(xs, "xs")
-    if jnp.issubdtype(xs.dtype, jnp.integer):
+    ids = jnp.issubdtype(xs.dtype, jnp.integer)
+    if ids:
         if xs.ndim not in (1, 2):
             raise ValueError(
                 f"integer xs must be token ids of shape (T,) or (B, T), got shape {xs.shape}"
             )
         batched = xs.ndim == 2
-        _check_range(xs, K, "xs", f"input ids for vocab_size K = W.shape[1] = {K}")
     elif jnp.issubdtype(xs.dtype, jnp.floating):
         if xs.ndim not in (2, 3):
             raise ValueError(
@@ -215,35 +354,51 @@ def check_inputs(
             f"xs must be integer token ids or floating input vectors, got dtype {xs.dtype}"
         )
     steps_shape = xs.shape[:2] if batched else xs.shape[:1]  # (B, T) or (T,)
+    mask = _check_mask(lengths, mask, steps_shape, batched)  # (B, T) or None
+    step_mask = None if mask is None else (mask if batched else mask[0])
+    if ids:
+        what = f"input ids for vocab_size K = W.shape[1] = {K}"
+        _check_range(xs, K, "xs", what, step_mask)
 
     if need_ys:
-        ys = _check_labels(ys, steps_shape, xs.shape, C, dtype)
+        ys = _check_labels(ys, steps_shape, xs.shape, C, dtype, step_mask)
         if not batched:
             ys = ys[None]
 
     B = steps_shape[0] if batched else 1
-    h0 = _check_state(h0, "h0", B, H, batched, dtype)
+    h0 = _check_state(h0, "h0", B, H, batched, dtype, stack)
     if h0 is None:
-        h0 = jnp.zeros((B, H), dtype)
-    dh_T = _check_state(dh_T, "dh_T", B, H, batched, dtype)
+        h0 = jnp.zeros((B, H) if stack is None else (stack, B, H), dtype)
+    dh_T = _check_state(dh_T, "dh_T", B, H, batched, dtype, stack)
     if not batched:
         xs = xs[None]
-    return params, Inputs(xs=xs, ys=ys, h0=h0, dh_T=dh_T, batched=batched)
+    return params, Inputs(xs=xs, ys=ys, h0=h0, dh_T=dh_T, mask=mask, batched=batched)
 
 
-def _check_state(state, name: str, B: int, H: int, batched: bool, dtype):
-    """``None``, or a floating ``(H,)`` / ``(B, H)`` state returned as ``(B, H)``."""
+def _check_state(state, name: str, B: int, H: int, batched: bool, dtype, stack=None):
+    """``None``, or a floating state returned in the batched layout.
+
+    For the seed's Params (``stack`` None): ``(H,)`` / ``(B, H)`` -> ``(B, H)``.
+    For DeepParams: ``(L*D, H)`` / ``(L*D, B, H)`` -> ``(L*D, B, H)``.
+    """
     if state is None:
         return None
     state = _as_array(state, name)
     if not jnp.issubdtype(state.dtype, jnp.floating):
         raise TypeError(f"{name} must be floating point, got dtype {state.dtype}")
-    expected = (B, H) if batched else (H,)
+    if stack is None:
+        expected = (B, H) if batched else (H,)
+        layout = "(B, H) for a batch" if batched else "(H,) for one sequence"
+    else:
+        expected = (stack, B, H) if batched else (stack, H)
+        layout = (
+            "(L*D, B, H) for a batch" if batched else "(L*D, H) for one sequence"
+        ) + f", L*D = {stack} layer-directions"
     if state.shape != expected:
         raise ValueError(
-            f"{name} has shape {state.shape}, expected {expected} "
-            f"({'(B, H) for a batch' if batched else '(H,) for one sequence'}, "
-            f"H = U.shape[0] = {H})"
+            f"{name} has shape {state.shape}, expected {expected} ({layout}, H = {H})"
         )
     state = state.astype(dtype)
-    return state if batched else state[None]
+    if batched:
+        return state
+    return state[None] if stack is None else state[:, None]
