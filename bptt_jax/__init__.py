@@ -14,6 +14,8 @@ from ._activations import ACTIVATIONS
 from ._bptt import bptt as bptt
 from ._bptt import bptt_chunk as bptt_chunk
 from ._losses import softmax_cross_entropy_grad as softmax_cross_entropy_grad
+from ._params import DeepParams as DeepParams
+from ._params import Layer as Layer
 from ._params import Params as Params
 from ._params import init_params as init_params
 from ._per_loss import bptt_per_loss as bptt_per_loss
@@ -24,6 +26,8 @@ from ._reference import autodiff_dh0 as autodiff_dh0
 from ._reference import finite_difference_bptt as finite_difference_bptt
 from ._rnn import forward as forward
 from ._rnn import loss as loss
+from ._torch import from_torch as from_torch
+from ._torch import to_torch as to_torch
 
 __version__ = "0.1.0"
 
@@ -31,6 +35,8 @@ __version__ = "0.1.0"
 activations = tuple(ACTIVATIONS)
 
 __all__ = (
+    "DeepParams",
+    "Layer",
     "Params",
     "activations",
     "autodiff_bptt",
@@ -41,8 +47,10 @@ __all__ = (
     "bptt_per_loss",
     "finite_difference_bptt",
     "forward",
+    "from_torch",
     "init_params",
     "loss",
     "per_loss_deltas",
     "softmax_cross_entropy_grad",
+    "to_torch",
 )
