@@ -177,7 +177,7 @@ def _check_mask(lengths, mask, steps_shape, batched: bool):
             if lo < 0 or hi > T:
                 bad = lo if lo < 0 else hi
                 raise ValueError(f"lengths contains {bad}; lengths must be in 0..T = 0..{T}")
-        mask = jnp.arange(T) < lengths[..., None]  # (B, T) or (T,)
+        mask = jnp.arange(T, dtype=lengths.dtype) < lengths[..., None]  # (B, T) or (T,)
     elif mask is not None:
         mask = _as_array(mask, "mask")
         if mask.dtype != jnp.bool_:
