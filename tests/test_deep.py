@@ -71,8 +71,11 @@ def test_hand_gradients_match_jax_grad_ragged_and_not(L, bidirectional, activati
     _check_against_jax_grad(params, xs, ys, jnp.array([T, T, T]), activation, dtype)
 
 
-@pytest.mark.parametrize(("L", "bidirectional"), [(1, False), (1, True), (3, False), (3, True)],
-                         ids=["L1-uni", "L1-bi", "L3-uni", "L3-bi"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("L", "bidirectional"),
+    list(itertools.product([1, 2, 3], [False, True])),
+    ids=["L1-uni", "L1-bi", "L2-uni", "L2-bi", "L3-uni", "L3-bi"],
+)
 def test_hand_gradients_match_jax_grad_batch_of_one(L, bidirectional, dtype):
     params = make_deep(L, bidirectional, dtype=dtype)
     xs, ys = make_batch(1, T)
