@@ -13,6 +13,12 @@ refereed by autodiff (:func:`autodiff_bptt`) and finite differences
 from ._activations import ACTIVATIONS
 from ._bptt import bptt as bptt
 from ._bptt import bptt_chunk as bptt_chunk
+from ._clipping import CLIPPERS
+from ._clipping import make_clipper as make_clipper
+from ._diagnostics import GradientFlow as GradientFlow
+from ._diagnostics import gradient_flow as gradient_flow
+from ._diagnostics import spectral_sweep as spectral_sweep
+from ._init import INITS
 from ._losses import softmax_cross_entropy_grad as softmax_cross_entropy_grad
 from ._params import Params as Params
 from ._params import init_params as init_params
@@ -29,8 +35,13 @@ __version__ = "0.1.0"
 
 #: The names accepted by every ``activation=`` argument.
 activations = tuple(ACTIVATIONS)
+#: The names accepted by ``init_params(init=...)``.
+inits = INITS
+#: The names accepted by :func:`make_clipper` (per-step δ clipping is ``bptt(clip_delta=)``).
+clippers = CLIPPERS
 
 __all__ = (
+    "GradientFlow",
     "Params",
     "activations",
     "autodiff_bptt",
@@ -39,10 +50,15 @@ __all__ = (
     "bptt",
     "bptt_chunk",
     "bptt_per_loss",
+    "clippers",
     "finite_difference_bptt",
     "forward",
+    "gradient_flow",
     "init_params",
+    "inits",
     "loss",
+    "make_clipper",
     "per_loss_deltas",
     "softmax_cross_entropy_grad",
+    "spectral_sweep",
 )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import operator
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from ._init import init_layer, init_matrix
 
 
 class Params(NamedTuple):
@@ -48,12 +49,17 @@ def init_params(
     *,
     num_classes: int | None = None,
     dtype=jnp.float32,
+    init: str = "uniform",
+    spectral_radius: float | None = None,
 ) -> Params:
     r"""Initialise :class:`Params` for a vocabulary of ``K`` and ``H`` hidden units.
 
     ``U``, ``W`` and ``V`` are drawn from :math:`\mathcal{U}(-1/\sqrt{H}, 1/\sqrt{H})`,
     PyTorch's ``nn.RNN`` convention, which keeps :math:`\|U\|_2` near 1 and the
     pre-activations :math:`s_t` of order 1; ``b`` and ``c`` start at zero.
+    ``init`` picks another scheme by name (:mod:`bptt_jax._init`): ``"normal"``
+    (the seed's :math:`\mathcal N(0, 0.01^2)`), ``"uniform"`` (the default
+    above), ``"orthogonal"``, ``"identity"`` (IRNN, for ReLU) or ``"spectral"``.
 
     Args:
       key: a ``jax.random`` key.
@@ -62,6 +68,9 @@ def init_params(
       num_classes: ``C``, the number of output classes; defaults to ``K``
         (the seed's language model, where the label is the next input).
       dtype: a floating dtype for every parameter.
+      init: the name of the initialisation scheme (``bptt_jax.inits``).
+      spectral_radius: ``None``, or ρ > 0: rescale ``U`` so that its largest
+        :math:`|\lambda_i(U)|` is ρ (required by ``init="spectral"``).
 
     Returns:
       ``Params(U (H, H), V (C, H), W (H, K), b (H,), c (C,))``.
@@ -77,16 +86,12 @@ def init_params(
     dtype = jnp.dtype(dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"dtype must be a floating dtype (float32, float64, ...), got {dtype}")
-    bound = 1.0 / math.sqrt(H)
     kU, kV, kW = jax.random.split(key, 3)
-
-    def uniform(k, shape):
-        return jax.random.uniform(k, shape, dtype, minval=-bound, maxval=bound)
-
+    U, W = init_layer(kU, kW, K, H, init=init, spectral_radius=spectral_radius, dtype=dtype)
     return Params(
-        U=uniform(kU, (H, H)),
-        V=uniform(kV, (C, H)),
-        W=uniform(kW, (H, K)),
+        U=U,
+        V=init_matrix(kV, (C, H), H, init=init, dtype=dtype),
+        W=W,
         b=jnp.zeros((H,), dtype),
         c=jnp.zeros((C,), dtype),
     )
