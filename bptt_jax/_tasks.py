@@ -127,18 +127,21 @@ def _train(params, key, delays, *, batch, steps, vocab_size, iterations, learnin
                 params, xs, ys, h0, activation=activation, clip_delta=clip_delta
             )
             grads = jax.tree.map(lambda g: g / batch, grads)  # mean over sequences
-            gnorm = optax.global_norm(grads)
+            gnorm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))
             # Metrics on the labelled steps, t > d, of this batch before the update.
             _, hs = hidden_states(params, xs, h0, activation)  # (T, B, H)
             log_p = log_softmax(output_logits(params, hs))  # (T, B, K)
             labelled = (t >= d)[:, None]  # (T, 1)
             target = jnp.swapaxes(jnp.argmax(ys, -1), 0, 1)  # (T, B)
-            n = jnp.maximum(jnp.sum(labelled) * batch, 1)
+            n = jnp.maximum(jnp.sum(labelled) * batch, 1).astype(h0.dtype)
             nll = -jnp.take_along_axis(log_p, target[..., None], axis=-1)[..., 0]  # (T, B)
             loss = jnp.sum(jnp.where(labelled, nll, 0)) / n
             right = (jnp.argmax(log_p, -1) == target) & labelled
             acc = jnp.sum(right).astype(h0.dtype) / n
-            updates, opt_state = opt.update(grads, opt_state, params)
+            # optax's Adam mixes its int32 step count with Python floats, which a
+            # caller's strict dtype promotion would reject; allow it for this call only.
+            with jax.numpy_dtype_promotion("standard"):
+                updates, opt_state = opt.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), (loss, acc, gnorm)
 
         keys = jax.random.split(key, iterations)
