@@ -30,6 +30,8 @@ from ._reference import autodiff_dh0 as autodiff_dh0
 from ._reference import finite_difference_bptt as finite_difference_bptt
 from ._rnn import forward as forward
 from ._rnn import loss as loss
+from ._tasks import delay_task as delay_task
+from ._tasks import train_delay as train_delay
 
 __version__ = "0.1.0"
 
@@ -51,6 +53,7 @@ __all__ = (
     "bptt_chunk",
     "bptt_per_loss",
     "clippers",
+    "delay_task",
     "finite_difference_bptt",
     "forward",
     "gradient_flow",
@@ -61,4 +64,5 @@ __all__ = (
     "per_loss_deltas",
     "softmax_cross_entropy_grad",
     "spectral_sweep",
+    "train_delay",
 )

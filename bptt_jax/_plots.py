@@ -295,5 +295,10 @@ def run_diagnose(
         for c in curves:
             accs = " ".join(f"{a:8.3f}" for a in c.accuracy[:, -50:].mean(axis=1))
             lines.append(f"{c.remedy.label:30} {accs}")
+        lines += ["", "share of the gradient reaching back d steps at initialisation, "
+                  "Σ_t‖δ_(t−d)^(t)‖ / Σ_t‖δ_t^(t)‖"]  # fmt: skip
+        lines.append(f"{'remedy':30} " + " ".join(f"{'d=' + str(d):>8}" for d in delays))
+        for c in curves:
+            lines.append(f"{c.remedy.label:30} " + " ".join(f"{s:8.1e}" for s in c.signal))
     lines += ["", "wrote:", *(f"  {p}" for p in paths)]
     return DiagnoseReport("\n".join(lines), paths)
