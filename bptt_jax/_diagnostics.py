@@ -105,11 +105,14 @@ def _products(a: jax.Array) -> jax.Array:
 def gradient_flow_core(params: Params, xs, ys, h0, *, activation: str = "tanh") -> GradientFlow:
     """:func:`gradient_flow` on the batched layout; no checks."""
     act = get_activation(activation)
-    deltas = per_loss_deltas_core(params, xs, ys, h0, activation=activation)  # (T, T, B, H)
+    T, (B, H) = xs.shape[1], h0.shape
+    if T == 0:  # per_loss_deltas_core cannot index an empty sequence
+        deltas = jnp.zeros((0, 0, B, H), h0.dtype)
+    else:
+        deltas = per_loss_deltas_core(params, xs, ys, h0, activation=activation)  # (T, T, B, H)
     norms_b = jnp.linalg.norm(deltas, axis=-1)  # (T, T, B)
     delta_norms = jnp.mean(norms_b, axis=-1)  # (T, T)
     _, hs = hidden_states(params, xs, h0, activation)  # (T, B, H)
-    T = hs.shape[0]
     max_slopes = jnp.max(jnp.abs(act.df_from_h(hs)), axis=(1, 2), initial=0)  # (T,)
     U_norm = jnp.linalg.norm(params.U, 2) if params.U.size else jnp.zeros((), params.U.dtype)
     gamma = U_norm * act.max_slope

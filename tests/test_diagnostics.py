@@ -168,3 +168,17 @@ def test_spectral_sweep_rows_and_what_gamma_guarantees(x64):
             assert r.decay_rate <= r.gamma * (1 + 1e-12) and r.measured == "vanishes"
     table = format_sweep(rows)
     assert len(table.splitlines()) == 1 + len(rows) and "γ predicts" in table
+
+
+@pytest.mark.parametrize("T", [0, 1], ids=["T=0", "T=1"])
+def test_gradient_flow_of_an_empty_or_one_step_sequence(T, x64):
+    params, xs, ys, h0 = make_problem(K=5, H=4, B=2, T=T, h0=True)
+    flow = bptt_jax.gradient_flow(params, xs, ys, h0)
+    assert flow.delta_norms.shape == flow.bound.shape == (T, T)
+    assert flow.decay.shape == flow.max_slopes.shape == (T,)
+    assert float(flow.decay_rate) == 1.0  # no distance to decay over
+    if T == 1:  # δ_1^(1) = (Vᵀ r_1) ⊙ f'(h_1): the bound is the measurement itself
+        d = np.asarray(bptt_jax.per_loss_deltas(params, xs, ys, h0))[0, 0]  # (B, H)
+        expected = np.mean(np.linalg.norm(d, axis=-1))
+        assert max_rel_error(flow.delta_norms[0, 0], expected) <= RTOL["float64"]
+        assert float(flow.bound[0, 0]) == float(flow.delta_norms[0, 0])
