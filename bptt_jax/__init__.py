@@ -13,6 +13,12 @@ refereed by autodiff (:func:`autodiff_bptt`) and finite differences
 from ._activations import ACTIVATIONS
 from ._bptt import bptt as bptt
 from ._bptt import bptt_chunk as bptt_chunk
+from ._clipping import CLIPPERS
+from ._clipping import make_clipper as make_clipper
+from ._diagnostics import GradientFlow as GradientFlow
+from ._diagnostics import gradient_flow as gradient_flow
+from ._diagnostics import spectral_sweep as spectral_sweep
+from ._init import INITS
 from ._losses import softmax_cross_entropy_grad as softmax_cross_entropy_grad
 from ._params import DeepParams as DeepParams
 from ._params import Layer as Layer
@@ -26,6 +32,8 @@ from ._reference import autodiff_dh0 as autodiff_dh0
 from ._reference import finite_difference_bptt as finite_difference_bptt
 from ._rnn import forward as forward
 from ._rnn import loss as loss
+from ._tasks import delay_task as delay_task
+from ._tasks import train_delay as train_delay
 from ._torch import from_torch as from_torch
 from ._torch import to_torch as to_torch
 
@@ -33,9 +41,14 @@ __version__ = "0.1.0"
 
 #: The names accepted by every ``activation=`` argument.
 activations = tuple(ACTIVATIONS)
+#: The names accepted by ``init_params(init=...)``.
+inits = INITS
+#: The names accepted by :func:`make_clipper` (per-step δ clipping is ``bptt(clip_delta=)``).
+clippers = CLIPPERS
 
 __all__ = (
     "DeepParams",
+    "GradientFlow",
     "Layer",
     "Params",
     "activations",
@@ -45,12 +58,19 @@ __all__ = (
     "bptt",
     "bptt_chunk",
     "bptt_per_loss",
+    "clippers",
+    "delay_task",
     "finite_difference_bptt",
     "forward",
     "from_torch",
+    "gradient_flow",
     "init_params",
+    "inits",
     "loss",
+    "make_clipper",
     "per_loss_deltas",
     "softmax_cross_entropy_grad",
+    "spectral_sweep",
     "to_torch",
+    "train_delay",
 )

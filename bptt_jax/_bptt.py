@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._activations import get_activation
+from ._clipping import check_clip_delta
 from ._losses import cross_entropy, log_softmax, residual
 from ._params import Params
 from ._rnn import hidden_states, output_logits, time_major
@@ -96,7 +97,7 @@ def truncation_mask(T: int, truncate: int | None):
     return (t % truncate != 0) | (t == T)
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "truncate"))
+@functools.partial(jax.jit, static_argnames=("activation", "truncate", "clip_delta"))
 def bptt_core(
     params: Params,
     xs: jax.Array,
@@ -106,6 +107,7 @@ def bptt_core(
     *,
     activation: str = "tanh",
     truncate: int | None = None,
+    clip_delta: float | None = None,
 ):
     r"""Hand BPTT on the batched layout; no checks.
 
@@ -119,6 +121,7 @@ def bptt_core(
         recursion as :math:`\delta_T = (V^\top r_T + dh_T) \odot f'(h_T)`.
       activation: the name of :math:`f`.
       truncate: cut the gradient every ``truncate`` steps, or ``None``.
+      clip_delta: ``None``, or θ > 0: per-step clipping of δ (see :func:`bptt`).
 
     Returns:
       ``(E, grads, dh0, h_T)``: the loss, the gradients as :class:`Params`,
@@ -146,6 +149,10 @@ def bptt_core(
         if keep is not None:
             g = jnp.where(inputs[2], g, 0)  # cut at chunk ends
         delta = (Vr_t + g) * df(h_t)
+        if clip_delta is not None:  # each sequence's δ_t rescaled to norm ≤ θ
+            norm = jnp.linalg.norm(delta, axis=-1, keepdims=True)  # (B, 1)
+            over = norm > clip_delta
+            delta = jnp.where(over, delta * (clip_delta / jnp.where(over, norm, 1)), delta)
         return delta @ U, delta
 
     g_T = jnp.zeros_like(h0) if dh_T is None else dh_T
@@ -171,6 +178,7 @@ def bptt(
     reduction="sum",
     activation="tanh",
     truncate=None,
+    clip_delta=None,
 ) -> tuple[jax.Array, Params]:
     r"""The loss and its gradients by hand-derived backpropagation through time.
 
@@ -207,8 +215,18 @@ def bptt(
       activation: :math:`f`: ``"tanh"`` (the seed's), ``"sigmoid"``, ``"relu"``.
       truncate: ``None`` for full BPTT, or τ ≥ 1 to cut the gradient every τ
         steps (chunks 1..τ, τ+1..2τ, ... each back-propagate within
-        themselves). The loss is unchanged. Seed :class:`Params` without
-        padding and with ``reduction="sum"`` only.
+        themselves). The loss is unchanged.
+      clip_delta: ``None`` (exact BPTT), or θ > 0 for per-step clipping of
+        δ inside the recursion: whenever a sequence's :math:`\|\delta_t\|_2 >
+        θ` it is replaced by :math:`\delta_t\, θ/\|\delta_t\|_2` before it
+        enters :math:`\partial E/\partial U, W, b` and propagates to step
+        t − 1 as :math:`U^\top\delta_t`. Steps with :math:`\|\delta_t\|_2
+        \le θ` are untouched, so the result is exact when θ is never
+        reached; once it is, the returned "gradient" is by design NOT the
+        gradient of :math:`E` (a remedy for exploding gradients, not a
+        derivative). ``dV``, ``dc`` and the loss are never affected.
+        ``truncate`` and ``clip_delta`` apply to the seed's :class:`Params`
+        on unpadded sequences with ``reduction="sum"`` only.
 
     Returns:
       ``(E, grads)``: the loss (as :func:`loss`) and its gradients, a pytree
@@ -222,7 +240,7 @@ def bptt(
     """
     E, grads, _, _ = bptt_chunk(
         params, xs, ys, h0, lengths=lengths, mask=mask, reduction=reduction,
-        activation=activation, truncate=truncate,
+        activation=activation, truncate=truncate, clip_delta=clip_delta,
     )  # fmt: skip
     return E, grads
 
@@ -239,6 +257,7 @@ def bptt_chunk(
     reduction="sum",
     activation="tanh",
     truncate=None,
+    clip_delta=None,
 ) -> tuple[jax.Array, Params, jax.Array, jax.Array]:
     r"""Hand BPTT for one chunk of a longer stream: also ∂E/∂h_0 and h_T.
 
@@ -255,8 +274,8 @@ def bptt_chunk(
         \frac{\partial E}{\partial h_0} = U^\top \delta_1
 
     Args:
-      params, xs, ys, h0, lengths, mask, reduction, activation, truncate: as
-        for :func:`bptt`.
+      params, xs, ys, h0, lengths, mask, reduction, activation, truncate,
+        clip_delta: as for :func:`bptt`.
       dh_T: shaped like ``h0``: the gradient of the later chunks' loss with
         respect to this chunk's final state(s), or ``None`` (zero).
 
@@ -272,19 +291,22 @@ def bptt_chunk(
     activation = check_activation(activation)
     truncate = check_truncate(truncate)
     reduction = check_reduction(reduction)
+    clip_delta = check_clip_delta(clip_delta)
     params, inp = check_inputs(
         params, xs, ys, h0, dh_T=dh_T, lengths=lengths, mask=mask, need_ys=True
     )
     deep = isinstance(params, DeepParams)
     if not deep and inp.mask is None and reduction == "sum":
         E, grads, dh0, h_T = bptt_core(
-            params, inp.xs, inp.ys, inp.h0, inp.dh_T, activation=activation, truncate=truncate
-        )
+            params, inp.xs, inp.ys, inp.h0, inp.dh_T, activation=activation,
+            truncate=truncate, clip_delta=clip_delta,
+        )  # fmt: skip
         return (E, grads, dh0, h_T) if inp.batched else (E, grads, dh0[0], h_T[0])
-    if truncate is not None:
+    if truncate is not None or clip_delta is not None:
         raise ValueError(
-            "truncate is implemented for the seed's Params on unpadded sequences with "
-            "reduction='sum'; for deep or padded inputs process chunks with bptt_chunk"
+            "truncate and clip_delta are implemented for the seed's Params on unpadded "
+            "sequences with reduction='sum'; for deep or padded inputs process chunks "
+            "with bptt_chunk"
         )
     lift = (lambda a: a) if deep else (lambda a: None if a is None else a[None])
     E, grads, dh0, h_T = deep_bptt_core(

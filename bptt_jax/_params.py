@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import operator
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from ._init import init_layer, init_matrix
 
 
 class Params(NamedTuple):
@@ -131,13 +132,19 @@ def init_params(
     num_layers: int = 1,
     bidirectional: bool = False,
     dtype=jnp.float32,
+    init: str = "uniform",
+    spectral_radius: float | None = None,
 ) -> Params | DeepParams:
     r"""Initialise the parameters for a vocabulary of ``K`` and ``H`` hidden units.
 
-    Every weight matrix (``U``, ``W``, ``V``) is drawn from
+    By default every weight matrix (``U``, ``W``, ``V``) is drawn from
     :math:`\mathcal{U}(-1/\sqrt{H}, 1/\sqrt{H})`, PyTorch's ``nn.RNN``
     convention, which keeps :math:`\|U\|_2` near 1 and the pre-activations
-    :math:`s_t` of order 1; biases start at zero.
+    :math:`s_t` of order 1; biases start at zero. ``init`` picks another
+    scheme by name (:mod:`bptt_jax._init`): ``"normal"`` (the seed's
+    :math:`\mathcal N(0, 0.01^2)`), ``"uniform"`` (the default above),
+    ``"orthogonal"``, ``"identity"`` (IRNN, for ReLU) or ``"spectral"``; it
+    applies to every layer and direction of a deep RNN.
 
     Args:
       key: a ``jax.random`` key.
@@ -148,6 +155,9 @@ def init_params(
       num_layers: ``L >= 1`` stacked hidden layers (seed §2.4).
       bidirectional: add a backward-in-time twin to every layer.
       dtype: a floating dtype for every parameter.
+      init: the name of the initialisation scheme (``bptt_jax.inits``).
+      spectral_radius: ``None``, or ρ > 0: rescale ``U`` so that its largest
+        :math:`|\lambda_i(U)|` is ρ (required by ``init="spectral"``).
 
     Returns:
       The seed's ``Params(U (H, H), V (C, H), W (H, K), b (H,), c (C,))`` when
@@ -171,18 +181,15 @@ def init_params(
     dtype = jnp.dtype(dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"dtype must be a floating dtype (float32, float64, ...), got {dtype}")
-    bound = 1.0 / math.sqrt(H)
     D = 2 if bidirectional else 1
-
-    def uniform(k, shape):
-        return jax.random.uniform(k, shape, dtype, minval=-bound, maxval=bound)
 
     if L == 1 and not bidirectional:
         kU, kV, kW = jax.random.split(key, 3)
+        U, W = init_layer(kU, kW, K, H, init=init, spectral_radius=spectral_radius, dtype=dtype)
         return Params(
-            U=uniform(kU, (H, H)),
-            V=uniform(kV, (C, H)),
-            W=uniform(kW, (H, K)),
+            U=U,
+            V=init_matrix(kV, (C, H), H, init=init, dtype=dtype),
+            W=W,
             b=jnp.zeros((H,), dtype),
             c=jnp.zeros((C,), dtype),
         )
@@ -192,12 +199,13 @@ def init_params(
     def layer(k, l):
         kU, kW = jax.random.split(k)
         D_in = K if l == 0 else D * H
-        return Layer(U=uniform(kU, (H, H)), W=uniform(kW, (H, D_in)), b=jnp.zeros((H,), dtype))
+        U, W = init_layer(kU, kW, D_in, H, init=init, spectral_radius=spectral_radius, dtype=dtype)
+        return Layer(U=U, W=W, b=jnp.zeros((H,), dtype))
 
     cells = [[layer(kcells[l * D + d], l) for d in range(D)] for l in range(L)]
     return DeepParams(
         layers=tuple(c[0] for c in cells),
         reverse_layers=tuple(c[1] for c in cells) if bidirectional else (),
-        V=uniform(kV, (C, D * H)),
+        V=init_matrix(kV, (C, D * H), H, init=init, dtype=dtype),
         c=jnp.zeros((C,), dtype),
     )

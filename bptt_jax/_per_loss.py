@@ -85,6 +85,8 @@ def per_loss_deltas_core(params, xs, ys, h0, *, activation="tanh", truncate=None
     r"""Every :math:`\delta_k^{(t)}`, ``(T_t, T_k, B, H)``, batched layout; no checks."""
     _, _, _, _, _, Vr, fprime = _prepare(params, xs, ys, h0, activation)
     T = Vr.shape[0]
+    if T == 0:  # no loss, no step: nothing to map over
+        return jnp.zeros((0, *Vr.shape), Vr.dtype)
     return lax.map(lambda t: _deltas_of_loss(t, params.U, Vr, fprime, truncate), jnp.arange(T))
 
 
@@ -93,6 +95,8 @@ def bptt_per_loss_core(params, xs, ys, h0, *, activation="tanh", truncate=None):
     """The seed's double sum on the batched layout; no checks. Returns ``(E, grads)``."""
     hs, E, r, _, _, Vr, fprime = _prepare(params, xs, ys, h0, activation)
     T = hs.shape[0]
+    if T == 0:  # E = 0 and every gradient zero, as for bptt
+        return E, jax.tree.map(jnp.zeros_like, params)
     K = params.W.shape[1]
     h_prev = jnp.concatenate([h0[None], hs], axis=0)[:T]  # (T, B, H): h_{k-1}
 

@@ -338,3 +338,13 @@ def test_dh_T_shape_is_checked(x64):
     params, xs, ys, h0 = make_problem(K=5, H=4, B=2, T=3, h0=True)
     with pytest.raises(ValueError, match=r"dh_T has shape \(4,\), expected \(2, 4\)"):
         bptt_jax.bptt_chunk(params, xs, ys, h0, dh_T=jnp.zeros(4))
+
+
+@pytest.mark.parametrize("shape", [(0,), (2, 0)], ids=["T0_single", "T0_batch"])
+def test_per_loss_on_an_empty_sequence(shape, x64):
+    params, _, _, _ = make_problem(K=5, H=4, T=1)
+    xs = jnp.zeros(shape, jnp.int32)
+    E, grads = bptt_jax.bptt_per_loss(params, xs, xs)
+    assert float(E) == 0.0 and not any(np.any(np.asarray(g)) for g in grads)
+    deltas = bptt_jax.per_loss_deltas(params, xs, xs)
+    assert deltas.shape == ((0, 0, 4) if len(shape) == 1 else (0, 0, 2, 4))

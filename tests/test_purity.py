@@ -11,7 +11,8 @@ PACKAGE = pathlib.Path(bptt_jax.__file__).parent
 # Modules on the hand path: the model, the hand gradients, losses, activations, checks.
 HAND_PATH = [
     "_bptt.py", "_rnn.py", "_params.py", "_validate.py", "_per_loss.py", "_activations.py",
-    "_losses.py", "_deep.py", "_torch.py",
+    "_losses.py", "_deep.py", "_torch.py", "_parallel.py", "_diagnostics.py", "_init.py",
+    "_clipping.py", "_tasks.py",
 ]  # fmt: skip
 AUTODIFF = {"grad", "value_and_grad", "vjp", "jvp", "linearize", "custom_vjp", "custom_jvp",
             "jacfwd", "jacrev", "hessian", "linear_transpose"}  # fmt: skip

@@ -1,0 +1,304 @@
+r"""Pictures of the seed's §6, and ``bptt-jax diagnose`` (the only module with file I/O).
+
+matplotlib's object-oriented API on the Agg canvas: headless, and no global
+backend switched for whoever imports this. The numbers come from
+:mod:`bptt_jax._diagnostics` and :mod:`bptt_jax._tasks`; nothing is computed
+here that a test of those modules does not cover.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import NamedTuple
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
+
+from ._diagnostics import GradientFlow, SweepRow
+
+_COLORS = {"tanh": "tab:blue", "sigmoid": "tab:orange", "relu": "tab:green"}
+
+
+def _save(fig: Figure, path) -> pathlib.Path:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _describe(flow: GradientFlow, what: str) -> str:
+    return f"{what}, ‖U‖₂ = {float(flow.U_norm):.3g}, γ = ‖U‖₂·max|f′| = {float(flow.gamma):.3g}"
+
+
+def plot_heatmap(flow: GradientFlow, path, *, what: str = "") -> pathlib.Path:
+    r"""Heat map of :math:`\|\delta_k^{(t)}\|_2`: loss index t down, step k across."""
+    n = np.asarray(flow.delta_norms, np.float64)
+    T = n.shape[0]
+    lower = np.tril(np.ones((T, T), bool))
+    shown = np.ma.masked_where(~lower | (n <= 0), n)
+    fig = Figure(figsize=(6.4, 5.2), layout="constrained")
+    ax = fig.add_subplot()
+    positive = n[lower & (n > 0)]
+    norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
+    img = ax.imshow(
+        shown, norm=norm, cmap="viridis", origin="upper", interpolation="nearest",
+        extent=(0.5, T + 0.5, T + 0.5, 0.5),
+    )  # fmt: skip
+    cbar = fig.colorbar(img, ax=ax)
+    cbar.set_label(
+        r"$\|\delta_k^{(t)}\|_2 = \|\partial E_t/\partial s_k\|_2$  (log scale, mean over batch)"
+    )
+    ax.set_xlabel(r"k: step the gradient arrives at ($s_k$)")
+    ax.set_ylabel(r"t: loss $E_t$ the gradient comes from")
+    ax.set_title(
+        "How far back each loss's gradient reaches\n" + _describe(flow, what), fontsize=10
+    )
+    ax.text(
+        0.97, 0.97, "k > t: no gradient\n" r"($E_t$ does not depend on later $s_k$)",
+        transform=ax.transAxes, ha="right", va="top", fontsize=8, color="0.4",
+    )  # fmt: skip
+    return _save(fig, path)
+
+
+def plot_decay(flow: GradientFlow, path, *, what: str = "") -> pathlib.Path:
+    r"""Decay with distance d = t − k against the trajectory bound and γ^d, log scale."""
+    d = np.arange(len(flow.decay))
+    fig = Figure(figsize=(6.8, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    tiny = np.finfo(np.float64).tiny
+
+    def pos(a):  # log axes cannot show 0: mark it at the bottom instead
+        return np.maximum(np.asarray(a, np.float64), tiny)
+
+    rho = float(flow.decay_rate)
+    gamma = float(flow.gamma)
+    ax.semilogy(d, pos(flow.gamma_decay), "k--", label=f"seed's bound $γ^d$, γ = {gamma:.3g}")
+    ax.semilogy(
+        d,
+        pos(flow.bound_decay),
+        "-",
+        color="tab:red",
+        lw=3,
+        alpha=0.5,
+        label=r"bound on this trajectory: $\prod_i \|U\|_2 \max_j|f'(s_{i,j})|$",
+    )
+    ax.semilogy(
+        d,
+        pos(flow.decay),
+        "o-",
+        color="tab:blue",
+        ms=3,
+        label=r"measured $\|\delta_{t-d}^{(t)}\| \,/\, \|\delta_t^{(t)}\|$",
+    )
+    ax.semilogy(
+        d, pos(rho**d), ":", color="tab:blue", label=f"fitted $ρ^d$, ρ = {rho:.3g} per step"
+    )
+    if np.allclose(flow.bound_decay, flow.gamma_decay, rtol=1e-3):
+        ax.text(
+            0.98,
+            0.80,
+            "red = black here: at every step some unit\nhas |f′(s)| ≈ max|f′| (unsaturated)",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=7,
+            color="tab:red",
+        )
+    ax.axhline(1.0, color="0.6", lw=0.8)
+    ax.set_xlabel("distance d = t − k (steps back from the loss)")
+    ax.set_ylabel("gradient norm relative to d = 0\n(summed over the losses t > d)")
+    title = "Vanishing/exploding with distance, against the §6 bound\n"
+    ax.set_title(title + _describe(flow, what), fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(True, which="major", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_sweep(rows: list[SweepRow], path, *, tol: float = 0.05) -> pathlib.Path:
+    """Measured per-step decay ρ against the scale of U, per activation, with γ."""
+    from ._activations import ACTIVATIONS
+
+    fig = Figure(figsize=(9.0, 5.0), layout="constrained")
+    ax = fig.add_subplot()
+    ax.axhspan(1 - tol, 1 + tol, color="0.85", label=f"flat: ρ within 1 ± {tol:g}")
+    acts = list(dict.fromkeys(r.activation for r in rows))
+    for act in acts:
+        rs = [r for r in rows if r.activation == act]
+        ax.loglog([r.scale for r in rs], [r.decay_rate for r in rs], "o-",
+                  color=_COLORS.get(act), label=f"{act}: measured ρ")  # fmt: skip
+    slopes = {}  # γ depends on f only through max|f′|: one line per distinct slope
+    for act in acts:
+        slopes.setdefault(ACTIVATIONS[act].max_slope, []).append(act)
+    for (slope, names), style in zip(slopes.items(), ("--", "-.", ":"), strict=False):
+        scales = sorted({r.scale for r in rows if r.activation in names})
+        ax.loglog(scales, [slope * s for s in scales], style, color="k",
+                  label=f"γ = ‖U‖₂·{slope:g} for {', '.join(names)} (bounds ρ above)")  # fmt: skip
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.text(0.02, 0.97, "explodes (ρ > 1)", transform=ax.transAxes, va="top", fontsize=9)
+    ax.text(0.98, 0.03, "vanishes (ρ < 1)", transform=ax.transAxes, ha="right", fontsize=9)
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(fmt)
+        axis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("scale σ of U = σ·(random orthogonal): spectral radius ρ(U) = ‖U‖₂ = σ")
+    ax.set_ylabel(r"measured per-step factor ρ of $\|\delta_k^{(t)}\|_2$ with distance t − k")
+    ax.set_xticks(sorted({r.scale for r in rows}))
+    ax.tick_params(axis="x", labelsize=8)
+    ax.set_title("The seed's §6 claim on real runs (random ids, labels; batch mean)\n"
+                 "γ < 1 guarantees vanishing; γ > 1 does not guarantee exploding",
+                 fontsize=10)  # fmt: skip
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, path)
+
+
+def _smooth(a: np.ndarray, window: int) -> np.ndarray:
+    window = max(1, min(window, a.shape[-1]))
+    kernel = np.ones(window) / window
+    return np.array([np.convolve(row, kernel, mode="valid") for row in a])
+
+
+def plot_delay(curves, path, *, vocab_size: int, window: int = 25) -> pathlib.Path:
+    """Training accuracy on the delay task, one panel per remedy, one line per d."""
+    cols = min(3, len(curves))
+    rows_n = -(-len(curves) // cols)
+    fig = Figure(figsize=(4.2 * cols, 3.4 * rows_n), layout="constrained")
+    axes = fig.subplots(rows_n, cols, squeeze=False, sharey=True)
+    for ax, c in zip(axes.flat, curves, strict=False):
+        acc = _smooth(np.asarray(c.accuracy), window)
+        x = np.arange(acc.shape[1]) + window
+        for i, d in enumerate(c.delays):
+            ax.plot(x, acc[i], label=f"d = {d} (signal at init {c.signal[i]:.1g})")
+        ax.axhline(1 / vocab_size, color="0.5", ls=":", label=f"chance 1/K = {1 / vocab_size:g}")
+        ax.set_title(c.remedy.label, fontsize=10)
+        ax.set_xlabel("training iteration (Adam)")
+        ax.set_ylabel(f"accuracy on t > d\n(moving avg. of {window})")
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=7, loc="center right")
+        ax.grid(True, alpha=0.3)
+    for ax in axes.flat[len(curves) :]:
+        ax.set_visible(False)
+    fig.suptitle(
+        r"Delay task $y_t = x_{t-d}$: the gradient must reach back d steps. 'signal' = "
+        r"$\sum_t\|\delta_{t-d}^{(t)}\| / \sum_t\|\delta_t^{(t)}\|$ at initialisation",
+        fontsize=10,
+    )
+    return _save(fig, path)
+
+
+def plot_delay_grad_norm(curves, path) -> pathlib.Path:
+    """Global gradient norm during training, one panel per remedy (log scale)."""
+    cols = min(3, len(curves))
+    rows_n = -(-len(curves) // cols)
+    fig = Figure(figsize=(4.2 * cols, 3.2 * rows_n), layout="constrained")
+    axes = fig.subplots(rows_n, cols, squeeze=False, sharey=True)
+    for ax, c in zip(axes.flat, curves, strict=False):
+        for i, d in enumerate(c.delays):
+            ax.semilogy(np.maximum(c.grad_norm[i], 1e-12), lw=0.7, label=f"d = {d}")
+        ax.set_title(c.remedy.label, fontsize=10)
+        ax.set_xlabel("training iteration (Adam)")
+        ax.set_ylabel("‖∂E/∂θ‖₂, all parameters,\nbatch mean (before optax clipping)")
+        ax.legend(fontsize=7)
+        ax.grid(True, alpha=0.3)
+    for ax in axes.flat[len(curves) :]:
+        ax.set_visible(False)
+    fig.suptitle("Delay task: global gradient norm during training", fontsize=10)
+    return _save(fig, path)
+
+
+class DiagnoseReport(NamedTuple):
+    text: str
+    paths: list[pathlib.Path]
+
+
+def run_diagnose(
+    out,
+    *,
+    vocab_size: int = 8,
+    hidden_size: int = 32,
+    batch: int = 8,
+    steps: int = 40,
+    activation: str = "tanh",
+    init: str = "uniform",
+    spectral_radius: float | None = None,
+    seed: int = 0,
+    sweep: bool = True,
+    sweep_scales=None,
+    delays=(),
+    iterations: int = 1000,
+    remedies=None,
+) -> DiagnoseReport:
+    """Measure, plot into ``out``, and return the text report and the files written.
+
+    Writes ``delta_heatmap.png`` and ``decay.png`` (one model: ``init``,
+    ``activation``, float64), ``sweep.png`` (unless ``sweep=False``) and, when
+    ``delays`` are given, ``delay_task.png`` and ``delay_grad_norm.png``
+    (:func:`bptt_jax._tasks.train_delay` for each of ``remedies``, default
+    :data:`bptt_jax._tasks.REMEDIES`).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from ._diagnostics import format_sweep, gradient_flow, spectral_sweep
+    from ._params import init_params
+    from ._tasks import REMEDIES, train_delay
+
+    out = pathlib.Path(out)
+    key = jax.random.key(seed)
+    kp, kx, ky, ks, kd = jax.random.split(key, 5)
+    paths, lines = [], []
+    with jax.enable_x64(True):
+        params = init_params(
+            kp, vocab_size, hidden_size, init=init, spectral_radius=spectral_radius,
+            dtype=jnp.float64,
+        )  # fmt: skip
+        xs = jax.random.randint(kx, (batch, steps), 0, vocab_size)
+        ys = jax.random.randint(ky, (batch, steps), 0, vocab_size)
+        flow = gradient_flow(params, xs, ys, activation=activation)
+        what = f"{activation}, init={init}" + (
+            f" ρ(U)={spectral_radius:g}" if spectral_radius is not None else ""
+        )
+        paths.append(plot_heatmap(flow, out / "delta_heatmap.png", what=what))
+        paths.append(plot_decay(flow, out / "decay.png", what=what))
+        lines += [
+            f"gradient flow: {what}, K={vocab_size} H={hidden_size} B={batch} T={steps} "
+            f"seed={seed} (float64)",
+            f"  ‖U‖₂ = {float(flow.U_norm):.4g}   γ = {float(flow.gamma):.4g}   "
+            f"measured per-step decay ρ = {float(flow.decay_rate):.4g}",
+            "  d    measured   trajectory bound   γ^d",
+        ]
+        for d in sorted({1, 2, 5, 10, 20, steps - 1} & set(range(1, steps))):
+            lines.append(
+                f"  {d:<4} {float(flow.decay[d]):10.3e} {float(flow.bound_decay[d]):18.3e} "
+                f"{float(flow.gamma_decay[d]):9.3e}"
+            )
+        if sweep:
+            kwargs = {} if sweep_scales is None else {"scales": tuple(sweep_scales)}
+            rows = spectral_sweep(
+                ks, vocab_size=vocab_size, hidden_size=hidden_size, batch=batch, steps=steps,
+                **kwargs,
+            )  # fmt: skip
+            paths.append(plot_sweep(rows, out / "sweep.png"))
+            lines += ["", "sweep of U = σ·orthogonal (float64):", format_sweep(rows)]
+    if delays:
+        remedies = REMEDIES if remedies is None else remedies
+        curves = [train_delay(kd, tuple(delays), r, iterations=iterations) for r in remedies]
+        paths.append(plot_delay(curves, out / "delay_task.png", vocab_size=4))
+        paths.append(plot_delay_grad_norm(curves, out / "delay_grad_norm.png"))
+        lines += ["", f"delay task (K=4, H=32, B=32, T=30, {iterations} Adam steps, float32): "
+                  "accuracy on t > d, mean of the last 50 iterations"]  # fmt: skip
+        lines.append(f"{'remedy':30} " + " ".join(f"{'d=' + str(d):>8}" for d in delays))
+        for c in curves:
+            accs = " ".join(f"{a:8.3f}" for a in c.accuracy[:, -50:].mean(axis=1))
+            lines.append(f"{c.remedy.label:30} {accs}")
+        lines += ["", "share of the gradient reaching back d steps at initialisation, "
+                  "Σ_t‖δ_(t−d)^(t)‖ / Σ_t‖δ_t^(t)‖"]  # fmt: skip
+        lines.append(f"{'remedy':30} " + " ".join(f"{'d=' + str(d):>8}" for d in delays))
+        for c in curves:
+            lines.append(f"{c.remedy.label:30} " + " ".join(f"{s:8.1e}" for s in c.signal))
+    lines += ["", "wrote:", *(f"  {p}" for p in paths)]
+    return DiagnoseReport("\n".join(lines), paths)
