@@ -171,7 +171,11 @@ def make_train_step(tx: optax.GradientTransformation, grad_fn: Callable | None =
         n = xs.shape[0] * xs.shape[1]
         loss = E / n  # mean loss per character
         grads = jax.tree.map(lambda g: g / n, grads)
-        updates, new_opt_state = tx.update(grads, opt_state, params)
+        # optax mixes Python floats with its int32 step count (Adam's bias
+        # correction, schedules); allow that inside optax only, whatever the
+        # caller's promotion mode (the tests run everything else strict).
+        with jax.numpy_dtype_promotion("standard"):
+            updates, new_opt_state = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_params)
 
