@@ -26,7 +26,7 @@ from ._params import Params
 from ._rnn import forward_core, hidden_states
 
 
-@functools.partial(jax.jit, static_argnames=("length", "greedy", "top_k"))
+@functools.partial(jax.jit, static_argnames=("length", "greedy", "top_k", "banned"))
 def sample_core(
     params: Params,
     prime: jax.Array,
@@ -36,6 +36,7 @@ def sample_core(
     length: int,
     greedy: bool,
     top_k: int | None,
+    banned: int | None = None,
 ) -> jax.Array:
     r"""``length`` ids drawn after the ``prime`` ids; no checks.
 
@@ -47,6 +48,7 @@ def sample_core(
       length: how many ids to generate.
       greedy: take :math:`\arg\max z_t` instead of sampling.
       top_k: sample among the ``top_k`` largest logits only (``None``: all).
+      banned: an id never to emit (the vocabulary's unknown id).
 
     Returns:
       ``(length,)`` int32 ids.
@@ -58,6 +60,8 @@ def sample_core(
 
     def step(carry, key_t):
         h, z = carry  # (H,), (C,)
+        if banned is not None:
+            z = z.at[banned].set(-jnp.inf)
         if greedy:
             x = jnp.argmax(z)
         else:
@@ -97,8 +101,10 @@ def sample(
         raise DataError("--prime must hold at least one character")
     if not temperature >= 0:
         raise DataError(f"--temperature must be >= 0, got {temperature}")
-    if top_k is not None and not 1 <= top_k <= K:
-        raise DataError(f"--top-k must be between 1 and the vocabulary size {K}, got {top_k}")
+    if top_k is not None and not 1 <= top_k < K:
+        raise DataError(
+            f"--top-k must be between 1 and the vocabulary size {K - 1}, got {top_k}"
+        )
     try:
         ids = model.vocab.encode(prime, strict=True)
     except DataError as e:
@@ -112,6 +118,7 @@ def sample(
         length=length,
         greedy=temperature == 0,
         top_k=top_k,
+        banned=model.vocab.unknown,
     )
     return model.vocab.decode(out)
 

@@ -69,9 +69,9 @@ class TrainConfig:
     text: tuple[str, ...] = ()  # --text paths; () = the standard library
     max_files: int | None = None  # only the first N files of the corpus
     steps: int = 3000  # total optimizer steps
-    batch_size: int = 32  # B parallel streams
+    batch_size: int = 64  # B parallel streams
     seq_len: int = 64  # T characters per chunk (the truncation length)
-    hidden_size: int = 128  # H
+    hidden_size: int = 256  # H
     lr: float = 3e-3
     optimizer: str = "adam"
     clip: float = 1.0  # global-norm clip of the mean gradient; 0 = off
