@@ -102,9 +102,7 @@ def sample(
     if not temperature >= 0:
         raise DataError(f"--temperature must be >= 0, got {temperature}")
     if top_k is not None and not 1 <= top_k < K:
-        raise DataError(
-            f"--top-k must be between 1 and the vocabulary size {K - 1}, got {top_k}"
-        )
+        raise DataError(f"--top-k must be between 1 and the vocabulary size {K - 1}, got {top_k}")
     try:
         ids = model.vocab.encode(prime, strict=True)
     except DataError as e:

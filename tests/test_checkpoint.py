@@ -47,7 +47,7 @@ def test_overwrite_replaces_the_file(saved):
 def test_truncated_checkpoint_is_refused(saved, keep):
     data = saved.read_bytes()
     saved.write_bytes(data[:keep] if keep >= 0 else data[:-1])
-    with pytest.raises(CheckpointError, match="truncated|not a bptt-jax"):
+    with pytest.raises(CheckpointError, match=r"truncated|not a bptt-jax"):
         load_checkpoint(saved)
 
 

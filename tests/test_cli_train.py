@@ -52,7 +52,8 @@ def test_train_writes_checkpoint_plot_and_summary(tmp_path, capsys):
 
 def test_resume_from_the_command_line_goes_on(lm_run, tmp_path, capsys):
     shutil.copy(lm_run / "checkpoint.bptt", tmp_path / "checkpoint.bptt")
-    assert main(["train", "--resume", "--steps", "25", "--out", str(tmp_path), "--no-progress"]) == 0
+    argv = ["train", "--resume", "--steps", "25", "--out", str(tmp_path), "--no-progress"]
+    assert main(argv) == 0
     assert load_checkpoint(tmp_path / "checkpoint.bptt")[0]["step"] == 25
     assert "step 25/25" in capsys.readouterr().out
 
