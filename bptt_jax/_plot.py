@@ -50,7 +50,7 @@ def plot_history(path, history, baselines: dict, config, vocab_size: int) -> pat
                    label=f"unigram baseline ({baselines['unigram_bits']:.2f})")  # fmt: skip
     ax.set_xlabel("training step (one chunk of B×T characters each)")
     ax.set_ylabel("cross-entropy (bits per character)")
-    ax.set_title("loss" if tag else "character language model: loss")
+    ax.set_title("token-type tagging: loss" if tag else "character language model: loss")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -78,7 +78,7 @@ class TrainConfig:
     clip_value: float = 0.0  # element-wise clip to [-v, v]; 0 = off
     seed: int = 0
     out: str = "runs"
-    eval_every: int = 500
+    eval_every: int = 250
     save_every: int = 1000
     verify_every: int = 0  # 0 = never
     val_chars: int = 65536

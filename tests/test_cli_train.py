@@ -161,3 +161,27 @@ def test_top_level_help_lists_the_commands(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert all(c in out for c in ("train", "sample", "tag", "check"))
+
+
+def test_ctrl_c_saves_a_checkpoint_before_exiting(tmp_path):
+    import os
+    import signal
+
+    argv = [sys.executable, "-m", "bptt_jax", "train", *TINY, "--steps", "100000",
+            "--eval-every", "5", "--out", str(tmp_path)]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)  # fmt: skip
+    try:
+        for line in proc.stdout:  # wait until training is under way
+            if line.startswith("step 10: val loss"):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err and "Traceback" not in err
+    header, _ = load_checkpoint(tmp_path / "checkpoint.bptt")
+    assert 10 <= header["step"] < 100000
+    assert f"step {header['step']}/100000 (interrupted)" in out
