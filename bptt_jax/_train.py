@@ -191,10 +191,12 @@ def make_train_step(tx: optax.GradientTransformation, grad_fn: Callable | None =
 
 
 @functools.cache
-def _cached_step(optimizer: str, lr: float, clip: float, clip_value: float):
+def _cached_step(optimizer: str, lr: float, clip: float, clip_value: float, grad_fn=None):
+    # One jitted step per optimizer setting and gradient function, so that runs
+    # in one process (tests, a resume) reuse its compilation.
     config = TrainConfig(optimizer=optimizer, lr=lr, clip=clip, clip_value=clip_value)
     tx = make_optimizer(config)
-    return tx, make_train_step(tx)
+    return tx, make_train_step(tx, grad_fn)
 
 
 @jax.jit
@@ -488,11 +490,13 @@ def train(
             raise DataError(f"training {name} outside 0..{n - 1}")
     base = baselines(corpus, ys_val, xs_val)
 
-    if grad_fn is None:
-        tx, step_fn = _cached_step(config.optimizer, config.lr, config.clip, config.clip_value)
-    else:
-        tx = make_optimizer(config)
-        step_fn = make_train_step(tx, grad_fn)
+    if config.optimizer not in OPTIMIZERS:
+        raise TrainingError(
+            f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+        )
+    tx, step_fn = _cached_step(
+        config.optimizer, config.lr, config.clip, config.clip_value, grad_fn
+    )
     out = pathlib.Path(config.out)
     ckpt_path = out / CHECKPOINT_NAME
 

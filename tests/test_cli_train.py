@@ -1,6 +1,8 @@
 """bptt-jax train / sample / tag from the command line: outputs, exit codes, messages."""
 
 import argparse
+import contextlib
+import io
 import shutil
 import subprocess
 import sys
@@ -10,15 +12,19 @@ import pytest
 from bptt_jax._checkpoint import load_checkpoint
 from bptt_jax._cli import build_parser, main
 
-TINY = ["--max-files", "8", "--hidden-size", "32", "--batch-size", "8", "--seq-len", "16",
-        "--val-chars", "2048", "--no-progress"]  # fmt: skip
+# The shapes of test_train.py's runs, so that the jitted steps are compiled once.
+TINY = ["--max-files", "12", "--hidden-size", "48", "--batch-size", "16", "--seq-len", "32",
+        "--val-chars", "8192", "--no-progress"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def lm_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("lm")
-    assert main(["train", *TINY, "--steps", "20", "--eval-every", "10", "--out", str(out)]) == 0
-    return out
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        argv = ["train", *TINY, "--steps", "20", "--eval-every", "10", "--out", str(out)]
+        assert main(argv) == 0
+    return out, stdout.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -36,21 +42,20 @@ def _fails_with(argv, capsys, message):
     return err
 
 
-def test_train_writes_checkpoint_plot_and_summary(tmp_path, capsys):
-    argv = ["train", *TINY, "--steps", "10", "--eval-every", "5", "--out", str(tmp_path)]
-    assert main(argv) == 0
-    out = capsys.readouterr().out
+def test_train_writes_checkpoint_plot_and_summary(lm_run):
+    run, out = lm_run
     summary = next(line for line in out.splitlines() if line.startswith("bptt-jax train:"))
-    for part in ("step 10/10", "steps/s", "tokens/s", "bits/char", "ppl", "unigram",
+    for part in ("step 20/20", "steps/s", "tokens/s", "bits/char", "ppl", "unigram",
                  "0 non-finite steps skipped"):  # fmt: skip
         assert part in summary
-    assert "step 5: val loss" in out and "perplexity" in out
-    header, _ = load_checkpoint(tmp_path / "checkpoint.bptt")
-    assert header["step"] == 10 and header["config"]["hidden_size"] == 32
-    assert (tmp_path / "loss.png").exists()
+    assert "step 10: val loss" in out and "perplexity" in out
+    header, _ = load_checkpoint(run / "checkpoint.bptt")
+    assert header["step"] == 20 and header["config"]["hidden_size"] == 48
+    assert (run / "loss.png").exists()
 
 
 def test_resume_from_the_command_line_goes_on(lm_run, tmp_path, capsys):
+    lm_run = lm_run[0]
     shutil.copy(lm_run / "checkpoint.bptt", tmp_path / "checkpoint.bptt")
     argv = ["train", "--resume", "--steps", "25", "--out", str(tmp_path), "--no-progress"]
     assert main(argv) == 0
@@ -59,17 +64,20 @@ def test_resume_from_the_command_line_goes_on(lm_run, tmp_path, capsys):
 
 
 def test_resume_with_another_model_size_is_refused(lm_run, capsys):
+    lm_run = lm_run[0]
     ckpt = str(lm_run / "checkpoint.bptt")
     _fails_with(["train", "--resume", ckpt, "--hidden-size", "64", "--steps", "40"], capsys,
-                "the checkpoint was trained with --hidden-size 32, not 64")  # fmt: skip
+                "the checkpoint was trained with --hidden-size 48, not 64")  # fmt: skip
 
 
 def test_resume_past_the_end_needs_more_steps(lm_run, capsys):
+    lm_run = lm_run[0]
     _fails_with(["train", "--resume", str(lm_run / "checkpoint.bptt")], capsys,
                 "already at step 20")  # fmt: skip
 
 
 def test_sample_is_reproducible_and_starts_with_the_prime(lm_run, capsys):
+    lm_run = lm_run[0]
     argv = ["sample", str(lm_run / "checkpoint.bptt"), "--prime", "def ", "--length", "50",
             "--seed", "7"]  # fmt: skip
     assert main(argv) == 0
@@ -87,11 +95,13 @@ def test_sample_is_reproducible_and_starts_with_the_prime(lm_run, capsys):
     ids=["length_zero", "length_negative", "prime_outside_vocab"],
 )  # fmt: skip
 def test_bad_sample_requests_exit_1(lm_run, capsys, extra, message):
+    lm_run = lm_run[0]
     _fails_with(["sample", str(lm_run / "checkpoint.bptt"), *extra], capsys, message)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "flipped_byte"])
 def test_damaged_checkpoint_is_refused(lm_run, tmp_path, capsys, damage):
+    lm_run = lm_run[0]
     data = bytearray((lm_run / "checkpoint.bptt").read_bytes())
     if damage == "truncated":
         data = data[: len(data) * 2 // 3]
@@ -104,6 +114,7 @@ def test_damaged_checkpoint_is_refused(lm_run, tmp_path, capsys, damage):
 
 
 def test_damaged_checkpoint_from_a_shell_gives_no_traceback(lm_run, tmp_path):
+    lm_run = lm_run[0]
     bad = tmp_path / "bad.bptt"
     bad.write_bytes((lm_run / "checkpoint.bptt").read_bytes()[:-10])
     proc = subprocess.run([sys.executable, "-m", "bptt_jax", "sample", str(bad)],
@@ -127,6 +138,7 @@ def test_tag_prints_the_file_with_its_token_types(tag_run, tmp_path, capsys):
 
 
 def test_tag_with_a_language_model_is_refused(lm_run, tmp_path, capsys):
+    lm_run = lm_run[0]
     src = tmp_path / "a.py"
     src.write_text("x = 1\n")
     _fails_with(["tag", str(lm_run / "checkpoint.bptt"), str(src)], capsys, "--task tag")
