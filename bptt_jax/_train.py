@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import math
 import pathlib
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -570,7 +571,9 @@ def train(
     evaluation = None
     bar = tqdm(
         total=config.steps, initial=state.step, disable=not progress, unit="step",
-        dynamic_ncols=True, smoothing=0.1,
+        # A pty that reports a 0×0 size would hide the bar; shutil falls back to 80×24.
+        ncols=shutil.get_terminal_size().columns, nrows=shutil.get_terminal_size().lines,
+        smoothing=0.1,
     )  # fmt: skip
     if config.eval_every and state.step == 0:
         run_eval()  # where the curve starts: about log2(C) bits/char
