@@ -402,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except (DataError, CheckpointError, TrainingError) as e:
         return _error(args.command, str(e))
+    except KeyboardInterrupt:  # before training started (or in sample/tag): nothing to save
+        print(f"bptt-jax {args.command}: interrupted", file=sys.stderr)
+        return 130
     raise AssertionError(f"unhandled command {args.command}")  # argparse rejects unknown ones
 
 
