@@ -179,15 +179,16 @@ def test_ctrl_c_saves_a_checkpoint_before_exiting(tmp_path):
     import os
     import signal
 
-    argv = [sys.executable, "-m", "bptt_jax", "train", *TINY, "--steps", "100000",
-            "--eval-every", "5", "--out", str(tmp_path)]  # fmt: skip
+    args = ["train", *TINY, "--steps", "100000", "--eval-every", "5", "--out", str(tmp_path)]
+    # A background job inherits SIGINT ignored (a terminal's is not): restore
+    # Python's KeyboardInterrupt handler first, then run bptt-jax.
+    start = (
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from bptt_jax._cli import run; run()"
+    )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-    def default_sigint():  # a background job inherits SIGINT ignored; a terminal's is not
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, preexec_fn=default_sigint)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", start, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
     try:
         for line in proc.stdout:  # wait until training is under way
             if line.startswith("step 10: val loss"):
