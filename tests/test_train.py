@@ -1,0 +1,199 @@
+"""Training with the hand gradients: learning, resume, optimizers, numerical trouble."""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bptt_jax._bptt import bptt_core
+from bptt_jax._checkpoint import CheckpointError, load_checkpoint
+from bptt_jax._data import load_corpus
+from bptt_jax._params import Params, init_params
+from bptt_jax._train import (
+    Evaluation,
+    TrainConfig,
+    TrainingError,
+    config_for_resume,
+    make_optimizer,
+    make_train_step,
+    train,
+)
+
+# A handful of standard-library files: the embedded corpus, small enough for seconds.
+TINY = dict(max_files=12, batch_size=16, seq_len=32, hidden_size=48, eval_every=0,
+            save_every=0, val_chars=8192)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return load_corpus(max_files=TINY["max_files"])
+
+
+def _leaves(state):
+    return jax.tree.leaves((state.params, state.opt_state, state.h))
+
+
+def _bitwise_equal(a, b):
+    la, lb = _leaves(a), _leaves(b)
+    return len(la) == len(lb) and all(
+        x.dtype == y.dtype and np.array_equal(np.asarray(x), np.asarray(y), equal_nan=False)
+        for x, y in zip(la, lb, strict=True)
+    )
+
+
+def test_training_on_the_stdlib_goes_well_below_the_unigram_entropy(corpus, tmp_path):
+    config = TrainConfig(**{**TINY, "eval_every": 250}, steps=250, lr=1e-2, out=str(tmp_path))
+    result = train(config, corpus=corpus, progress=False, echo=lambda s: None)
+    start = result.history.val[0][1] / math.log(2)  # step 0: the untrained model
+    unigram = result.baselines["unigram_bits"]
+    assert start > unigram  # the untrained model is worse than counting characters
+    assert result.evaluation.bits < 0.75 * unigram, (result.evaluation.bits, unigram)
+    assert result.history.nonfinite == 0
+    assert (tmp_path / "loss.png").stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(corpus, tmp_path_factory):
+    config = TrainConfig(**TINY, steps=12, out=str(tmp_path_factory.mktemp("full")))
+    return train(config, corpus=corpus, progress=False, echo=lambda s: None)
+
+
+@pytest.mark.parametrize("how", ["stop_at_6", "ctrl_c_at_5"])
+def test_resume_is_bitwise_identical(corpus, uninterrupted, tmp_path, how):
+    config = dataclasses.replace(uninterrupted.config, out=str(tmp_path))
+    if how == "stop_at_6":
+        first = train(dataclasses.replace(config, steps=6), corpus=corpus, progress=False,
+                      echo=lambda s: None)  # fmt: skip
+        assert first.state.step == 6 and not first.interrupted
+    else:
+
+        def interrupt(state):
+            if state.step == 5:
+                raise KeyboardInterrupt
+
+        first = train(config, corpus=corpus, progress=False, echo=lambda s: None,
+                      on_step=interrupt)  # fmt: skip
+        assert first.interrupted and first.state.step == 5
+    assert load_checkpoint(first.checkpoint)[0]["step"] == first.state.step
+    assert not _bitwise_equal(first.state, uninterrupted.state)  # not trivially equal
+    resumed = train(config, resume=first.checkpoint, corpus=corpus, progress=False,
+                    echo=lambda s: None)  # fmt: skip
+    assert resumed.state.step == 12 and resumed.state.chunk == uninterrupted.state.chunk
+    assert _bitwise_equal(resumed.state, uninterrupted.state)
+
+
+def test_sgd_is_the_seeds_update_on_the_hand_gradients(corpus):
+    config = TrainConfig(optimizer="sgd", lr=0.5, clip=0.0)
+    tx = make_optimizer(config)
+    step = make_train_step(tx)
+    params = jax.tree.map(
+        jnp.asarray,
+        Params(*(np.random.default_rng(i).uniform(-0.3, 0.3, s).astype(np.float32)
+                 for i, s in enumerate([(8, 8), (corpus.vocab.size, 8), (8, corpus.vocab.size),
+                                        (8,), (corpus.vocab.size,)]))),
+    )  # fmt: skip
+    xs = jnp.asarray(corpus.train_ids[:60].reshape(3, 20))
+    ys = jnp.asarray(corpus.train_ids[1:61].reshape(3, 20))
+    h0 = jnp.zeros((3, 8), jnp.float32)
+    new, _, h_T, loss, finite = step(params, tx.init(params), xs, ys, h0)
+    E, grads, _, h_ref = bptt_core(params, xs, ys, h0)
+    expected = jax.tree.map(lambda p, g: p - 0.5 * (g / 60), params, grads)
+    assert bool(finite) and float(loss) == pytest.approx(float(E) / 60, rel=1e-6)
+    for name in Params._fields:
+        assert not np.array_equal(getattr(new, name), getattr(params, name))  # it moved
+        # Equal up to the last rounding: XLA fuses the step's jit differently from
+        # bptt_core's own, so the gradient's last bit may differ.
+        np.testing.assert_array_max_ulp(getattr(new, name), getattr(expected, name), maxulp=1)
+    np.testing.assert_array_equal(h_T, h_ref)
+
+
+def _nan_gradients(params, xs, ys, h0):
+    E, grads, dh0, h_T = bptt_core(params, xs, ys, h0)
+    return E, grads._replace(U=grads.U.at[0, 0].set(jnp.nan)), dh0, h_T
+
+
+@pytest.mark.parametrize("clip", [0.0, 1.0], ids=["no_clipping", "clipping"])
+def test_non_finite_steps_are_skipped_counted_and_stop_training(corpus, tmp_path, clip):
+    config = TrainConfig(**TINY, steps=50, clip=clip, out=str(tmp_path))
+    with pytest.raises(TrainingError) as exc:
+        train(config, corpus=corpus, progress=False, grad_fn=_nan_gradients)
+    msg = str(exc.value)
+    assert "5 steps in a row" in msg and "not applied" in msg
+    assert ("no clipping" in msg) == (clip == 0) and ("--lr" in msg) == (clip > 0)
+    header, arrays = load_checkpoint(tmp_path / "checkpoint.bptt")
+    assert header["history"]["nonfinite"] >= 5 and header["step"] < 50
+    assert all(np.all(np.isfinite(a)) for a in arrays.values() if a.dtype.kind == "f")
+    # No step was applied: the parameters are still the initial ones (train's key use).
+    _, init_key = jax.random.split(jax.random.key(config.seed))
+    init = init_params(init_key, corpus.vocab.size, config.hidden_size)
+    for name in Params._fields:
+        np.testing.assert_array_equal(arrays[f"params/{name}"], getattr(init, name))
+
+
+def _wrong_dU(params, xs, ys, h0):
+    E, grads, dh0, h_T = bptt_core(params, xs, ys, h0)
+    return E, grads._replace(U=0.5 * grads.U), dh0, h_T
+
+
+def test_verify_every_stops_on_wrong_gradients(corpus, tmp_path):
+    config = TrainConfig(**TINY, steps=10, verify_every=3, out=str(tmp_path))
+    with pytest.raises(TrainingError, match=r"disagrees with jax.grad.*U rel. error 5\.0+e-01"):
+        train(config, corpus=corpus, progress=False, grad_fn=_wrong_dU)
+
+
+def test_verify_every_passes_on_the_hand_gradients(corpus, tmp_path):
+    config = TrainConfig(**TINY, steps=10, verify_every=4, out=str(tmp_path))
+    result = train(config, corpus=corpus, progress=False, echo=lambda s: None)
+    assert result.history.verified == 3  # steps 0, 4 and 8
+    assert result.history.verify_error <= 1e-4
+    assert "hand gradients = jax.grad in 3 checks" in result.summary()
+
+
+def test_perplexity_of_a_diverged_model_is_infinite_not_an_error():
+    assert Evaluation(loss=1e4).perplexity == math.inf
+    assert Evaluation(loss=math.log(4.0)).perplexity == pytest.approx(4.0)
+
+
+def test_tagging_beats_both_baselines(tmp_path):
+    corpus = load_corpus(task="tag", max_files=30)
+    config = TrainConfig(**{**TINY, "max_files": 30}, task="tag", steps=300, lr=1e-2,
+                         out=str(tmp_path))  # fmt: skip
+    result = train(config, corpus=corpus, progress=False, echo=lambda s: None)
+    ev, base = result.evaluation, result.baselines
+    assert ev.accuracy > base["char_unigram"] > base["majority"]
+    assert sum(ev.counts.values()) >= 4096  # the accuracy is over enough characters
+    assert ev.per_class["name"] > 0.5 and ev.per_class["whitespace"] > 0.5
+
+
+@pytest.mark.parametrize(
+    "given", [{"hidden_size": 64}, {"task": "tag"}, {"text": ("a.txt",)}],
+    ids=["hidden_size", "task", "text"],
+)  # fmt: skip
+def test_resume_refuses_a_different_model_or_data(given):
+    saved = TrainConfig(hidden_size=48).to_json()
+    with pytest.raises(CheckpointError, match="the checkpoint was trained with"):
+        config_for_resume(saved, given)
+
+
+def test_resume_may_extend_steps_and_move_out():
+    config = config_for_resume(TrainConfig(hidden_size=48).to_json(),
+                               {"steps": 99, "out": "x", "hidden_size": 48})  # fmt: skip
+    assert (config.steps, config.out, config.hidden_size) == (99, "x", 48)
+
+
+def test_the_training_step_uses_no_autodiff():
+    # jax.grad is the --verify-every referee only; the step itself is hand BPTT.
+    import ast
+    import inspect
+
+    from bptt_jax import _train
+
+    tree = ast.parse(inspect.getsource(_train.make_train_step))
+    names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    names |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    assert "bptt_core" in names  # the check sees the names the step uses
+    autodiff = {"grad", "value_and_grad", "vjp", "jvp", "linearize", "autodiff_bptt"}
+    assert not names & autodiff
