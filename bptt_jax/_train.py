@@ -621,7 +621,7 @@ def train(
     save()
     plot = None
     if history.train:
-        from ._plot import plot_history
+        from ._plots import plot_history
 
         plot = plot_history(out / PLOT_NAME, history, base, config, K)
     return Result(
