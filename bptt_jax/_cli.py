@@ -441,6 +441,8 @@ def _train(args) -> int:
         config = dataclasses.replace(TrainConfig(), **given)
     progress = not args.no_progress and sys.stderr.isatty()
     result = train(config, resume=resume, progress=progress, devices=args.devices)
+    if cluster.process_id != 0:  # process 0 writes the files and reports for all
+        return 130 if result.interrupted else 0
     if result.evaluation is not None and config.task == "tag":
         print(_per_class_table(result.evaluation))
     print(result.summary())
