@@ -46,6 +46,7 @@ def test_training_on_8_devices_equals_1_device(results, dtype, optimizer):
     assert results[f"{dtype}_{optimizer}_steps"] == [8, 8]
     assert results[f"{dtype}_{optimizer}_dtypes"] == [dtype]  # really ran in that dtype
     assert results[f"{dtype}_{optimizer}_8_vs_1"] <= TOLERANCE[dtype]
+    assert results[f"{dtype}_{optimizer}_verified"] == 2  # --verify-every 4 at steps 0 and 4
 
 
 def test_the_comparison_is_not_trivial(results):

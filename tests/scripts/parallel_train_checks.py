@@ -62,7 +62,9 @@ runs = {}
 for dtype in ("float64", "float32"):
     for optimizer in ("adam", "sgd"):
         one = run(f"{dtype}-{optimizer}-1", 1, dtype, optimizer)
-        eight = run(f"{dtype}-{optimizer}-8", 8, dtype, optimizer)
+        # --verify-every on 8 devices checks the hand gradient of the whole batch.
+        eight = run(f"{dtype}-{optimizer}-8", 8, dtype, optimizer, verify_every=4)
+        out[f"{dtype}_{optimizer}_verified"] = eight.history.verified
         runs[dtype, optimizer] = one, eight
         out[f"{dtype}_{optimizer}_8_vs_1"] = rel(eight.state, one.state)
         out[f"{dtype}_{optimizer}_steps"] = [one.state.step, eight.state.step]
