@@ -390,6 +390,7 @@ def _diagnose(args) -> int:
         print(f"bptt-jax diagnose: error: {e}", file=sys.stderr)
         return 2
     print(report.text)
+    return 0
 
 
 _TRAIN_OPTIONS = (
