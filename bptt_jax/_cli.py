@@ -181,6 +181,43 @@ def _add_train_parser(commands) -> None:
         metavar="N",
         help=f"validate on the first N held-out characters (default {d.val_chars})",
     )
+    a(
+        "--dtype",
+        choices=("float32", "float64"),
+        default=None,
+        help=f"precision of the parameters and the computation (default {d.dtype})",
+    )
+    a(
+        "--devices",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="run each step data-parallel on N devices: the batch is split across them "
+        "(--batch-size must be a multiple of N), gradients summed, parameters replicated; "
+        "a checkpoint resumes on any N (default: all local devices)",
+    )
+    a(
+        "--coordinator",
+        default=None,
+        metavar="HOST:PORT",
+        help="multi-host: address of process 0, for jax.distributed.initialize "
+        "(default: $BPTT_JAX_COORDINATOR, else a single process)",
+    )
+    a(
+        "--num-processes",
+        type=_positive,
+        default=None,
+        metavar="P",
+        help="multi-host: the number of processes (default: $BPTT_JAX_NUM_PROCESSES, else 1)",
+    )
+    a(
+        "--process-id",
+        type=_nonnegative,
+        default=None,
+        metavar="I",
+        help="multi-host: this process's id in 0..P-1; process I reads streams I, I+P, ... "
+        "(default: $BPTT_JAX_PROCESS_ID, else 0)",
+    )
     a("--no-progress", action="store_true",
       help="no progress bar (default: shown on stderr when it is a terminal)")  # fmt: skip
 
@@ -359,7 +396,7 @@ def _diagnose(args) -> int:
 _TRAIN_OPTIONS = (
     "task", "text", "max_files", "steps", "batch_size", "seq_len", "hidden_size", "lr",
     "optimizer", "clip", "clip_value", "seed", "out", "eval_every", "save_every",
-    "verify_every", "val_chars",
+    "verify_every", "val_chars", "dtype",
 )  # fmt: skip
 
 
@@ -371,7 +408,14 @@ def _error(command: str, message: str) -> int:
 def _train(args) -> int:
     import dataclasses
 
+    from ._distributed import ClusterError, cluster_from, initialize
     from ._train import CHECKPOINT_NAME, TrainConfig, config_for_resume, train
+
+    try:
+        cluster = cluster_from(args.coordinator, args.num_processes, args.process_id)
+    except ClusterError as e:
+        return _error("train", str(e))
+    initialize(cluster)  # multi-host only: before anything touches the devices
 
     given = {k: getattr(args, k) for k in _TRAIN_OPTIONS if getattr(args, k) is not None}
     if "text" in given:
@@ -397,7 +441,9 @@ def _train(args) -> int:
     else:
         config = dataclasses.replace(TrainConfig(), **given)
     progress = not args.no_progress and sys.stderr.isatty()
-    result = train(config, resume=resume, progress=progress)
+    result = train(config, resume=resume, progress=progress, devices=args.devices)
+    if cluster.process_id != 0:  # process 0 writes the files and reports for all
+        return 130 if result.interrupted else 0
     if result.evaluation is not None and config.task == "tag":
         print(_per_class_table(result.evaluation))
     print(result.summary())

@@ -331,12 +331,25 @@ class Streams:
 
     For ``lm`` the label of character t is character t + 1; for ``tag`` it
     is the token type of character t.
+
+    In a run of ``P`` processes (multi-host), process ``p`` holds only the
+    streams :func:`process_streams` gives it, ``p, p + P, p + 2P, ...``:
+    ``B / P`` rows, the same segments a single process would read at those
+    rows.
     """
 
     def __init__(
-        self, ids: np.ndarray, labels: np.ndarray | None, batch_size: int, seq_len: int
+        self,
+        ids: np.ndarray,
+        labels: np.ndarray | None,
+        batch_size: int,
+        seq_len: int,
+        *,
+        num_processes: int = 1,
+        process_id: int = 0,
     ) -> None:
         B, T = batch_size, seq_len
+        rows = process_streams(B, num_processes, process_id)
         shift = 1 if labels is None else 0  # lm needs one character past the chunk
         L = len(ids) // B
         self.num_chunks = (L - shift) // T
@@ -345,17 +358,52 @@ class Streams:
                 f"the training text has {len(ids)} characters, too few for --batch-size {B} "
                 f"streams of --seq-len {T}: needs at least {B * (T + shift)}"
             )
-        self.xs = np.ascontiguousarray(ids[: B * L].reshape(B, L))  # (B, L)
+        self.xs = np.ascontiguousarray(ids[: B * L].reshape(B, L)[rows])  # (B / P, L)
         if labels is None:
-            self.ys = self.xs[:, 1:]  # (B, L - 1): the next character
+            self.ys = self.xs[:, 1:]  # (B / P, L - 1): the next character
         else:
-            self.ys = np.ascontiguousarray(labels[: B * L].reshape(B, L))  # (B, L)
+            self.ys = np.ascontiguousarray(labels[: B * L].reshape(B, L)[rows])  # (B / P, L)
         self.seq_len = T
 
     def chunk(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Chunk ``k`` (``0 <= k < num_chunks``): ``xs, ys`` each ``(B, T)`` int32."""
+        """Chunk ``k`` (``0 <= k < num_chunks``): ``xs, ys`` each ``(B / P, T)`` int32."""
         T = self.seq_len
         return self.xs[:, k * T : (k + 1) * T], self.ys[:, k * T : (k + 1) * T]
+
+
+def process_streams(num_streams: int, num_processes: int, process_id: int) -> np.ndarray:
+    """The streams process ``process_id`` of ``num_processes`` reads: ``p, p + P, ...``.
+
+    Over all processes these are disjoint and cover ``0 .. B - 1``; each process
+    gets ``B / P`` of them (``B`` must be a multiple of ``P``).
+
+    Raises:
+      DataError: ``P < 1``, ``p`` outside ``0 .. P - 1``, or ``B`` not a multiple of ``P``.
+    """
+    B, P_, p = num_streams, num_processes, process_id
+    if P_ < 1:
+        raise DataError(f"the number of processes must be >= 1, got {P_}")
+    if not 0 <= p < P_:
+        raise DataError(f"process id {p} is outside 0..{P_ - 1} for {P_} processes")
+    if B % P_:
+        raise DataError(
+            f"--batch-size {B} is not divisible by the {P_} processes; use a multiple of {P_}"
+        )
+    return np.arange(p, B, P_)
+
+
+def streams_in_order(blocks) -> np.ndarray:
+    """Undoes :func:`process_streams`: ``blocks[p]`` holds process p's rows; stream order out.
+
+    Args:
+      blocks: ``(P, B / P, ...)``, process ``p``'s rows in the order it holds them.
+
+    Returns:
+      ``(B, ...)`` with row ``p + P j`` = ``blocks[p][j]``.
+    """
+    blocks = np.asarray(blocks)
+    P_, n = blocks.shape[:2]
+    return np.swapaxes(blocks, 0, 1).reshape(P_ * n, *blocks.shape[2:])
 
 
 def eval_arrays(

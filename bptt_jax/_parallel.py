@@ -23,8 +23,9 @@ whole sequences.
 from __future__ import annotations
 
 import jax
+import numpy as np
 from jax import lax
-from jax.sharding import AxisType, Mesh
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ._bptt import bptt_core
@@ -65,6 +66,42 @@ def check_batch_divides(batch_size: int, mesh: Mesh) -> None:
         )
 
 
+def data_parallel_bptt_core(mesh: Mesh, *, activation: str = "tanh", truncate: int | None = None):
+    r"""A jitted ``fn(params, xs, ys, h0) -> (E, grads, dh0, h_T)`` split over ``mesh``.
+
+    The data-parallel twin of :func:`bptt_jax._bptt.bptt_core`, with the same
+    signature and outputs, so that it can be the ``grad_fn`` of the training
+    step (:func:`bptt_jax._train.make_train_step`). Every device runs
+    ``bptt_core`` on its ``B / N`` sequences and
+
+    .. math::
+
+        E = \sum_d E^{(d)},\qquad \nabla E = \sum_d \nabla E^{(d)}
+
+    by ``lax.psum`` over the mesh axis; ``E`` and ``grads`` come back
+    replicated, ``dh0 (B, H)`` = ∂E/∂h_0 and ``h_T (B, H)`` sharded like ``h0``
+    (they are per sequence, nothing to sum).
+
+    Args:
+      mesh: from :func:`make_mesh`.
+      activation, truncate: as for :func:`bptt_jax.bptt`.
+    """
+
+    def local(params, xs, ys, h0):  # one device's shard of the batch
+        E, grads, dh0, h_T = bptt_core(
+            params, xs, ys, h0, activation=activation, truncate=truncate
+        )
+        return lax.psum(E, AXIS), jax.tree.map(lambda g: lax.psum(g, AXIS), grads), dh0, h_T
+
+    sharded = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(P(), P(AXIS), P(AXIS), P(AXIS)),
+        out_specs=(P(), P(), P(AXIS), P(AXIS)),
+    )
+    return jax.jit(sharded)
+
+
 def data_parallel_bptt(mesh: Mesh, *, activation: str = "tanh", truncate: int | None = None):
     """A jitted ``fn(params, xs, ys, h0) -> (E, grads, h_T)`` split over ``mesh``.
 
@@ -79,15 +116,52 @@ def data_parallel_bptt(mesh: Mesh, *, activation: str = "tanh", truncate: int | 
     and ``grads`` come back replicated (summed over devices), ``h_T (B, H)``
     sharded like ``h0``.
     """
+    core = data_parallel_bptt_core(mesh, activation=activation, truncate=truncate)
 
-    def local(params, xs, ys, h0):  # one device's shard of the batch
-        E, grads, _, h_T = bptt_core(params, xs, ys, h0, activation=activation, truncate=truncate)
-        return lax.psum(E, AXIS), jax.tree.map(lambda g: lax.psum(g, AXIS), grads), h_T
+    @jax.jit
+    def fn(params, xs, ys, h0):
+        E, grads, _, h_T = core(params, xs, ys, h0)
+        return E, grads, h_T
 
-    sharded = jax.shard_map(
-        local,
-        mesh=mesh,
-        in_specs=(P(), P(AXIS), P(AXIS), P(AXIS)),
-        out_specs=(P(), P(), P(AXIS)),
-    )
-    return jax.jit(sharded)
+    return fn
+
+
+# --------------------------------------------------------------------------- placement
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device of ``mesh`` holds the whole array (parameters, optimizer state)."""
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    """The leading (batch) axis split over the mesh: device ``i`` holds rows ``i·B/N ...``."""
+    return NamedSharding(mesh, P(AXIS))
+
+
+def replicate(tree, mesh: Mesh):
+    """Places every leaf of ``tree`` (host or device arrays) replicated on ``mesh``.
+
+    In a multi-process run every process must pass the same values (they do:
+    the same seed, or the same checkpoint).
+    """
+    return jax.device_put(tree, replicated(mesh))
+
+
+def shard_batch(local, mesh: Mesh) -> jax.Array:
+    """The global ``(B, ...)`` array whose rows on this process's devices are ``local``.
+
+    ``local`` is this process's ``(B / P, ...)`` slice of the batch (the whole
+    batch in a single-process run, where this is ``device_put`` with
+    :func:`batch_sharded`).
+    """
+    return jax.make_array_from_process_local_data(batch_sharded(mesh), local)
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded array, in order, as one host array.
+
+    The inverse of :func:`shard_batch` (the whole array in a single-process run).
+    """
+    shards = {s.index[0].start or 0: s.data for s in x.addressable_shards}
+    return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])

@@ -16,10 +16,18 @@ update (``sgd`` is the seed's :math:`\theta := \theta - \lambda g`). A step
 whose loss, gradients or new parameters are not finite is not applied.
 ``jax.grad`` appears only in :func:`verify_gradients`, the referee that
 ``--verify-every`` calls.
+
+On ``N > 1`` devices the step is data-parallel over a 1-D mesh
+(:mod:`bptt_jax._parallel`): the batch is split across the devices, each
+runs the same hand BPTT on its ``B / N`` streams, ``E`` and the gradients are
+summed with ``psum``, and parameters and optimizer state are replicated, so
+every device applies the same update. Checkpoints hold host arrays (the
+hidden state in stream order) and resume on any device count.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -38,7 +46,25 @@ import optax
 from ._bptt import bptt_core
 from ._check import TOLERANCES, max_relative_error
 from ._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ._data import TOKEN_TYPES, Corpus, DataError, Streams, Vocab, eval_arrays, load_corpus
+from ._data import (
+    TOKEN_TYPES,
+    Corpus,
+    DataError,
+    Streams,
+    Vocab,
+    eval_arrays,
+    load_corpus,
+    streams_in_order,
+)
+from ._parallel import (
+    AXIS,
+    check_batch_divides,
+    data_parallel_bptt_core,
+    local_rows,
+    make_mesh,
+    replicate,
+    shard_batch,
+)
 from ._params import Params, init_params
 from ._reference import autodiff_bptt
 from ._rnn import forward_core
@@ -83,6 +109,7 @@ class TrainConfig:
     save_every: int = 1000
     verify_every: int = 0  # 0 = never
     val_chars: int = 65536
+    dtype: str = "float32"  # of the parameters and the computation: float32 or float64
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -98,6 +125,7 @@ class TrainConfig:
 # Options that may differ between a run and its --resume: they do not change
 # the parameters a given step produces.
 RESUMABLE = ("steps", "out", "eval_every", "save_every", "verify_every")
+DTYPES = ("float32", "float64")
 
 
 def config_for_resume(saved: dict, given: dict[str, Any]) -> TrainConfig:
@@ -200,6 +228,34 @@ def _cached_step(optimizer: str, lr: float, clip: float, clip_value: float, grad
     return tx, make_train_step(tx, grad_fn)
 
 
+@functools.cache
+def _data_parallel_grad_fn(mesh):
+    # One per mesh, so that _cached_step's cache (keyed on it) reuses compilations.
+    return data_parallel_bptt_core(mesh)
+
+
+def training_mesh(devices: int | None, batch_size: int):
+    """The 1-D mesh of a run over ``devices`` devices (all of them by default).
+
+    Raises:
+      TrainingError: more devices than exist, fewer than 1, a batch size the
+        device count does not divide, or (multi-process) a mesh that leaves
+        out some process's devices.
+    """
+    try:
+        mesh = make_mesh(devices)
+        check_batch_divides(batch_size, mesh)
+    except ValueError as e:
+        raise TrainingError(f"--devices: {e}") from None
+    n = mesh.shape[AXIS]
+    if jax.process_count() > 1 and n != jax.device_count():
+        raise TrainingError(
+            f"--devices {n}: a multi-process run uses all {jax.device_count()} devices of "
+            f"its {jax.process_count()} processes; leave --devices out"
+        )
+    return mesh
+
+
 @jax.jit
 def _evaluate_core(params: Params, xs: jax.Array, ys: jax.Array):
     h0 = jnp.zeros((xs.shape[0], params.U.shape[0]), params.U.dtype)  # (S, H)
@@ -271,6 +327,7 @@ def verify_gradients(params: Params, xs, ys, h0, grad_fn: Callable | None = None
       TrainingError: if any error exceeds the tolerance of ``bptt-jax check``
         for the parameters' dtype.
     """
+    params, xs, ys, h0 = jax.tree.map(jnp.asarray, (params, xs, ys, h0))  # one device
     E, grads, _, _ = (grad_fn or bptt_core)(params, xs, ys, h0)
     E_ad, grads_ad = autodiff_bptt(params, xs, ys, h0)
     tol = TOLERANCES[str(params.U.dtype)]["autodiff"]
@@ -326,12 +383,15 @@ class Result:
     interrupted: bool
     seconds: float  # this session's wall time in the loop
     steps_run: int  # steps this session ran
+    devices: int = 1  # the mesh the steps ran on (all processes)
 
     def summary(self) -> str:
         c, ev = self.config, self.evaluation
         rate = self.steps_run / self.seconds if self.seconds > 0 else float("nan")
         parts = [
-            f"{c.task} H={c.hidden_size} B={c.batch_size} T={c.seq_len} {c.optimizer} lr={c.lr}",
+            f"{c.task} H={c.hidden_size} B={c.batch_size} T={c.seq_len} {c.optimizer} lr={c.lr}"
+            + (f" {c.dtype}" if c.dtype != "float32" else "")
+            + f" on {self.devices} device{'s' if self.devices > 1 else ''}",
             f"step {self.state.step}/{c.steps}"
             + (" (interrupted)" if self.interrupted else "")
             + f" in {self.history.seconds:.0f} s ({rate:.1f} steps/s, "
@@ -358,11 +418,24 @@ class Result:
         return "bptt-jax train: " + "; ".join(parts)
 
 
+def _host_h(h: jax.Array) -> np.ndarray:
+    """The carried state ``(B, H)`` as one host array, row b = stream b."""
+    local = local_rows(h)  # this process's streams p, p + P, ...
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    return streams_in_order(multihost_utils.process_allgather(local))  # (P, B/P, H) -> (B, H)
+
+
 def _checkpoint_arrays(state: TrainState) -> dict[str, np.ndarray]:
+    # Host arrays only: parameters and optimizer state are replicated (any
+    # device's copy), h is gathered in stream order, so the file does not
+    # depend on the device count that wrote it.
     arrays = {f"params/{n}": np.asarray(getattr(state.params, n)) for n in Params._fields}
     for i, leaf in enumerate(jax.tree.leaves(state.opt_state)):
         arrays[f"opt/{i}"] = np.asarray(leaf)
-    arrays["h"] = np.asarray(state.h)
+    arrays["h"] = _host_h(state.h)
     arrays["key"] = np.asarray(jax.random.key_data(state.key))
     return arrays
 
@@ -426,12 +499,12 @@ def _restore(header, arrays, where, config, corpus, tx) -> tuple[TrainState, His
             )
         restored.append(jnp.asarray(a))
     h = arrays["h"]
-    if h.shape != (config.batch_size, config.hidden_size):
-        raise CheckpointError(f"{where}: hidden state has shape {h.shape}")
+    if h.shape != (config.batch_size, config.hidden_size) or h.dtype != params.U.dtype:
+        raise CheckpointError(f"{where}: hidden state has shape {h.shape} and dtype {h.dtype}")
     state = TrainState(
         params=params,
         opt_state=jax.tree.unflatten(treedef, restored),
-        h=jnp.asarray(h),
+        h=h,  # (B, H) host, stream order; the caller places its rows
         key=jax.random.wrap_key_data(jnp.asarray(arrays["key"])),
         step=int(header["step"]),
         chunk=int(header["chunk"]),
@@ -463,6 +536,7 @@ def train(
     echo: Callable[[str], None] = print,
     grad_fn: Callable | None = None,
     on_step: Callable[[TrainState], None] | None = None,
+    devices: int | None = None,
 ) -> Result:
     """Trains (or resumes) a run; saves checkpoints and the loss plot under ``config.out``.
 
@@ -474,22 +548,42 @@ def train(
       corpus: the corpus of ``config`` when the caller has already loaded it.
       progress: show a progress bar (on stderr).
       echo: where the validation lines go.
-      grad_fn: the gradient function (default the hand ``bptt_core``).
+      grad_fn: the gradient function (default the hand ``bptt_core``, or on
+        several devices its data-parallel twin
+        :func:`bptt_jax._parallel.data_parallel_bptt_core`).
       on_step: called with the state after each step (for tests and tools).
+      devices: how many devices the step runs on, data-parallel (default all;
+        ``config.batch_size`` must be a multiple). A multi-process run
+        (after ``jax.distributed.initialize``) uses every process's devices.
+        Not part of the configuration: a checkpoint resumes on any count.
 
     Raises:
       DataError, CheckpointError, TrainingError: each with a message for the user.
       A Ctrl-C (KeyboardInterrupt) is not raised: the checkpoint is saved and
       the result is marked ``interrupted``.
     """
+    if config.dtype not in DTYPES:
+        raise TrainingError(f"unknown dtype {config.dtype!r}; choose one of {', '.join(DTYPES)}")
+    # float64 needs x64 for the whole run (initialisation, steps, checkpoints);
+    # the context leaves the caller's setting as it was.
+    with jax.enable_x64(True) if config.dtype == "float64" else contextlib.nullcontext():
+        return _train(config, resume, corpus, progress, echo, grad_fn, on_step, devices)
+
+
+def _train(config, resume, corpus, progress, echo, grad_fn, on_step, devices) -> Result:
     from tqdm import tqdm
 
+    mesh = training_mesh(devices, config.batch_size)
+    n_devices = mesh.shape[AXIS]
+    n_proc, proc = jax.process_count(), jax.process_index()
+    lead = proc == 0  # the process that writes files and shows progress
     if corpus is None:
         corpus = load_corpus(config.text, task=config.task, max_files=config.max_files)
     K, C, B, H = corpus.vocab.size, corpus.num_classes, config.batch_size, config.hidden_size
     streams = Streams(
-        corpus.train_ids, corpus.train_labels if config.task == "tag" else None, B, config.seq_len
-    )
+        corpus.train_ids, corpus.train_labels if config.task == "tag" else None, B,
+        config.seq_len, num_processes=n_proc, process_id=proc,
+    )  # fmt: skip
     xs_val, ys_val = eval_arrays(
         corpus.val_ids, corpus.val_labels if config.task == "tag" else None, B, config.val_chars
     )
@@ -502,22 +596,34 @@ def train(
         raise TrainingError(
             f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
         )
+    step_grad_fn = grad_fn
+    if step_grad_fn is None and n_devices > 1:
+        step_grad_fn = _data_parallel_grad_fn(mesh)
     tx, step_fn = _cached_step(
-        config.optimizer, config.lr, config.clip, config.clip_value, grad_fn
+        config.optimizer, config.lr, config.clip, config.clip_value, step_grad_fn
     )
+    dtype = jnp.dtype(config.dtype)
+
+    def zeros_h():  # (B, H) zeros, this process's rows on its devices
+        return shard_batch(np.zeros((B // n_proc, H), dtype), mesh)
+
     out = pathlib.Path(config.out)
     ckpt_path = out / CHECKPOINT_NAME
 
     if resume is not None:
         header, arrays = load_checkpoint(resume)
         state, history = _restore(header, arrays, resume, config, corpus, tx)
+        h = shard_batch(state.h[proc::n_proc], mesh)  # this process's streams p, p + P, ...
+        state = state._replace(
+            params=replicate(state.params, mesh), opt_state=replicate(state.opt_state, mesh), h=h
+        )
     else:
         key, init_key = jax.random.split(jax.random.key(config.seed))
-        params = init_params(init_key, K, H, num_classes=C)
+        params = replicate(init_params(init_key, K, H, num_classes=C, dtype=dtype), mesh)
         state = TrainState(
             params=params,
-            opt_state=tx.init(params),
-            h=jnp.zeros((B, H), params.U.dtype),
+            opt_state=replicate(tx.init(params), mesh),
+            h=zeros_h(),
             key=key,
             step=0,
             chunk=0,
@@ -526,9 +632,12 @@ def train(
         history = History()
 
     def save():
-        save_checkpoint(
-            ckpt_path, _header(config, corpus, state, history), _checkpoint_arrays(state)
-        )
+        arrays = _checkpoint_arrays(state)  # every process: gathering h is collective
+        if lead:
+            save_checkpoint(ckpt_path, _header(config, corpus, state, history), arrays)
+
+    def host_params():  # a single-device copy, for evaluation and --verify-every
+        return jax.tree.map(jnp.asarray, jax.device_get(state.params))
 
     pending = []  # (step, loss, finite) still on the device
 
@@ -555,7 +664,7 @@ def train(
         )
 
     def run_eval() -> Evaluation:
-        ev = evaluate(state.params, xs_val, ys_val, config.task)
+        ev = evaluate(host_params(), xs_val, ys_val, config.task)
         history.val.append([state.step, ev.loss, ev.accuracy])
         line = (
             f"step {state.step}: val loss {ev.loss:.4f} nats/char, {ev.bits:.3f} bits/char, "
@@ -563,14 +672,15 @@ def train(
         )
         if ev.accuracy is not None:
             line += f", accuracy {ev.accuracy:.1%}"
-        bar.write(line) if progress else echo(line)
+        if lead:
+            bar.write(line) if progress else echo(line)
         return ev
 
     first_step = state.step
     interrupted = False
     evaluation = None
     bar = tqdm(
-        total=config.steps, initial=state.step, disable=not progress, unit="step",
+        total=config.steps, initial=state.step, disable=not (progress and lead), unit="step",
         # A pty that reports a 0×0 size would hide the bar; shutil falls back to 80×24.
         ncols=shutil.get_terminal_size().columns, nrows=shutil.get_terminal_size().lines,
         smoothing=0.1,
@@ -582,15 +692,16 @@ def train(
         while state.step < config.steps:
             xs, ys = streams.chunk(state.chunk)
             if config.verify_every and state.step % config.verify_every == 0:
-                errors = verify_gradients(state.params, xs, ys, state.h, grad_fn)
+                errors = verify_gradients(host_params(), xs, ys, local_rows(state.h), grad_fn)
                 history.verified += 1
                 history.verify_error = max(history.verify_error, *errors.values())
             params, opt_state, h, loss, finite = step_fn(
-                state.params, state.opt_state, xs, ys, state.h
-            )
+                state.params, state.opt_state, shard_batch(xs, mesh), shard_batch(ys, mesh),
+                state.h,
+            )  # fmt: skip
             chunk, epoch = state.chunk + 1, state.epoch
             if chunk == streams.num_chunks:  # the streams wrap round: start from zeros
-                chunk, epoch, h = 0, epoch + 1, jnp.zeros_like(h)
+                chunk, epoch, h = 0, epoch + 1, zeros_h()
             pending.append((state.step, loss, finite))
             state = TrainState(params, opt_state, h, state.key, state.step + 1, chunk, epoch)
             bar.update(1)
@@ -620,13 +731,13 @@ def train(
         evaluation = run_eval()
     save()
     plot = None
-    if history.train:
+    if history.train and lead:
         from ._plots import plot_history
 
         plot = plot_history(out / PLOT_NAME, history, base, config, K)
     return Result(
         config, state, history, evaluation, base, ckpt_path, plot, interrupted, seconds,
-        state.step - first_step,
+        state.step - first_step, n_devices,
     )  # fmt: skip
 
 
