@@ -116,3 +116,20 @@ def seed_forward_loop(params, xs, ys=None, h0=None, f=np.tanh):
 
 def zeros_like_params(params: Params) -> Params:
     return jax.tree.map(jnp.zeros_like, params)
+
+
+def run_on_simulated_devices(script, *, devices: int = 8, timeout: int = 600) -> dict:
+    """Runs ``script`` in a fresh Python with ``devices`` simulated CPU devices
+    (XLA_FLAGS must be set before JAX is imported, hence the subprocess) and
+    returns the JSON object it prints."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)

@@ -1,25 +1,17 @@
 """Data-parallel hand BPTT on 8 simulated CPU devices (run in a subprocess:
 the device count must be set before JAX is imported)."""
 
-import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
+from helpers import run_on_simulated_devices
 
 SCRIPT = pathlib.Path(__file__).parent / "scripts" / "parallel_checks.py"
 
 
 @pytest.fixture(scope="module")
 def results():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT)], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return run_on_simulated_devices(SCRIPT, timeout=300)
 
 
 def test_eight_devices_are_simulated(results):

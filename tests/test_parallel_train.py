@@ -2,13 +2,10 @@
 on 8 simulated CPU devices, in one subprocess: the device count must be set
 before JAX is imported (tests/scripts/parallel_train_checks.py)."""
 
-import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
+from helpers import run_on_simulated_devices
 
 SCRIPT = pathlib.Path(__file__).parent / "scripts" / "parallel_train_checks.py"
 
@@ -24,12 +21,7 @@ TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
 
 @pytest.fixture(scope="module")
 def results():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT)], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return run_on_simulated_devices(SCRIPT, timeout=600)
 
 
 def test_eight_devices_are_simulated(results):
