@@ -15,13 +15,17 @@ No autodiff here: every gradient is the formula of ``shared/MATH.md``.
     \partial E/\partial h_0 &= U^\top \delta_1
 
 where :math:`\delta_t = \partial E/\partial s_t = \sum_{t' \ge t} \delta_t^{(t')}`
-sums the seed's per-loss deltas. Only the :math:`\delta` recursion is
-sequential (one reverse ``lax.scan``); :math:`r_t`, :math:`V^\top r_t`,
-:math:`\partial E/\partial V` and :math:`\partial E/\partial U` are single
-batched products over all ``T * B`` steps, and :math:`\partial E/\partial W`
-for token ids is a scatter-add of :math:`\delta_t` into column :math:`x_t`.
-The backward keeps only the forward's :math:`h_t`; :math:`f'` (for tanh
-:math:`1 - h_t^2`) is recomputed from them inside the scan.
+sums the seed's per-loss deltas. Only the :math:`h` and :math:`\delta`
+recursions are sequential. The backward pass walks the steps in chunks of
+``chunk`` steps, last chunk first: for a chunk it computes the logits,
+:math:`r_t`, :math:`V^\top r_t`, :math:`\partial E/\partial V` and (after the
+chunk's part of the :math:`\delta` recursion) :math:`\partial E/\partial U`
+as batched products over its ``chunk * B`` rows, and
+:math:`\partial E/\partial W` for token ids as a scatter-add of
+:math:`\delta_t` into column :math:`x_t`. So it never holds a ``(T, B, C)``
+array, and of size ``T * B * H`` only the forward's :math:`h_t`; :math:`f'`
+(for tanh :math:`1 - h_t^2`) is recomputed from them inside the scan. With
+``recompute=True`` even the :math:`h_t` are kept only at chunk boundaries.
 
 Truncation (``truncate=τ``) cuts the gradient every τ steps, as character
 RNNs are trained on long text (k1 = k2 = τ): :math:`U^\top \delta_{t+1}` does
@@ -32,6 +36,7 @@ of τ steps back-propagates within itself only.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +46,7 @@ from ._activations import get_activation
 from ._clipping import check_clip_delta
 from ._losses import cross_entropy, log_softmax, residual
 from ._params import Params
-from ._rnn import hidden_states, output_logits, time_major
+from ._rnn import output_logits, time_major
 from ._validate import check_activation, check_inputs, check_truncate
 
 
@@ -97,7 +102,57 @@ def truncation_mask(T: int, truncate: int | None):
     return (t % truncate != 0) | (t == T)
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "truncate", "clip_delta"))
+#: Rows (steps × sequences) of one backward chunk when ``chunk`` is not given.
+#: Measured on the 2-core CPU of ``benchmarks/README.md``: XLA's
+#: ``(rows, H) @ (H, K)`` products run at 175-195 GFLOP/s from about 256 to
+#: 1024 rows and drop to ~120 GFLOP/s at 8192 rows (all of T·B at the largest
+#: benchmark point), so chunks are both smaller and faster.
+CHUNK_ROWS = 512
+
+
+def default_chunk(T: int, B: int, recompute: bool = False) -> int:
+    """Steps per backward chunk when none is given.
+
+    The target is ⌈√T⌉ in recompute mode (√T stored states, √T recomputed
+    ones), otherwise ⌈CHUNK_ROWS / B⌉ steps but at most ⌈T/8⌉, so that a
+    chunk's logits and residuals are at most an eighth of the ``(T, B, C)``
+    arrays that autodiff keeps. A divisor of T within a factor 2 below the
+    target is preferred: then there is no shorter first chunk, whose code
+    XLA would compile separately.
+    """
+    if recompute:
+        target = math.isqrt(max(T - 1, 0)) + 1
+    else:
+        target = min(-(-CHUNK_ROWS // max(B, 1)), -(-T // 8))
+    target = max(1, target)
+    divisor = max((d for d in range(1, target + 1) if T % d == 0), default=1)
+    return divisor if 2 * divisor >= target else target
+
+
+def _matmuls(matmul_dtype, acc_dtype):
+    """``(mm, einsum)``: plain, or bf16 operands accumulated in ``acc_dtype``."""
+    if matmul_dtype is None:
+        return jnp.matmul, jnp.einsum
+
+    def mm(a, b):
+        return jnp.matmul(
+            a.astype(matmul_dtype), b.astype(matmul_dtype), preferred_element_type=acc_dtype
+        )
+
+    def einsum(spec, a, b):
+        return jnp.einsum(
+            spec, a.astype(matmul_dtype), b.astype(matmul_dtype), preferred_element_type=acc_dtype
+        )
+
+    return mm, einsum
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "activation", "truncate", "clip_delta", "chunk", "recompute", "unroll", "matmul_dtype",
+    ),
+)  # fmt: skip
 def bptt_core(
     params: Params,
     xs: jax.Array,
@@ -108,8 +163,21 @@ def bptt_core(
     activation: str = "tanh",
     truncate: int | None = None,
     clip_delta: float | None = None,
+    chunk: int | None = None,
+    recompute: bool = False,
+    unroll: int = 1,
+    matmul_dtype=None,
 ):
     r"""Hand BPTT on the batched layout; no checks.
+
+    The forward pass stores :math:`h_1 \ldots h_T` (or, with ``recompute``,
+    only the state entering each chunk). The backward pass walks the steps in
+    chunks of ``chunk`` steps, last chunk first; for each chunk it computes
+    the logits, :math:`\hat y_t`, :math:`r_t` and :math:`V^\top r_t` of its
+    steps only, runs the :math:`\delta` recursion through them, and adds the
+    chunk's terms into :math:`\partial E/\partial U, V, W, b, c`. So no
+    ``(T, B, C)`` logits and no ``(T, B, H)`` array besides the :math:`h_t`
+    are ever held; every product is a ``(chunk·B, ·)`` matrix product.
 
     Args:
       params: the model.
@@ -122,6 +190,19 @@ def bptt_core(
       activation: the name of :math:`f`.
       truncate: cut the gradient every ``truncate`` steps, or ``None``.
       clip_delta: ``None``, or θ > 0: per-step clipping of δ (see :func:`bptt`).
+      chunk: steps per chunk of the backward pass (``None``:
+        :func:`default_chunk`). The result does not depend on it beyond
+        rounding.
+      recompute: keep only the state entering each chunk in the forward pass
+        (``T / chunk`` states) and recompute the chunk's :math:`h_t` in the
+        backward pass: memory :math:`O((T/\mathrm{chunk} + \mathrm{chunk})\,B H)`,
+        :math:`O(\sqrt T\, B H)` at the default ``chunk`` = ⌈√T⌉, for one
+        more forward recursion.
+      unroll: ``lax.scan``'s ``unroll`` for the two recursions.
+      matmul_dtype: ``None`` (products in the parameters' dtype) or
+        ``jnp.bfloat16``: every matrix product takes bf16 operands and
+        accumulates in the parameters' dtype; element-wise work, the
+        recursion's carry and the gradients stay in the parameters' dtype.
 
     Returns:
       ``(E, grads, dh0, h_T)``: the loss, the gradients as :class:`Params`,
@@ -129,42 +210,109 @@ def bptt_core(
       final state :math:`h_T` ``(B, H)`` (to carry into the next chunk of a
       long stream).
     """
-    U, _, W, _, _ = params
-    T = xs.shape[1]
-    df = get_activation(activation).df_from_h
+    U, V, W, b, c = params
+    B, T = xs.shape[:2]
+    H, K = W.shape
+    dtype = U.dtype
+    act = get_activation(activation)
+    f, df = act.f, act.df_from_h
+    mm, einsum = _matmuls(matmul_dtype, dtype)
+    ids = jnp.issubdtype(xs.dtype, jnp.integer)
+    cs = default_chunk(T, B, recompute) if chunk is None else min(chunk, max(T, 1))
+    n, rem = divmod(T, cs)  # n full chunks after a first chunk of rem < cs steps
 
-    # Forward: the only sequential part is the h recursion.
-    h_T, hs = hidden_states(params, xs, h0, activation)  # (B, H), (T, B, H)
+    # The operands of every product, cast once (bf16 copies when asked).
+    cast = (lambda a: a) if matmul_dtype is None else (lambda a: a.astype(matmul_dtype))
+    UT, U_, VT, V_ = cast(U.T), cast(U), cast(V.T), cast(V)
 
-    # Output layer, all steps at once (seed §5.1, §5.2; appendix 1).
-    E, r, dV, dc = output_layer(params, hs, time_major(ys))
-    Vr = r @ params.V  # (T, B, H): Vᵀ r_t for every step
+    def run(h, x_c):  # h_t = f(U h_{t-1} + W x_t + b) over one chunk: (B, H), (c, B[, K])
+        if ids:  # W x_t for a one-hot x_t: column x_t of W (NaN for an id out of range)
+            a = jnp.take(W.T, x_c, axis=0, mode="fill") + b  # (c, B, H)
+        else:
+            a = einsum("tbk,hk->tbh", x_c, W) + b
 
-    # Recurrent layer, t = T..1. The carry g is ∂E/∂h_t from the future,
-    # Uᵀ δ_{t+1} (dh_T at t = T):  δ_t = (Vᵀ r_t + g) ⊙ f'(h_t),  g ← Uᵀ δ_t.
+        def step(h_prev, a_t):
+            h_t = f(mm(h_prev, UT) + a_t)
+            return h_t, h_t
+
+        return lax.scan(step, h, a, unroll=unroll)  # (B, H), (c, B, H)
+
+    xs_tm, ys_tm = time_major(xs), time_major(ys)
     keep = truncation_mask(T, truncate)
+    g_T = jnp.zeros_like(h0) if dh_T is None else dh_T
 
-    def step(g, inputs):  # (B, H), ((B, H), (B, H)[, ()])
+    def split(a):  # (T, ...) -> first chunk (rem, ...), full chunks (n, cs, ...)
+        return a[:rem], a[rem:].reshape(n, cs, *a.shape[1:])
+
+    (x_head, x_body), (y_head, y_body) = split(xs_tm), split(ys_tm)
+    k_head, k_body = (None, None) if keep is None else split(keep)
+
+    # Forward.
+    if recompute:  # keep only the state entering each full chunk
+        h_mid = run(h0, x_head)[0] if rem else h0
+
+        def forward_chunk(h, x_c):
+            return run(h, x_c)[0], h
+
+        h_T, starts = lax.scan(forward_chunk, h_mid, x_body)  # (B, H), (n, B, H)
+        hs_head = hs_body = None
+    else:
+        h_T, hs = run(h0, xs_tm) if T else (h0, None)  # (B, H), (T, B, H)
+        if T:
+            hs_head, hs_body = split(hs)
+            h_mid = hs_head[-1] if rem else h0
+            starts = jnp.concatenate([h_mid[None], hs_body[:-1, -1]])  # (n, B, H)
+
+    # Backward, last chunk first. The carry g is ∂E/∂h_t from the future.
+    def step(g, inputs):  # δ_t = (Vᵀ r_t + g) ⊙ f'(h_t),  g ← Uᵀ δ_t
         Vr_t, h_t = inputs[:2]
         if keep is not None:
-            g = jnp.where(inputs[2], g, 0)  # cut at chunk ends
+            g = jnp.where(inputs[2], g, 0)  # cut at truncation boundaries
         delta = (Vr_t + g) * df(h_t)
         if clip_delta is not None:  # each sequence's δ_t rescaled to norm ≤ θ
             norm = jnp.linalg.norm(delta, axis=-1, keepdims=True)  # (B, 1)
             over = norm > clip_delta
             delta = jnp.where(over, delta * (clip_delta / jnp.where(over, norm, 1)), delta)
-        return delta @ U, delta
+        return mm(delta, U_), delta
 
-    g_T = jnp.zeros_like(h0) if dh_T is None else dh_T
-    scanned = (Vr, hs) if keep is None else (Vr, hs, keep)
-    # The final carry is Uᵀ δ_1 = ∂E/∂h_0 (dh_T itself when T = 0).
-    dh0, deltas = lax.scan(step, g_T, scanned, reverse=True)  # (B, H), (T, B, H)
+    def backward_chunk(carry, data):
+        g, E, dU, dV, dW, db, dc = carry
+        h_start, hs_c, x_c, y_c, k_c = data
+        if hs_c is None:
+            hs_c = run(h_start, x_c)[1]  # recompute the chunk's h_t
+        # Output layer of this chunk (seed §5.1, §5.2; appendix 1).
+        log_yhat = log_softmax(mm(hs_c, VT) + c)  # (c, B, C)
+        E = E + cross_entropy(log_yhat, y_c)
+        r = residual(log_yhat, y_c)  # ŷ_t − y_t
+        dV = dV + einsum("tbc,tbh->ch", r, hs_c)  # Σ_t r_t ⊗ h_t
+        dc = dc + jnp.sum(r, axis=(0, 1))
+        # Recurrent layer (seed §5.3).
+        scanned = (mm(r, V_), hs_c) if k_c is None else (mm(r, V_), hs_c, k_c)
+        g, deltas = lax.scan(step, g, scanned, reverse=True, unroll=unroll)  # (c, B, H)
+        h_prev = jnp.concatenate([h_start[None], hs_c[:-1]])  # h_{t-1}
+        dU = dU + einsum("tbi,tbj->ij", deltas, h_prev)  # Σ_t δ_t ⊗ h_{t−1}
+        if ids:  # Σ_t δ_t ⊗ x_t: a scatter-add into rows x_t of dWᵀ
+            dW = dW.at[x_c.reshape(-1)].add(deltas.reshape(-1, H))
+        else:
+            dW = dW + einsum("tbh,tbk->hk", deltas, x_c)
+        db = db + jnp.sum(deltas, axis=(0, 1))
+        return (g, E, dU, dV, dW, db, dc), None
 
-    h_prev = jnp.concatenate([h0[None], hs], axis=0)[:T]  # (T, B, H): h_0 .. h_{T-1}
-    dU = jnp.einsum("tbi,tbj->ij", deltas, h_prev)  # Σ_t δ_t ⊗ h_{t−1}
-    dW = input_gradient(deltas, xs, W.shape[1])  # Σ_t δ_t ⊗ x_t
-    db = jnp.sum(deltas, axis=(0, 1))  # Σ_t δ_t
-    return E, Params(U=dU, V=dV, W=dW, b=db, c=dc), dh0, h_T
+    def zeros(shape):  # like h0: under shard_map, varying over the same mesh axes
+        return jnp.zeros_like(h0, dtype=dtype, shape=shape)
+
+    carry = (
+        g_T, zeros(()), zeros(U.shape), zeros(V.shape), zeros((K, H) if ids else (H, K)),
+        zeros(b.shape), zeros(c.shape),
+    )  # fmt: skip
+    if n:
+        body = (starts, hs_body, x_body, y_body, k_body)
+        carry, _ = lax.scan(backward_chunk, carry, body, reverse=True)
+    if rem:
+        carry, _ = backward_chunk(carry, (h0, hs_head, x_head, y_head, k_head))
+    dh0, E, dU, dV, dW, db, dc = carry  # dh0 = Uᵀ δ_1 (dh_T itself when T = 0)
+    grads = Params(U=dU, V=dV, W=dW.T if ids else dW, b=db, c=dc)
+    return E, grads, dh0, h_T
 
 
 def bptt(
@@ -179,6 +327,10 @@ def bptt(
     activation="tanh",
     truncate=None,
     clip_delta=None,
+    chunk=None,
+    recompute=False,
+    unroll=1,
+    matmul_dtype=None,
 ) -> tuple[jax.Array, Params]:
     r"""The loss and its gradients by hand-derived backpropagation through time.
 
@@ -196,7 +348,7 @@ def bptt(
     with :math:`f'(h_t) = 1 - h_t \odot h_t` for the seed's tanh. One forward
     ``lax.scan`` over :math:`h` and one reverse ``lax.scan`` over
     :math:`\delta` (per layer and direction for a :class:`DeepParams`, see
-    :mod:`bptt_jax._deep`); everything else is batched over all steps. No
+    :mod:`bptt_jax._deep`); everything else is batched over chunks of steps. No
     ``jax.grad``: the tests referee this against ``jax.grad(loss)`` and
     finite differences.
 
@@ -227,6 +379,22 @@ def bptt(
         derivative). ``dV``, ``dc`` and the loss are never affected.
         ``truncate`` and ``clip_delta`` apply to the seed's :class:`Params`
         on unpadded sequences with ``reduction="sum"`` only.
+      chunk: the backward pass walks the steps in chunks of this many,
+        computing each chunk's logits, softmax and :math:`V^\top r_t` only
+        when it gets there, so no ``(T, B, C)`` array is ever held. ``None``
+        picks about 512 rows (``chunk * B``), at most ⌈T/8⌉ steps. The
+        result does not depend on it beyond rounding.
+      recompute: ``True`` keeps only the state entering each chunk in the
+        forward pass and recomputes the chunk's :math:`h_t` on the way back:
+        memory :math:`O(\sqrt T\, B H)` instead of :math:`O(T B H)` for one
+        more forward recursion (``chunk`` then defaults to ⌈√T⌉).
+      unroll: ``lax.scan``'s ``unroll`` for both recursions (1: a loop).
+      matmul_dtype: ``None``, or ``"bfloat16"`` for mixed precision: every
+        matrix product takes bf16 operands and accumulates in the
+        parameters' dtype (the master weights), which the element-wise work
+        and the gradients keep.
+        ``chunk``, ``recompute``, ``unroll`` and ``matmul_dtype`` apply to
+        the same seed path as ``truncate``.
 
     Returns:
       ``(E, grads)``: the loss (as :func:`loss`) and its gradients, a pytree
@@ -240,7 +408,8 @@ def bptt(
     """
     E, grads, _, _ = bptt_chunk(
         params, xs, ys, h0, lengths=lengths, mask=mask, reduction=reduction,
-        activation=activation, truncate=truncate, clip_delta=clip_delta,
+        activation=activation, truncate=truncate, clip_delta=clip_delta, chunk=chunk,
+        recompute=recompute, unroll=unroll, matmul_dtype=matmul_dtype,
     )  # fmt: skip
     return E, grads
 
@@ -258,6 +427,10 @@ def bptt_chunk(
     activation="tanh",
     truncate=None,
     clip_delta=None,
+    chunk=None,
+    recompute=False,
+    unroll=1,
+    matmul_dtype=None,
 ) -> tuple[jax.Array, Params, jax.Array, jax.Array]:
     r"""Hand BPTT for one chunk of a longer stream: also ∂E/∂h_0 and h_T.
 
@@ -275,7 +448,7 @@ def bptt_chunk(
 
     Args:
       params, xs, ys, h0, lengths, mask, reduction, activation, truncate,
-        clip_delta: as for :func:`bptt`.
+        clip_delta, chunk, recompute, unroll, matmul_dtype: as for :func:`bptt`.
       dh_T: shaped like ``h0``: the gradient of the later chunks' loss with
         respect to this chunk's final state(s), or ``None`` (zero).
 
@@ -286,12 +459,22 @@ def bptt_chunk(
     """
     from ._deep import deep_bptt_core
     from ._params import DeepParams, from_deep, to_deep
-    from ._validate import check_reduction
+    from ._validate import (
+        check_chunk,
+        check_matmul_dtype,
+        check_recompute,
+        check_reduction,
+        check_unroll,
+    )
 
     activation = check_activation(activation)
     truncate = check_truncate(truncate)
     reduction = check_reduction(reduction)
     clip_delta = check_clip_delta(clip_delta)
+    fast = dict(
+        chunk=check_chunk(chunk), recompute=check_recompute(recompute),
+        unroll=check_unroll(unroll), matmul_dtype=check_matmul_dtype(matmul_dtype),
+    )  # fmt: skip
     params, inp = check_inputs(
         params, xs, ys, h0, dh_T=dh_T, lengths=lengths, mask=mask, need_ys=True
     )
@@ -299,14 +482,16 @@ def bptt_chunk(
     if not deep and inp.mask is None and reduction == "sum":
         E, grads, dh0, h_T = bptt_core(
             params, inp.xs, inp.ys, inp.h0, inp.dh_T, activation=activation,
-            truncate=truncate, clip_delta=clip_delta,
+            truncate=truncate, clip_delta=clip_delta, **fast,
         )  # fmt: skip
         return (E, grads, dh0, h_T) if inp.batched else (E, grads, dh0[0], h_T[0])
-    if truncate is not None or clip_delta is not None:
+    given = [k for k, v in dict(truncate=truncate, clip_delta=clip_delta, **fast).items()
+             if v != {"recompute": False, "unroll": 1}.get(k)]  # fmt: skip
+    if given:
         raise ValueError(
-            "truncate and clip_delta are implemented for the seed's Params on unpadded "
-            "sequences with reduction='sum'; for deep or padded inputs process chunks "
-            "with bptt_chunk"
+            f"{', '.join(given)}: implemented for the seed's Params on unpadded sequences "
+            "with reduction='sum' only; for deep or padded inputs leave them at their "
+            "defaults (process a long stream in pieces with bptt_chunk)"
         )
     lift = (lambda a: a) if deep else (lambda a: None if a is None else a[None])
     E, grads, dh0, h_T = deep_bptt_core(

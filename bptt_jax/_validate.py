@@ -298,6 +298,54 @@ def check_truncate(truncate) -> int | None:
     return int(truncate)
 
 
+def _check_positive_int(value, name: str, none_means: str | None) -> int | None:
+    if value is None and none_means is not None:
+        return None
+    expected = f"None ({none_means}) or a positive int" if none_means else "a positive int"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be {expected}, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be {expected}, got {int(value)}")
+    return int(value)
+
+
+def check_chunk(chunk) -> int | None:
+    """``None`` (the default chunk) or a positive int number of steps."""
+    return _check_positive_int(chunk, "chunk", "the default")
+
+
+def check_unroll(unroll) -> int:
+    """A positive int: how many steps ``lax.scan`` unrolls."""
+    return _check_positive_int(unroll, "unroll", None)
+
+
+def check_recompute(recompute) -> bool:
+    """A bool."""
+    if not isinstance(recompute, (bool, np.bool_)):
+        raise TypeError(f"recompute must be True or False, got {recompute!r}")
+    return bool(recompute)
+
+
+#: What ``matmul_dtype=`` accepts besides ``None``.
+MATMUL_DTYPES = ("bfloat16",)
+
+
+def check_matmul_dtype(matmul_dtype):
+    """``None`` (products in the parameters' dtype) or ``jnp.bfloat16``'s dtype."""
+    if matmul_dtype is None:
+        return None
+    try:
+        dt = jnp.dtype(matmul_dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in MATMUL_DTYPES:
+        raise ValueError(
+            f"matmul_dtype must be None (products in the parameters' dtype) or "
+            f"{' / '.join(MATMUL_DTYPES)}, got {matmul_dtype!r}"
+        )
+    return dt
+
+
 def check_inputs(
     params,
     xs,
