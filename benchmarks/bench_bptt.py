@@ -1,23 +1,46 @@
-"""Hand BPTT against autodiff of the same model, timed in one process.
+"""Hand BPTT against autodiff (and PyTorch) on the issue-7 grid, in one process.
 
-    python benchmarks/bench_bptt.py                # the default grid
-    python benchmarks/bench_bptt.py --grid 65,256,32,64 --repeats 50
-    python benchmarks/bench_bptt.py --json out.json
+    python benchmarks/bench_bptt.py                         # the grid: table + JSON + PNG
+    python benchmarks/bench_bptt.py --grid 65,256,32,64 --repeats 50 --no-torch
+    python benchmarks/bench_bptt.py --quick                 # 3 repeats, no unroll sweep
 
-For every (K, H, B, T) it times, on the same parameters and the same token ids:
+For every (K, H, B, T) it times, on the same parameters and token ids, float32:
 
 - ``bptt``        ``bptt_jax.bptt`` as a user calls it: input checks (a range
-                  check of the ids, two host syncs) plus the jitted hand BPTT;
-- ``jit(bptt)``   ``jax.jit(bptt_jax.bptt)``: the hand BPTT alone (value
-                  checks are skipped under tracing);
+                  check of the ids: host syncs) plus the jitted hand BPTT;
+- ``hand``        the jitted hand BPTT alone (``bptt_core``; chunked output
+                  layer, every h_t stored);
+- ``recompute``   the same with ``recompute=True`` (√T stored states);
+- ``bf16``        the same with ``matmul_dtype="bfloat16"``;
 - ``autodiff``    ``jax.jit(jax.value_and_grad(bptt_jax.loss))``: reverse-mode
-                  autodiff of the same scan-based forward;
+                  autodiff of the same scan-based forward (output layer
+                  batched over all steps after the scan);
 - ``naive AD``    autodiff of the formulation most users write: output layer
-                  and loss inside the scan body, one step at a time.
+                  and loss inside the scan body, one step at a time;
+- ``torch``       PyTorch ``nn.Embedding`` + ``nn.RNN`` + ``nn.Linear`` +
+                  ``cross_entropy(reduction="sum")``, forward and backward,
+                  with the same threads (optional: skipped when torch is not
+                  installed). Loaded with the same model (embedding = Wᵀ,
+                  W_ih = I, W_hh = U, b_ih = b, b_hh = 0, head = V, c), so its
+                  loss and gradients are checked against ours too.
 
-Compile time (first call) is reported apart; each timing is the median of
-``--repeats`` calls, each ended by ``jax.block_until_ready``. The ratio
-columns are autodiff time / hand time (> 1: the hand gradient is faster).
+Each jitted method is compiled ahead (``lower().compile()``; compile seconds
+reported apart), then all methods are called round-robin ``--repeats`` times
+(each call ended by ``block_until_ready``) and the median is kept, so a slow
+spell of the machine hits every method alike. ``temp MiB`` is XLA's compiled
+``memory_analysis().temp_size_in_bytes``.
+
+FLOPs counted (multiply-add = 2) for one loss-and-gradient evaluation::
+
+    forward   h_{t-1} @ Uᵀ : 2TBH²   logits h_t @ Vᵀ : 2TBHC
+    backward  r_t @ V      : 2TBHC  dV = Σ r_tᵀ h_t : 2TBHC
+              δ_t @ U      : 2TBH²  dU = Σ δ_tᵀ h_{t-1} : 2TBH²
+    total     6·T·B·H·(H + C)   (the gathers/scatter-adds of W for token ids,
+                                 softmax and tanh are not counted)
+
+``GFLOP/s`` = that count / the hand time; ``% mm`` = it over the machine's own
+dense float32 matrix-multiply rate, measured in the same run (a square
+2048 x 2048 product through XLA, and the product shape of the output layer).
 """
 
 from __future__ import annotations
@@ -31,9 +54,11 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 import bptt_jax
+from bptt_jax._bptt import bptt_core
 
 DEFAULT_GRID = [
     (65, 256, 32, 64),
@@ -41,7 +66,9 @@ DEFAULT_GRID = [
     (10000, 256, 32, 35),
     (10000, 512, 64, 128),
     (65, 64, 1, 1000),
+    (65, 256, 32, 1024),  # a long sequence: where recompute mode is meant to be used
 ]
+UNROLLS = (1, 2, 4, 8)
 
 
 def naive_loss(params, xs, ys, h0):
@@ -61,95 +88,328 @@ def naive_loss(params, xs, ys, h0):
     return E
 
 
-def time_fn(fn, args, repeats: int) -> tuple[float, float]:
-    """(compile + first call seconds, median seconds of ``repeats`` later calls)."""
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def flops(K, H, B, T):
+    return 6 * T * B * H * (H + K)
+
+
+def compiled(fn, args):
+    """``(executable, compile seconds, temp bytes)`` of ``jax.jit(fn)`` for ``args``."""
     t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - t0
-    times = []
+    exe = jax.jit(fn).lower(*args).compile()
+    seconds = time.perf_counter() - t0
+    return exe, seconds, exe.memory_analysis().temp_size_in_bytes
+
+
+def round_robin(fns: dict, repeats: int) -> dict:
+    """Median seconds of each zero-argument ``fn``, called in turn ``repeats`` times."""
+    for fn in fns.values():  # warm up (first-call dispatch, caches)
+        fn()
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return first, statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def bench_point(K, H, B, T, repeats, dtype):
+def matmul_rates(repeats: int, shapes) -> dict:
+    """GFLOP/s of float32 products ``(M, N) @ (N, P)`` through XLA."""
+    out = {}
+    for M, N, P in shapes:
+        a = jax.random.normal(jax.random.key(0), (M, N))
+        b = jax.random.normal(jax.random.key(1), (N, P))
+        exe = jax.jit(jnp.matmul).lower(a, b).compile()
+        t = round_robin({"mm": lambda exe=exe, a=a, b=b: exe(a, b).block_until_ready()}, repeats)
+        out[f"{M}x{N}x{P}"] = 2 * M * N * P / t["mm"] / 1e9
+    return out
+
+
+def max_rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def tree_rel(x, y) -> float:
+    return max(max_rel(a, b) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True))
+
+
+def torch_method(params, xs, ys, threads):
+    """``(fn, (E, grads as Params))`` for PyTorch's nn.RNN on the same model, or None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    U, V, W, b, c = (torch.from_numpy(np.array(p)) for p in params)
+    H, K = W.shape
+    C = V.shape[0]
+    emb = torch.nn.Embedding(K, H)
+    rnn = torch.nn.RNN(H, H, nonlinearity="tanh", batch_first=True)
+    head = torch.nn.Linear(H, C)
+    with torch.no_grad():
+        emb.weight.copy_(W.T)
+        rnn.weight_ih_l0.copy_(torch.eye(H))
+        rnn.bias_ih_l0.copy_(b)
+        rnn.weight_hh_l0.copy_(U)
+        rnn.bias_hh_l0.zero_()
+        head.weight.copy_(V)
+        head.bias.copy_(c)
+    modules = (emb, rnn, head)
+    x = torch.from_numpy(np.asarray(xs)).long()
+    y = torch.from_numpy(np.asarray(ys)).long()
+
+    def step():
+        for m in modules:
+            m.zero_grad(set_to_none=True)
+        hs, _ = rnn(emb(x))  # h0 = 0
+        z = head(hs)
+        E = torch.nn.functional.cross_entropy(z.reshape(-1, C), y.reshape(-1), reduction="sum")
+        E.backward()
+        return E
+
+    E = step()
+    grads = bptt_jax.Params(
+        U=rnn.weight_hh_l0.grad.numpy(),
+        V=head.weight.grad.numpy(),
+        W=emb.weight.grad.numpy().T,
+        b=rnn.bias_ih_l0.grad.numpy(),
+        c=head.bias.grad.numpy(),
+    )
+    return step, (E.item(), grads)
+
+
+def bench_point(K, H, B, T, repeats, unroll_repeats, use_torch):
     kp, kx, ky = jax.random.split(jax.random.key(0), 3)
-    params = bptt_jax.init_params(kp, K, H, dtype=dtype)
+    params = bptt_jax.init_params(kp, K, H)
     xs = jax.random.randint(kx, (B, T), 0, K)
     ys = jax.random.randint(ky, (B, T), 0, K)
-    h0 = jnp.zeros((B, H), dtype)
-    methods = {
-        "bptt": bptt_jax.bptt,
-        "jit(bptt)": jax.jit(bptt_jax.bptt),
-        "autodiff": jax.jit(jax.value_and_grad(bptt_jax.loss)),
-        "naive AD": jax.jit(jax.value_and_grad(naive_loss)),
+    h0 = jnp.zeros((B, H))
+    args = (params, xs, ys, h0)
+
+    def hand(**kw):
+        return lambda p, x, y, h: bptt_core(p, x, y, h, **kw)[:2]
+
+    jitted = {
+        "hand": hand(),
+        "recompute": hand(recompute=True),
+        "bf16": hand(matmul_dtype=jnp.dtype("bfloat16")),
+        "autodiff": jax.value_and_grad(bptt_jax.loss),
+        "naive AD": jax.value_and_grad(naive_loss),
     }
-    out = {}
-    for name, fn in methods.items():
-        first, median = time_fn(fn, (params, xs, ys, h0), repeats)
-        out[name] = {"first_call_s": first, "median_s": median}
-    # Agreement, so a fast wrong answer cannot pass unnoticed.
-    E, g = methods["jit(bptt)"](params, xs, ys, h0)
-    E_ad, g_ad = methods["autodiff"](params, xs, ys, h0)
-    err = max(
-        float(jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(b)), 1e-30))
-        for a, b in zip((E, *g), (E_ad, *g_ad), strict=True)
-    )
-    return {"K": K, "H": H, "B": B, "T": T, "times": out, "max_rel_err_vs_autodiff": err}
+    exes, compile_s, temp = {}, {}, {}
+    for name, fn in jitted.items():
+        exes[name], compile_s[name], temp[name] = compiled(fn, args)
+
+    def call(exe):
+        return lambda: jax.block_until_ready(exe(*args))
+
+    fns = {"bptt": lambda: jax.block_until_ready(bptt_jax.bptt(*args))}
+    fns.update({name: call(exe) for name, exe in exes.items()})
+    torch_out = torch_method(params, xs, ys, os.cpu_count()) if use_torch else None
+    if torch_out is not None:
+        fns["torch"] = torch_out[0]
+    times = round_robin(fns, repeats)
+
+    # Agreement, so that a fast wrong answer cannot pass unnoticed.
+    reference = exes["autodiff"](*args)
+    errors = {
+        name: tree_rel(exes[name](*args), reference) for name in ("hand", "recompute", "bf16")
+    }
+    errors["naive AD"] = max_rel(exes["naive AD"](*args)[0], reference[0])
+    if torch_out is not None:
+        errors["torch"] = tree_rel(torch_out[1], reference)
+
+    # lax.scan's unroll, swept on the hand BPTT: run time and compile time.
+    unroll = {}
+    if unroll_repeats:
+        sweep = {}
+        for u in UNROLLS:
+            exe, seconds, _ = compiled(hand(unroll=u), args)
+            sweep[u] = (call(exe), seconds)
+        medians = round_robin({u: fn for u, (fn, _) in sweep.items()}, unroll_repeats)
+        unroll = {u: {"median_s": medians[u], "compile_s": sweep[u][1]} for u in UNROLLS}
+
+    return {
+        "K": K, "H": H, "B": B, "T": T, "flops": flops(K, H, B, T),
+        "median_s": times, "compile_s": compile_s, "temp_bytes": temp,
+        "max_rel_err_vs_autodiff": errors, "unroll": unroll,
+    }  # fmt: skip
+
+
+def print_tables(results, rate):
+    names = [n for n in ("bptt", "hand", "recompute", "bf16", "autodiff", "naive AD", "torch")
+             if n in results[0]["median_s"]]  # fmt: skip
+    point = f"{'K':>6}{'H':>5}{'B':>4}{'T':>6}"
+    print("\nmedian ms per loss-and-gradient (lower is better)")
+    print(point + " |" + "".join(f"{n:>11}" for n in names))
+    for r in results:
+        t = r["median_s"]
+        key = f"{r['K']:>6}{r['H']:>5}{r['B']:>4}{r['T']:>6}"
+        print(key + " |" + "".join(f"{t[n] * 1e3:>11.2f}" for n in names))
+
+    ratios = [n for n in ("autodiff", "naive AD", "torch") if n in names]
+    print(f"\nhand speed-up (baseline ms / hand ms), GFLOP/s of hand, % of {rate:.0f} GFLOP/s")
+    extra = f"{'GFLOP':>9}{'GFLOP/s':>9}{'% mm':>6} |{'recomp/hand':>12}{'bf16/hand':>10}"
+    print(point + " |" + "".join(f"{'x ' + n:>12}" for n in ratios) + extra)
+    for r in results:
+        t = r["median_s"]
+        gflops = r["flops"] / t["hand"] / 1e9
+        print(
+            f"{r['K']:>6}{r['H']:>5}{r['B']:>4}{r['T']:>6} |"
+            + "".join(f"{t[n] / t['hand']:>12.2f}" for n in ratios)
+            + f"{r['flops'] / 1e9:>9.2f}{gflops:>9.1f}{100 * gflops / rate:>6.0f} |"
+            + f"{t['recompute'] / t['hand']:>12.2f}{t['bf16'] / t['hand']:>10.2f}"
+        )
+    geo = {n: float(np.exp(np.mean([np.log(r["median_s"][n] / r["median_s"]["hand"])
+                                    for r in results]))) for n in ratios}  # fmt: skip
+    worst = {n: min(r["median_s"][n] / r["median_s"]["hand"] for r in results) for n in ratios}
+    print("geometric mean: " + ", ".join(f"x {n} {g:.2f}" for n, g in geo.items()))
+    print("worst point:    " + ", ".join(f"x {n} {w:.2f}" for n, w in worst.items()))
+
+    mems = ["hand", "recompute", "bf16", "autodiff", "naive AD"]
+    print("\nXLA temp MiB (memory_analysis) and compile s")
+    print(point + " |" + "".join(f"{n:>10}" for n in mems) + " | hand/AD |"
+          + "".join(f"{n:>10}" for n in ("hand", "autodiff")))  # fmt: skip
+    for r in results:
+        m, c = r["temp_bytes"], r["compile_s"]
+        print(
+            f"{r['K']:>6}{r['H']:>5}{r['B']:>4}{r['T']:>6} |"
+            + "".join(f"{m[n] / 2**20:>10.1f}" for n in mems)
+            + f" | {m['hand'] / m['autodiff']:>6.1%} |"
+            + "".join(f"{c[n]:>10.2f}" for n in ("hand", "autodiff"))
+        )
+
+    if results[0]["unroll"]:
+        print("\nunroll sweep of the hand BPTT: median ms (compile s)")
+        print(point + " |" + "".join(f"{'unroll ' + str(u):>16}" for u in UNROLLS))
+        for r in results:
+            u = r["unroll"]
+            print(
+                f"{r['K']:>6}{r['H']:>5}{r['B']:>4}{r['T']:>6} |"
+                + "".join(
+                    f"{u[k]['median_s'] * 1e3:>9.2f} ({u[k]['compile_s']:.2f})" for k in UNROLLS
+                )
+            )
+
+    print("\nmax relative error vs autodiff (loss and every gradient; naive AD: loss)")
+    errs = list(results[0]["max_rel_err_vs_autodiff"])
+    print(point + " |" + "".join(f"{n:>11}" for n in errs))
+    for r in results:
+        e = r["max_rel_err_vs_autodiff"]
+        print(f"{r['K']:>6}{r['H']:>5}{r['B']:>4}{r['T']:>6} |"
+              + "".join(f"{e[n]:>11.1e}" for n in errs))  # fmt: skip
+    return geo, worst
+
+
+def plot(results, path, machine):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
+
+    names = [n for n in ("hand", "recompute", "bf16", "naive AD", "torch")
+             if n in results[0]["median_s"]]  # fmt: skip
+    labels = [f"K={r['K']} H={r['H']}\nB={r['B']} T={r['T']}" for r in results]
+    x = np.arange(len(results))
+    width = 0.8 / len(names)
+    fig, (ax_t, ax_m) = plt.subplots(2, 1, figsize=(11, 8.5), constrained_layout=True)
+    for i, n in enumerate(names):
+        speed = [r["median_s"]["autodiff"] / r["median_s"][n] for r in results]
+        ax_t.bar(x + (i - (len(names) - 1) / 2) * width, speed, width, label=n)
+    ax_t.axhline(1.0, color="k", lw=1, ls="--")
+    ax_t.text(len(results) - 0.5, 1.02, "autodiff = 1", ha="right", va="bottom", fontsize=8)
+    ax_t.set_yscale("log")
+    ax_t.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax_t.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax_t.set_ylabel("speed vs jit(value_and_grad(loss))\n(> 1: faster; log scale)")
+    ax_t.set_xticks(x, labels, fontsize=8)
+    ax_t.legend(ncol=len(names), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13))
+    ax_t.set_title(f"Loss and gradient, float32 on {machine}: speed relative to autodiff")
+    mems = ["hand", "recompute", "autodiff", "naive AD"]
+    width = 0.8 / len(mems)
+    for i, n in enumerate(mems):
+        mib = [r["temp_bytes"][n] / 2**20 for r in results]
+        ax_m.bar(x + (i - (len(mems) - 1) / 2) * width, mib, width, label=n)
+    ax_m.set_yscale("log")
+    ax_m.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax_m.set_ylabel("XLA temp buffers, MiB (log scale)")
+    ax_m.set_xticks(x, labels, fontsize=8)
+    ax_m.legend(ncol=len(mems), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13))
+    ax_m.set_title("Memory: compiled temp bytes (memory_analysis); lower is better")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--grid", action="append", metavar="K,H,B,T",
-        help="a grid point (repeatable); default: the issue's five points",
+        help="a grid point (repeatable); default: the issue's five points and T=1024",
     )  # fmt: skip
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--repeats", type=int, default=15, help="timed calls per method")
+    parser.add_argument("--unroll-repeats", type=int, default=5, help="0: no unroll sweep")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
+    parser.add_argument("--quick", action="store_true", help="3 repeats, no unroll sweep")
+    parser.add_argument("--json", default="bench_bptt.json", metavar="FILE")
+    parser.add_argument("--png", default="bench_bptt.png", metavar="FILE")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.unroll_repeats = 3, 0
     grid = [tuple(int(v) for v in g.split(",")) for g in args.grid] if args.grid else DEFAULT_GRID
-    if args.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)  # a script, not a test: set once at start
 
+    try:
+        import torch
+
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = None
     machine = {
+        "cpu": cpu_model(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "jax": jax.__version__,
+        "torch": torch_version,
         "device": str(jax.devices()[0]),
-        "dtype": args.dtype,
+        "dtype": "float32",
         "repeats": args.repeats,
     }
-    print(" ".join(f"{k}={v}" for k, v in machine.items()))
-    names = ["bptt", "jit(bptt)", "autodiff", "naive AD"]
-    header = (
-        f"{'K':>6}{'H':>5}{'B':>4}{'T':>6} |"
-        + "".join(f"{n + ' ms':>13}" for n in names)
-        + f" |{'AD/hand':>9}{'naiveAD/hand':>13} |{'compile s (hand/AD)':>20} |{'rel.err':>9}"
-    )
-    print(header)
-    print("-" * len(header))
+    print(" ".join(f"{k}={v}" for k, v in machine.items()), flush=True)
+    rates = matmul_rates(max(args.repeats, 5), [(2048, 2048, 2048), (512, 512, 10000)])
+    rate = rates["2048x2048x2048"]
+    print("XLA float32 matmul GFLOP/s: " + ", ".join(f"{k}: {v:.1f}" for k, v in rates.items()))
+
     results = []
     for K, H, B, T in grid:
-        r = bench_point(K, H, B, T, args.repeats, jnp.dtype(args.dtype))
-        results.append(r)
-        t = r["times"]
-        hand = t["jit(bptt)"]["median_s"]
-        print(
-            f"{K:>6}{H:>5}{B:>4}{T:>6} |"
-            + "".join(f"{t[n]['median_s'] * 1e3:>13.2f}" for n in names)
-            + f" |{t['autodiff']['median_s'] / hand:>9.2f}"
-            + f"{t['naive AD']['median_s'] / hand:>13.2f} |"
-            + f"{t['jit(bptt)']['first_call_s']:>10.2f}/{t['autodiff']['first_call_s']:<9.2f} |"
-            + f"{r['max_rel_err_vs_autodiff']:>9.1e}",
-            flush=True,
+        t0 = time.perf_counter()
+        results.append(
+            bench_point(K, H, B, T, args.repeats, args.unroll_repeats, not args.no_torch)
         )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine, "results": results}, f, indent=2)
+        print(f"  ({K}, {H}, {B}, {T}) done in {time.perf_counter() - t0:.0f} s", flush=True)
+    geo, worst = print_tables(results, rate)
+    with open(args.json, "w") as f:
+        json.dump(
+            {"machine": machine, "matmul_gflops": rates, "geomean_speedup": geo,
+             "worst_speedup": worst, "results": results},
+            f, indent=2,
+        )  # fmt: skip
+    cpu = f"{machine['cpu']}, {machine['cpu_count']} cores"
+    plot(results, args.png, cpu if "cpu" in machine["device"].lower() else machine["device"])
+    print(f"\nwrote {args.json} and {args.png}")
 
 
 if __name__ == "__main__":
