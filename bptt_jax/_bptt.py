@@ -44,7 +44,7 @@ from jax import lax
 
 from ._activations import get_activation
 from ._clipping import check_clip_delta
-from ._losses import cross_entropy, log_softmax, residual
+from ._losses import cross_entropy, log_softmax, residual, softmax_cross_entropy
 from ._params import Params
 from ._rnn import output_logits, time_major
 from ._validate import check_activation, check_inputs, check_truncate
@@ -280,22 +280,24 @@ def bptt_core(
         h_start, hs_c, x_c, y_c, k_c = data
         if hs_c is None:
             hs_c = run(h_start, x_c)[1]  # recompute the chunk's h_t
-        # Output layer of this chunk (seed §5.1, §5.2; appendix 1).
-        log_yhat = log_softmax(mm(hs_c, VT) + c)  # (c, B, C)
-        E = E + cross_entropy(log_yhat, y_c)
-        r = residual(log_yhat, y_c)  # ŷ_t − y_t
-        dV = dV + einsum("tbc,tbh->ch", r, hs_c)  # Σ_t r_t ⊗ h_t
-        dc = dc + jnp.sum(r, axis=(0, 1))
+        # Output layer of this chunk (seed §5.1, §5.2; appendix 1), on its
+        # cs·B rows as 2-D products (measured faster than 3-D einsums).
+        rows = lambda a: a.reshape(-1, *a.shape[2:])  # noqa: E731  (c, B, ...) -> (c·B, ...)
+        h2 = rows(hs_c)
+        E_c, r = softmax_cross_entropy(mm(h2, VT) + c, rows(y_c))  # r_t = ŷ_t − y_t
+        E = E + E_c
+        dV = dV + mm(r.T, h2)  # Σ_t r_t ⊗ h_t
+        dc = dc + jnp.sum(r, axis=0)
+        Vr = mm(r, V_).reshape(hs_c.shape)  # Vᵀ r_t
         # Recurrent layer (seed §5.3).
-        scanned = (mm(r, V_), hs_c) if k_c is None else (mm(r, V_), hs_c, k_c)
+        scanned = (Vr, hs_c) if k_c is None else (Vr, hs_c, k_c)
         g, deltas = lax.scan(step, g, scanned, reverse=True, unroll=unroll)  # (c, B, H)
         h_prev = jnp.concatenate([h_start[None], hs_c[:-1]])  # h_{t-1}
-        dU = dU + einsum("tbi,tbj->ij", deltas, h_prev)  # Σ_t δ_t ⊗ h_{t−1}
-        if ids:  # Σ_t δ_t ⊗ x_t: a scatter-add into rows x_t of dWᵀ
-            dW = dW.at[x_c.reshape(-1)].add(deltas.reshape(-1, H))
-        else:
-            dW = dW + einsum("tbh,tbk->hk", deltas, x_c)
-        db = db + jnp.sum(deltas, axis=(0, 1))
+        d2 = rows(deltas)
+        dU = dU + mm(d2.T, rows(h_prev))  # Σ_t δ_t ⊗ h_{t−1}
+        # Σ_t δ_t ⊗ x_t: for ids a scatter-add into rows x_t of dWᵀ
+        dW = dW.at[x_c.reshape(-1)].add(d2) if ids else dW + mm(d2.T, rows(x_c))
+        db = db + jnp.sum(d2, axis=0)
         return (g, E, dU, dV, dW, db, dc), None
 
     def zeros(shape):  # like h0: under shard_map, varying over the same mesh axes

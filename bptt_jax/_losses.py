@@ -63,6 +63,34 @@ def residual(log_yhat: jax.Array, y: jax.Array) -> jax.Array:
     return yhat - jax.nn.one_hot(y, log_yhat.shape[-1], dtype=log_yhat.dtype)
 
 
+def softmax_cross_entropy(z: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    r"""The loss :math:`E = -\sum y^\top \log \hat y` and :math:`r = \partial E/\partial z`.
+
+    One pass of :math:`e = \exp(z - \max z)` serves both:
+    :math:`\hat y = e / \sum e` and :math:`\log\hat y = z - \max z - \log\sum e`
+    (stable for logits of any size). Equal to :func:`cross_entropy` and
+    :func:`residual` of :func:`log_softmax`, which take the exponential twice.
+
+    Args:
+      z: logits ``(..., C)``.
+      y: class ids ``(...)`` or probability vectors ``(..., C)``.
+
+    Returns:
+      ``(E, r)``: the summed loss and ``(..., C)``.
+    """
+    m = jnp.max(z, axis=-1, keepdims=True)
+    e = jnp.exp(z - m)
+    s = jnp.sum(e, axis=-1, keepdims=True)
+    lse = m + jnp.log(s)  # log Σ_j exp(z_j)
+    yhat = e / s
+    if is_soft(y):
+        E = -jnp.sum(jnp.where(y == 0, 0, y * (z - lse)))
+        return E, yhat * jnp.sum(y, axis=-1, keepdims=True) - y
+    z_y = jnp.take_along_axis(z, y[..., None], axis=-1, mode="fill")
+    E = jnp.sum(lse - z_y)
+    return E, yhat - jax.nn.one_hot(y, z.shape[-1], dtype=z.dtype)
+
+
 def softmax_cross_entropy_grad(z: jax.Array, y: jax.Array) -> jax.Array:
     r"""The seed's appendix 1: :math:`\partial E/\partial z` of softmax + cross-entropy.
 
