@@ -103,10 +103,11 @@ def truncation_mask(T: int, truncate: int | None):
 
 
 #: Rows (steps × sequences) of one backward chunk when ``chunk`` is not given.
-#: Measured on the 2-core CPU of ``benchmarks/README.md``: XLA's
-#: ``(rows, H) @ (H, K)`` products run at 175-195 GFLOP/s from about 256 to
-#: 1024 rows and drop to ~120 GFLOP/s at 8192 rows (all of T·B at the largest
-#: benchmark point), so chunks are both smaller and faster.
+#: Measured on the 2-core CPU of ``benchmarks/README.md``
+#: (``benchmarks/profile_bptt.py``): XLA's ``(rows, H) @ (H, K)`` products
+#: run at 175-195 GFLOP/s from about 256 to 1024 rows and drop to ~120
+#: GFLOP/s at 8192 rows (all of T·B at the largest benchmark point), so
+#: chunks are both smaller and faster.
 CHUNK_ROWS = 512
 
 
@@ -114,8 +115,8 @@ def default_chunk(T: int, B: int, recompute: bool = False) -> int:
     """Steps per backward chunk when none is given.
 
     The target is ⌈√T⌉ in recompute mode (√T stored states, √T recomputed
-    ones), otherwise ⌈CHUNK_ROWS / B⌉ steps but at most ⌈T/8⌉, so that a
-    chunk's logits and residuals are at most an eighth of the ``(T, B, C)``
+    ones), otherwise ⌈CHUNK_ROWS / B⌉ steps but at most ⌈T/4⌉, so that a
+    chunk's logits and residuals are at most a quarter of the ``(T, B, C)``
     arrays that autodiff keeps. A divisor of T within a factor 2 below the
     target is preferred: then there is no shorter first chunk, whose code
     XLA would compile separately.
@@ -123,7 +124,7 @@ def default_chunk(T: int, B: int, recompute: bool = False) -> int:
     if recompute:
         target = math.isqrt(max(T - 1, 0)) + 1
     else:
-        target = min(-(-CHUNK_ROWS // max(B, 1)), -(-T // 8))
+        target = min(-(-CHUNK_ROWS // max(B, 1)), -(-T // 4))
     target = max(1, target)
     divisor = max((d for d in range(1, target + 1) if T % d == 0), default=1)
     return divisor if 2 * divisor >= target else target
@@ -384,7 +385,7 @@ def bptt(
       chunk: the backward pass walks the steps in chunks of this many,
         computing each chunk's logits, softmax and :math:`V^\top r_t` only
         when it gets there, so no ``(T, B, C)`` array is ever held. ``None``
-        picks about 512 rows (``chunk * B``), at most ⌈T/8⌉ steps. The
+        picks about 512 rows (``chunk * B``), at most ⌈T/4⌉ steps. The
         result does not depend on it beyond rounding.
       recompute: ``True`` keeps only the state entering each chunk in the
         forward pass and recomputes the chunk's :math:`h_t` on the way back:
