@@ -25,12 +25,15 @@ For every (K, H, B, T) it times, on the same parameters and token ids, float32:
                   loss and gradients are checked against ours too.
 
 Each jitted method is compiled ahead (``lower().compile()``; compile seconds
-reported apart), then all methods are called round-robin ``--repeats`` times
-(each call ended by ``block_until_ready``) and the median is kept, so a slow
-spell of the machine hits every method alike. ``temp MiB`` is XLA's compiled
+reported apart), then the JAX methods are called round-robin ``--repeats``
+times (each call ended by ``block_until_ready``) and the median is kept, so a
+slow spell of the machine hits every method alike. PyTorch is timed after
+them, alone (its OpenMP threads spin on after a call and slowed the next JAX
+call when it shared the round). ``temp MiB`` is XLA's compiled
 ``memory_analysis().temp_size_in_bytes``.
 
-FLOPs counted (multiply-add = 2) for one loss-and-gradient evaluation::
+FLOPs counted (multiply-add = 2; ``bptt_jax._bench.flops``) for one
+loss-and-gradient evaluation::
 
     forward   h_{t-1} @ Uᵀ : 2TBH²   logits h_t @ Vᵀ : 2TBHC
     backward  r_t @ V      : 2TBHC  dV = Σ r_tᵀ h_t : 2TBHC
@@ -49,15 +52,15 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 import bptt_jax
+from bptt_jax._bench import compiled, flops, naive_loss, round_robin
+from bptt_jax._bench import max_rel_error as tree_rel
 from bptt_jax._bptt import bptt_core
 
 DEFAULT_GRID = [
@@ -69,23 +72,6 @@ DEFAULT_GRID = [
     (65, 256, 32, 1024),  # a long sequence: where recompute mode is meant to be used
 ]
 UNROLLS = (1, 2, 4, 8)
-
-
-def naive_loss(params, xs, ys, h0):
-    """The seed's loss written step by step: gather, tanh, logits and loss per step."""
-    U, V, W, b, c = params
-
-    def step(carry, inputs):
-        h_prev, E = carry
-        x_t, y_t = inputs  # (B,), (B,)
-        h = jnp.tanh(h_prev @ U.T + W.T[x_t] + b)
-        z = h @ V.T + c
-        log_yhat = jax.nn.log_softmax(z)
-        E = E - jnp.sum(jnp.take_along_axis(log_yhat, y_t[:, None], axis=1))
-        return (h, E), None
-
-    (_, E), _ = lax.scan(step, (h0, jnp.zeros((), h0.dtype)), (xs.T, ys.T))
-    return E
 
 
 def cpu_model() -> str:
@@ -100,31 +86,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def flops(K, H, B, T):
-    return 6 * T * B * H * (H + K)
-
-
-def compiled(fn, args):
-    """``(executable, compile seconds, temp bytes)`` of ``jax.jit(fn)`` for ``args``."""
-    t0 = time.perf_counter()
-    exe = jax.jit(fn).lower(*args).compile()
-    seconds = time.perf_counter() - t0
-    return exe, seconds, exe.memory_analysis().temp_size_in_bytes
-
-
-def round_robin(fns: dict, repeats: int) -> dict:
-    """Median seconds of each zero-argument ``fn``, called in turn ``repeats`` times."""
-    for fn in fns.values():  # warm up (first-call dispatch, caches)
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
 def matmul_rates(repeats: int, shapes) -> dict:
     """GFLOP/s of float32 products ``(M, N) @ (N, P)`` through XLA."""
     out = {}
@@ -135,15 +96,6 @@ def matmul_rates(repeats: int, shapes) -> dict:
         t = round_robin({"mm": lambda exe=exe, a=a, b=b: exe(a, b).block_until_ready()}, repeats)
         out[f"{M}x{N}x{P}"] = 2 * M * N * P / t["mm"] / 1e9
     return out
-
-
-def max_rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
-
-
-def tree_rel(x, y) -> float:
-    return max(max_rel(a, b) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True))
 
 
 def torch_method(params, xs, ys, threads):
@@ -168,8 +120,8 @@ def torch_method(params, xs, ys, threads):
         head.weight.copy_(V)
         head.bias.copy_(c)
     modules = (emb, rnn, head)
-    x = torch.from_numpy(np.asarray(xs)).long()
-    y = torch.from_numpy(np.asarray(ys)).long()
+    x = torch.from_numpy(np.array(xs)).long()
+    y = torch.from_numpy(np.array(ys)).long()
 
     def step():
         for m in modules:
@@ -218,17 +170,19 @@ def bench_point(K, H, B, T, repeats, unroll_repeats, use_torch):
 
     fns = {"bptt": lambda: jax.block_until_ready(bptt_jax.bptt(*args))}
     fns.update({name: call(exe) for name, exe in exes.items()})
+    times = round_robin(fns, repeats)
+    # PyTorch apart: its OpenMP threads keep spinning for a while after each
+    # call, which slowed down whichever JAX call came next in a shared round.
     torch_out = torch_method(params, xs, ys, os.cpu_count()) if use_torch else None
     if torch_out is not None:
-        fns["torch"] = torch_out[0]
-    times = round_robin(fns, repeats)
+        times.update(round_robin({"torch": torch_out[0]}, repeats))
 
     # Agreement, so that a fast wrong answer cannot pass unnoticed.
     reference = exes["autodiff"](*args)
     errors = {
         name: tree_rel(exes[name](*args), reference) for name in ("hand", "recompute", "bf16")
     }
-    errors["naive AD"] = max_rel(exes["naive AD"](*args)[0], reference[0])
+    errors["naive AD"] = tree_rel(exes["naive AD"](*args), reference)
     if torch_out is not None:
         errors["torch"] = tree_rel(torch_out[1], reference)
 
@@ -240,7 +194,7 @@ def bench_point(K, H, B, T, repeats, unroll_repeats, use_torch):
             exe, seconds, _ = compiled(hand(unroll=u), args)
             sweep[u] = (call(exe), seconds)
         medians = round_robin({u: fn for u, (fn, _) in sweep.items()}, unroll_repeats)
-        unroll = {u: {"median_s": medians[u], "compile_s": sweep[u][1]} for u in UNROLLS}
+        unroll = {str(u): {"median_s": medians[u], "compile_s": sweep[u][1]} for u in UNROLLS}
 
     return {
         "K": K, "H": H, "B": B, "T": T, "flops": flops(K, H, B, T),
@@ -300,11 +254,12 @@ def print_tables(results, rate):
             print(
                 f"{r['K']:>6}{r['H']:>5}{r['B']:>4}{r['T']:>6} |"
                 + "".join(
-                    f"{u[k]['median_s'] * 1e3:>9.2f} ({u[k]['compile_s']:.2f})" for k in UNROLLS
+                    f"{u[str(k)]['median_s'] * 1e3:>9.2f} ({u[str(k)]['compile_s']:.2f})"
+                    for k in UNROLLS
                 )
             )
 
-    print("\nmax relative error vs autodiff (loss and every gradient; naive AD: loss)")
+    print("\nmax relative error vs autodiff (loss and every gradient)")
     errs = list(results[0]["max_rel_err_vs_autodiff"])
     print(point + " |" + "".join(f"{n:>11}" for n in errs))
     for r in results:
@@ -314,41 +269,47 @@ def print_tables(results, rate):
     return geo, worst
 
 
+#: One colour per method in both panels (autodiff: the reference line on top).
+COLORS = {"hand": "C0", "recompute": "C1", "bf16": "C2", "naive AD": "C3", "torch": "C4",
+          "autodiff": "C7"}  # fmt: skip
+
+
 def plot(results, path, machine):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
+    def log_axis(ax):
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+
+    def bars(ax, names, value):
+        x = np.arange(len(results))
+        width = 0.8 / len(names)
+        for i, n in enumerate(names):
+            heights = [value(r, n) for r in results]
+            ax.bar(x + (i - (len(names) - 1) / 2) * width, heights, width, label=n,
+                   color=COLORS[n])  # fmt: skip
+        labels = [f"K={r['K']} H={r['H']}\nB={r['B']} T={r['T']}" for r in results]
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.legend(ncol=len(names), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13))
+        log_axis(ax)
+
+    fig, (ax_t, ax_m) = plt.subplots(2, 1, figsize=(11, 8.5), constrained_layout=True)
     names = [n for n in ("hand", "recompute", "bf16", "naive AD", "torch")
              if n in results[0]["median_s"]]  # fmt: skip
-    labels = [f"K={r['K']} H={r['H']}\nB={r['B']} T={r['T']}" for r in results]
-    x = np.arange(len(results))
-    width = 0.8 / len(names)
-    fig, (ax_t, ax_m) = plt.subplots(2, 1, figsize=(11, 8.5), constrained_layout=True)
-    for i, n in enumerate(names):
-        speed = [r["median_s"]["autodiff"] / r["median_s"][n] for r in results]
-        ax_t.bar(x + (i - (len(names) - 1) / 2) * width, speed, width, label=n)
-    ax_t.axhline(1.0, color="k", lw=1, ls="--")
+    bars(ax_t, names, lambda r, n: r["median_s"]["autodiff"] / r["median_s"][n])
+    ax_t.axhline(1.0, color=COLORS["autodiff"], lw=1.5, ls="--")
     ax_t.text(len(results) - 0.5, 1.02, "autodiff = 1", ha="right", va="bottom", fontsize=8)
-    ax_t.set_yscale("log")
-    ax_t.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax_t.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
     ax_t.set_ylabel("speed vs jit(value_and_grad(loss))\n(> 1: faster; log scale)")
-    ax_t.set_xticks(x, labels, fontsize=8)
-    ax_t.legend(ncol=len(names), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13))
     ax_t.set_title(f"Loss and gradient, float32 on {machine}: speed relative to autodiff")
-    mems = ["hand", "recompute", "autodiff", "naive AD"]
-    width = 0.8 / len(mems)
-    for i, n in enumerate(mems):
-        mib = [r["temp_bytes"][n] / 2**20 for r in results]
-        ax_m.bar(x + (i - (len(mems) - 1) / 2) * width, mib, width, label=n)
-    ax_m.set_yscale("log")
-    ax_m.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    bars(ax_m, ["hand", "recompute", "bf16", "autodiff", "naive AD"],
+         lambda r, n: r["temp_bytes"][n] / 2**20)  # fmt: skip
     ax_m.set_ylabel("XLA temp buffers, MiB (log scale)")
-    ax_m.set_xticks(x, labels, fontsize=8)
-    ax_m.legend(ncol=len(mems), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13))
     ax_m.set_title("Memory: compiled temp bytes (memory_analysis); lower is better")
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -366,7 +327,19 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="3 repeats, no unroll sweep")
     parser.add_argument("--json", default="bench_bptt.json", metavar="FILE")
     parser.add_argument("--png", default="bench_bptt.png", metavar="FILE")
+    parser.add_argument(
+        "--from-json", metavar="FILE", help="print the tables and draw the PNG of an earlier run"
+    )
     args = parser.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        machine, rate = saved["machine"], saved["matmul_gflops"]["2048x2048x2048"]
+        print(" ".join(f"{k}={v}" for k, v in machine.items()))
+        print_tables(saved["results"], rate)
+        plot(saved["results"], args.png, f"{machine['cpu']}, {machine['cpu_count']} cores")
+        print(f"\nwrote {args.png}")
+        return
     if args.quick:
         args.repeats, args.unroll_repeats = 3, 0
     grid = [tuple(int(v) for v in g.split(",")) for g in args.grid] if args.grid else DEFAULT_GRID

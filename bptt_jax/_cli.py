@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bptt-jax",
         description="Backpropagation through time derived by hand, checked against jax.grad. "
-        "Commands: train (the main job), sample, tag, check.",
+        "Commands: train (the main job), sample, tag, check, diagnose, bench.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -345,9 +345,57 @@ def build_parser() -> argparse.ArgumentParser:
         "--iterations", type=_positive, default=1000, help="Adam steps per delay (default 1000)"
     )
     diagnose.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    bench = commands.add_parser(
+        "bench",
+        help="time the hand BPTT against autodiff on this machine",
+        description=(
+            "Times one loss-and-gradient evaluation of the seed's RNN three ways on this "
+            "machine's default JAX device: the hand BPTT (with the options below), "
+            "jax.jit(jax.value_and_grad(loss)) of the same forward, and autodiff of the "
+            "naive step-by-step loss. Prints the median time, GFLOP/s, compile time, XLA's "
+            "temp bytes and the hand result's relative error against autodiff; exits with "
+            "status 1 if they disagree. The full grid with plots: benchmarks/bench_bptt.py."
+        ),
+    )
+    bench.add_argument("--vocab-size", "-K", type=_positive, default=65, help="K (default 65)")
+    bench.add_argument("--hidden-size", "-H", type=_positive, default=256, help="H (default 256)")
+    bench.add_argument("--batch", "-B", type=_positive, default=32, help="B (default 32)")
+    bench.add_argument("--steps", "-T", type=_positive, default=64, help="T (default 64)")
+    bench.add_argument("--repeats", type=_positive, default=20, help="timed calls (default 20)")
+    bench.add_argument(
+        "--dtype", choices=("float32", "float64"), default="float32", help="(default float32)"
+    )
+    bench.add_argument(
+        "--chunk", type=_positive, default=None, help="steps per backward chunk (default: auto)"
+    )
+    bench.add_argument(
+        "--recompute", action="store_true", help="store h_t every ~sqrt(T) steps only"
+    )
+    bench.add_argument("--unroll", type=_positive, default=1, help="lax.scan unroll (default 1)")
+    bench.add_argument(
+        "--matmul-dtype", choices=("bfloat16",), default=None,
+        help="bf16 matrix products with float32 accumulation",
+    )  # fmt: skip
+    bench.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     _add_train_parser(commands)
     _add_use_parsers(commands)
     return parser
+
+
+def _bench(args) -> int:
+    import jax
+
+    from ._bench import run_bench
+
+    with jax.enable_x64(args.dtype == "float64"):
+        report = run_bench(
+            vocab_size=args.vocab_size, hidden_size=args.hidden_size, batch=args.batch,
+            steps=args.steps, repeats=args.repeats, dtype=args.dtype, chunk=args.chunk,
+            recompute=args.recompute, unroll=args.unroll, matmul_dtype=args.matmul_dtype,
+            seed=args.seed,
+        )  # fmt: skip
+    print(report.format())
+    return 0 if report.ok else 1
 
 
 def _check(args) -> int:
@@ -509,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
         return _check(args)
     if args.command == "diagnose":
         return _diagnose(args)
+    if args.command == "bench":
+        return _bench(args)
     from ._checkpoint import CheckpointError
     from ._data import DataError
     from ._train import TrainingError

@@ -1,0 +1,52 @@
+"""bptt-jax bench: its table, its agreement check and its exit status (timings are not tested)."""
+
+import pytest
+
+from bptt_jax import _bench
+from bptt_jax._bench import flops
+from bptt_jax._cli import main
+
+TINY = ["-K", "7", "-H", "5", "-B", "2", "-T", "6", "--repeats", "2"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["--recompute", "--chunk", "4", "--unroll", "2"], ["--matmul-dtype", "bfloat16"],
+     ["--dtype", "float64"]],
+    ids=["default", "recompute_chunk_unroll", "bf16", "float64"],
+)  # fmt: skip
+def test_bench_prints_every_method_and_agrees(argv, capsys):
+    assert main(["bench", *TINY, *argv]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:5]}
+    assert list(rows) == ["hand", "autodiff", "naive"]
+    assert rows["autodiff"][-1] == "(reference)"
+    assert "hand vs autodiff:" in out and "DISAGREES" not in out
+    assert f"{flops(7, 5, 2, 6) / 1e9:.3f} GFLOP" in out
+
+
+def test_bench_exits_1_when_the_hand_gradient_is_wrong(monkeypatch, capsys):
+    real = _bench.bptt_core
+
+    def wrong(*args, **kwargs):  # dU off by 1 %
+        E, grads, dh0, h_T = real(*args, **kwargs)
+        return E, grads._replace(U=1.01 * grads.U), dh0, h_T
+
+    monkeypatch.setattr(_bench, "bptt_core", wrong)
+    assert main(["bench", *TINY]) == 1
+    assert "DISAGREES" in capsys.readouterr().out
+
+
+def test_bench_rejects_a_bad_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--chunk", "0"])
+    assert exit_info.value.code == 2
+    assert "--chunk: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_flop_count_written_out():
+    # 6·T·B·H·(H + C): three H×H and three H×C products per step and sequence.
+    K, H, B, T = 10, 4, 3, 5
+    per_step = 3 * 2 * H * H + 3 * 2 * H * K
+    assert flops(K, H, B, T) == T * B * per_step
+    assert flops(K, H, B, T, C=2) == T * B * (3 * 2 * H * H + 3 * 2 * H * 2)
