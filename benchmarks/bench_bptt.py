@@ -19,8 +19,9 @@ For every (K, H, B, T) it times, on the same parameters and token ids, float32:
                   and loss inside the scan body, one step at a time;
 - ``torch``       PyTorch ``nn.Embedding`` + ``nn.RNN`` + ``nn.Linear`` +
                   ``cross_entropy(reduction="sum")``, forward and backward,
-                  with the same threads (optional: skipped when torch is not
-                  installed). Loaded with the same model (embedding = Wᵀ,
+                  on the CPU with the same threads, or cuDNN's ``nn.RNN`` on
+                  CUDA when JAX's default device is a GPU (optional: skipped
+                  when torch is not installed). Loaded with the same model (embedding = Wᵀ,
                   W_ih = I, W_hh = U, b_ih = b, b_hh = 0, head = V, c), so its
                   loss and gradients are checked against ours too.
 
@@ -99,12 +100,19 @@ def matmul_rates(repeats: int, shapes) -> dict:
 
 
 def torch_method(params, xs, ys, threads):
-    """``(fn, (E, grads as Params))`` for PyTorch's nn.RNN on the same model, or None."""
+    """``(fn, (E, grads as Params), device)`` for PyTorch's nn.RNN on the same model, or None.
+
+    On the CPU with ``threads`` threads; on CUDA (cuDNN's ``nn.RNN``) when
+    JAX's default device is a GPU and torch sees one.
+    """
     try:
         import torch
     except ImportError:
         return None
-    torch.set_num_threads(threads)
+    cuda = jax.default_backend() == "gpu" and torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    if not cuda:
+        torch.set_num_threads(threads)
     U, V, W, b, c = (torch.from_numpy(np.array(p)) for p in params)
     H, K = W.shape
     C = V.shape[0]
@@ -119,9 +127,9 @@ def torch_method(params, xs, ys, threads):
         rnn.bias_hh_l0.zero_()
         head.weight.copy_(V)
         head.bias.copy_(c)
-    modules = (emb, rnn, head)
-    x = torch.from_numpy(np.array(xs)).long()
-    y = torch.from_numpy(np.array(ys)).long()
+    modules = [m.to(device) for m in (emb, rnn, head)]
+    x = torch.from_numpy(np.array(xs)).long().to(device)
+    y = torch.from_numpy(np.array(ys)).long().to(device)
 
     def step():
         for m in modules:
@@ -130,17 +138,24 @@ def torch_method(params, xs, ys, threads):
         z = head(hs)
         E = torch.nn.functional.cross_entropy(z.reshape(-1, C), y.reshape(-1), reduction="sum")
         E.backward()
+        if cuda:
+            torch.cuda.synchronize()
         return E
 
     E = step()
+
+    def host(t):
+        return t.detach().cpu().numpy()
+
     grads = bptt_jax.Params(
-        U=rnn.weight_hh_l0.grad.numpy(),
-        V=head.weight.grad.numpy(),
-        W=emb.weight.grad.numpy().T,
-        b=rnn.bias_ih_l0.grad.numpy(),
-        c=head.bias.grad.numpy(),
+        U=host(rnn.weight_hh_l0.grad),
+        V=host(head.weight.grad),
+        W=host(emb.weight.grad).T,
+        b=host(rnn.bias_ih_l0.grad),
+        c=host(head.bias.grad),
     )
-    return step, (E.item(), grads)
+    name = torch.cuda.get_device_name() if cuda else f"cpu, {threads} threads"
+    return step, (E.item(), grads), f"torch {torch.__version__} on {name}"
 
 
 def bench_point(K, H, B, T, repeats, unroll_repeats, use_torch):
@@ -176,6 +191,7 @@ def bench_point(K, H, B, T, repeats, unroll_repeats, use_torch):
     torch_out = torch_method(params, xs, ys, os.cpu_count()) if use_torch else None
     if torch_out is not None:
         times.update(round_robin({"torch": torch_out[0]}, repeats))
+        print(f"  torch baseline: {torch_out[2]}", flush=True)
 
     # Agreement, so that a fast wrong answer cannot pass unnoticed.
     reference = exes["autodiff"](*args)
@@ -215,8 +231,12 @@ def print_tables(results, rate):
         print(key + " |" + "".join(f"{t[n] * 1e3:>11.2f}" for n in names))
 
     ratios = [n for n in ("autodiff", "naive AD", "torch") if n in names]
-    print(f"\nhand speed-up (baseline ms / hand ms), GFLOP/s of hand, % of {rate:.0f} GFLOP/s")
-    extra = f"{'GFLOP':>9}{'GFLOP/s':>9}{'% mm':>6} |{'recomp/hand':>12}{'bf16/hand':>10}"
+    print(
+        f"\nhand speed-up (baseline ms / hand ms), GFLOP/s of hand, % of {rate:.0f} GFLOP/s, "
+        "µs per recurrent step (hand ms / T)"
+    )
+    extra = (f"{'GFLOP':>9}{'GFLOP/s':>9}{'% mm':>6}{'us/step':>9} |"
+             f"{'recomp/hand':>12}{'bf16/hand':>10}")  # fmt: skip
     print(point + " |" + "".join(f"{'x ' + n:>12}" for n in ratios) + extra)
     for r in results:
         t = r["median_s"]
@@ -224,7 +244,8 @@ def print_tables(results, rate):
         print(
             f"{r['K']:>6}{r['H']:>5}{r['B']:>4}{r['T']:>6} |"
             + "".join(f"{t[n] / t['hand']:>12.2f}" for n in ratios)
-            + f"{r['flops'] / 1e9:>9.2f}{gflops:>9.1f}{100 * gflops / rate:>6.0f} |"
+            + f"{r['flops'] / 1e9:>9.2f}{gflops:>9.1f}{100 * gflops / rate:>6.0f}"
+            + f"{t['hand'] / r['T'] * 1e6:>9.1f} |"
             + f"{t['recompute'] / t['hand']:>12.2f}{t['bf16'] / t['hand']:>10.2f}"
         )
     geo = {n: float(np.exp(np.mean([np.log(r["median_s"][n] / r["median_s"]["hand"])
