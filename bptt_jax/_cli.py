@@ -188,6 +188,23 @@ def _add_train_parser(commands) -> None:
         help=f"precision of the parameters and the computation (default {d.dtype})",
     )
     a(
+        "--matmul-dtype",
+        choices=("bfloat16",),
+        default=None,
+        help="mixed precision: every matrix product of the hand BPTT in bf16, accumulated "
+        "in --dtype (master weights, element-wise work and gradients stay in --dtype); "
+        "--verify-every then allows 4 bf16 ulps (default: products in --dtype)",
+    )
+    a(
+        "--recompute",
+        action="store_const",
+        const=True,
+        default=None,
+        help="keep the hidden states only every ~sqrt(--seq-len) steps and recompute the rest "
+        "in the backward pass: memory O(sqrt(T) B H) for one more forward recursion "
+        "(default: every state kept)",
+    )
+    a(
         "--devices",
         type=_positive,
         default=None,
@@ -369,12 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk", type=_positive, default=None, help="steps per backward chunk (default: auto)"
     )
     bench.add_argument(
-        "--recompute", action="store_true", help="store h_t every ~sqrt(T) steps only"
-    )
+        "--recompute", action="store_true",
+        help="store h_t every ~sqrt(T) steps only (default: every h_t)",
+    )  # fmt: skip
     bench.add_argument("--unroll", type=_positive, default=1, help="lax.scan unroll (default 1)")
     bench.add_argument(
         "--matmul-dtype", choices=("bfloat16",), default=None,
-        help="bf16 matrix products with float32 accumulation",
+        help="bf16 matrix products with float32 accumulation (default: products in --dtype)",
     )  # fmt: skip
     bench.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     _add_train_parser(commands)
@@ -444,7 +462,7 @@ def _diagnose(args) -> int:
 _TRAIN_OPTIONS = (
     "task", "text", "max_files", "steps", "batch_size", "seq_len", "hidden_size", "lr",
     "optimizer", "clip", "clip_value", "seed", "out", "eval_every", "save_every",
-    "verify_every", "val_chars", "dtype",
+    "verify_every", "val_chars", "dtype", "matmul_dtype", "recompute",
 )  # fmt: skip
 
 

@@ -66,7 +66,14 @@ def check_batch_divides(batch_size: int, mesh: Mesh) -> None:
         )
 
 
-def data_parallel_bptt_core(mesh: Mesh, *, activation: str = "tanh", truncate: int | None = None):
+def data_parallel_bptt_core(
+    mesh: Mesh,
+    *,
+    activation: str = "tanh",
+    truncate: int | None = None,
+    matmul_dtype=None,
+    recompute: bool = False,
+):
     r"""A jitted ``fn(params, xs, ys, h0) -> (E, grads, dh0, h_T)`` split over ``mesh``.
 
     The data-parallel twin of :func:`bptt_jax._bptt.bptt_core`, with the same
@@ -84,13 +91,15 @@ def data_parallel_bptt_core(mesh: Mesh, *, activation: str = "tanh", truncate: i
 
     Args:
       mesh: from :func:`make_mesh`.
-      activation, truncate: as for :func:`bptt_jax.bptt`.
+      activation, truncate, matmul_dtype, recompute: as for :func:`bptt_jax.bptt`
+        (``matmul_dtype`` a dtype or ``None``).
     """
 
     def local(params, xs, ys, h0):  # one device's shard of the batch
         E, grads, dh0, h_T = bptt_core(
-            params, xs, ys, h0, activation=activation, truncate=truncate
-        )
+            params, xs, ys, h0, activation=activation, truncate=truncate,
+            matmul_dtype=matmul_dtype, recompute=recompute,
+        )  # fmt: skip
         return lax.psum(E, AXIS), jax.tree.map(lambda g: lax.psum(g, AXIS), grads), dh0, h_T
 
     sharded = jax.shard_map(

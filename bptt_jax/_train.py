@@ -110,6 +110,8 @@ class TrainConfig:
     verify_every: int = 0  # 0 = never
     val_chars: int = 65536
     dtype: str = "float32"  # of the parameters and the computation: float32 or float64
+    matmul_dtype: str | None = None  # "bfloat16": bf16 matrix products, dtype accumulation
+    recompute: bool = False  # keep h_t every ~sqrt(T) steps only, recompute the rest
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -228,10 +230,24 @@ def _cached_step(optimizer: str, lr: float, clip: float, clip_value: float, grad
     return tx, make_train_step(tx, grad_fn)
 
 
+#: What ``TrainConfig.matmul_dtype`` accepts besides ``None``.
+MATMUL_DTYPES = ("bfloat16",)
+
+
 @functools.cache
-def _data_parallel_grad_fn(mesh):
-    # One per mesh, so that _cached_step's cache (keyed on it) reuses compilations.
-    return data_parallel_bptt_core(mesh)
+def hand_grad_fn(matmul_dtype: str | None = None, recompute: bool = False):
+    """The hand ``bptt_core`` with the run's speed/memory options (cached: one per setting)."""
+    if matmul_dtype is None and not recompute:
+        return bptt_core
+    mm = None if matmul_dtype is None else jnp.dtype(matmul_dtype)
+    return functools.partial(bptt_core, matmul_dtype=mm, recompute=recompute)
+
+
+@functools.cache
+def _data_parallel_grad_fn(mesh, matmul_dtype: str | None = None, recompute: bool = False):
+    # One per mesh and setting, so that _cached_step's cache (keyed on it) reuses compilations.
+    mm = None if matmul_dtype is None else jnp.dtype(matmul_dtype)
+    return data_parallel_bptt_core(mesh, matmul_dtype=mm, recompute=recompute)
 
 
 def training_mesh(devices: int | None, batch_size: int):
@@ -320,17 +336,25 @@ def baselines(corpus: Corpus, ys_val: np.ndarray, xs_val: np.ndarray) -> dict[st
     }
 
 
-def verify_gradients(params: Params, xs, ys, h0, grad_fn: Callable | None = None) -> dict:
+#: --verify-every's tolerance with bf16 products: 4 bf16 ulps (2**-8) against
+#: float32 autodiff, as in tests/test_fast_paths.py (measured 0.8-1.5 ulps).
+BF16_TOLERANCE = 4 * 2.0**-8
+
+
+def verify_gradients(
+    params: Params, xs, ys, h0, grad_fn: Callable | None = None, *, tol: float | None = None
+) -> dict:
     """Hand gradients vs ``jax.grad`` on one batch: max relative error per parameter.
 
     Raises:
-      TrainingError: if any error exceeds the tolerance of ``bptt-jax check``
-        for the parameters' dtype.
+      TrainingError: if any error exceeds ``tol`` (default: the tolerance of
+        ``bptt-jax check`` for the parameters' dtype).
     """
     params, xs, ys, h0 = jax.tree.map(jnp.asarray, (params, xs, ys, h0))  # one device
     E, grads, _, _ = (grad_fn or bptt_core)(params, xs, ys, h0)
     E_ad, grads_ad = autodiff_bptt(params, xs, ys, h0)
-    tol = TOLERANCES[str(params.U.dtype)]["autodiff"]
+    if tol is None:
+        tol = TOLERANCES[str(params.U.dtype)]["autodiff"]
     errors = {"E": max_relative_error(E, E_ad)}
     errors |= {
         n: max_relative_error(getattr(grads, n), getattr(grads_ad, n)) for n in Params._fields
@@ -391,6 +415,8 @@ class Result:
         parts = [
             f"{c.task} H={c.hidden_size} B={c.batch_size} T={c.seq_len} {c.optimizer} lr={c.lr}"
             + (f" {c.dtype}" if c.dtype != "float32" else "")
+            + (f" {c.matmul_dtype} products" if c.matmul_dtype else "")
+            + (" recompute" if c.recompute else "")
             + f" on {self.devices} device{'s' if self.devices > 1 else ''}",
             f"step {self.state.step}/{c.steps}"
             + (" (interrupted)" if self.interrupted else "")
@@ -596,9 +622,19 @@ def _train(config, resume, corpus, progress, echo, grad_fn, on_step, devices) ->
         raise TrainingError(
             f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
         )
+    if config.matmul_dtype not in (None, *MATMUL_DTYPES):
+        raise TrainingError(
+            f"unknown matmul dtype {config.matmul_dtype!r}; choose "
+            f"{', '.join(MATMUL_DTYPES)} or leave it unset (products in {config.dtype})"
+        )
+    options = (config.matmul_dtype, bool(config.recompute))
     step_grad_fn = grad_fn
     if step_grad_fn is None and n_devices > 1:
-        step_grad_fn = _data_parallel_grad_fn(mesh)
+        step_grad_fn = _data_parallel_grad_fn(mesh, *options)
+    elif step_grad_fn is None and options != (None, False):
+        step_grad_fn = hand_grad_fn(*options)
+    verify_fn = grad_fn or hand_grad_fn(*options)
+    verify_tol = BF16_TOLERANCE if config.matmul_dtype else None
     tx, step_fn = _cached_step(
         config.optimizer, config.lr, config.clip, config.clip_value, step_grad_fn
     )
@@ -692,7 +728,9 @@ def _train(config, resume, corpus, progress, echo, grad_fn, on_step, devices) ->
         while state.step < config.steps:
             xs, ys = streams.chunk(state.chunk)
             if config.verify_every and state.step % config.verify_every == 0:
-                errors = verify_gradients(host_params(), xs, ys, local_rows(state.h), grad_fn)
+                errors = verify_gradients(
+                    host_params(), xs, ys, local_rows(state.h), verify_fn, tol=verify_tol
+                )
                 history.verified += 1
                 history.verify_error = max(history.verify_error, *errors.values())
             params, opt_state, h, loss, finite = step_fn(

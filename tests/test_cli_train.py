@@ -54,6 +54,15 @@ def test_train_writes_checkpoint_plot_and_summary(lm_run):
     assert (run / "loss.png").exists()
 
 
+def test_train_with_bf16_products_and_recompute(tmp_path, capsys):
+    argv = ["train", *TINY, "--steps", "2", "--eval-every", "0", "--out", str(tmp_path),
+            "--matmul-dtype", "bfloat16", "--recompute"]  # fmt: skip
+    assert main(argv) == 0
+    assert "bfloat16 products recompute on 1 device" in capsys.readouterr().out
+    config = load_checkpoint(tmp_path / "checkpoint.bptt")[0]["config"]
+    assert (config["matmul_dtype"], config["recompute"]) == ("bfloat16", True)
+
+
 def test_resume_from_the_command_line_goes_on(lm_run, tmp_path, capsys):
     lm_run = lm_run[0]
     shutil.copy(lm_run / "checkpoint.bptt", tmp_path / "checkpoint.bptt")
@@ -159,7 +168,7 @@ def test_train_on_an_empty_corpus_says_so(tmp_path, capsys):
                 "empty corpus")  # fmt: skip
 
 
-@pytest.mark.parametrize("command", ["train", "sample", "tag", "check"])
+@pytest.mark.parametrize("command", ["train", "sample", "tag", "check", "bench"])
 def test_every_flag_documents_its_default(command):
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     parser = sub.choices[command]

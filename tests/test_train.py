@@ -197,3 +197,40 @@ def test_the_training_step_uses_no_autodiff():
     assert "bptt_core" in names  # the check sees the names the step uses
     autodiff = {"grad", "value_and_grad", "vjp", "jvp", "linearize", "autodiff_bptt"}
     assert not names & autodiff
+
+
+def test_bf16_products_train_and_verify_at_bf16_tolerance(corpus, uninterrupted, tmp_path):
+    # --matmul-dtype bfloat16: the step runs bptt_core with bf16 products, the
+    # --verify-every referee allows 4 bf16 ulps, and the run tracks float32's.
+    config = TrainConfig(**TINY, steps=12, verify_every=4, matmul_dtype="bfloat16",
+                         out=str(tmp_path))  # fmt: skip
+    result = train(config, corpus=corpus, progress=False, echo=lambda s: None)
+    assert result.history.verified == 3 and result.history.nonfinite == 0
+    assert 1e-4 < result.history.verify_error <= 4 * 2.0**-8  # bf16 rounding, not float32's
+    assert "bfloat16 products" in result.summary()
+    assert all(p.dtype == jnp.float32 for p in result.state.params)  # master weights
+    # Adam's normalised steps let single weights drift apart, so compare what
+    # training is for: the loss of each step on the same batches.
+    losses = np.array([loss for _, loss, _ in result.history.train])
+    losses32 = np.array([loss for _, loss, _ in uninterrupted.history.train])
+    assert losses.shape == losses32.shape == (12,)
+    assert np.max(np.abs(losses - losses32) / losses32) < 2e-3  # measured 3e-4
+    assert load_checkpoint(tmp_path / "checkpoint.bptt")[0]["config"]["matmul_dtype"] == "bfloat16"
+
+
+def test_recompute_trains_like_storing_every_state(corpus, uninterrupted, tmp_path):
+    config = TrainConfig(**TINY, steps=12, recompute=True, out=str(tmp_path))
+    result = train(config, corpus=corpus, progress=False, echo=lambda s: None)
+    for a, b in zip(_leaves(result.state), _leaves(uninterrupted.state), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_resume_refuses_other_products():
+    with pytest.raises(CheckpointError, match="--matmul-dtype"):
+        config_for_resume(TrainConfig().to_json(), {"matmul_dtype": "bfloat16"})
+
+
+def test_unknown_matmul_dtype_is_a_clear_error(corpus, tmp_path):
+    config = TrainConfig(**TINY, steps=1, matmul_dtype="float16", out=str(tmp_path))
+    with pytest.raises(TrainingError, match="unknown matmul dtype 'float16'; choose bfloat16"):
+        train(config, corpus=corpus, progress=False, echo=lambda s: None)
