@@ -16,3 +16,14 @@ def x64():
     """Enables float64 for one test (never flips the global config)."""
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_code():
+    # Every compiled XLA executable keeps memory mappings of its machine code;
+    # the whole suite compiles thousands and once passed the kernel's default
+    # limit of 65530 mappings (vm.max_map_count), after which XLA crashed with
+    # a segfault while compiling. Dropping the caches after each module keeps
+    # the count at one module's worth.
+    yield
+    jax.clear_caches()
