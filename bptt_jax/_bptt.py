@@ -46,7 +46,7 @@ from ._activations import get_activation
 from ._clipping import check_clip_delta
 from ._losses import cross_entropy, log_softmax, residual, softmax_cross_entropy
 from ._params import Params
-from ._rnn import output_logits, time_major
+from ._rnn import hidden_states, matmuls, output_logits, time_major
 from ._validate import check_activation, check_inputs, check_truncate
 
 
@@ -130,24 +130,6 @@ def default_chunk(T: int, B: int, recompute: bool = False) -> int:
     return divisor if 2 * divisor >= target else target
 
 
-def _matmuls(matmul_dtype, acc_dtype):
-    """``(mm, einsum)``: plain, or bf16 operands accumulated in ``acc_dtype``."""
-    if matmul_dtype is None:
-        return jnp.matmul, jnp.einsum
-
-    def mm(a, b):
-        return jnp.matmul(
-            a.astype(matmul_dtype), b.astype(matmul_dtype), preferred_element_type=acc_dtype
-        )
-
-    def einsum(spec, a, b):
-        return jnp.einsum(
-            spec, a.astype(matmul_dtype), b.astype(matmul_dtype), preferred_element_type=acc_dtype
-        )
-
-    return mm, einsum
-
-
 @functools.partial(
     jax.jit,
     static_argnames=(
@@ -215,28 +197,20 @@ def bptt_core(
     B, T = xs.shape[:2]
     H, K = W.shape
     dtype = U.dtype
-    act = get_activation(activation)
-    f, df = act.f, act.df_from_h
-    mm, einsum = _matmuls(matmul_dtype, dtype)
+    df = get_activation(activation).df_from_h
+    mm, _ = matmuls(matmul_dtype, dtype)
     ids = jnp.issubdtype(xs.dtype, jnp.integer)
     cs = default_chunk(T, B, recompute) if chunk is None else min(chunk, max(T, 1))
     n, rem = divmod(T, cs)  # n full chunks after a first chunk of rem < cs steps
 
     # The operands of every product, cast once (bf16 copies when asked).
     cast = (lambda a: a) if matmul_dtype is None else (lambda a: a.astype(matmul_dtype))
-    UT, U_, VT, V_ = cast(U.T), cast(U), cast(V.T), cast(V)
+    U_, VT, V_ = cast(U), cast(V.T), cast(V)
 
-    def run(h, x_c):  # h_t = f(U h_{t-1} + W x_t + b) over one chunk: (B, H), (c, B[, K])
-        if ids:  # W x_t for a one-hot x_t: column x_t of W (NaN for an id out of range)
-            a = jnp.take(W.T, x_c, axis=0, mode="fill") + b  # (c, B, H)
-        else:
-            a = einsum("tbk,hk->tbh", x_c, W) + b
-
-        def step(h_prev, a_t):
-            h_t = f(mm(h_prev, UT) + a_t)
-            return h_t, h_t
-
-        return lax.scan(step, h, a, unroll=unroll)  # (B, H), (c, B, H)
+    def run(h, x_c):  # the h recursion over one chunk: (B, H), time-major (c, B[, K])
+        return hidden_states(
+            params, time_major(x_c), h, activation, unroll=unroll, matmul_dtype=matmul_dtype
+        )  # (B, H), (c, B, H)
 
     xs_tm, ys_tm = time_major(xs), time_major(ys)
     keep = truncation_mask(T, truncate)

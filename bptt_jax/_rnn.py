@@ -31,7 +31,26 @@ from ._params import Params
 from ._validate import check_activation, check_inputs
 
 
-def input_projection(W: jax.Array, xs: jax.Array) -> jax.Array:
+def matmuls(matmul_dtype, acc_dtype):
+    """``(mm, einsum)``: plain, or with operands cast to ``matmul_dtype`` and accumulated in
+    ``acc_dtype`` (mixed precision: ``matmul_dtype=jnp.bfloat16``)."""
+    if matmul_dtype is None:
+        return jnp.matmul, jnp.einsum
+
+    def mm(a, b):
+        return jnp.matmul(
+            a.astype(matmul_dtype), b.astype(matmul_dtype), preferred_element_type=acc_dtype
+        )
+
+    def einsum(spec, a, b):
+        return jnp.einsum(
+            spec, a.astype(matmul_dtype), b.astype(matmul_dtype), preferred_element_type=acc_dtype
+        )
+
+    return mm, einsum
+
+
+def input_projection(W: jax.Array, xs: jax.Array, matmul_dtype=None) -> jax.Array:
     r"""Returns :math:`W x_t` for every step, time-major ``(T, B, H)``.
 
     Args:
@@ -39,16 +58,24 @@ def input_projection(W: jax.Array, xs: jax.Array) -> jax.Array:
       xs: ``(B, T)`` integer ids -- then :math:`W x_t` for the one-hot
         :math:`x_t` is column ``x_t`` of ``W``, a gather -- or ``(B, T, K)``
         dense vectors, then a matrix product.
+      matmul_dtype: ``None``, or the dtype of that product's operands (see
+        :func:`matmuls`).
     """
     if jnp.issubdtype(xs.dtype, jnp.integer):
         # mode="fill": an id out of range (only possible when validation was
         # skipped under tracing) gives NaN instead of a silently clamped column.
         return jnp.take(W.T, xs.T, axis=0, mode="fill")  # (T, B, H)
-    return jnp.einsum("btk,hk->tbh", xs, W)  # (T, B, H)
+    return matmuls(matmul_dtype, W.dtype)[1]("btk,hk->tbh", xs, W)  # (T, B, H)
 
 
 def hidden_states(
-    params: Params, xs: jax.Array, h0: jax.Array, activation: str = "tanh"
+    params: Params,
+    xs: jax.Array,
+    h0: jax.Array,
+    activation: str = "tanh",
+    *,
+    unroll: int = 1,
+    matmul_dtype=None,
 ) -> tuple[jax.Array, jax.Array]:
     r"""Runs :math:`h_t = f(U h_{t-1} + W x_t + b)` for t = 1..T.
 
@@ -57,20 +84,24 @@ def hidden_states(
       xs: ``(B, T)`` ids or ``(B, T, K)`` vectors.
       h0: ``(B, H)``.
       activation: the name of :math:`f` (default the seed's ``"tanh"``).
+      unroll: ``lax.scan``'s ``unroll``.
+      matmul_dtype: ``None``, or the dtype of every product's operands (see
+        :func:`matmuls`).
 
     Returns:
       ``(h_T, hs)``: the final state ``(B, H)`` (``h0`` when T = 0) and
       :math:`h_1 \ldots h_T`, time-major ``(T, B, H)``.
     """
     f = get_activation(activation).f
-    a = input_projection(params.W, xs) + params.b  # (T, B, H): W x_t + b, all steps
-    UT = params.U.T  # (H, H)
+    mm, _ = matmuls(matmul_dtype, params.U.dtype)
+    a = input_projection(params.W, xs, matmul_dtype) + params.b  # (T, B, H): W x_t + b
+    UT = params.U.T if matmul_dtype is None else params.U.T.astype(matmul_dtype)  # (H, H)
 
     def step(h_prev, a_t):  # (B, H), (B, H)
-        h = f(h_prev @ UT + a_t)  # h_t = f(s_t), s_t = U h_{t-1} + W x_t + b
+        h = f(mm(h_prev, UT) + a_t)  # h_t = f(s_t), s_t = U h_{t-1} + W x_t + b
         return h, h
 
-    h_T, hs = lax.scan(step, h0, a)  # (B, H), (T, B, H)
+    h_T, hs = lax.scan(step, h0, a, unroll=unroll)  # (B, H), (T, B, H)
     return h_T, hs
 
 
