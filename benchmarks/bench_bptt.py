@@ -33,7 +33,7 @@ them, alone (its OpenMP threads spin on after a call and slowed the next JAX
 call when it shared the round). ``temp MiB`` is XLA's compiled
 ``memory_analysis().temp_size_in_bytes``.
 
-FLOPs counted (multiply-add = 2; ``bptt_jax._bench.flops``) for one
+FLOPs counted (multiply-add = 2; ``bptt_jax.app.bench.flops``) for one
 loss-and-gradient evaluation::
 
     forward   h_{t-1} @ Uᵀ : 2TBH²   logits h_t @ Vᵀ : 2TBHC
@@ -60,9 +60,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import bptt_jax
-from bptt_jax._bench import compiled, flops, naive_loss, round_robin
-from bptt_jax._bench import max_rel_error as tree_rel
-from bptt_jax._bptt import bptt_core
+from bptt_jax.app.bench import compiled, flops, naive_loss, round_robin
+from bptt_jax.app.bench import max_rel_error as tree_rel
+from bptt_jax.core.bptt import bptt_core
 
 DEFAULT_GRID = [
     (65, 256, 32, 64),

@@ -4,7 +4,7 @@
     python benchmarks/bench_parallel.py --devices 1,8 --repeats 50 --json out.json
     python benchmarks/bench_parallel.py --real             # the machine's own devices (GPU/TPU)
 
-Times the step ``bptt-jax train`` runs (:func:`bptt_jax._train.make_train_step`:
+Times the step ``bptt-jax train`` runs (:func:`bptt_jax.app.train.make_train_step`:
 hand BPTT, mean-per-character gradient, clipping, Adam), with the batch split
 over an ``N``-device mesh exactly as ``train`` places it (parameters and
 optimizer state replicated, ``xs, ys, h`` sharded on the batch axis; on one
@@ -36,15 +36,15 @@ def child(n: int, args) -> dict:
     import jax
     import numpy as np
 
-    from bptt_jax._parallel import replicate, shard_batch
-    from bptt_jax._params import init_params
-    from bptt_jax._train import (
+    from bptt_jax.app.parallel import replicate, shard_batch
+    from bptt_jax.app.train import (
         TrainConfig,
         _data_parallel_grad_fn,
         make_optimizer,
         make_train_step,
         training_mesh,
     )
+    from bptt_jax.core.params import init_params
 
     K, H, B, T = args.vocab_size, args.hidden_size, args.batch_size, args.seq_len
     mesh = training_mesh(n, B)

@@ -31,9 +31,9 @@ import jax.numpy as jnp
 from jax import lax
 
 import bptt_jax
-from bptt_jax._bench import compiled, round_robin
-from bptt_jax._bptt import bptt_core, input_gradient, output_layer
-from bptt_jax._rnn import hidden_states, time_major
+from bptt_jax.app.bench import compiled, round_robin
+from bptt_jax.core.bptt import bptt_core, input_gradient, output_layer
+from bptt_jax.core.rnn import hidden_states, time_major
 
 GRID = [(65, 256, 32, 64), (65, 512, 64, 128), (10000, 256, 32, 35), (10000, 512, 64, 128),
         (65, 64, 1, 1000)]  # fmt: skip

@@ -10,32 +10,32 @@ refereed by autodiff (:func:`autodiff_bptt`) and finite differences
 (:func:`finite_difference_bptt`).
 """
 
-from ._activations import ACTIVATIONS
-from ._bptt import bptt as bptt
-from ._bptt import bptt_chunk as bptt_chunk
-from ._clipping import CLIPPERS
-from ._clipping import make_clipper as make_clipper
-from ._diagnostics import GradientFlow as GradientFlow
-from ._diagnostics import gradient_flow as gradient_flow
-from ._diagnostics import spectral_sweep as spectral_sweep
-from ._init import INITS
-from ._losses import softmax_cross_entropy_grad as softmax_cross_entropy_grad
-from ._params import DeepParams as DeepParams
-from ._params import Layer as Layer
-from ._params import Params as Params
-from ._params import init_params as init_params
-from ._per_loss import bptt_per_loss as bptt_per_loss
-from ._per_loss import per_loss_deltas as per_loss_deltas
-from ._reference import autodiff_bptt as autodiff_bptt
-from ._reference import autodiff_bptt_per_loss as autodiff_bptt_per_loss
-from ._reference import autodiff_dh0 as autodiff_dh0
-from ._reference import finite_difference_bptt as finite_difference_bptt
-from ._rnn import forward as forward
-from ._rnn import loss as loss
-from ._tasks import delay_task as delay_task
-from ._tasks import train_delay as train_delay
-from ._torch import from_torch as from_torch
-from ._torch import to_torch as to_torch
+from .api.gradients import bptt as bptt
+from .api.gradients import bptt_chunk as bptt_chunk
+from .api.gradients import bptt_per_loss as bptt_per_loss
+from .api.gradients import per_loss_deltas as per_loss_deltas
+from .api.interop import from_torch as from_torch
+from .api.interop import to_torch as to_torch
+from .api.lab import gradient_flow as gradient_flow
+from .api.model import forward as forward
+from .api.model import loss as loss
+from .api.referees import autodiff_bptt as autodiff_bptt
+from .api.referees import autodiff_bptt_per_loss as autodiff_bptt_per_loss
+from .api.referees import autodiff_dh0 as autodiff_dh0
+from .api.referees import finite_difference_bptt as finite_difference_bptt
+from .core.activations import ACTIVATIONS
+from .core.clipping import CLIPPERS
+from .core.clipping import make_clipper as make_clipper
+from .core.init import INITS
+from .core.losses import softmax_cross_entropy_grad as softmax_cross_entropy_grad
+from .core.params import DeepParams as DeepParams
+from .core.params import Layer as Layer
+from .core.params import Params as Params
+from .core.params import init_params as init_params
+from .lab.diagnostics import GradientFlow as GradientFlow
+from .lab.diagnostics import spectral_sweep as spectral_sweep
+from .lab.tasks import delay_task as delay_task
+from .lab.tasks import train_delay as train_delay
 
 __version__ = "0.1.0"
 

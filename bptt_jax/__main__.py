@@ -1,3 +1,3 @@
-from ._cli import run
+from .app.cli import run
 
 run()

@@ -2,9 +2,9 @@
 
 import pytest
 
-from bptt_jax import _bench
-from bptt_jax._bench import flops
-from bptt_jax._cli import main
+from bptt_jax.app import bench as _bench
+from bptt_jax.app.bench import flops
+from bptt_jax.app.cli import main
 
 TINY = ["-K", "7", "-H", "5", "-B", "2", "-T", "6", "--repeats", "2"]
 

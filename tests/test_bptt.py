@@ -130,7 +130,7 @@ def test_gradients_are_a_params_pytree_that_optax_applies(x64):
 
 
 def test_core_returns_dh0_and_final_state_for_chunked_streams(x64):
-    from bptt_jax._bptt import bptt_core
+    from bptt_jax.core.bptt import bptt_core
 
     params, xs, ys, h0 = make_problem(K=6, H=5, B=3, T=7, h0=True)
     _, _, dh0, h_T = bptt_core(params, xs, ys, h0)

@@ -7,8 +7,8 @@ import jax
 import pytest
 
 import bptt_jax
-from bptt_jax import _check
-from bptt_jax._cli import main
+from bptt_jax.app import check as _check
+from bptt_jax.app.cli import main
 
 
 def test_check_passes_and_prints_a_row_per_parameter(capsys):

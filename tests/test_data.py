@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bptt_jax._data import (
+from bptt_jax.app.data import (
     TOKEN_LETTERS,
     DataError,
     Streams,

@@ -8,8 +8,8 @@ import pytest
 from helpers import RTOL, assert_tree_close, make_problem, max_rel_error
 
 import bptt_jax
-from bptt_jax._losses import softmax_cross_entropy
-from bptt_jax._reference import chunked_loss, windowed_loss
+from bptt_jax.core.losses import softmax_cross_entropy
+from bptt_jax.referees.autodiff import chunked_loss, windowed_loss
 
 ACTS = list(bptt_jax.activations)
 PROBLEM = dict(K=6, H=5, C=4, B=3, T=9, h0=True)
@@ -239,7 +239,7 @@ def test_loss_and_gradients_finite_for_logits_of_1000(dtype):
 
 @pytest.mark.parametrize("activation", ACTS)
 def test_derivative_from_h_equals_jax_grad_of_f(activation, x64):
-    from bptt_jax._activations import get_activation
+    from bptt_jax.core.activations import get_activation
 
     act = get_activation(activation)
     s = jnp.linspace(-6, 6, 241, dtype=jnp.float64)

@@ -7,7 +7,7 @@ import pytest
 from helpers import RTOL, make_problem, max_rel_error
 
 import bptt_jax
-from bptt_jax._diagnostics import classify_rate, format_sweep, gamma_verdict, spectral_sweep
+from bptt_jax.lab.diagnostics import classify_rate, format_sweep, gamma_verdict, spectral_sweep
 
 F = {"tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu}
 

@@ -8,9 +8,9 @@ import io
 import numpy as np
 import pytest
 
-from bptt_jax._cli import main
-from bptt_jax._data import DataError, Streams, process_streams, streams_in_order
-from bptt_jax._distributed import (
+from bptt_jax.app.cli import main
+from bptt_jax.app.data import DataError, Streams, process_streams, streams_in_order
+from bptt_jax.app.distributed import (
     ENV_COORDINATOR,
     ENV_NUM_PROCESSES,
     ENV_PROCESS_ID,

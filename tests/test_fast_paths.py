@@ -14,7 +14,7 @@ from helpers import RTOL, assert_tree_close, make_problem, max_rel_error
 from jax import lax
 
 import bptt_jax
-from bptt_jax._bptt import bptt_core, default_chunk
+from bptt_jax.core.bptt import bptt_core, default_chunk
 
 T = 11  # a prime: most chunk sizes leave a first, shorter chunk
 

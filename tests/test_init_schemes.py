@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import bptt_jax
-from bptt_jax._init import spectral_radius_of
+from bptt_jax.core.init import spectral_radius_of
 
 
 def test_default_is_the_previous_pytorch_uniform_draw_bit_for_bit():

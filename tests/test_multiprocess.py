@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from bptt_jax._checkpoint import load_checkpoint
-from bptt_jax._data import load_corpus
-from bptt_jax._train import TrainConfig, train
+from bptt_jax.app.checkpoint import load_checkpoint
+from bptt_jax.app.data import load_corpus
+from bptt_jax.app.train import TrainConfig, train
 
 ARGS = dict(max_files=12, batch_size=16, seq_len=32, hidden_size=48, eval_every=0,
             save_every=0, val_chars=8192, steps=4, dtype="float64")  # fmt: skip
@@ -33,7 +33,7 @@ def two_processes(tmp_path_factory):
         argv += [f"--{k.replace('_', '-')}", str(v)]
     port = _free_port()
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    start = "from bptt_jax._cli import run; run()"
+    start = "from bptt_jax.app.cli import run; run()"
     cluster = ["--coordinator", f"localhost:{port}", "--num-processes", "2"]
     procs = []
     for p in range(2):

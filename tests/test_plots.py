@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from bptt_jax._cli import main
-from bptt_jax._plots import run_diagnose
-from bptt_jax._tasks import REMEDIES
+from bptt_jax.app.cli import main
+from bptt_jax.app.plots import run_diagnose
+from bptt_jax.lab.tasks import REMEDIES
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -78,7 +78,7 @@ def test_diagnose_bad_input_exits_2_with_a_clear_message(argv, code, match, tmp_
 def test_heatmap_shows_zero_gradients_without_failing(tmp_path):
     # A dead ReLU network: every δ is 0. The plot must still be written (no log(0) crash).
     from bptt_jax import Params, gradient_flow
-    from bptt_jax._plots import plot_decay, plot_heatmap
+    from bptt_jax.app.plots import plot_decay, plot_heatmap
 
     H, K = 3, 4
     params = Params(*(np.zeros(s, np.float32) for s in [(H, H), (K, H), (H, K), (H,), (K,)]))

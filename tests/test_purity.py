@@ -1,4 +1,13 @@
-"""The hand-gradient path never calls autodiff: autodiff is the referee only."""
+"""The hand-gradient path never calls autodiff: autodiff is the referee only.
+
+The rule, over every module of the package (none is listed by hand): autodiff
+(``jax.grad``, ``vjp``, ``jvp``, ...) appears only in the referees,
+``bptt_jax/referees/``, and in the application's verification commands
+(``check``, ``bench``); and only the public referee wrappers
+(``api/referees.py``) and the application (its ``check``/``bench`` commands and
+``train --verify-every``) may import the referees. The numerical core and the
+gradient-flow lab import neither.
+"""
 
 import ast
 import pathlib
@@ -8,18 +17,15 @@ import pytest
 import bptt_jax
 
 PACKAGE = pathlib.Path(bptt_jax.__file__).parent
-# Modules on the hand path: the model, the hand gradients, losses, activations, checks.
-HAND_PATH = [
-    "_bptt.py", "_rnn.py", "_params.py", "_validate.py", "_per_loss.py", "_activations.py",
-    "_losses.py", "_deep.py", "_torch.py", "_parallel.py", "_diagnostics.py", "_init.py",
-    "_clipping.py", "_tasks.py",
-]  # fmt: skip
-AUTODIFF = {"grad", "value_and_grad", "vjp", "jvp", "linearize", "custom_vjp", "custom_jvp",
+MODULES = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py"))
+AUTODIFF = {"grad", "value_and_grad", "vjp", "jvp", "linearize", "custom_jvp",
             "jacfwd", "jacrev", "hessian", "linear_transpose"}  # fmt: skip
+# The referees, and the commands that time or report against autodiff.
+MAY_USE_AUTODIFF = ("referees/", "app/bench.py", "app/check.py")
+MAY_IMPORT_REFEREES = ("referees/", "api/referees.py", "app/", "__init__.py")
 
 
-@pytest.mark.parametrize("module", HAND_PATH)
-def test_hand_path_module_uses_no_autodiff(module):
+def autodiff_used(module: str) -> set[str]:
     tree = ast.parse((PACKAGE / module).read_text())
     used = set()
     for node in ast.walk(tree):
@@ -27,13 +33,31 @@ def test_hand_path_module_uses_no_autodiff(module):
             used.add(ast.unparse(node))
         if isinstance(node, ast.ImportFrom):
             used.update(a.name for a in node.names if a.name in AUTODIFF)
-        if isinstance(node, ast.ImportFrom) and node.module and "_reference" in node.module:
-            used.add(f"from {node.module} import ...")
+    return used
+
+
+def referees_imported(module: str) -> set[str]:
+    tree = ast.parse((PACKAGE / module).read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and "referees" in node.module:
+            found.add(f"from {'.' * node.level}{node.module} import ...")
+    return found
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if not m.startswith(MAY_USE_AUTODIFF)])
+def test_module_outside_the_referees_uses_no_autodiff(module):
+    used = autodiff_used(module)
     assert not used, f"{module} uses autodiff: {sorted(used)}"
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if not m.startswith(MAY_IMPORT_REFEREES)])
+def test_hand_path_module_does_not_import_the_referees(module):
+    found = referees_imported(module)
+    assert not found, f"{module} imports the referees: {sorted(found)}"
 
 
 def test_the_check_is_not_vacuous():
     # The referee module does use autodiff: the scan above would find it.
-    tree = ast.parse((PACKAGE / "_reference.py").read_text())
-    names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
-    assert "value_and_grad" in names
+    assert "jax.value_and_grad" in autodiff_used("referees/autodiff.py")
+    assert referees_imported("api/referees.py")

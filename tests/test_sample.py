@@ -5,11 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bptt_jax._data import TOKEN_LETTERS, TOKEN_TYPES, DataError, Vocab
-from bptt_jax._params import Params, init_params
-from bptt_jax._rnn import forward_core
-from bptt_jax._sample import format_tags, predict_tags, sample
-from bptt_jax._train import Model, TrainConfig
+from bptt_jax.app.data import TOKEN_LETTERS, TOKEN_TYPES, DataError, Vocab
+from bptt_jax.app.sample import format_tags, predict_tags, sample
+from bptt_jax.app.train import Model, TrainConfig
+from bptt_jax.core.params import Params, init_params
+from bptt_jax.core.rnn import forward_core
 
 CHARS = "abcdefgh ij\n"
 

@@ -160,7 +160,7 @@ def test_against_real_pytorch_rnn(L, bidirectional, nonlinearity, x64):
     )
     assert float(E) == pytest.approx(E_torch.item(), rel=1e-12)
     g = dict(rnn.named_parameters())
-    deep = grads if isinstance(grads, DeepParams) else bptt_jax._params.to_deep(grads)
+    deep = grads if isinstance(grads, DeepParams) else bptt_jax.core.params.to_deep(grads)
     for l, cell in enumerate(deep.cells()):
         for d, layer in enumerate(cell):
             s = f"_l{l}" + ("_reverse" if d else "")

@@ -8,11 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bptt_jax._bptt import bptt_core
-from bptt_jax._checkpoint import CheckpointError, load_checkpoint
-from bptt_jax._data import load_corpus
-from bptt_jax._params import Params, init_params
-from bptt_jax._train import (
+from bptt_jax.app.checkpoint import CheckpointError, load_checkpoint
+from bptt_jax.app.data import load_corpus
+from bptt_jax.app.train import (
     Evaluation,
     TrainConfig,
     TrainingError,
@@ -21,6 +19,8 @@ from bptt_jax._train import (
     make_train_step,
     train,
 )
+from bptt_jax.core.bptt import bptt_core
+from bptt_jax.core.params import Params, init_params
 
 # A handful of standard-library files: the embedded corpus, small enough for seconds.
 TINY = dict(max_files=12, batch_size=16, seq_len=32, hidden_size=48, eval_every=0,
@@ -189,7 +189,7 @@ def test_the_training_step_uses_no_autodiff():
     import ast
     import inspect
 
-    from bptt_jax import _train
+    from bptt_jax.app import train as _train
 
     tree = ast.parse(inspect.getsource(_train.make_train_step))
     names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}

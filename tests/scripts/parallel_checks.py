@@ -15,8 +15,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import bptt_jax  # noqa: E402
-from bptt_jax._bptt import bptt_core  # noqa: E402
-from bptt_jax._parallel import check_batch_divides, data_parallel_bptt, make_mesh  # noqa: E402
+from bptt_jax.app.parallel import check_batch_divides, data_parallel_bptt, make_mesh  # noqa: E402
+from bptt_jax.core.bptt import bptt_core  # noqa: E402
 
 
 def rel(a, b):

@@ -20,9 +20,9 @@ assert "--xla_force_host_platform_device_count=8" in os.environ.get("XLA_FLAGS",
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bptt_jax._cli import main  # noqa: E402
-from bptt_jax._data import load_corpus  # noqa: E402
-from bptt_jax._train import TrainConfig, TrainingError, train  # noqa: E402
+from bptt_jax.app.cli import main  # noqa: E402
+from bptt_jax.app.data import load_corpus  # noqa: E402
+from bptt_jax.app.train import TrainConfig, TrainingError, train  # noqa: E402
 
 STEPS = 8
 TINY = dict(max_files=12, batch_size=16, seq_len=32, hidden_size=48, eval_every=0,

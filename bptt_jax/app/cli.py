@@ -36,7 +36,7 @@ def _nonnegative_float(text: str) -> float:
 
 
 def _add_train_parser(commands) -> None:
-    from ._train import OPTIMIZERS, TrainConfig
+    from .train import OPTIMIZERS, TrainConfig
 
     d = TrainConfig()
     train = commands.add_parser(
@@ -403,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _bench(args) -> int:
     import jax
 
-    from ._bench import run_bench
+    from .bench import run_bench
 
     with jax.enable_x64(args.dtype == "float64"):
         report = run_bench(
@@ -417,7 +417,7 @@ def _bench(args) -> int:
 
 
 def _check(args) -> int:
-    from ._check import run_check
+    from .check import run_check
 
     report = run_check(
         vocab_size=args.vocab_size,
@@ -434,7 +434,7 @@ def _check(args) -> int:
 
 
 def _diagnose(args) -> int:
-    from ._plots import run_diagnose
+    from .plots import run_diagnose
 
     try:
         report = run_diagnose(
@@ -474,8 +474,8 @@ def _error(command: str, message: str) -> int:
 def _train(args) -> int:
     import dataclasses
 
-    from ._distributed import ClusterError, cluster_from, initialize
-    from ._train import CHECKPOINT_NAME, TrainConfig, config_for_resume, train
+    from .distributed import ClusterError, cluster_from, initialize
+    from .train import CHECKPOINT_NAME, TrainConfig, config_for_resume, train
 
     try:
         cluster = cluster_from(args.coordinator, args.num_processes, args.process_id)
@@ -488,7 +488,7 @@ def _train(args) -> int:
         given["text"] = tuple(given["text"])
     resume = None
     if args.resume is not None:
-        from ._checkpoint import load_checkpoint
+        from .checkpoint import load_checkpoint
 
         if args.resume:
             resume = pathlib.Path(args.resume)
@@ -535,8 +535,8 @@ def _per_class_table(ev) -> str:
 
 
 def _sample(args) -> int:
-    from ._sample import sample
-    from ._train import load_model
+    from .sample import sample
+    from .train import load_model
 
     model = load_model(args.checkpoint)
     text = sample(
@@ -550,9 +550,9 @@ def _sample(args) -> int:
 def _tag(args) -> int:
     import numpy as np
 
-    from ._data import DataError, read_text, token_labels
-    from ._sample import format_tags, legend, predict_tags
-    from ._train import load_model
+    from .data import DataError, read_text, token_labels
+    from .sample import format_tags, legend, predict_tags
+    from .train import load_model
 
     model = load_model(args.checkpoint)
     text = read_text(pathlib.Path(args.file))
@@ -577,9 +577,9 @@ def main(argv: list[str] | None = None) -> int:
         return _diagnose(args)
     if args.command == "bench":
         return _bench(args)
-    from ._checkpoint import CheckpointError
-    from ._data import DataError
-    from ._train import TrainingError
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .train import TrainingError
 
     handlers = {"train": _train, "sample": _sample, "tag": _tag}
     try:

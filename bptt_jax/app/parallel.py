@@ -1,7 +1,7 @@
 r"""Data-parallel hand BPTT on JAX's own SPMD machinery.
 
 The batch of sequences is split across a 1-D device mesh (axis ``"batch"``);
-every device runs the identical jitted hand BPTT (:func:`bptt_jax._bptt.bptt_core`)
+every device runs the identical jitted hand BPTT (:func:`bptt_jax.core.bptt.bptt_core`)
 on its shard, and the loss and gradients are summed across devices with
 ``lax.psum``. Because the seed's loss is a sum over sequences,
 
@@ -28,7 +28,7 @@ from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ._bptt import bptt_core
+from ..core.bptt import bptt_core
 
 AXIS = "batch"
 
@@ -76,9 +76,9 @@ def data_parallel_bptt_core(
 ):
     r"""A jitted ``fn(params, xs, ys, h0) -> (E, grads, dh0, h_T)`` split over ``mesh``.
 
-    The data-parallel twin of :func:`bptt_jax._bptt.bptt_core`, with the same
+    The data-parallel twin of :func:`bptt_jax.core.bptt.bptt_core`, with the same
     signature and outputs, so that it can be the ``grad_fn`` of the training
-    step (:func:`bptt_jax._train.make_train_step`). Every device runs
+    step (:func:`bptt_jax.app.train.make_train_step`). Every device runs
     ``bptt_core`` on its ``B / N`` sequences and
 
     .. math::

@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._bptt import bptt
-from ._params import Params, init_params
-from ._reference import autodiff_bptt, finite_difference_bptt
+from ..api.gradients import bptt
+from ..api.referees import autodiff_bptt, finite_difference_bptt
+from ..core.params import Params, init_params
 
 # Agreement required of the hand gradients, per dtype of the model. The
 # finite-difference reference is always computed in float64 with a 6th-order

@@ -3,7 +3,7 @@ training loss curve of ``bptt-jax train``.
 
 matplotlib's object-oriented API on the Agg canvas: headless, and no global
 backend switched for whoever imports this. The numbers come from
-:mod:`bptt_jax._diagnostics` and :mod:`bptt_jax._tasks`; nothing is computed
+:mod:`bptt_jax.lab.diagnostics` and :mod:`bptt_jax.lab.tasks`; nothing is computed
 here that a test of those modules does not cover.
 """
 
@@ -19,7 +19,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from ._diagnostics import GradientFlow, SweepRow
+from ..lab.diagnostics import GradientFlow, SweepRow
 
 _COLORS = {"tanh": "tab:blue", "sigmoid": "tab:orange", "relu": "tab:green"}
 
@@ -122,7 +122,7 @@ def plot_decay(flow: GradientFlow, path, *, what: str = "") -> pathlib.Path:
 
 def plot_sweep(rows: list[SweepRow], path, *, tol: float = 0.05) -> pathlib.Path:
     """Measured per-step decay ρ against the scale of U, per activation, with γ."""
-    from ._activations import ACTIVATIONS
+    from ..core.activations import ACTIVATIONS
 
     fig = Figure(figsize=(9.0, 5.0), layout="constrained")
     ax = fig.add_subplot()
@@ -239,15 +239,15 @@ def run_diagnose(
     Writes ``delta_heatmap.png`` and ``decay.png`` (one model: ``init``,
     ``activation``, float64), ``sweep.png`` (unless ``sweep=False``) and, when
     ``delays`` are given, ``delay_task.png`` and ``delay_grad_norm.png``
-    (:func:`bptt_jax._tasks.train_delay` for each of ``remedies``, default
-    :data:`bptt_jax._tasks.REMEDIES`).
+    (:func:`bptt_jax.lab.tasks.train_delay` for each of ``remedies``, default
+    :data:`bptt_jax.lab.tasks.REMEDIES`).
     """
     import jax
     import jax.numpy as jnp
 
-    from ._diagnostics import format_sweep, gradient_flow, spectral_sweep
-    from ._params import init_params
-    from ._tasks import REMEDIES, train_delay
+    from ..core.params import init_params
+    from ..lab.diagnostics import format_sweep, gradient_flow, spectral_sweep
+    from ..lab.tasks import REMEDIES, train_delay
 
     out = pathlib.Path(out)
     key = jax.random.key(seed)

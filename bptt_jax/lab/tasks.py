@@ -12,7 +12,7 @@ which carries no information the model could exploit. Accuracy and loss are
 reported on the labelled steps t > d only; chance accuracy is :math:`1/K`.
 
 **The training loop** (:func:`train_delay`) is deliberately small: Adam on the
-hand gradient of :func:`bptt_jax._bptt.bptt_core`, optionally clipped (an
+hand gradient of :func:`bptt_jax.core.bptt.bptt_core`, optionally clipped (an
 optax clipper from :func:`bptt_jax.make_clipper`, or per-step δ clipping in the
 recursion), a fresh batch each iteration, all of it one jitted ``lax.scan``;
 the delays run side by side under ``jax.vmap`` from the same initial
@@ -30,14 +30,14 @@ import numpy as np
 import optax
 from jax import lax
 
-from ._bptt import bptt_core
-from ._clipping import CLIPPERS, check_clip_delta, make_clipper
-from ._diagnostics import gradient_flow_core
-from ._init import check_init
-from ._losses import log_softmax
-from ._params import init_params
-from ._rnn import hidden_states, output_logits
-from ._validate import check_activation
+from ..api.validate import check_activation
+from ..core.bptt import bptt_core
+from ..core.clipping import CLIPPERS, check_clip_delta, make_clipper
+from ..core.init import check_init
+from ..core.losses import log_softmax
+from ..core.params import init_params
+from ..core.rnn import hidden_states, output_logits
+from .diagnostics import gradient_flow_core
 
 
 def delay_task(key: jax.Array, *, batch: int, steps: int, delay, vocab_size: int, dtype=None):

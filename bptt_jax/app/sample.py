@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ._data import TOKEN_LETTERS, TOKEN_TYPES, DataError
-from ._params import Params
-from ._rnn import forward_core, hidden_states
+from ..core.params import Params
+from ..core.rnn import forward_core, hidden_states
+from .data import TOKEN_LETTERS, TOKEN_TYPES, DataError
 
 
 @functools.partial(jax.jit, static_argnames=("length", "greedy", "top_k", "banned"))

@@ -1,7 +1,7 @@
 r"""Training with the hand gradients: truncated BPTT over long streams.
 
 Every step takes the next chunk ``xs, ys (B, T)`` of the B parallel streams
-(:class:`bptt_jax._data.Streams`) and the final hidden state of the previous
+(:class:`bptt_jax.app.data.Streams`) and the final hidden state of the previous
 chunk as :math:`h_0`, and runs, in one ``jax.jit``,
 
 .. math::
@@ -10,7 +10,7 @@ chunk as :math:`h_0`, and runs, in one ``jax.jit``,
     g = \nabla E / (B T),\qquad
     \theta := \theta + \mathrm{optax}(g)
 
--- the hand-derived BPTT of :mod:`bptt_jax._bptt` (never ``jax.grad``), the
+-- the hand-derived BPTT of :mod:`bptt_jax.core.bptt` (never ``jax.grad``), the
 gradient of the mean loss per character, optional clipping, and an optax
 update (``sgd`` is the seed's :math:`\theta := \theta - \lambda g`). A step
 whose loss, gradients or new parameters are not finite is not applied.
@@ -18,7 +18,7 @@ whose loss, gradients or new parameters are not finite is not applied.
 ``--verify-every`` calls.
 
 On ``N > 1`` devices the step is data-parallel over a 1-D mesh
-(:mod:`bptt_jax._parallel`): the batch is split across the devices, each
+(:mod:`bptt_jax.app.parallel`): the batch is split across the devices, each
 runs the same hand BPTT on its ``B / N`` streams, ``E`` and the gradients are
 summed with ``psum``, and parameters and optimizer state are replicated, so
 every device applies the same update. Checkpoints hold host arrays (the
@@ -43,10 +43,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._bptt import bptt_core
-from ._check import TOLERANCES, max_relative_error
-from ._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ._data import (
+from ..api.referees import autodiff_bptt
+from ..core.bptt import bptt_core
+from ..core.params import Params, init_params
+from ..core.rnn import forward_core
+from .check import TOLERANCES, max_relative_error
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .data import (
     TOKEN_TYPES,
     Corpus,
     DataError,
@@ -56,7 +59,7 @@ from ._data import (
     load_corpus,
     streams_in_order,
 )
-from ._parallel import (
+from .parallel import (
     AXIS,
     check_batch_divides,
     data_parallel_bptt_core,
@@ -65,9 +68,6 @@ from ._parallel import (
     replicate,
     shard_batch,
 )
-from ._params import Params, init_params
-from ._reference import autodiff_bptt
-from ._rnn import forward_core
 
 CHECKPOINT_NAME = "checkpoint.bptt"
 PLOT_NAME = "loss.png"
@@ -186,7 +186,7 @@ def make_train_step(tx: optax.GradientTransformation, grad_fn: Callable | None =
     Args:
       tx: the optax transformation (clipping and optimizer).
       grad_fn: ``(params, xs, ys, h0) -> (E, grads, dh0, h_T)``; the hand
-        :func:`bptt_jax._bptt.bptt_core` by default.
+        :func:`bptt_jax.core.bptt.bptt_core` by default.
 
     Returns:
       ``step(params, opt_state, xs (B, T), ys (B, T), h0 (B, H)) ->
@@ -576,7 +576,7 @@ def train(
       echo: where the validation lines go.
       grad_fn: the gradient function (default the hand ``bptt_core``, or on
         several devices its data-parallel twin
-        :func:`bptt_jax._parallel.data_parallel_bptt_core`).
+        :func:`bptt_jax.app.parallel.data_parallel_bptt_core`).
       on_step: called with the state after each step (for tests and tools).
       devices: how many devices the step runs on, data-parallel (default all;
         ``config.batch_size`` must be a multiple). A multi-process run
@@ -770,7 +770,7 @@ def _train(config, resume, corpus, progress, echo, grad_fn, on_step, devices) ->
     save()
     plot = None
     if history.train and lead:
-        from ._plots import plot_history
+        from .plots import plot_history
 
         plot = plot_history(out / PLOT_NAME, history, base, config, K)
     return Result(

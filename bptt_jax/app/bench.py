@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ._bptt import bptt_core
-from ._params import init_params
-from ._rnn import loss_core
+from ..core.bptt import bptt_core
+from ..core.params import init_params
+from ..core.rnn import loss_core
 
 #: Agreement required of the hand BPTT with autodiff: the test suite's
 #: tolerances, and 4 bf16 ulps for bf16 products (``tests/test_fast_paths.py``).

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._activations import get_activation
-from ._params import DeepParams, Layer, Params
+from ..core.activations import get_activation
+from ..core.params import DeepParams, Layer, Params
 
 _FIELD_NDIM = {"U": 2, "V": 2, "W": 2, "b": 1, "c": 1}
 

@@ -33,11 +33,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._activations import get_activation
-from ._bptt import input_gradient, output_layer
-from ._params import Params
-from ._rnn import hidden_states, time_major
-from ._validate import check_activation, check_inputs, check_truncate
+from .activations import get_activation
+from .bptt import input_gradient, output_layer
+from .params import Params
+from .rnn import hidden_states, time_major
 
 
 def _deltas_of_loss(t, U, Vr, fprime, truncate):
@@ -114,59 +113,3 @@ def bptt_per_loss_core(params, xs, ys, h0, *, activation="tanh", truncate=None):
     zeros = jax.tree.map(jnp.zeros_like, params)
     grads, _ = lax.scan(loss_t, zeros, (jnp.arange(T), r, hs))
     return E, grads
-
-
-def bptt_per_loss(
-    params: Params, xs, ys, h0=None, *, activation="tanh", truncate=None
-) -> tuple[jax.Array, Params]:
-    r"""The seed's double sum: BPTT one loss :math:`E_t` at a time, :math:`O(T^2)`.
-
-    .. math::
-
-        \frac{\partial E}{\partial U} = \sum_{t=1}^{T} \sum_{k=\max(1, t-τ+1)}^{t}
-            \delta_k^{(t)} \otimes h_{k-1},\qquad
-        \delta_k^{(t)} = (U^\top \delta_{k+1}^{(t)}) \odot f'(h_k),\quad
-        \delta_t^{(t)} = (V^\top r_t) \odot f'(h_t)
-
-    and likewise :math:`W` (with :math:`x_k`) and :math:`b`; :math:`V` and
-    :math:`c` as in :func:`bptt`.
-
-    Args:
-      params, xs, ys, h0, activation: as for :func:`bptt`.
-      truncate: ``None`` for the exact gradient (equal to :func:`bptt` to
-        round-off), or τ ≥ 1: each :math:`E_t` back-propagates through the
-        last τ steps only, :math:`t - τ < k \le t` (a sliding window,
-        Williams & Peng's BPTT(h); not the chunked cut of ``bptt(truncate=)``).
-
-    Returns:
-      ``(E, grads)`` as :func:`bptt`.
-    """
-    activation = check_activation(activation)
-    truncate = check_truncate(truncate)
-    params, inp = check_inputs(params, xs, ys, h0, need_ys=True)
-    return bptt_per_loss_core(
-        params, inp.xs, inp.ys, inp.h0, activation=activation, truncate=truncate
-    )
-
-
-def per_loss_deltas(params: Params, xs, ys, h0=None, *, activation="tanh", truncate=None):
-    r"""All the seed's per-loss deltas :math:`\delta_k^{(t)} = \partial E_t/\partial s_k`.
-
-    Materialises a ``(T, T, ..., H)`` array, so it is meant for inspection and
-    diagnostics on short sequences.
-
-    Args:
-      params, xs, ys, h0, activation, truncate: as for :func:`bptt_per_loss`.
-
-    Returns:
-      ``deltas[t-1, k-1]`` = :math:`\delta_k^{(t)}`, shape ``(T, T, H)`` for one
-      sequence or ``(T, T, B, H)`` for a batch; zero for :math:`k > t` and
-      outside the truncation window.
-    """
-    activation = check_activation(activation)
-    truncate = check_truncate(truncate)
-    params, inp = check_inputs(params, xs, ys, h0, need_ys=True)
-    deltas = per_loss_deltas_core(
-        params, inp.xs, inp.ys, inp.h0, activation=activation, truncate=truncate
-    )
-    return deltas if inp.batched else deltas[:, :, 0]

@@ -43,10 +43,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._activations import get_activation
-from ._bptt import input_gradient
-from ._losses import log_softmax
-from ._params import DeepParams, Layer
+from .activations import get_activation
+from .bptt import input_gradient
+from .losses import log_softmax
+from .params import DeepParams, Layer
 
 
 def _project(W: jax.Array, X: jax.Array) -> jax.Array:

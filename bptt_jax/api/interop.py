@@ -24,7 +24,7 @@ import re
 import jax.numpy as jnp
 import numpy as np
 
-from ._params import DeepParams, Layer, Params, from_deep, to_deep
+from ..core.params import DeepParams, Layer, Params, from_deep, to_deep
 
 _KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
 

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._init import init_layer, init_matrix
+from .init import init_layer, init_matrix
 
 
 class Params(NamedTuple):
@@ -141,7 +141,7 @@ def init_params(
     :math:`\mathcal{U}(-1/\sqrt{H}, 1/\sqrt{H})`, PyTorch's ``nn.RNN``
     convention, which keeps :math:`\|U\|_2` near 1 and the pre-activations
     :math:`s_t` of order 1; biases start at zero. ``init`` picks another
-    scheme by name (:mod:`bptt_jax._init`): ``"normal"`` (the seed's
+    scheme by name (:mod:`bptt_jax.core.init`): ``"normal"`` (the seed's
     :math:`\mathcal N(0, 0.01^2)`), ``"uniform"`` (the default above),
     ``"orthogonal"``, ``"identity"`` (IRNN, for ReLU) or ``"spectral"``; it
     applies to every layer and direction of a deep RNN.

@@ -1,0 +1,1 @@
+"""The public layer: argument checks and the dispatch on the model type, once."""

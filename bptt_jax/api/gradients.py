@@ -1,0 +1,262 @@
+r"""The public hand gradients: :func:`bptt`, :func:`bptt_chunk` and the per-loss form.
+
+Each checks its arguments once and runs a jitted core of :mod:`bptt_jax.core`
+(``docs/math.md`` §4, §5). None of them calls autodiff.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from ..core.bptt import bptt_core
+from ..core.clipping import check_clip_delta
+from ..core.deep import deep_bptt_core
+from ..core.params import DeepParams, Params, from_deep, to_deep
+from ..core.per_loss import bptt_per_loss_core, per_loss_deltas_core
+from .validate import (
+    check_activation,
+    check_chunk,
+    check_inputs,
+    check_matmul_dtype,
+    check_recompute,
+    check_reduction,
+    check_truncate,
+    check_unroll,
+)
+
+
+def bptt(
+    params: Params,
+    xs,
+    ys,
+    h0=None,
+    *,
+    lengths=None,
+    mask=None,
+    reduction="sum",
+    activation="tanh",
+    truncate=None,
+    clip_delta=None,
+    chunk=None,
+    recompute=False,
+    unroll=1,
+    matmul_dtype=None,
+) -> tuple[jax.Array, Params]:
+    r"""The loss and its gradients by hand-derived backpropagation through time.
+
+    .. math::
+
+        \delta_t = (V^\top (\hat y_t - y_t) + U^\top \delta_{t+1})
+                   \odot f'(h_t),\quad \delta_{T+1} = 0
+
+        \frac{\partial E}{\partial U} = \sum_t \delta_t \otimes h_{t-1},\
+        \frac{\partial E}{\partial W} = \sum_t \delta_t \otimes x_t,\
+        \frac{\partial E}{\partial b} = \sum_t \delta_t,\
+        \frac{\partial E}{\partial V} = \sum_t (\hat y_t - y_t) \otimes h_t,\
+        \frac{\partial E}{\partial c} = \sum_t (\hat y_t - y_t)
+
+    with :math:`f'(h_t) = 1 - h_t \odot h_t` for the seed's tanh. One forward
+    ``lax.scan`` over :math:`h` and one reverse ``lax.scan`` over
+    :math:`\delta` (per layer and direction for a :class:`DeepParams`, see
+    :mod:`bptt_jax.core.deep`); everything else is batched over chunks of steps. No
+    ``jax.grad``: the tests referee this against ``jax.grad(loss)`` and
+    finite differences.
+
+    Args:
+      params: :class:`Params` ``U (H, H), V (C, H), W (H, K), b (H,), c (C,)``,
+        or a :class:`DeepParams`.
+      xs: token ids ``(T,)`` / ``(B, T)`` or input vectors ``(T, K)`` /
+        ``(B, T, K)``.
+      ys: class ids ``(T,)`` / ``(B, T)`` in ``0..C-1``, or soft labels
+        ``(T, C)`` / ``(B, T, C)`` (probability rows summing to 1).
+      h0: ``(H,)`` / ``(B, H)`` (DeepParams: ``(L*D, [B,] H)``); zeros when ``None``.
+      lengths: ``(B,)`` real lengths, or ``mask`` ``(B, T)`` bool prefix mask:
+        padding steps contribute no loss, freeze the state and get zero
+        gradient.
+      reduction: ``"sum"`` (the seed's E) or ``"mean"`` over the real steps.
+      activation: :math:`f`: ``"tanh"`` (the seed's), ``"sigmoid"``, ``"relu"``.
+      truncate: ``None`` for full BPTT, or τ ≥ 1 to cut the gradient every τ
+        steps (chunks 1..τ, τ+1..2τ, ... each back-propagate within
+        themselves). The loss is unchanged.
+      clip_delta: ``None`` (exact BPTT), or θ > 0 for per-step clipping of
+        δ inside the recursion: whenever a sequence's :math:`\|\delta_t\|_2 >
+        θ` it is replaced by :math:`\delta_t\, θ/\|\delta_t\|_2` before it
+        enters :math:`\partial E/\partial U, W, b` and propagates to step
+        t − 1 as :math:`U^\top\delta_t`. Steps with :math:`\|\delta_t\|_2
+        \le θ` are untouched, so the result is exact when θ is never
+        reached; once it is, the returned "gradient" is by design NOT the
+        gradient of :math:`E` (a remedy for exploding gradients, not a
+        derivative). ``dV``, ``dc`` and the loss are never affected.
+        ``truncate`` and ``clip_delta`` apply to the seed's :class:`Params`
+        on unpadded sequences with ``reduction="sum"`` only.
+      chunk: the backward pass walks the steps in chunks of this many,
+        computing each chunk's logits, softmax and :math:`V^\top r_t` only
+        when it gets there, so no ``(T, B, C)`` array is ever held. ``None``
+        picks about 512 rows (``chunk * B``), at most ⌈T/4⌉ steps. The
+        result does not depend on it beyond rounding.
+      recompute: ``True`` keeps only the state entering each chunk in the
+        forward pass and recomputes the chunk's :math:`h_t` on the way back:
+        memory :math:`O(\sqrt T\, B H)` instead of :math:`O(T B H)` for one
+        more forward recursion (``chunk`` then defaults to ⌈√T⌉).
+      unroll: ``lax.scan``'s ``unroll`` for both recursions (1: a loop).
+      matmul_dtype: ``None``, or ``"bfloat16"`` for mixed precision: every
+        matrix product takes bf16 operands and accumulates in the
+        parameters' dtype (the master weights), which the element-wise work
+        and the gradients keep.
+        ``chunk``, ``recompute``, ``unroll`` and ``matmul_dtype`` apply to
+        the same seed path as ``truncate``.
+
+    Returns:
+      ``(E, grads)``: the loss (as :func:`loss`) and its gradients, a pytree
+      like ``params``. An empty sequence (T = 0) gives ``E = 0`` and zero
+      gradients.
+
+    Example:
+      >>> params = init_params(jax.random.key(0), vocab_size=5, hidden_size=8)
+      >>> E, grads = bptt(params, jnp.array([0, 3, 1]), jnp.array([3, 1, 4]))
+      >>> params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
+    """
+    E, grads, _, _ = bptt_chunk(
+        params, xs, ys, h0, lengths=lengths, mask=mask, reduction=reduction,
+        activation=activation, truncate=truncate, clip_delta=clip_delta, chunk=chunk,
+        recompute=recompute, unroll=unroll, matmul_dtype=matmul_dtype,
+    )  # fmt: skip
+    return E, grads
+
+
+def bptt_chunk(
+    params: Params,
+    xs,
+    ys,
+    h0=None,
+    *,
+    dh_T=None,
+    lengths=None,
+    mask=None,
+    reduction="sum",
+    activation="tanh",
+    truncate=None,
+    clip_delta=None,
+    chunk=None,
+    recompute=False,
+    unroll=1,
+    matmul_dtype=None,
+) -> tuple[jax.Array, Params, jax.Array, jax.Array]:
+    r"""Hand BPTT for one chunk of a longer stream: also ∂E/∂h_0 and h_T.
+
+    A long sequence split into chunks is processed forward chunk by chunk,
+    each starting from the previous chunk's final state ``h_T``. To
+    back-propagate ACROSS chunks, process them backwards in time and pass
+    each chunk the ``dh0`` of the chunk after it as ``dh_T``; the gradients
+    then add up to those of the whole sequence. With ``dh_T=None`` every
+    chunk is cut off from the future (truncated BPTT at chunk boundaries).
+
+    .. math::
+
+        \delta_T = (V^\top r_T + dh_T) \odot f'(h_T),\qquad
+        \frac{\partial E}{\partial h_0} = U^\top \delta_1
+
+    Args:
+      params, xs, ys, h0, lengths, mask, reduction, activation, truncate,
+        clip_delta, chunk, recompute, unroll, matmul_dtype: as for :func:`bptt`.
+      dh_T: shaped like ``h0``: the gradient of the later chunks' loss with
+        respect to this chunk's final state(s), or ``None`` (zero).
+
+    Returns:
+      ``(E, grads, dh0, h_T)``: as :func:`bptt`, plus :math:`\partial E /
+      \partial h_0` and the final hidden state(s) :math:`h_T` (each
+      sequence's own end when padded), each shaped like ``h0``.
+    """
+
+    activation = check_activation(activation)
+    truncate = check_truncate(truncate)
+    reduction = check_reduction(reduction)
+    clip_delta = check_clip_delta(clip_delta)
+    fast = dict(
+        chunk=check_chunk(chunk), recompute=check_recompute(recompute),
+        unroll=check_unroll(unroll), matmul_dtype=check_matmul_dtype(matmul_dtype),
+    )  # fmt: skip
+    params, inp = check_inputs(
+        params, xs, ys, h0, dh_T=dh_T, lengths=lengths, mask=mask, need_ys=True
+    )
+    deep = isinstance(params, DeepParams)
+    if not deep and inp.mask is None and reduction == "sum":
+        E, grads, dh0, h_T = bptt_core(
+            params, inp.xs, inp.ys, inp.h0, inp.dh_T, activation=activation,
+            truncate=truncate, clip_delta=clip_delta, **fast,
+        )  # fmt: skip
+        return (E, grads, dh0, h_T) if inp.batched else (E, grads, dh0[0], h_T[0])
+    given = [k for k, v in dict(truncate=truncate, clip_delta=clip_delta, **fast).items()
+             if v != {"recompute": False, "unroll": 1}.get(k)]  # fmt: skip
+    if given:
+        raise ValueError(
+            f"{', '.join(given)}: implemented for the seed's Params on unpadded sequences "
+            "with reduction='sum' only; for deep or padded inputs leave them at their "
+            "defaults (process a long stream in pieces with bptt_chunk)"
+        )
+    lift = (lambda a: a) if deep else (lambda a: None if a is None else a[None])
+    E, grads, dh0, h_T = deep_bptt_core(
+        params if deep else to_deep(params), inp.xs, inp.ys, lift(inp.h0), inp.mask,
+        lift(inp.dh_T), activation=activation, reduction=reduction,
+    )  # fmt: skip
+    if not deep:
+        grads, dh0, h_T = from_deep(grads), dh0[0], h_T[0]
+    if not inp.batched:
+        dh0, h_T = (dh0[:, 0], h_T[:, 0]) if deep else (dh0[0], h_T[0])
+    return E, grads, dh0, h_T
+
+
+def bptt_per_loss(
+    params: Params, xs, ys, h0=None, *, activation="tanh", truncate=None
+) -> tuple[jax.Array, Params]:
+    r"""The seed's double sum: BPTT one loss :math:`E_t` at a time, :math:`O(T^2)`.
+
+    .. math::
+
+        \frac{\partial E}{\partial U} = \sum_{t=1}^{T} \sum_{k=\max(1, t-τ+1)}^{t}
+            \delta_k^{(t)} \otimes h_{k-1},\qquad
+        \delta_k^{(t)} = (U^\top \delta_{k+1}^{(t)}) \odot f'(h_k),\quad
+        \delta_t^{(t)} = (V^\top r_t) \odot f'(h_t)
+
+    and likewise :math:`W` (with :math:`x_k`) and :math:`b`; :math:`V` and
+    :math:`c` as in :func:`bptt`.
+
+    Args:
+      params, xs, ys, h0, activation: as for :func:`bptt`.
+      truncate: ``None`` for the exact gradient (equal to :func:`bptt` to
+        round-off), or τ ≥ 1: each :math:`E_t` back-propagates through the
+        last τ steps only, :math:`t - τ < k \le t` (a sliding window,
+        Williams & Peng's BPTT(h); not the chunked cut of ``bptt(truncate=)``).
+
+    Returns:
+      ``(E, grads)`` as :func:`bptt`.
+    """
+    activation = check_activation(activation)
+    truncate = check_truncate(truncate)
+    params, inp = check_inputs(params, xs, ys, h0, need_ys=True)
+    return bptt_per_loss_core(
+        params, inp.xs, inp.ys, inp.h0, activation=activation, truncate=truncate
+    )
+
+
+def per_loss_deltas(params: Params, xs, ys, h0=None, *, activation="tanh", truncate=None):
+    r"""All the seed's per-loss deltas :math:`\delta_k^{(t)} = \partial E_t/\partial s_k`.
+
+    Materialises a ``(T, T, ..., H)`` array, so it is meant for inspection and
+    diagnostics on short sequences.
+
+    Args:
+      params, xs, ys, h0, activation, truncate: as for :func:`bptt_per_loss`.
+
+    Returns:
+      ``deltas[t-1, k-1]`` = :math:`\delta_k^{(t)}`, shape ``(T, T, H)`` for one
+      sequence or ``(T, T, B, H)`` for a batch; zero for :math:`k > t` and
+      outside the truncation window.
+    """
+    activation = check_activation(activation)
+    truncate = check_truncate(truncate)
+    params, inp = check_inputs(params, xs, ys, h0, need_ys=True)
+    deltas = per_loss_deltas_core(
+        params, inp.xs, inp.ys, inp.h0, activation=activation, truncate=truncate
+    )
+    return deltas if inp.batched else deltas[:, :, 0]

@@ -1,0 +1,1 @@
+"""The gradient-flow lab: measuring vanishing and exploding gradients, the delay task."""

@@ -1,0 +1,1 @@
+"""The referees: autodiff and finite differences, against which the hand gradients are checked."""

@@ -1,0 +1,75 @@
+"""The referees: gradients of the same loss NOT derived by hand.
+
+These exist to check :func:`bptt_jax.bptt` and :func:`bptt_jax.bptt_per_loss`,
+never to train with. The autodiff references differentiate the loss with
+``jax.value_and_grad`` (truncation expressed by ``lax.stop_gradient`` on the
+carried state, written independently of the hand code); the finite-difference
+reference only evaluates the loss, so it shares no derivative code with either.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ..core.activations import get_activation
+from ..core.losses import cross_entropy, log_softmax
+from ..core.rnn import hidden_states, input_projection, loss_core, time_major
+
+
+def chunked_loss(params, xs, ys, h0, *, activation="tanh", truncate=None):
+    """The loss, with the carried state detached (``stop_gradient``) after every
+    τ-th step: its autodiff gradient is BPTT cut every τ steps. Same value as
+    :func:`bptt_jax.loss`. Batched layout, no checks."""
+    if truncate is None:
+        return loss_core(params, xs, ys, h0, activation=activation)
+    f = get_activation(activation).f
+    a = input_projection(params.W, xs) + params.b  # (T, B, H)
+
+    def step(h_prev, inputs):
+        t, a_t = inputs  # t is 1-based
+        h = f(h_prev @ params.U.T + a_t)
+        carried = jnp.where(t % truncate == 0, lax.stop_gradient(h), h)
+        return carried, h
+
+    _, hs = lax.scan(step, h0, (jnp.arange(1, a.shape[0] + 1), a))
+    z = hs @ params.V.T + params.c
+    return cross_entropy(log_softmax(z), time_major(ys))
+
+
+def windowed_loss(params, xs, ys, h0, *, activation="tanh", truncate=None):
+    """The loss as a sum of E_t, each recomputed from a detached state τ steps
+    back: its autodiff gradient is the sliding-window truncation of
+    :func:`bptt_jax.bptt_per_loss`. Same value as :func:`bptt_jax.loss`.
+    Batched layout, no checks."""
+    if truncate is None:
+        return loss_core(params, xs, ys, h0, activation=activation)
+    f = get_activation(activation).f
+    _, hs = hidden_states(params, xs, h0, activation)
+    states = lax.stop_gradient(jnp.concatenate([h0[None], hs]))  # (T+1, B, H): h_0..h_T
+    a = input_projection(params.W, xs) + params.b  # (T, B, H), differentiable
+    ys_tm = time_major(ys)
+
+    def E_t(t):  # 0-based loss index; the window is steps t-τ+1 .. t
+        start = t - truncate + 1
+
+        def step(h, i):
+            j = start + i
+            h_new = f(h @ params.U.T + a[jnp.maximum(j, 0)])
+            return jnp.where(j >= 0, h_new, h), None
+
+        h, _ = lax.scan(step, states[jnp.maximum(start, 0)], jnp.arange(truncate))
+        z = h @ params.V.T + params.c  # (B, C)
+        return cross_entropy(log_softmax(z), ys_tm[t])
+
+    return jnp.sum(jax.vmap(E_t)(jnp.arange(xs.shape[1])))
+
+
+_chunked_grad = jax.jit(
+    jax.value_and_grad(chunked_loss), static_argnames=("activation", "truncate")
+)
+_windowed_grad = jax.jit(
+    jax.value_and_grad(windowed_loss), static_argnames=("activation", "truncate")
+)
+_h0_grad = jax.jit(jax.grad(chunked_loss, argnums=3), static_argnames=("activation", "truncate"))
