@@ -25,16 +25,15 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from ..core.bptt import bptt_core
 from ..core.params import init_params
 from ..core.rnn import loss_core
+from ..referees.tolerances import AUTODIFF, max_relative_error
 
 #: Agreement required of the hand BPTT with autodiff: the test suite's
 #: tolerances, and 4 bf16 ulps for bf16 products (``tests/test_fast_paths.py``).
-TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "bfloat16": 4 * 2.0**-8}
 
 
 def flops(K: int, H: int, B: int, T: int, C: int | None = None) -> int:
@@ -77,15 +76,6 @@ def round_robin(fns: dict, repeats: int) -> dict:
             fn()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def max_rel_error(actual, expected) -> float:
-    """Over the leaves of two pytrees: max ``max|a - e| / max|e|`` (on the host, float64)."""
-    worst = 0.0
-    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
-        a, e = np.asarray(a, np.float64), np.asarray(e, np.float64)
-        worst = max(worst, float(np.max(np.abs(a - e)) / max(np.max(np.abs(e)), 1e-300)))
-    return worst
 
 
 class BenchRow(NamedTuple):
@@ -176,7 +166,7 @@ def run_bench(
     reference = exes["autodiff"][0](*args)
     rows = []
     for name, (exe, compile_s, temp) in exes.items():
-        err = None if name == "autodiff" else max_rel_error(exe(*args), reference)
+        err = None if name == "autodiff" else max_relative_error(exe(*args), reference)
         rows.append(BenchRow(name, medians[name], compile_s, temp, err))
     options = ", ".join(
         f"{k}={v}"
@@ -188,5 +178,5 @@ def run_bench(
     return BenchReport(
         shape=(K, H, B, T), dtype=dtype, options=options,
         device=f"{device.platform} ({device.device_kind})", repeats=repeats, rows=rows,
-        tolerance=TOLERANCE[matmul_dtype or dtype],
+        tolerance=AUTODIFF[matmul_dtype or dtype],
     )  # fmt: skip

@@ -47,7 +47,7 @@ from ..api.referees import autodiff_bptt
 from ..core.bptt import bptt_core
 from ..core.params import Params, init_params
 from ..core.rnn import forward_core
-from .check import TOLERANCES, max_relative_error
+from ..referees.tolerances import AUTODIFF, max_relative_error
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import (
     TOKEN_TYPES,
@@ -338,7 +338,6 @@ def baselines(corpus: Corpus, ys_val: np.ndarray, xs_val: np.ndarray) -> dict[st
 
 #: --verify-every's tolerance with bf16 products: 4 bf16 ulps (2**-8) against
 #: float32 autodiff, as in tests/test_fast_paths.py (measured 0.8-1.5 ulps).
-BF16_TOLERANCE = 4 * 2.0**-8
 
 
 def verify_gradients(
@@ -354,7 +353,7 @@ def verify_gradients(
     E, grads, _, _ = (grad_fn or bptt_core)(params, xs, ys, h0)
     E_ad, grads_ad = autodiff_bptt(params, xs, ys, h0)
     if tol is None:
-        tol = TOLERANCES[str(params.U.dtype)]["autodiff"]
+        tol = AUTODIFF[str(params.U.dtype)]
     errors = {"E": max_relative_error(E, E_ad)}
     errors |= {
         n: max_relative_error(getattr(grads, n), getattr(grads_ad, n)) for n in Params._fields
@@ -634,7 +633,7 @@ def _train(config, resume, corpus, progress, echo, grad_fn, on_step, devices) ->
     elif step_grad_fn is None and options != (None, False):
         step_grad_fn = hand_grad_fn(*options)
     verify_fn = grad_fn or hand_grad_fn(*options)
-    verify_tol = BF16_TOLERANCE if config.matmul_dtype else None
+    verify_tol = AUTODIFF["bfloat16"] if config.matmul_dtype else None
     tx, step_fn = _cached_step(
         config.optimizer, config.lr, config.clip, config.clip_value, step_grad_fn
     )

@@ -1,0 +1,46 @@
+"""The one rule for a number argument, and the lists of names the package accepts.
+
+Every positive / non-negative number the package or its command line takes is
+checked by :func:`check_number`: ``True``/``False`` are not numbers here
+(``hidden_size=True`` is refused, not read as 1), infinities and NaN are
+refused, and the message names the argument and what was expected. The
+command line's argument types call it too, so a flag and the keyword behind
+it accept exactly the same values.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy as np
+
+#: ``matmul_dtype=`` values besides ``None`` (products in the parameters' dtype).
+MATMUL_DTYPES = ("bfloat16",)
+
+
+def check_number(value, name: str, *, integer: bool = False, minimum: float = 0,
+                 strict: bool = True):  # fmt: skip
+    """``value`` as an ``int`` (``integer=True``) or ``float``, or a clear error.
+
+    Args:
+      value: what the caller passed.
+      name: the argument's name, for the message.
+      integer: require an integer (``numpy`` integers count; ``2.0`` does not).
+      minimum: the bound; ``strict`` means ``value > minimum``, else ``>=``.
+
+    Raises:
+      TypeError: a bool, a non-number, or a non-integer where one is required.
+      ValueError: not finite, or beyond the bound.
+    """
+    relation = ">" if strict else ">="
+    expected = f"{'an integer' if integer else 'a finite number'} {relation} {minimum:g}"
+    if isinstance(value, bool | str | np.bool_) or value is None:
+        raise TypeError(f"{name} must be {expected}, got {value!r}")
+    try:
+        value = operator.index(value) if integer else float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be {expected}, got {value!r}") from None
+    if not math.isfinite(value) or not (value > minimum if strict else value >= minimum):
+        raise ValueError(f"{name} must be {expected}, got {value}")
+    return value
