@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core.params import Params
-from ..core.recurrence import hand_loss_core, recurrence_core
+from ..core.recurrence import hand_loss_jit, recurrence_jit
 from .validate import check_activation, check_inputs, is_concrete
 
 
@@ -106,7 +106,7 @@ def recurrence(params, xs, h0=None, *, activation="tanh", lengths=None, resets=N
     """
     activation = check_activation(activation)
     params, inp, resets = _setup(params, xs, None, h0, lengths, resets, need_ys=False)
-    hs, h_T = recurrence_core(params, inp.xs, inp.h0, inp.mask, resets, activation)
+    hs, h_T = recurrence_jit(params, inp.xs, inp.h0, inp.mask, resets, activation)
     if inp.batched:
         return hs, h_T
     return hs[0], h_T[0] if isinstance(params, Params) else h_T[:, 0]
@@ -151,4 +151,4 @@ def hand_loss(
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     params, inp, resets = _setup(params, xs, ys, h0, lengths, resets, need_ys=True)
-    return hand_loss_core(params, inp.xs, inp.ys, inp.h0, inp.mask, resets, activation, reduction)
+    return hand_loss_jit(params, inp.xs, inp.ys, inp.h0, inp.mask, resets, activation, reduction)

@@ -282,6 +282,8 @@ def _recurrence_bwd(activation, res, cts):
 
 
 recurrence_core.defvjp(_recurrence_fwd, _recurrence_bwd)
+#: ``recurrence_core`` compiled (one dispatch when called eagerly); ``activation`` static.
+recurrence_jit = jax.jit(recurrence_core, static_argnums=5)
 
 
 # --- the loss -------------------------------------------------------------------------
@@ -373,3 +375,5 @@ def _hand_loss_bwd(activation, reduction, res, ct):
 
 
 hand_loss_core.defvjp(_hand_loss_fwd, _hand_loss_bwd)
+#: ``hand_loss_core`` compiled; ``activation`` and ``reduction`` static.
+hand_loss_jit = jax.jit(hand_loss_core, static_argnums=(6, 7))
