@@ -71,8 +71,10 @@ def recurrence(params, xs, h0=None, *, activation="tanh", lengths=None, resets=N
     :math:`h_0`). The output layer ``V, c`` is unused: its cotangent is zero. Integer ids
     get no cotangent (JAX's float0 zeros).
 
-    Reverse-mode only: ``jax.jvp``, ``jax.jacfwd`` and ``jax.hessian`` raise JAX's
+    Reverse mode only: ``jax.jvp`` and ``jax.jacfwd`` of it raise JAX's
     ``TypeError: can't apply forward-mode autodiff (jvp) to a custom_vjp function.``
+    ``jax.hessian`` (forward over reverse) works: it differentiates the hand backward
+    rule, which is plain JAX code.
 
     :class:`DeepParams` (any number of layers, bidirectional or not) run layer by layer
     (``docs/math.md`` §7); the result is the top layer's outputs, both directions
@@ -134,7 +136,7 @@ def hand_loss(
     ``reduction="sum"`` that is one call of the fast chunked BPTT
     (:func:`bptt_jax.bptt`'s core). Dense inputs get :math:`W^\top\delta_t`, soft labels
     :math:`-\log\hat y_t`, ``h0`` :math:`U^\top\delta_1` (plus the reset steps' terms).
-    Reverse-mode only, as :func:`recurrence`.
+    Reverse mode only, as :func:`recurrence`.
 
     Args:
       params, xs, h0, activation, lengths, resets: as :func:`recurrence`.
