@@ -126,7 +126,7 @@ def _backprop(layer: Layer, X, h0, hs, m, r, G, dh_final, *, reverse: bool, df):
     U = layer.U
 
     def step(carry, inputs):
-        g, dh0 = carry  # g: ∂L/∂h_t through the steps that read h_t
+        g, dh0 = carry  # g: ∂L/∂h_t through the steps that read h_t; dh0 only with resets
         G_t, h_t, m_t, r_t = inputs
         total = G_t + g
         delta = total * df(h_t)  # δ_t = (g_t + γ_{t±1}) ⊙ f'(h_t)
@@ -140,18 +140,19 @@ def _backprop(layer: Layer, X, h0, hs, m, r, G, dh_final, *, reverse: bool, df):
             g_in = jnp.where(r_t, 0, g_in)
         return (g_in, dh0), delta
 
-    carry = (dh_final, jnp.zeros_like(h0))
+    carry = (dh_final, None if r is None else jnp.zeros_like(h0))
     (g, dh0), deltas = lax.scan(step, carry, (G, hs, m, r), reverse=not reverse)
-    dh0 = dh0 + g  # the first step read h0
+    dh0 = g if dh0 is None else dh0 + g  # the first step read h0
     h_in = _entering(hs, h0, r, reverse=reverse)
-    dU = jnp.einsum("tbi,tbj->ij", deltas, h_in)  # Σ_t δ_t ⊗ h_in_t
-    db = jnp.sum(deltas, axis=(0, 1))  # Σ_t δ_t
     H = deltas.shape[-1]
+    d2 = deltas.reshape(-1, H)  # (T·B, H): 2-D products, faster than 3-D einsums on CPU
+    dU = d2.T @ h_in.reshape(-1, H)  # Σ_t δ_t ⊗ h_in_t
+    db = jnp.sum(d2, axis=0)  # Σ_t δ_t
     if _is_ids(X):  # Σ_t δ_t ⊗ x_t for one-hot x_t: a scatter-add into column x_t
         K = layer.W.shape[1]
-        dW = jnp.zeros((K, H), deltas.dtype).at[X.reshape(-1)].add(deltas.reshape(-1, H)).T
+        dW = jnp.zeros((K, H), deltas.dtype).at[X.reshape(-1)].add(d2).T
     else:
-        dW = jnp.einsum("tbh,tbd->hd", deltas, X)
+        dW = d2.T @ X.reshape(d2.shape[0], -1)  # Σ_t δ_t ⊗ x_t
     return Layer(U=dU, W=dW, b=db), dh0, deltas
 
 
