@@ -1,0 +1,156 @@
+r"""Public, composable pieces with hand-derived VJPs: :func:`recurrence` and :func:`hand_loss`.
+
+Both are ``jax.custom_vjp`` functions whose backward rule is the hand recursion of
+:mod:`bptt_jax.core.recurrence` (``docs/math.md`` §4, §7), so ``jax.grad`` of a user's
+program that calls them runs no autodiff through the recurrence.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..core.params import Params
+from ..core.recurrence import hand_loss_jit, recurrence_jit
+from .validate import check_activation, check_inputs, is_concrete
+
+
+def _check_resets(resets, steps_shape, mask):
+    """``resets`` ``(B, T)`` / ``(T,)`` bool -> ``(B, T)`` bool, or None."""
+    if resets is None:
+        return None
+    if not hasattr(resets, "dtype"):
+        resets = jnp.asarray(resets)
+    if resets.dtype != jnp.bool_:
+        raise TypeError(f"resets must be boolean (True where a sequence restarts), got dtype "
+                        f"{resets.dtype}")  # fmt: skip
+    batched_shape = (steps_shape[0] if len(steps_shape) == 2 else 1, steps_shape[-1])
+    if resets.shape != steps_shape:
+        raise ValueError(f"resets has shape {resets.shape}, expected {steps_shape} (as xs' steps)")
+    resets = resets.reshape(batched_shape)
+    if mask is not None and is_concrete(resets) and is_concrete(mask):
+        bad = np.asarray(resets) & ~np.asarray(mask)
+        if bad.any():
+            b, t = np.argwhere(bad)[0]
+            raise ValueError(
+                f"resets[{b}, {t}] is True on a padded step (past that sequence's length); "
+                f"a reset must fall on a real step"
+            )
+    return resets
+
+
+def _setup(params, xs, ys, h0, lengths, resets, need_ys):
+    params, inp = check_inputs(params, xs, ys, h0, lengths=lengths, need_ys=need_ys)
+    steps_shape = inp.xs.shape[:2] if inp.batched else inp.xs.shape[1:2]
+    return params, inp, _check_resets(resets, steps_shape, inp.mask)
+
+
+def recurrence(params, xs, h0=None, *, activation="tanh", lengths=None, resets=None):
+    r"""The RNN's hidden states, as a differentiable building block with a hand VJP.
+
+    .. math::
+
+        h_t = f(U h^{\mathrm{in}}_t + W x_t + b),\qquad
+        h^{\mathrm{in}}_t = h_0 \text{ at } t = 1 \text{ and at resets, else } h_{t-1}
+
+    Equivalent to the loop ``h = h0; for t: h = f(U @ (h0 if reset[t] else h) + W @ x[t]
+    + b); hs.append(h)``. ``jax.grad`` of any program around it calls the hand backward
+    (``docs/math.md`` §4): given :math:`g_t = \partial L/\partial h_t` for every ``t`` and
+    :math:`\partial L/\partial h_T`,
+
+    .. math::
+
+        \delta_t = (g_t + U^\top \delta_{t+1}) \odot f'(h_t),\quad
+        \partial L/\partial U = \textstyle\sum_t \delta_t \otimes h^{\mathrm{in}}_t,\quad
+        \partial L/\partial W = \textstyle\sum_t \delta_t \otimes x_t,\quad
+        \partial L/\partial x_t = W^\top \delta_t
+
+    with :math:`\partial L/\partial h_T` entering at ``t = T`` and no
+    :math:`U^\top\delta_{t}` flowing into step ``t - 1`` across a reset (it goes to
+    :math:`h_0`). The output layer ``V, c`` is unused: its cotangent is zero. Integer ids
+    get no cotangent (JAX's float0 zeros).
+
+    Reverse mode only: ``jax.jvp`` and ``jax.jacfwd`` of it raise JAX's
+    ``TypeError: can't apply forward-mode autodiff (jvp) to a custom_vjp function.``
+    ``jax.hessian`` (forward over reverse) works: it differentiates the hand backward
+    rule, which is plain JAX code.
+
+    :class:`DeepParams` (any number of layers, bidirectional or not) run layer by layer
+    (``docs/math.md`` §7); the result is the top layer's outputs, both directions
+    concatenated. For the backward-in-time direction a reset at ``t`` ends a document at
+    ``t - 1``: the reverse-direction state entering step ``t - 1`` is :math:`h_0`. So each
+    segment between resets runs, in both directions, exactly as if alone.
+
+    Args:
+      params: :class:`Params` (``U (H, H)``, ``W (H, K)``, ``b (H,)``; ``V``, ``c``
+        unused) or :class:`DeepParams`.
+      xs: ids ``(T,)`` / ``(B, T)`` or vectors ``(T, K)`` / ``(B, T, K)`` (in the params'
+        dtype: these get a gradient, :math:`W^\top\delta_t`).
+      h0: ``(H,)`` / ``(B, H)`` (DeepParams: ``(L*D, [B,] H)``); zeros when ``None``.
+        Also the state every reset restarts from.
+      activation: :math:`f`: ``"tanh"``, ``"sigmoid"`` or ``"relu"``.
+      lengths: ``None`` or ``(B,)`` (a scalar for one sequence): past its length a
+        sequence's state is frozen and its outputs are zero.
+      resets: ``None`` or bool ``(B, T)`` / ``(T,)``: True where a sequence starts afresh
+        (the state entering that step is ``h0``). A reset on a padded step is a
+        ValueError (checked on concrete arrays; ignored under tracing).
+
+    Returns:
+      ``(hs, h_T)``: ``hs`` ``([B,] T, D*H)`` (``D*H = H`` for Params) and the final
+      state(s), shaped like ``h0``.
+
+    Example:
+      >>> params = bptt_jax.init_params(jax.random.key(0), vocab_size=5, hidden_size=3)
+      >>> hs, h_T = recurrence(params, jnp.array([[0, 1, 2]]))
+      >>> hs.shape, h_T.shape
+      ((1, 3, 3), (1, 3))
+    """
+    activation = check_activation(activation)
+    params, inp, resets = _setup(params, xs, None, h0, lengths, resets, need_ys=False)
+    hs, h_T = recurrence_jit(params, inp.xs, inp.h0, inp.mask, resets, activation)
+    if inp.batched:
+        return hs, h_T
+    return hs[0], h_T[0] if isinstance(params, Params) else h_T[:, 0]
+
+
+def hand_loss(
+    params,
+    xs,
+    ys,
+    h0=None,
+    *,
+    activation="tanh",
+    lengths=None,
+    resets=None,
+    reduction="sum",
+) -> jax.Array:
+    r"""The seed's loss :math:`E = -\sum_t y_t^\top \log \hat y_t`, whose VJP is hand BPTT.
+
+    The value equals :func:`bptt_jax.loss` (with ``resets`` as in :func:`recurrence`);
+    ``jax.grad(hand_loss)`` returns the hand gradients of the whole model, output layer
+    included (:math:`r_t = \hat y_t - y_t`, :math:`\partial E/\partial V = \sum_t r_t
+    \otimes h_t`, :math:`\partial E/\partial c = \sum_t r_t`, then the δ recursion with
+    :math:`g_t = V^\top r_t`), computed in the forward pass and scaled by the cotangent.
+    For the seed's :class:`Params` with ids in and out, no ``lengths``/``resets`` and
+    ``reduction="sum"`` that is one call of the fast chunked BPTT
+    (:func:`bptt_jax.bptt`'s core). Dense inputs get :math:`W^\top\delta_t`, soft labels
+    :math:`-\log\hat y_t`, ``h0`` :math:`U^\top\delta_1` (plus the reset steps' terms).
+    Reverse mode only, as :func:`recurrence`.
+
+    Args:
+      params, xs, h0, activation, lengths, resets: as :func:`recurrence`.
+      ys: class ids ``(T,)`` / ``(B, T)`` or probabilities ``(T, C)`` / ``(B, T, C)``.
+      reduction: ``"sum"`` (the seed's E) or ``"mean"`` over the real steps.
+
+    Returns:
+      The scalar ``E``.
+
+    Example:
+      >>> grads = jax.grad(hand_loss)(params, xs, ys)  # a Params: dU, dV, dW, db, dc
+    """
+    activation = check_activation(activation)
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    params, inp, resets = _setup(params, xs, ys, h0, lengths, resets, need_ys=True)
+    return hand_loss_jit(params, inp.xs, inp.ys, inp.h0, inp.mask, resets, activation, reduction)

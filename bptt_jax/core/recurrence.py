@@ -1,0 +1,380 @@
+r"""A composable recurrence with a hand-derived VJP, and a loss whose VJP is hand BPTT.
+
+The recurrence of one direction of one layer (``docs/math.md`` §4; §7 for deep models):
+
+.. math::
+
+    s_t = U h^{\mathrm{in}}_t + W x_t + b,\qquad h_t = f(s_t),\qquad
+    h^{\mathrm{in}}_t = \begin{cases} h_0 & t = 1 \text{ or a reset at } t \\
+                                      h_{t-1} & \text{otherwise} \end{cases}
+
+Given a cotangent :math:`g_t = \partial L/\partial h_t` for every output and
+:math:`\partial L/\partial h_T` for the final state, the backward pass is the hand
+recursion, one reverse ``lax.scan``:
+
+.. math::
+
+    \delta_t &= (g_t + \gamma_{t+1}) \odot f'(h_t),\qquad
+        \gamma_{T+1} = \partial L/\partial h_T \\
+    \gamma_t &= \begin{cases} 0 & \text{a reset at } t \\
+                              U^\top \delta_t & \text{otherwise} \end{cases},\qquad
+    \partial L/\partial h_0 = U^\top\delta_1 + \textstyle\sum_{t \in \text{resets}}
+        U^\top \delta_t \\
+    \partial L/\partial U &= \textstyle\sum_t \delta_t \otimes h^{\mathrm{in}}_t,\quad
+    \partial L/\partial W = \textstyle\sum_t \delta_t \otimes x_t,\quad
+    \partial L/\partial b = \textstyle\sum_t \delta_t,\quad
+    \partial L/\partial x_t = W^\top \delta_t
+
+So at a reset the gradient that would have flowed into step :math:`t-1` goes to
+:math:`h_0` instead, as the forward pass read :math:`h_0` there. A deep model runs this
+layer by layer, top first, the layer below receiving
+:math:`g^{\ell-1}_t = \sum_d W^{\ell,d\top} \delta^{\ell,d}_t` (one batched product).
+
+Padding (a prefix ``mask``): a padded step keeps the state (:math:`h_t = h^{\mathrm{in}}_t`),
+outputs zero, has :math:`\delta_t = 0` and passes :math:`\gamma` through unchanged.
+
+The backward-in-time direction of a bidirectional layer mirrors resets: a reset at
+``t`` ends the previous document at ``t - 1``, so the reverse-direction state entering
+step ``t - 1`` is :math:`h_0` (as the state entering step ``T``, or a sequence's last
+real step, always is). Each segment between resets therefore runs exactly as if it
+were a sequence of its own, in both directions.
+
+Everything here is the hand recursion; ``jax.custom_vjp`` only registers it with JAX so
+that ``jax.grad`` of a user's program calls it. No ``jax.grad``/``vjp``/``jvp``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .activations import get_activation
+from .bptt import bptt_core
+from .losses import log_softmax
+from .params import DeepParams, Layer, Params
+
+
+def _cells(params) -> list[tuple[Layer, ...]]:
+    """``cells[l][d]``: layer ``l + 1``, direction ``d``; the seed's Params is one cell."""
+    if isinstance(params, Params):
+        return [(Layer(U=params.U, W=params.W, b=params.b),)]
+    return params.cells()
+
+
+def _is_ids(X) -> bool:
+    return jnp.issubdtype(X.dtype, jnp.integer)
+
+
+def _project(W, X):
+    """:math:`W x_t` for all steps: ``X`` time-major ``(T, B)`` ids or ``(T, B, D_in)``."""
+    if _is_ids(X):
+        return jnp.take(W.T, X, axis=0, mode="fill")  # (T, B, H): a gather of columns
+    return X @ W.T  # (T, B, H)
+
+
+def _entry_resets(resets, mask, reverse: bool):
+    """``(T, B, 1)`` bool: where the state entering a step is ``h0`` (besides the first step).
+
+    Forward in time that is the reset itself; backward in time a reset at t makes the
+    state entering step t - 1 be ``h0`` (the previous document ends at t - 1).
+    """
+    if resets is None:
+        return None
+    r = resets if mask is None else resets & mask  # (T, B, 1): resets on padding ignored
+    if reverse:
+        r = jnp.concatenate([r[1:], jnp.zeros_like(r[:1])])
+    return r
+
+
+def _run(layer: Layer, X, h0, m, r, *, reverse: bool, f):
+    """One direction: ``(h_final (B, H), hs (T, B, H))``, states frozen at padding."""
+    a = _project(layer.W, X) + layer.b  # (T, B, H): W x_t + b, all steps at once
+    UT = layer.U.T
+
+    def step(h_prev, inputs):  # (B, H)
+        a_t, m_t, r_t = inputs
+        h_in = h_prev if r_t is None else jnp.where(r_t, h0, h_prev)
+        h = f(h_in @ UT + a_t)  # h_t = f(U h_in + W x_t + b)
+        if m_t is not None:
+            h = jnp.where(m_t, h, h_in)  # padding: the state stays frozen
+        return h, h
+
+    return lax.scan(step, h0, (a, m, r), reverse=reverse)
+
+
+def _entering(hs, h0, r, *, reverse: bool):
+    r""":math:`h^{\mathrm{in}}_t`, the state each step read, ``(T, B, H)``."""
+    after = jnp.concatenate([hs, h0[None]])[1:]  # h_{t+1}, h0 entering step T
+    before = jnp.concatenate([h0[None], hs])[:-1]  # h_{t-1}, h0 entering step 1
+    prev = after if reverse else before
+    return prev if r is None else jnp.where(r, h0, prev)
+
+
+def _backprop(layer: Layer, X, h0, hs, m, r, G, dh_final, *, reverse: bool, df):
+    """The hand backward through one direction of one layer.
+
+    Args:
+      G: ``(T, B, H)``, ∂L/∂(outputs), zero at padding.
+      dh_final: ``(B, H)``, ∂L/∂(final state).
+
+    Returns:
+      ``(grads Layer, dh0 (B, H), deltas (T, B, H))``.
+    """
+    U = layer.U
+
+    def step(carry, inputs):
+        g, dh0 = carry  # g: ∂L/∂h_t through the steps that read h_t; dh0 only with resets
+        G_t, h_t, m_t, r_t = inputs
+        total = G_t + g
+        delta = total * df(h_t)  # δ_t = (g_t + γ_{t±1}) ⊙ f'(h_t)
+        if m_t is not None:
+            delta = jnp.where(m_t, delta, 0)
+        g_in = delta @ U  # ∂L/∂h_in_t = Uᵀ δ_t
+        if m_t is not None:
+            g_in = jnp.where(m_t, g_in, total)  # padding: h_t = h_in_t, pass it through
+        if r_t is not None:  # reset: h_in_t was h0
+            dh0 = dh0 + jnp.where(r_t, g_in, 0)
+            g_in = jnp.where(r_t, 0, g_in)
+        return (g_in, dh0), delta
+
+    carry = (dh_final, None if r is None else jnp.zeros_like(h0))
+    (g, dh0), deltas = lax.scan(step, carry, (G, hs, m, r), reverse=not reverse)
+    dh0 = g if dh0 is None else dh0 + g  # the first step read h0
+    h_in = _entering(hs, h0, r, reverse=reverse)
+    H = deltas.shape[-1]
+    d2 = deltas.reshape(-1, H)  # (T·B, H): 2-D products, faster than 3-D einsums on CPU
+    dU = d2.T @ h_in.reshape(-1, H)  # Σ_t δ_t ⊗ h_in_t
+    db = jnp.sum(d2, axis=0)  # Σ_t δ_t
+    if _is_ids(X):  # Σ_t δ_t ⊗ x_t for one-hot x_t: a scatter-add into column x_t
+        K = layer.W.shape[1]
+        dW = jnp.zeros((K, H), deltas.dtype).at[X.reshape(-1)].add(d2).T
+    else:
+        dW = d2.T @ X.reshape(d2.shape[0], -1)  # Σ_t δ_t ⊗ x_t
+    return Layer(U=dU, W=dW, b=db), dh0, deltas
+
+
+def _time_major(a):
+    return None if a is None else jnp.swapaxes(a, 0, 1)
+
+
+def _masks(mask, resets):
+    """``(B, T)`` bool masks (or None) -> time-major ``m (T, B, 1)``, ``r (T, B, 1)``."""
+    m = None if mask is None else mask.T[..., None]
+    r = None if resets is None else resets.T[..., None]
+    return m, r
+
+
+def _prepare(xs, mask, resets):
+    """Batch-major user layout -> time-major ``X``, ``m (T, B, 1)``, ``r (T, B, 1)``."""
+    X = _time_major(xs)  # (T, B) ids or (T, B, K)
+    m, r = _masks(mask, resets)
+    if m is not None and _is_ids(X):
+        X = jnp.where(m[..., 0], X, 0)  # ids at padding are never read: keep them in range
+    return X, m, r
+
+
+def _forward(cells, X, h0s, m, r, f):
+    """All layers forward: ``(layer inputs, states per cell, finals (L*D, B, H), top)``."""
+    D = len(cells[0])
+    inputs, states, finals = [], [], []
+    for l, cell in enumerate(cells):
+        inputs.append(X)
+        outs = []
+        for d, layer in enumerate(cell):
+            rev = d == 1
+            h_fin, hs = _run(
+                layer, X, h0s[l * D + d], m, _entry_resets(r, m, rev), reverse=rev, f=f
+            )
+            states.append(hs)
+            finals.append(h_fin)
+            outs.append(hs if m is None else jnp.where(m, hs, 0))  # zeros at padding
+        X = outs[0] if D == 1 else jnp.concatenate(outs, axis=-1)  # (T, B, D*H)
+    return inputs, states, jnp.stack(finals), X
+
+
+def _backward(cells, inputs, states, h0s, m, r, G, dfinals, df):
+    """All layers backward, top first: ``(grads per cell, dh0 (L*D, B, H), dX or None)``."""
+    D = len(cells[0])
+    H = cells[0][0].U.shape[0]
+    grads = [[None] * D for _ in cells]
+    dh0 = [None] * (len(cells) * D)
+    for l in reversed(range(len(cells))):
+        G_below = None
+        for d, layer in enumerate(cells[l]):
+            i, rev = l * D + d, d == 1
+            G_d = G[..., d * H : (d + 1) * H]
+            if m is not None:
+                G_d = jnp.where(m, G_d, 0)  # outputs at padding are constants
+            grads[l][d], dh0[i], deltas = _backprop(
+                layer, inputs[l], h0s[i], states[i], m, _entry_resets(r, m, rev), G_d,
+                dfinals[i], reverse=rev, df=df,
+            )  # fmt: skip
+            if l > 0 or not _is_ids(inputs[0]):
+                term = deltas @ layer.W  # W^{ℓ}ᵀ δ^{ℓ}_t, all steps at once
+                G_below = term if G_below is None else G_below + term
+        G = G_below
+    return grads, jnp.stack(dh0), G
+
+
+def _as_params(params, grads, zero_output: bool, dV=None, dc=None):
+    """Cell gradients (and the output layer's) as a pytree like ``params``."""
+    if zero_output:
+        dV, dc = jnp.zeros_like(params.V), jnp.zeros_like(params.c)
+    if isinstance(params, Params):
+        (g,) = grads[0]
+        return Params(U=g.U, V=dV, W=g.W, b=g.b, c=dc)
+    return DeepParams(
+        layers=tuple(g[0] for g in grads),
+        reverse_layers=tuple(g[1] for g in grads) if params.bidirectional else (),
+        V=dV,
+        c=dc,
+    )
+
+
+def _stacked(params, h0):
+    """``h0`` as ``(L*D, B, H)``: the seed's Params take ``(B, H)``."""
+    return h0[None] if isinstance(params, Params) else h0
+
+
+# --- the recurrence ------------------------------------------------------------------
+
+
+def _recurrence_fwd_impl(params, xs, h0, mask, resets, activation):
+    f = get_activation(activation).f
+    X, m, r = _prepare(xs, mask, resets)
+    h0s = _stacked(params, h0)
+    inputs, states, finals, top = _forward(_cells(params), X, h0s, m, r, f)
+    h_T = finals[0] if isinstance(params, Params) else finals
+    return (_time_major(top), h_T), (inputs, states)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def recurrence_core(params, xs, h0, mask, resets, activation):
+    r"""The hidden states and final states; a ``jax.custom_vjp`` with the hand backward.
+
+    Batched layout, no checks: ``xs (B, T)`` ids or ``(B, T, K)`` vectors in the params'
+    dtype, ``h0 (B, H)`` (``(L*D, B, H)`` for :class:`DeepParams`), ``mask`` and
+    ``resets`` ``(B, T)`` bool or ``None``. Returns ``hs (B, T, D*H)`` (zeros at padding)
+    and ``h_T`` like ``h0``.
+    """
+    return _recurrence_fwd_impl(params, xs, h0, mask, resets, activation)[0]
+
+
+def _recurrence_fwd(params, xs, h0, mask, resets, activation):
+    out, (inputs, states) = _recurrence_fwd_impl(params, xs, h0, mask, resets, activation)
+    return out, (params, inputs, states, h0, mask, resets)
+
+
+def _recurrence_bwd(activation, res, cts):
+    params, inputs, states, h0, mask, resets = res
+    d_hs, d_hT = cts  # (B, T, D*H), like h0
+    df = get_activation(activation).df_from_h
+    m, r = _masks(mask, resets)
+    grads, dh0, dX = _backward(
+        _cells(params), inputs, states, _stacked(params, h0), m, r, _time_major(d_hs),
+        _stacked(params, d_hT), df,
+    )  # fmt: skip
+    dparams = _as_params(params, grads, zero_output=True)
+    dxs = None if dX is None else _time_major(dX)  # integer ids: no cotangent
+    return dparams, dxs, dh0[0] if isinstance(params, Params) else dh0, None, None
+
+
+recurrence_core.defvjp(_recurrence_fwd, _recurrence_bwd)
+#: ``recurrence_core`` compiled (one dispatch when called eagerly); ``activation`` static.
+recurrence_jit = jax.jit(recurrence_core, static_argnums=5)
+
+
+# --- the loss -------------------------------------------------------------------------
+
+
+def _output_layer(params, top, Y, m, reduction):
+    """Loss, :math:`r_t` (masked, scaled), ∂E/∂V, ∂E/∂c, and log ŷ (time-major)."""
+    z = top @ params.V.T + params.c  # (T, B, C)
+    log_yhat = log_softmax(z)
+    yhat = jnp.exp(log_yhat)
+    if jnp.issubdtype(Y.dtype, jnp.floating):
+        e = -jnp.sum(jnp.where(Y == 0, 0, Y * log_yhat), axis=-1)  # (T, B)
+        r = yhat * jnp.sum(Y, axis=-1, keepdims=True) - Y  # ŷ_t Σ_j y_j − y_t
+    else:
+        if m is not None:
+            Y = jnp.where(m[..., 0], Y, 0)
+        e = -jnp.take_along_axis(log_yhat, Y[..., None], axis=-1, mode="fill")[..., 0]
+        r = yhat - jax.nn.one_hot(Y, z.shape[-1], dtype=z.dtype)  # ŷ_t − y_t
+    scale = jnp.ones((), z.dtype)
+    if reduction == "mean":
+        n = e.size if m is None else jnp.sum(m)
+        scale = 1 / jnp.maximum(n, 1).astype(z.dtype)
+    if m is not None:
+        e = jnp.where(m[..., 0], e, 0)
+        r = jnp.where(m, r, 0)
+    E = jnp.sum(e) * scale
+    r = r * scale
+    dV = jnp.einsum("tbc,tbh->ch", r, top)  # Σ_t r_t ⊗ h_t
+    dc = jnp.sum(r, axis=(0, 1))  # Σ_t r_t
+    return E, r, dV, dc, log_yhat, scale
+
+
+def _fast(params, xs, ys, mask, resets, reduction) -> bool:
+    """The seed's case that ``bptt_core`` computes in one call."""
+    return (
+        isinstance(params, Params)
+        and _is_ids(xs)
+        and _is_ids(ys)
+        and mask is None
+        and resets is None
+        and reduction == "sum"
+    )
+
+
+def _loss_general(params, xs, ys, h0, mask, resets, activation, reduction):
+    """Hand forward and backward of the full model: ``(E, grads, dxs, dys, dh0)``."""
+    act = get_activation(activation)
+    X, m, r = _prepare(xs, mask, resets)
+    cells, h0s = _cells(params), _stacked(params, h0)
+    inputs, states, _, top = _forward(cells, X, h0s, m, r, act.f)
+    Y = _time_major(ys)
+    E, r_out, dV, dc, log_yhat, scale = _output_layer(params, top, Y, m, reduction)
+    G = r_out @ params.V  # (T, B, D*H): ∂E/∂h_t = Vᵀ r_t, all steps at once
+    grads, dh0, dX = _backward(
+        cells, inputs, states, h0s, m, r, G, jnp.zeros_like(h0s), act.df_from_h
+    )
+    dparams = _as_params(params, grads, zero_output=False, dV=dV, dc=dc)
+    dxs = None if dX is None else _time_major(dX)
+    dys = None
+    if jnp.issubdtype(ys.dtype, jnp.floating):  # ∂E/∂y_t = −log ŷ_t
+        dY = -log_yhat * scale
+        dys = _time_major(dY if m is None else jnp.where(m, dY, 0))
+    return E, dparams, dxs, dys, dh0[0] if isinstance(params, Params) else dh0
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def hand_loss_core(params, xs, ys, h0, mask, resets, activation, reduction):
+    """The loss ``E`` (batched layout, no checks); its VJP is the hand BPTT of the model."""
+    f = get_activation(activation).f
+    X, m, r = _prepare(xs, mask, resets)
+    _, _, _, top = _forward(_cells(params), X, _stacked(params, h0), m, r, f)
+    return _output_layer(params, top, _time_major(ys), m, reduction)[0]
+
+
+def _hand_loss_fwd(params, xs, ys, h0, mask, resets, activation, reduction):
+    if _fast(params, xs, ys, mask, resets, reduction):
+        E, grads, dh0, _ = bptt_core(params, xs, ys, h0, activation=activation)
+        return E, (grads, None, None, dh0)
+    E, grads, dxs, dys, dh0 = _loss_general(
+        params, xs, ys, h0, mask, resets, activation, reduction
+    )
+    return E, (grads, dxs, dys, dh0)
+
+
+def _hand_loss_bwd(activation, reduction, res, ct):
+    grads, dxs, dys, dh0 = res
+    scale = lambda a: None if a is None else ct * a  # noqa: E731
+    return jax.tree.map(scale, grads), scale(dxs), scale(dys), scale(dh0), None, None
+
+
+hand_loss_core.defvjp(_hand_loss_fwd, _hand_loss_bwd)
+#: ``hand_loss_core`` compiled; ``activation`` and ``reduction`` static.
+hand_loss_jit = jax.jit(hand_loss_core, static_argnums=(6, 7))
