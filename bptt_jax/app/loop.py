@@ -59,63 +59,13 @@ from .config import TrainConfig, TrainingError, check_names
 from .data import Corpus, DataError, Streams, eval_arrays, load_corpus
 from .evaluate import Evaluation, baselines, evaluate, verify_gradients
 from .parallel import AXIS, local_rows, replicate, shard_batch
-from .state import History, TrainState
+from .state import History, Result, TrainState
 from .step import cached_step, hand_grad_fn, step_grad_fn, training_mesh
 
 CHECKPOINT_NAME = "checkpoint.bptt"
 PLOT_NAME = "loss.png"
 MAX_NONFINITE_IN_A_ROW = 5
 _SYNC_EVERY = 10  # fetch losses from the device every this many steps
-
-
-@dataclass(frozen=True)
-class Result:
-    config: TrainConfig
-    state: TrainState
-    history: History
-    evaluation: Evaluation | None
-    baselines: dict
-    checkpoint: pathlib.Path
-    plot: pathlib.Path | None
-    interrupted: bool
-    seconds: float  # this session's wall time in the loop
-    steps_run: int  # steps this session ran
-    devices: int = 1  # the mesh the steps ran on (all processes)
-
-    def summary(self) -> str:
-        c, ev = self.config, self.evaluation
-        rate = self.steps_run / self.seconds if self.seconds > 0 else float("nan")
-        parts = [
-            f"{c.task} H={c.hidden_size} B={c.batch_size} T={c.seq_len} {c.optimizer} lr={c.lr}"
-            + (f" {c.dtype}" if c.dtype != "float32" else "")
-            + (f" {c.matmul_dtype} products" if c.matmul_dtype else "")
-            + (" recompute" if c.recompute else "")
-            + f" on {self.devices} device{'s' if self.devices > 1 else ''}",
-            f"step {self.state.step}/{c.steps}"
-            + (" (interrupted)" if self.interrupted else "")
-            + f" in {self.history.seconds:.0f} s ({rate:.1f} steps/s, "
-            f"{rate * c.batch_size * c.seq_len:,.0f} tokens/s)",
-        ]
-        if ev is not None:
-            parts.append(self._validation())
-        parts.append(f"{self.history.nonfinite} non-finite steps skipped")
-        if self.history.verified:
-            parts.append(
-                f"hand gradients = jax.grad in {self.history.verified} checks "
-                f"(max rel. error {self.history.verify_error:.1e})"
-            )
-        parts.append(f"checkpoint {self.checkpoint}")
-        return "bptt-jax train: " + "; ".join(parts)
-
-    def _validation(self) -> str:
-        ev, b = self.evaluation, self.baselines
-        val = f"val {ev.bits:.3f} bits/char, ppl {ev.perplexity:.2f}"
-        if self.config.task == "lm":
-            return val + f" (unigram {b['unigram_bits']:.3f} bits/char)"
-        return val + (
-            f", accuracy {ev.accuracy:.1%} (majority class {b['majority']:.1%}, "
-            f"char unigram {b['char_unigram']:.1%})"
-        )
 
 
 @dataclass(frozen=True)

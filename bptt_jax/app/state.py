@@ -1,13 +1,17 @@
-"""What a training run carries from step to step, and what its checkpoint restores."""
+"""What a training run carries from step to step, what its checkpoint restores, and
+what :func:`bptt_jax.app.loop.train` returns."""
 
 from __future__ import annotations
 
+import pathlib
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
 
 from ..core.params import Params
+from .config import TrainConfig
+from .evaluate import Evaluation
 
 
 class TrainState(NamedTuple):
@@ -49,3 +53,53 @@ class History:
     def from_json(cls, d: dict) -> History:
         d = dict(d)
         return cls(**(d | {"train": tuple(d.get("train", ())), "val": tuple(d.get("val", ()))}))
+
+
+@dataclass(frozen=True)
+class Result:
+    config: TrainConfig
+    state: TrainState
+    history: History
+    evaluation: Evaluation | None
+    baselines: dict
+    checkpoint: pathlib.Path
+    plot: pathlib.Path | None
+    interrupted: bool
+    seconds: float  # this session's wall time in the loop
+    steps_run: int  # steps this session ran
+    devices: int = 1  # the mesh the steps ran on (all processes)
+
+    def summary(self) -> str:
+        c, ev = self.config, self.evaluation
+        rate = self.steps_run / self.seconds if self.seconds > 0 else float("nan")
+        parts = [
+            f"{c.task} H={c.hidden_size} B={c.batch_size} T={c.seq_len} {c.optimizer} lr={c.lr}"
+            + (f" {c.dtype}" if c.dtype != "float32" else "")
+            + (f" {c.matmul_dtype} products" if c.matmul_dtype else "")
+            + (" recompute" if c.recompute else "")
+            + f" on {self.devices} device{'s' if self.devices > 1 else ''}",
+            f"step {self.state.step}/{c.steps}"
+            + (" (interrupted)" if self.interrupted else "")
+            + f" in {self.history.seconds:.0f} s ({rate:.1f} steps/s, "
+            f"{rate * c.batch_size * c.seq_len:,.0f} tokens/s)",
+        ]
+        if ev is not None:
+            parts.append(self._validation())
+        parts.append(f"{self.history.nonfinite} non-finite steps skipped")
+        if self.history.verified:
+            parts.append(
+                f"hand gradients = jax.grad in {self.history.verified} checks "
+                f"(max rel. error {self.history.verify_error:.1e})"
+            )
+        parts.append(f"checkpoint {self.checkpoint}")
+        return "bptt-jax train: " + "; ".join(parts)
+
+    def _validation(self) -> str:
+        ev, b = self.evaluation, self.baselines
+        val = f"val {ev.bits:.3f} bits/char, ppl {ev.perplexity:.2f}"
+        if self.config.task == "lm":
+            return val + f" (unigram {b['unigram_bits']:.3f} bits/char)"
+        return val + (
+            f", accuracy {ev.accuracy:.1%} (majority class {b['majority']:.1%}, "
+            f"char unigram {b['char_unigram']:.1%})"
+        )
