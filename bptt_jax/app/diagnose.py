@@ -12,8 +12,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ..api.lab import gradient_flow
 from ..core.params import init_params
-from ..lab.diagnostics import format_sweep, gradient_flow, spectral_sweep
+from ..lab.diagnostics import format_sweep, spectral_sweep
 from ..lab.tasks import REMEDIES, train_delay
 from .plots import plot_decay, plot_delay, plot_delay_grad_norm, plot_heatmap, plot_sweep
 
