@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.experimental import multihost_utils
 
 from ..core.params import Params
@@ -47,6 +48,8 @@ from .config import RESUMABLE, TrainConfig
 from .data import TOKEN_TYPES, Corpus, Vocab, streams_in_order
 from .parallel import local_rows
 from .state import History, TrainState
+
+PathLike = str | os.PathLike
 
 MAGIC = b"BPTTJAX\x01"
 _PREFIX = len(MAGIC) + 32 + 8
@@ -56,7 +59,7 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be used, with the reason (reported without a traceback)."""
 
 
-def save_checkpoint(path, header: dict, arrays: dict[str, np.ndarray]) -> None:
+def save_checkpoint(path: PathLike, header: dict, arrays: dict[str, np.ndarray]) -> None:
     """Writes ``header`` and ``arrays`` to ``path`` atomically.
 
     Raises:
@@ -96,7 +99,7 @@ def save_checkpoint(path, header: dict, arrays: dict[str, np.ndarray]) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path) -> tuple[dict, dict[str, np.ndarray]]:
+def load_checkpoint(path: PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     """Reads a checkpoint written by :func:`save_checkpoint`; returns ``(header, arrays)``.
 
     Raises:
@@ -149,7 +152,7 @@ class TrainingCheckpoint(NamedTuple):
     step: int
 
 
-def read_training_checkpoint(path) -> TrainingCheckpoint:
+def read_training_checkpoint(path: PathLike) -> TrainingCheckpoint:
     """Reads ``path`` and checks that it is a training checkpoint with a consistent model.
 
     Raises:
@@ -209,7 +212,9 @@ def _show(value) -> str:
     return str(value)
 
 
-def restore(ckpt: TrainingCheckpoint, config: TrainConfig, corpus: Corpus, tx):
+def restore(
+    ckpt: TrainingCheckpoint, config: TrainConfig, corpus: Corpus, tx: optax.GradientTransformation
+) -> tuple[TrainState, History]:
     """The :class:`TrainState` and :class:`History` to resume ``config`` on ``corpus`` from.
 
     ``h`` comes back as the host array ``(B, H)`` in stream order; the caller
@@ -249,7 +254,7 @@ def restore(ckpt: TrainingCheckpoint, config: TrainConfig, corpus: Corpus, tx):
     return TrainState(ckpt.params, opt_state, h, key, *position), history
 
 
-def _restore_opt_state(ckpt: TrainingCheckpoint, config: TrainConfig, tx):
+def _restore_opt_state(ckpt: TrainingCheckpoint, config: TrainConfig, tx) -> Any:
     leaves, treedef = jax.tree.flatten(tx.init(ckpt.params))
     restored = []
     for i, leaf in enumerate(leaves):
@@ -262,7 +267,9 @@ def _restore_opt_state(ckpt: TrainingCheckpoint, config: TrainConfig, tx):
     return jax.tree.unflatten(treedef, restored)
 
 
-def training_header(config: TrainConfig, corpus: Corpus, state: TrainState, history: History):
+def training_header(
+    config: TrainConfig, corpus: Corpus, state: TrainState, history: History
+) -> dict:
     """The header of the checkpoint of ``state`` (JSON-able)."""
     return {
         "kind": KIND,
@@ -314,7 +321,7 @@ class Model:
     step: int
 
 
-def load_model(path: str | pathlib.Path) -> Model:
+def load_model(path: PathLike) -> Model:
     """Reads the model of a training checkpoint (refusing corrupted files).
 
     Raises:

@@ -6,7 +6,9 @@ the pictures from :mod:`bptt_jax.app.plots`.
 
 from __future__ import annotations
 
+import os
 import pathlib
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -15,7 +17,7 @@ import jax.numpy as jnp
 from ..api.lab import gradient_flow
 from ..core.params import init_params
 from ..lab.diagnostics import format_sweep, spectral_sweep
-from ..lab.tasks import REMEDIES, train_delay
+from ..lab.tasks import REMEDIES, Remedy, train_delay
 from .plots import plot_decay, plot_delay, plot_delay_grad_norm, plot_heatmap, plot_sweep
 
 
@@ -25,7 +27,7 @@ class DiagnoseReport(NamedTuple):
 
 
 def run_diagnose(
-    out,
+    out: str | os.PathLike,
     *,
     vocab_size: int = 8,
     hidden_size: int = 32,
@@ -36,10 +38,10 @@ def run_diagnose(
     spectral_radius: float | None = None,
     seed: int = 0,
     sweep: bool = True,
-    sweep_scales=None,
-    delays=(),
+    sweep_scales: Sequence[float] | None = None,
+    delays: Sequence[int] = (),
     iterations: int = 1000,
-    remedies=None,
+    remedies: Sequence[Remedy] | None = None,
 ) -> DiagnoseReport:
     """Measure, plot into ``out``, and return the text report and the files written.
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from ..api.referees import autodiff_bptt
 from ..core.bptt import bptt_core
@@ -95,8 +96,14 @@ def baselines(corpus: Corpus, ys_val: np.ndarray, xs_val: np.ndarray) -> dict[st
 
 
 def verify_gradients(
-    params: Params, xs, ys, h0, grad_fn: Callable | None = None, *, tol: float | None = None
-) -> dict:
+    params: Params,
+    xs: ArrayLike,
+    ys: ArrayLike,
+    h0: ArrayLike,
+    grad_fn: Callable | None = None,
+    *,
+    tol: float | None = None,
+) -> dict[str, float]:
     """Hand gradients vs ``jax.grad`` on one batch: max relative error per parameter.
 
     Raises:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
 from ..core.bptt import bptt_core
 from ..core.step import train_step
@@ -48,7 +49,7 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
-def make_train_step(tx: optax.GradientTransformation, grad_fn: Callable | None = None):
+def make_train_step(tx: optax.GradientTransformation, grad_fn: Callable | None = None) -> Callable:
     r"""One jitted step: hand BPTT, mean-per-character gradient, optax update.
 
     Args:
@@ -74,7 +75,9 @@ def make_train_step(tx: optax.GradientTransformation, grad_fn: Callable | None =
 
 
 @functools.cache
-def cached_step(optimizer: str, lr: float, clip: float, clip_value: float, grad_fn=None):
+def cached_step(
+    optimizer: str, lr: float, clip: float, clip_value: float, grad_fn: Callable | None = None
+) -> tuple[optax.GradientTransformation, Callable]:
     """``(tx, step)`` of a setting, cached: runs in one process (tests, a resume) reuse
     its compilation."""
     config = TrainConfig(optimizer=optimizer, lr=lr, clip=clip, clip_value=clip_value)
@@ -83,7 +86,7 @@ def cached_step(optimizer: str, lr: float, clip: float, clip_value: float, grad_
 
 
 @functools.cache
-def hand_grad_fn(matmul_dtype: str | None = None, recompute: bool = False):
+def hand_grad_fn(matmul_dtype: str | None = None, recompute: bool = False) -> Callable:
     """The hand ``bptt_core`` with the run's speed/memory options (cached: one per setting)."""
     if matmul_dtype is None and not recompute:
         return bptt_core
@@ -92,13 +95,17 @@ def hand_grad_fn(matmul_dtype: str | None = None, recompute: bool = False):
 
 
 @functools.cache
-def data_parallel_grad_fn(mesh, matmul_dtype: str | None = None, recompute: bool = False):
+def data_parallel_grad_fn(
+    mesh: Mesh, matmul_dtype: str | None = None, recompute: bool = False
+) -> Callable:
     """The data-parallel hand BPTT on ``mesh`` (cached, so :func:`cached_step` reuses it)."""
     mm = None if matmul_dtype is None else jnp.dtype(matmul_dtype)
     return data_parallel_bptt_core(mesh, matmul_dtype=mm, recompute=recompute)
 
 
-def step_grad_fn(config: TrainConfig, mesh, grad_fn: Callable | None = None) -> Callable | None:
+def step_grad_fn(
+    config: TrainConfig, mesh: Mesh, grad_fn: Callable | None = None
+) -> Callable | None:
     """The gradient function of the step: ``grad_fn`` if given, else the hand BPTT
     with the configuration's options (data-parallel on several devices); ``None``
     means the plain ``bptt_core``."""
@@ -112,7 +119,7 @@ def step_grad_fn(config: TrainConfig, mesh, grad_fn: Callable | None = None) -> 
     return None
 
 
-def training_mesh(devices: int | None, batch_size: int):
+def training_mesh(devices: int | None, batch_size: int) -> Mesh:
     """The 1-D mesh of a run over ``devices`` devices (all of them by default).
 
     Raises:
