@@ -18,6 +18,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from ..core.activations import ACTIVATIONS
 from ..lab.diagnostics import GradientFlow, SweepRow
 
 _COLORS = {"tanh": "tab:blue", "sigmoid": "tab:orange", "relu": "tab:green"}
@@ -121,8 +122,6 @@ def plot_decay(flow: GradientFlow, path, *, what: str = "") -> pathlib.Path:
 
 def plot_sweep(rows: list[SweepRow], path, *, tol: float = 0.05) -> pathlib.Path:
     """Measured per-step decay ρ against the scale of U, per activation, with γ."""
-    from ..core.activations import ACTIVATIONS
-
     fig = Figure(figsize=(9.0, 5.0), layout="constrained")
     ax = fig.add_subplot()
     ax.axhspan(1 - tol, 1 + tol, color="0.85", label=f"flat: ρ within 1 ± {tol:g}")
