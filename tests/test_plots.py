@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bptt_jax.app.cli import main
-from bptt_jax.app.plots import run_diagnose
+from bptt_jax.app.diagnose import run_diagnose
 from bptt_jax.lab.tasks import REMEDIES
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

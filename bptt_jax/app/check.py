@@ -25,6 +25,9 @@ TOLERANCES = {
     for dtype in ("float64", "float32")
 }
 
+#: ``inputs=``: token ids (the gather/scatter path) or dense input vectors.
+INPUTS = ("ids", "dense")
+
 
 @dataclass(frozen=True)
 class Row:
@@ -108,7 +111,7 @@ def default_problem(
     elif inputs == "dense":
         xs = jax.random.normal(kx, (batch, steps, vocab_size), dtype)
     else:
-        raise ValueError(f"inputs must be 'ids' or 'dense', got {inputs!r}")
+        raise ValueError(f"inputs must be one of {', '.join(map(repr, INPUTS))}, got {inputs!r}")
     ys = jax.random.randint(ky, (batch, steps), 0, num_classes)
     h0 = 0.5 * jax.random.normal(kh, (batch, hidden_size), dtype)
     return params, xs, ys, h0

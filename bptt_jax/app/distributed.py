@@ -26,6 +26,8 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import jax
+
 ENV_COORDINATOR = "BPTT_JAX_COORDINATOR"
 ENV_NUM_PROCESSES = "BPTT_JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "BPTT_JAX_PROCESS_ID"
@@ -128,8 +130,6 @@ def initialize(cluster: Cluster, initialize_fn: Callable | None = None) -> bool:
     if not cluster.multi_process:
         return False
     if initialize_fn is None:
-        import jax
-
         initialize_fn = jax.distributed.initialize
     initialize_fn(
         coordinator_address=cluster.coordinator,

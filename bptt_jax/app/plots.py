@@ -1,5 +1,5 @@
-r"""The package's pictures: the seed's §6 and ``bptt-jax diagnose``, and the
-training loss curve of ``bptt-jax train``.
+r"""The package's pictures: the seed's §6 (drawn for ``bptt-jax diagnose``, which
+:mod:`bptt_jax.app.diagnose` runs), and the training loss curve of ``bptt-jax train``.
 
 matplotlib's object-oriented API on the Agg canvas: headless, and no global
 backend switched for whoever imports this. The numbers come from
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import pathlib
-from typing import NamedTuple
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -19,6 +18,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from ..core.activations import ACTIVATIONS
 from ..lab.diagnostics import GradientFlow, SweepRow
 
 _COLORS = {"tanh": "tab:blue", "sigmoid": "tab:orange", "relu": "tab:green"}
@@ -122,8 +122,6 @@ def plot_decay(flow: GradientFlow, path, *, what: str = "") -> pathlib.Path:
 
 def plot_sweep(rows: list[SweepRow], path, *, tol: float = 0.05) -> pathlib.Path:
     """Measured per-step decay ρ against the scale of U, per activation, with γ."""
-    from ..core.activations import ACTIVATIONS
-
     fig = Figure(figsize=(9.0, 5.0), layout="constrained")
     ax = fig.add_subplot()
     ax.axhspan(1 - tol, 1 + tol, color="0.85", label=f"flat: ρ within 1 ± {tol:g}")
@@ -210,100 +208,6 @@ def plot_delay_grad_norm(curves, path) -> pathlib.Path:
         ax.set_visible(False)
     fig.suptitle("Delay task: global gradient norm during training", fontsize=10)
     return _save(fig, path)
-
-
-class DiagnoseReport(NamedTuple):
-    text: str
-    paths: list[pathlib.Path]
-
-
-def run_diagnose(
-    out,
-    *,
-    vocab_size: int = 8,
-    hidden_size: int = 32,
-    batch: int = 8,
-    steps: int = 40,
-    activation: str = "tanh",
-    init: str = "uniform",
-    spectral_radius: float | None = None,
-    seed: int = 0,
-    sweep: bool = True,
-    sweep_scales=None,
-    delays=(),
-    iterations: int = 1000,
-    remedies=None,
-) -> DiagnoseReport:
-    """Measure, plot into ``out``, and return the text report and the files written.
-
-    Writes ``delta_heatmap.png`` and ``decay.png`` (one model: ``init``,
-    ``activation``, float64), ``sweep.png`` (unless ``sweep=False``) and, when
-    ``delays`` are given, ``delay_task.png`` and ``delay_grad_norm.png``
-    (:func:`bptt_jax.lab.tasks.train_delay` for each of ``remedies``, default
-    :data:`bptt_jax.lab.tasks.REMEDIES`).
-    """
-    import jax
-    import jax.numpy as jnp
-
-    from ..core.params import init_params
-    from ..lab.diagnostics import format_sweep, gradient_flow, spectral_sweep
-    from ..lab.tasks import REMEDIES, train_delay
-
-    out = pathlib.Path(out)
-    key = jax.random.key(seed)
-    kp, kx, ky, ks, kd = jax.random.split(key, 5)
-    paths, lines = [], []
-    with jax.enable_x64(True):
-        params = init_params(
-            kp, vocab_size, hidden_size, init=init, spectral_radius=spectral_radius,
-            dtype=jnp.float64,
-        )  # fmt: skip
-        xs = jax.random.randint(kx, (batch, steps), 0, vocab_size)
-        ys = jax.random.randint(ky, (batch, steps), 0, vocab_size)
-        flow = gradient_flow(params, xs, ys, activation=activation)
-        what = f"{activation}, init={init}" + (
-            f" ρ(U)={spectral_radius:g}" if spectral_radius is not None else ""
-        )
-        paths.append(plot_heatmap(flow, out / "delta_heatmap.png", what=what))
-        paths.append(plot_decay(flow, out / "decay.png", what=what))
-        lines += [
-            f"gradient flow: {what}, K={vocab_size} H={hidden_size} B={batch} T={steps} "
-            f"seed={seed} (float64)",
-            f"  ‖U‖₂ = {float(flow.U_norm):.4g}   γ = {float(flow.gamma):.4g}   "
-            f"measured per-step decay ρ = {float(flow.decay_rate):.4g}",
-            "  d    measured   trajectory bound   γ^d",
-        ]
-        for d in sorted({1, 2, 5, 10, 20, steps - 1} & set(range(1, steps))):
-            lines.append(
-                f"  {d:<4} {float(flow.decay[d]):10.3e} {float(flow.bound_decay[d]):18.3e} "
-                f"{float(flow.gamma_decay[d]):9.3e}"
-            )
-        if sweep:
-            kwargs = {} if sweep_scales is None else {"scales": tuple(sweep_scales)}
-            rows = spectral_sweep(
-                ks, vocab_size=vocab_size, hidden_size=hidden_size, batch=batch, steps=steps,
-                **kwargs,
-            )  # fmt: skip
-            paths.append(plot_sweep(rows, out / "sweep.png"))
-            lines += ["", "sweep of U = σ·orthogonal (float64):", format_sweep(rows)]
-    if delays:
-        remedies = REMEDIES if remedies is None else remedies
-        curves = [train_delay(kd, tuple(delays), r, iterations=iterations) for r in remedies]
-        paths.append(plot_delay(curves, out / "delay_task.png", vocab_size=4))
-        paths.append(plot_delay_grad_norm(curves, out / "delay_grad_norm.png"))
-        lines += ["", f"delay task (K=4, H=32, B=32, T=30, {iterations} Adam steps, float32): "
-                  "accuracy on t > d, mean of the last 50 iterations"]  # fmt: skip
-        lines.append(f"{'remedy':30} " + " ".join(f"{'d=' + str(d):>8}" for d in delays))
-        for c in curves:
-            accs = " ".join(f"{a:8.3f}" for a in c.accuracy[:, -50:].mean(axis=1))
-            lines.append(f"{c.remedy.label:30} {accs}")
-        lines += ["", "share of the gradient reaching back d steps at initialisation, "
-                  "Σ_t‖δ_(t−d)^(t)‖ / Σ_t‖δ_t^(t)‖"]  # fmt: skip
-        lines.append(f"{'remedy':30} " + " ".join(f"{'d=' + str(d):>8}" for d in delays))
-        for c in curves:
-            lines.append(f"{c.remedy.label:30} " + " ".join(f"{s:8.1e}" for s in c.signal))
-    lines += ["", "wrote:", *(f"  {p}" for p in paths)]
-    return DiagnoseReport("\n".join(lines), paths)
 
 
 def plot_history(path, history, baselines: dict, config, vocab_size: int) -> pathlib.Path:

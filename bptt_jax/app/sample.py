@@ -23,6 +23,7 @@ from jax import lax
 
 from ..core.params import Params
 from ..core.rnn import forward_core, hidden_states
+from .checkpoint import Model
 from .data import TOKEN_LETTERS, TOKEN_TYPES, DataError
 
 
@@ -79,7 +80,7 @@ def sample_core(
 
 
 def sample(
-    model, prime: str, length: int, *, temperature: float = 0.8, top_k: int | None = None,
+    model: Model, prime: str, length: int, *, temperature: float = 0.8, top_k: int | None = None,
     seed: int = 0,
 ) -> str:  # fmt: skip
     """Generates ``length`` characters after ``prime`` with a trained language model.
@@ -128,7 +129,7 @@ def _predict_core(params: Params, xs: jax.Array) -> jax.Array:
     return jnp.argmax(z[0], axis=-1)  # (N,)
 
 
-def predict_tags(model, text: str) -> np.ndarray:
+def predict_tags(model: Model, text: str) -> np.ndarray:
     """The predicted token type (index into TOKEN_TYPES) of every character of ``text``.
 
     Characters outside the vocabulary are read as the unknown id.

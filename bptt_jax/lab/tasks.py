@@ -37,6 +37,7 @@ from ..core.init import check_init
 from ..core.losses import log_softmax
 from ..core.params import init_params
 from ..core.rnn import hidden_states, output_logits
+from ..core.step import train_step
 from .diagnostics import gradient_flow_core
 
 
@@ -114,6 +115,7 @@ def _train(params, key, delays, *, batch, steps, vocab_size, iterations, learnin
            activation, clip, clip_value, clip_delta):  # fmt: skip
     """Per delay: loss, accuracy, gradient norm ``(N,)`` each; vmapped over delays."""
     opt = optax.chain(make_clipper(clip, clip_value), optax.adam(learning_rate))
+    grad_fn = functools.partial(bptt_core, activation=activation, clip_delta=clip_delta)
     h0 = jnp.zeros((batch, params.U.shape[0]), params.U.dtype)
     t = jnp.arange(steps)
 
@@ -123,11 +125,11 @@ def _train(params, key, delays, *, batch, steps, vocab_size, iterations, learnin
             xs, ys = delay_task(
                 k, batch=batch, steps=steps, delay=d, vocab_size=vocab_size, dtype=h0.dtype
             )
-            _, grads, _, _ = bptt_core(
-                params, xs, ys, h0, activation=activation, clip_delta=clip_delta
-            )
-            grads = jax.tree.map(lambda g: g / batch, grads)  # mean over sequences
-            gnorm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))
+            # The app's step: hand gradients, mean over the sequences, optax update;
+            # a diverging run is shown as it is, not skipped.
+            new = train_step(grad_fn, opt, params, opt_state, xs, ys, h0, n=batch,
+                             skip_nonfinite=False)  # fmt: skip
+            gnorm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(new.grads)))
             # Metrics on the labelled steps, t > d, of this batch before the update.
             _, hs = hidden_states(params, xs, h0, activation)  # (T, B, H)
             log_p = log_softmax(output_logits(params, hs))  # (T, B, K)
@@ -138,11 +140,7 @@ def _train(params, key, delays, *, batch, steps, vocab_size, iterations, learnin
             loss = jnp.sum(jnp.where(labelled, nll, 0)) / n
             right = (jnp.argmax(log_p, -1) == target) & labelled
             acc = jnp.sum(right).astype(h0.dtype) / n
-            # optax's Adam mixes its int32 step count with Python floats, which a
-            # caller's strict dtype promotion would reject; allow it for this call only.
-            with jax.numpy_dtype_promotion("standard"):
-                updates, opt_state = opt.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), (loss, acc, gnorm)
+            return (new.params, new.opt_state), (loss, acc, gnorm)
 
         keys = jax.random.split(key, iterations)
         _, curves = lax.scan(step, (params, opt.init(params)), keys)

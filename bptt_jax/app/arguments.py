@@ -1,0 +1,255 @@
+"""The command line's argument types and the declaration of ``bptt-jax train``'s flags.
+
+Every numeric flag is checked by :func:`bptt_jax.core.checks.check_number`, the
+rule the library's keywords follow (so ``--lr inf`` and ``--lr nan`` are refused
+as ``lr=inf`` is); every ``choices=`` is one of the library's lists.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from ..core.checks import MATMUL_DTYPES, check_number
+from .config import DTYPES, OPTIMIZERS, TASKS, TrainConfig
+
+
+def number(*, integer: bool, minimum: float, strict: bool) -> Callable[[str], int | float]:
+    """An argparse ``type=``: the text as a number that :func:`check_number` accepts."""
+    relation = ">" if strict else ">="
+
+    def parse(text: str) -> int | float:
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            kind = "an integer" if integer else "a number"
+            raise argparse.ArgumentTypeError(
+                f"must be {kind} {relation} {minimum:g}, got {text!r}"
+            ) from None
+        try:
+            return check_number(value, "value", integer=integer, minimum=minimum, strict=strict)
+        except (TypeError, ValueError) as e:
+            # "must be >= 1, got 0" for counts; check_number's own words for reals.
+            message = f"must be {relation} {minimum:g}, got {text}"
+            raise argparse.ArgumentTypeError(
+                message if integer else str(e).removeprefix("value ")
+            ) from None
+
+    parse.__name__ = "integer" if integer else "number"  # argparse names the type in errors
+    return parse
+
+
+positive = number(integer=True, minimum=1, strict=False)  # 1, 2, ...
+nonnegative = number(integer=True, minimum=0, strict=False)  # 0, 1, ...
+positive_float = number(integer=False, minimum=0, strict=True)  # finite, > 0
+nonnegative_float = number(integer=False, minimum=0, strict=False)  # finite, >= 0
+
+#: The ``train`` flags that are fields of :class:`TrainConfig` (the rest: how to run it).
+TRAIN_OPTIONS = (
+    "task", "text", "max_files", "steps", "batch_size", "seq_len", "hidden_size", "lr",
+    "optimizer", "clip", "clip_value", "seed", "out", "eval_every", "save_every",
+    "verify_every", "val_chars", "dtype", "matmul_dtype", "recompute",
+)  # fmt: skip
+
+
+def add_train_parser(commands) -> None:
+    """Declares ``bptt-jax train``; its config flags default to ``None`` (see ``--resume``)."""
+    d = TrainConfig()
+    train = commands.add_parser(
+        "train",
+        help="train the seed's RNN with the hand gradients (default: a character "
+        "language model of the standard library's source)",
+        description=(
+            "Trains the seed's vanilla RNN by truncated BPTT with the hand-derived gradients "
+            "(never jax.grad): B parallel streams over one long text, T characters per step, "
+            "the hidden state carried from chunk to chunk. Without --text the corpus is the "
+            "source of this Python's standard library (about 5% of the files, chosen by a "
+            "hash of their names, are held out for validation). Shows a progress bar, "
+            "validates every --eval-every steps (loss, bits per character, perplexity), "
+            "writes OUT/checkpoint.bptt every --save-every steps, at the end and on Ctrl-C, "
+            "and OUT/loss.png at the end."
+        ),
+    )
+    # Defaults are None here and filled from TrainConfig, so that --resume can tell
+    # the options given on the command line from the defaults.
+    a = train.add_argument
+    a(
+        "--task",
+        choices=TASKS,
+        default=None,
+        help="lm: predict the next character; tag: label each character of Python source "
+        f"with its token type (from the tokenize module) (default {d.task})",
+    )
+    a(
+        "--text",
+        action="append",
+        metavar="PATH",
+        default=None,
+        help="train on this UTF-8 file, or every file in this folder; repeatable "
+        "(default: the standard library's .py files)",
+    )
+    a(
+        "--max-files",
+        type=positive,
+        default=None,
+        metavar="N",
+        help="use only the first N files of the corpus, sorted by name, for quick runs "
+        "(default: all)",
+    )
+    a(
+        "--steps",
+        type=positive,
+        default=None,
+        help=f"total optimizer steps, counting those before a --resume (default {d.steps})",
+    )
+    a(
+        "--batch-size",
+        type=positive,
+        default=None,
+        metavar="B",
+        help=f"B streams read in parallel (default {d.batch_size})",
+    )
+    a(
+        "--seq-len",
+        type=positive,
+        default=None,
+        metavar="T",
+        help=f"T characters per step: the truncation length of BPTT (default {d.seq_len})",
+    )
+    a(
+        "--hidden-size",
+        type=positive,
+        default=None,
+        metavar="H",
+        help=f"H hidden units (default {d.hidden_size})",
+    )
+    a("--lr", type=positive_float, default=None, help=f"learning rate λ (default {d.lr})")
+    a(
+        "--optimizer",
+        choices=tuple(OPTIMIZERS),
+        default=None,
+        help="sgd is the seed's update θ := θ − λ·∂E/∂θ (E the mean loss per character); the "
+        f"others are optax's (default {d.optimizer})",
+    )
+    a(
+        "--clip",
+        type=nonnegative_float,
+        default=None,
+        metavar="NORM",
+        help="rescale the gradient when its global L2 norm exceeds NORM "
+        f"(optax.clip_by_global_norm); 0 turns it off (default {d.clip})",
+    )
+    a(
+        "--clip-value",
+        type=nonnegative_float,
+        default=None,
+        metavar="V",
+        help="clip each gradient entry to [-V, V] (optax.clip), before --clip; 0 turns it off "
+        f"(default {d.clip_value})",
+    )
+    a(
+        "--seed",
+        type=int,
+        default=None,
+        help=f"random seed of the initialisation (default {d.seed})",
+    )
+    a(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help=f"folder for checkpoint.bptt and loss.png (default {d.out})",
+    )
+    a(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue from CHECKPOINT (default OUT/checkpoint.bptt) up to --steps; the "
+        "parameters are bitwise those of an uninterrupted run (default: start afresh)",
+    )
+    a(
+        "--eval-every",
+        type=nonnegative,
+        default=None,
+        metavar="N",
+        help=f"validate every N steps, 0 = only at the end (default {d.eval_every})",
+    )
+    a(
+        "--save-every",
+        type=nonnegative,
+        default=None,
+        metavar="N",
+        help=f"write the checkpoint every N steps, 0 = only at the end (default {d.save_every})",
+    )
+    a(
+        "--verify-every",
+        type=nonnegative,
+        default=None,
+        metavar="N",
+        help="every N steps recheck the hand gradients against jax.grad on the current batch "
+        f"and stop if they disagree; 0 = never (default {d.verify_every})",
+    )
+    a(
+        "--val-chars",
+        type=positive,
+        default=None,
+        metavar="N",
+        help=f"validate on the first N held-out characters (default {d.val_chars})",
+    )
+    a(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help=f"precision of the parameters and the computation (default {d.dtype})",
+    )
+    a(
+        "--matmul-dtype",
+        choices=MATMUL_DTYPES,
+        default=None,
+        help="mixed precision: every matrix product of the hand BPTT in bf16, accumulated "
+        "in --dtype (master weights, element-wise work and gradients stay in --dtype); "
+        "--verify-every then allows 4 bf16 ulps (default: products in --dtype)",
+    )
+    a(
+        "--recompute",
+        action="store_const",
+        const=True,
+        default=None,
+        help="keep the hidden states only every ~sqrt(--seq-len) steps and recompute the rest "
+        "in the backward pass: memory O(sqrt(T) B H) for one more forward recursion "
+        "(default: every state kept)",
+    )
+    a(
+        "--devices",
+        type=positive,
+        default=None,
+        metavar="N",
+        help="run each step data-parallel on N devices: the batch is split across them "
+        "(--batch-size must be a multiple of N), gradients summed, parameters replicated; "
+        "a checkpoint resumes on any N (default: all local devices)",
+    )
+    a(
+        "--coordinator",
+        default=None,
+        metavar="HOST:PORT",
+        help="multi-host: address of process 0, for jax.distributed.initialize "
+        "(default: $BPTT_JAX_COORDINATOR, else a single process)",
+    )
+    a(
+        "--num-processes",
+        type=positive,
+        default=None,
+        metavar="P",
+        help="multi-host: the number of processes (default: $BPTT_JAX_NUM_PROCESSES, else 1)",
+    )
+    a(
+        "--process-id",
+        type=nonnegative,
+        default=None,
+        metavar="I",
+        help="multi-host: this process's id in 0..P-1; process I reads streams I, I+P, ... "
+        "(default: $BPTT_JAX_PROCESS_ID, else 0)",
+    )
+    a("--no-progress", action="store_true",
+      help="no progress bar (default: shown on stderr when it is a terminal)")  # fmt: skip

@@ -1,0 +1,157 @@
+"""What each ``bptt-jax`` command does with its parsed arguments; returns the exit status.
+
+Errors the user must act on (:class:`DataError`, :class:`CheckpointError`,
+:class:`TrainingError`) are raised here and printed as one line by
+:func:`bptt_jax.app.cli.main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import sys
+
+import jax
+import numpy as np
+
+from .arguments import TRAIN_OPTIONS
+from .bench import run_bench
+from .check import run_check
+from .checkpoint import config_for_resume, load_model, read_training_checkpoint
+from .config import TrainConfig, TrainingError
+from .data import DataError, read_text, token_labels
+from .distributed import ClusterError, cluster_from, initialize
+from .evaluate import Evaluation
+from .loop import CHECKPOINT_NAME, train
+from .sample import format_tags, legend, predict_tags, sample
+
+
+def error(command: str, message: str) -> int:
+    """Prints ``bptt-jax COMMAND: error: MESSAGE`` on stderr; returns the status 1."""
+    print(f"bptt-jax {command}: error: {message}", file=sys.stderr)
+    return 1
+
+
+def bench(args: argparse.Namespace) -> int:
+    with jax.enable_x64(args.dtype == "float64"):
+        report = run_bench(
+            vocab_size=args.vocab_size, hidden_size=args.hidden_size, batch=args.batch,
+            steps=args.steps, repeats=args.repeats, dtype=args.dtype, chunk=args.chunk,
+            recompute=args.recompute, unroll=args.unroll, matmul_dtype=args.matmul_dtype,
+            seed=args.seed,
+        )  # fmt: skip
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def check(args: argparse.Namespace) -> int:
+    report = run_check(
+        vocab_size=args.vocab_size, hidden_size=args.hidden_size, num_classes=args.num_classes,
+        batch=args.batch, steps=args.steps, inputs=args.inputs, dtype=args.dtype, seed=args.seed,
+    )  # fmt: skip
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def diagnose(args: argparse.Namespace) -> int:
+    # matplotlib is heavy and only this command (and train's last step) draws:
+    # imported when it runs.
+    from .diagnose import run_diagnose
+
+    try:
+        report = run_diagnose(
+            args.out, vocab_size=args.vocab_size, hidden_size=args.hidden_size,
+            batch=args.batch, steps=args.steps, activation=args.activation, init=args.init,
+            spectral_radius=args.spectral_radius, seed=args.seed, sweep=args.sweep,
+            sweep_scales=args.sweep_scales, delays=args.delays, iterations=args.iterations,
+        )  # fmt: skip
+    except (ValueError, TypeError) as e:
+        print(f"bptt-jax diagnose: error: {e}", file=sys.stderr)
+        return 2
+    print(report.text)
+    return 0
+
+
+def train_command(args: argparse.Namespace) -> int:
+    try:
+        cluster = cluster_from(args.coordinator, args.num_processes, args.process_id)
+    except ClusterError as e:
+        return error("train", str(e))
+    initialize(cluster)  # multi-host only: before anything touches the devices
+    given = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
+    if "text" in given:
+        given["text"] = tuple(given["text"])
+    if args.resume is None:
+        config, resume = dataclasses.replace(TrainConfig(), **given), None
+    else:
+        config, resume = _resumed(args.resume, given)
+    progress = not args.no_progress and sys.stderr.isatty()
+    result = train(config, resume=resume, progress=progress, devices=args.devices)
+    if cluster.process_id != 0:  # process 0 writes the files and reports for all
+        return 130 if result.interrupted else 0
+    if result.evaluation is not None and config.task == "tag":
+        print(per_class_table(result.evaluation))
+    print(result.summary())
+    if result.plot is not None:
+        print(f"loss curve: {result.plot}")
+    if result.interrupted:
+        print(
+            f"interrupted at step {result.state.step}: checkpoint saved; continue with "
+            f"bptt-jax train --resume {result.checkpoint}",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
+def _resumed(flag: str, given: dict) -> tuple[TrainConfig, pathlib.Path]:
+    """The configuration and checkpoint of ``--resume [CHECKPOINT]`` (updates ``given``)."""
+    if flag:
+        resume = pathlib.Path(flag)
+        given.setdefault("out", str(resume.parent))
+    else:
+        resume = pathlib.Path(given.get("out", TrainConfig().out)) / CHECKPOINT_NAME
+    ckpt = read_training_checkpoint(resume)
+    config = config_for_resume(ckpt.header["config"], given)
+    if config.steps <= ckpt.step:
+        raise TrainingError(
+            f"{resume} is already at step {ckpt.step}; give --steps above it to go on"
+        )
+    return config, resume
+
+
+def per_class_table(ev: Evaluation) -> str:
+    """The tagging accuracy per token type, as a text table."""
+    lines = [f"{'token type':<12}{'chars':>10}{'accuracy':>10}"]
+    for name, acc in ev.per_class.items():
+        shown = "-" if acc is None else f"{acc:.1%}"
+        lines.append(f"{name:<12}{ev.counts[name]:>10}{shown:>10}")
+    lines.append(f"{'overall':<12}{sum(ev.counts.values()):>10}{ev.accuracy:>10.1%}")
+    return "\n".join(lines)
+
+
+def sample_command(args: argparse.Namespace) -> int:
+    model = load_model(args.checkpoint)
+    text = sample(
+        model, args.prime, args.length, temperature=args.temperature, top_k=args.top_k,
+        seed=args.seed,
+    )  # fmt: skip
+    sys.stdout.write(args.prime + text + "\n")
+    return 0
+
+
+def tag(args: argparse.Namespace) -> int:
+    model = load_model(args.checkpoint)
+    text = read_text(pathlib.Path(args.file))
+    tags = predict_tags(model, text)
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+    sys.stdout.write(legend(color) + "\n" + format_tags(text, tags, color=color))
+    try:
+        truth = token_labels(text)
+    except DataError:
+        print("(tokenize cannot read this file: no accuracy to report)")
+        return 0
+    if len(truth):
+        print(f"accuracy against tokenize: {np.mean(tags == truth):.1%} of {len(truth)} chars")
+    return 0

@@ -1,0 +1,141 @@
+r"""The app's jitted training step: the optimizer of a configuration, the gradient
+function of its options, and the mesh it runs on.
+
+The step itself is :func:`bptt_jax.core.step.train_step` (hand BPTT, mean per
+character, optax update, non-finite steps skipped), jitted once per setting.
+On ``N > 1`` devices the gradient function is the data-parallel twin of the
+hand BPTT (:func:`bptt_jax.app.parallel.data_parallel_bptt_core`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from ..core.bptt import bptt_core
+from ..core.step import train_step
+from .config import OPTIMIZERS, TrainConfig, TrainingError, check_optimizer
+from .parallel import AXIS, check_batch_divides, data_parallel_bptt_core, make_mesh
+
+__all__ = [
+    "cached_step",
+    "data_parallel_grad_fn",
+    "hand_grad_fn",
+    "make_optimizer",
+    "make_train_step",
+    "step_grad_fn",
+    "training_mesh",
+]
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Clipping (element-wise, then global norm), then the optimizer's update.
+
+    Raises:
+      TrainingError: an optimizer not in :data:`bptt_jax.app.config.OPTIMIZERS`.
+    """
+    check_optimizer(config.optimizer)
+    parts = []
+    if config.clip_value > 0:
+        parts.append(optax.clip(config.clip_value))
+    if config.clip > 0:
+        parts.append(optax.clip_by_global_norm(config.clip))
+    parts.append(OPTIMIZERS[config.optimizer](config.lr))
+    return optax.chain(*parts)
+
+
+def make_train_step(tx: optax.GradientTransformation, grad_fn: Callable | None = None) -> Callable:
+    r"""One jitted step: hand BPTT, mean-per-character gradient, optax update.
+
+    Args:
+      tx: the optax transformation (clipping and optimizer).
+      grad_fn: ``(params, xs, ys, h0) -> (E, grads, dh0, h_T)``; the hand
+        :func:`bptt_jax.core.bptt.bptt_core` by default.
+
+    Returns:
+      ``step(params, opt_state, xs (B, T), ys (B, T), h0 (B, H)) ->
+      (params, opt_state, h_T (B, H), loss, finite)`` where ``loss = E/(B T)``
+      in nats per character; when ``finite`` is False the returned params and
+      optimizer state are the ones passed in and ``h_T`` is zeros.
+    """
+    grad_fn = grad_fn or bptt_core
+
+    @jax.jit
+    def step(params, opt_state, xs, ys, h0):
+        n = xs.shape[0] * xs.shape[1]  # B T characters
+        new = train_step(grad_fn, tx, params, opt_state, xs, ys, h0, n=n)
+        return new.params, new.opt_state, new.h_T, new.loss, new.finite
+
+    return step
+
+
+@functools.cache
+def cached_step(
+    optimizer: str, lr: float, clip: float, clip_value: float, grad_fn: Callable | None = None
+) -> tuple[optax.GradientTransformation, Callable]:
+    """``(tx, step)`` of a setting, cached: runs in one process (tests, a resume) reuse
+    its compilation."""
+    config = TrainConfig(optimizer=optimizer, lr=lr, clip=clip, clip_value=clip_value)
+    tx = make_optimizer(config)
+    return tx, make_train_step(tx, grad_fn)
+
+
+@functools.cache
+def hand_grad_fn(matmul_dtype: str | None = None, recompute: bool = False) -> Callable:
+    """The hand ``bptt_core`` with the run's speed/memory options (cached: one per setting)."""
+    if matmul_dtype is None and not recompute:
+        return bptt_core
+    mm = None if matmul_dtype is None else jnp.dtype(matmul_dtype)
+    return functools.partial(bptt_core, matmul_dtype=mm, recompute=recompute)
+
+
+@functools.cache
+def data_parallel_grad_fn(
+    mesh: Mesh, matmul_dtype: str | None = None, recompute: bool = False
+) -> Callable:
+    """The data-parallel hand BPTT on ``mesh`` (cached, so :func:`cached_step` reuses it)."""
+    mm = None if matmul_dtype is None else jnp.dtype(matmul_dtype)
+    return data_parallel_bptt_core(mesh, matmul_dtype=mm, recompute=recompute)
+
+
+def step_grad_fn(
+    config: TrainConfig, mesh: Mesh, grad_fn: Callable | None = None
+) -> Callable | None:
+    """The gradient function of the step: ``grad_fn`` if given, else the hand BPTT
+    with the configuration's options (data-parallel on several devices); ``None``
+    means the plain ``bptt_core``."""
+    options = (config.matmul_dtype, bool(config.recompute))
+    if grad_fn is not None:
+        return grad_fn
+    if mesh.shape[AXIS] > 1:
+        return data_parallel_grad_fn(mesh, *options)
+    if options != (None, False):
+        return hand_grad_fn(*options)
+    return None
+
+
+def training_mesh(devices: int | None, batch_size: int) -> Mesh:
+    """The 1-D mesh of a run over ``devices`` devices (all of them by default).
+
+    Raises:
+      TrainingError: more devices than exist, fewer than 1, a batch size the
+        device count does not divide, or (multi-process) a mesh that leaves
+        out some process's devices.
+    """
+    try:
+        mesh = make_mesh(devices)
+        check_batch_divides(batch_size, mesh)
+    except ValueError as e:
+        raise TrainingError(f"--devices: {e}") from None
+    n = mesh.shape[AXIS]
+    if jax.process_count() > 1 and n != jax.device_count():
+        raise TrainingError(
+            f"--devices {n}: a multi-process run uses all {jax.device_count()} devices of "
+            f"its {jax.process_count()} processes; leave --devices out"
+        )
+    return mesh
