@@ -47,8 +47,9 @@ def _cells(params):
 @jax.jit
 def _reference(params, xs, ys, h0, offsets, lengths=None):
     r"""Per-step losses ``(T,)`` (summed over the batch) and logits ``(B, T, C)``,
-    by a Python loop over steps, layers and directions, with ``offsets`` ``(L*D, T,
-    B, H)`` added to every :math:`s_t` (so their gradient is :math:`\delta_t`)."""
+    the equations as written (a scan per layer and direction, one-hot inputs),
+    with ``offsets`` ``(L*D, T, B, H)`` added to every :math:`s_t` (so their
+    gradient is :math:`\delta_t`)."""
     h0 = h0[None] if h0.ndim == 2 else h0  # (L*D, B, H)
     X = jax.nn.one_hot(xs, K, dtype=jnp.float64)  # (B, T, K)
     cells = _cells(params)
@@ -56,11 +57,15 @@ def _reference(params, xs, ys, h0, offsets, lengths=None):
     for l, cell in enumerate(cells):
         outs = []
         for d, layer in enumerate(cell):
-            h, hs = h0[l * D + d], [None] * T
-            for t in range(T) if d == 0 else reversed(range(T)):
-                s = h @ layer.U.T + X[:, t] @ layer.W.T + layer.b + offsets[l * D + d, t]
-                h = hs[t] = jnp.tanh(s)
-            outs.append(jnp.stack(hs, axis=1))  # (B, T, H)
+
+            def step(h, inputs, layer=layer):  # s_t = U h_{t∓1} + W x_t + b (+ offset)
+                x_t, o_t = inputs
+                h = jnp.tanh(h @ layer.U.T + x_t @ layer.W.T + layer.b + o_t)
+                return h, h
+
+            inputs = (jnp.swapaxes(X, 0, 1), offsets[l * D + d])  # (T, B, ·), (T, B, H)
+            _, hs = jax.lax.scan(step, h0[l * D + d], inputs, reverse=d == 1)
+            outs.append(jnp.swapaxes(hs, 0, 1))  # (B, T, H)
         X = jnp.concatenate(outs, axis=-1)
     z = X @ params.V.T + params.c  # (B, T, C)
     e = -jnp.take_along_axis(jax.nn.log_softmax(z), ys[..., None], axis=-1)[..., 0]  # (B, T)
