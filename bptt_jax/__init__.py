@@ -16,7 +16,10 @@ from .api.gradients import bptt_per_loss as bptt_per_loss
 from .api.gradients import per_loss_deltas as per_loss_deltas
 from .api.interop import from_torch as from_torch
 from .api.interop import to_torch as to_torch
+from .api.lab import delay_task as delay_task
 from .api.lab import gradient_flow as gradient_flow
+from .api.lab import spectral_sweep as spectral_sweep
+from .api.lab import train_delay as train_delay
 from .api.model import forward as forward
 from .api.model import loss as loss
 from .api.referees import autodiff_bptt as autodiff_bptt
@@ -24,6 +27,7 @@ from .api.referees import autodiff_bptt_per_loss as autodiff_bptt_per_loss
 from .api.referees import autodiff_dh0 as autodiff_dh0
 from .api.referees import finite_difference_bptt as finite_difference_bptt
 from .core.activations import ACTIVATIONS
+from .core.checks import MATMUL_DTYPES
 from .core.clipping import CLIPPERS
 from .core.clipping import make_clipper as make_clipper
 from .core.init import INITS
@@ -33,9 +37,6 @@ from .core.params import Layer as Layer
 from .core.params import Params as Params
 from .core.params import init_params as init_params
 from .lab.diagnostics import GradientFlow as GradientFlow
-from .lab.diagnostics import spectral_sweep as spectral_sweep
-from .lab.tasks import delay_task as delay_task
-from .lab.tasks import train_delay as train_delay
 
 __version__ = "0.1.0"
 
@@ -45,6 +46,8 @@ activations = tuple(ACTIVATIONS)
 inits = INITS
 #: The names accepted by :func:`make_clipper` (per-step δ clipping is ``bptt(clip_delta=)``).
 clippers = CLIPPERS
+#: What ``bptt(matmul_dtype=...)`` accepts besides ``None``.
+matmul_dtypes = MATMUL_DTYPES
 
 __all__ = (
     "DeepParams",
@@ -68,6 +71,7 @@ __all__ = (
     "inits",
     "loss",
     "make_clipper",
+    "matmul_dtypes",
     "per_loss_deltas",
     "softmax_cross_entropy_grad",
     "spectral_sweep",

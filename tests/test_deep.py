@@ -280,7 +280,7 @@ def test_bad_input_is_a_clear_error(name, x64):
 
 
 def test_bad_layer_counts_and_shapes():
-    with pytest.raises(ValueError, match="num_layers must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="num_layers must be an integer >= 1, got 0"):
         bptt_jax.init_params(jax.random.key(0), K, H, num_layers=0)
     d = bptt_jax.init_params(jax.random.key(0), K, H, num_layers=2, bidirectional=True)
     xs, ys = make_batch(1, T)

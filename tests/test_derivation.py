@@ -311,7 +311,7 @@ def test_per_loss_deltas_are_dEt_dsk(x64):
         (dict(activation=None), ValueError, "'tanh', 'sigmoid', 'relu'"),
         (dict(truncate=0), ValueError, "truncate must be None .* or an int >= 1, got 0"),
         (dict(truncate=-3), ValueError, "got -3"),
-        (dict(truncate=2.5), TypeError, "positive int number of steps, got 2.5"),
+        (dict(truncate=2.5), TypeError, "truncate must be None .* or an int >= 1, got 2.5"),
         (dict(truncate=True), TypeError, "got True"),
     ],
     ids=["unknown_activation", "activation_None", "truncate_0", "truncate_negative",

@@ -36,8 +36,8 @@ def test_init_params_dtype_and_determinism(x64):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        (dict(vocab_size=0, hidden_size=4), ValueError, "vocab_size must be >= 1"),
-        (dict(vocab_size=5, hidden_size=-2), ValueError, "hidden_size must be >= 1"),
+        (dict(vocab_size=0, hidden_size=4), ValueError, "vocab_size must be an integer >= 1"),
+        (dict(vocab_size=5, hidden_size=-2), ValueError, "hidden_size must be an integer >= 1"),
         (dict(vocab_size=5, hidden_size=4, num_classes=0), ValueError, "num_classes"),
         (dict(vocab_size=5.5, hidden_size=4), TypeError, "vocab_size must be an integer"),
         (dict(vocab_size=5, hidden_size=4, dtype=jnp.int32), TypeError, "floating dtype"),

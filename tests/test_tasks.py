@@ -8,8 +8,9 @@ from helpers import make_problem
 from test_plots import assert_valid_png
 
 import bptt_jax
+from bptt_jax import delay_task, train_delay
 from bptt_jax.app.plots import plot_delay, plot_delay_grad_norm
-from bptt_jax.lab.tasks import REMEDIES, Remedy, delay_task, train_delay
+from bptt_jax.lab.tasks import REMEDIES, Remedy
 
 
 @pytest.mark.parametrize("delay", [0, 1, 4, 6])

@@ -9,39 +9,53 @@ from __future__ import annotations
 import jax
 
 from ..core.bptt import bptt_core
-from ..core.clipping import check_clip_delta
 from ..core.deep import deep_bptt_core
-from ..core.params import DeepParams, Params, from_deep, to_deep
+from ..core.deep_per_loss import deep_bptt_per_loss_core, deep_per_loss_deltas_core
+from ..core.params import DeepParams
 from ..core.per_loss import bptt_per_loss_core, per_loss_deltas_core
-from .validate import (
-    check_activation,
+from .options import (
     check_chunk,
-    check_inputs,
+    check_clip_delta,
     check_matmul_dtype,
     check_recompute,
-    check_reduction,
     check_truncate,
     check_unroll,
+)
+from .validate import (
+    Inputs,
+    Model,
+    as_deep,
+    grads_like,
+    is_seed,
+    prepare,
+    refuse,
+    state_like,
+    unbatch,
+)
+
+#: The seed-only options of :func:`bptt` at their defaults.
+_SEED_DEFAULTS = dict(
+    truncate=None, clip_delta=None, chunk=None, recompute=False, unroll=1, matmul_dtype=None
 )
 
 
 def bptt(
-    params: Params,
-    xs,
-    ys,
-    h0=None,
+    params: Model,
+    xs: jax.Array,
+    ys: jax.Array,
+    h0: jax.Array | None = None,
     *,
-    lengths=None,
-    mask=None,
-    reduction="sum",
-    activation="tanh",
-    truncate=None,
-    clip_delta=None,
-    chunk=None,
-    recompute=False,
-    unroll=1,
-    matmul_dtype=None,
-) -> tuple[jax.Array, Params]:
+    lengths: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    reduction: str = "sum",
+    activation: str = "tanh",
+    truncate: int | None = None,
+    clip_delta: float | None = None,
+    chunk: int | None = None,
+    recompute: bool = False,
+    unroll: int = 1,
+    matmul_dtype: str | None = None,
+) -> tuple[jax.Array, Model]:
     r"""The loss and its gradients by hand-derived backpropagation through time.
 
     .. math::
@@ -125,23 +139,23 @@ def bptt(
 
 
 def bptt_chunk(
-    params: Params,
-    xs,
-    ys,
-    h0=None,
+    params: Model,
+    xs: jax.Array,
+    ys: jax.Array,
+    h0: jax.Array | None = None,
     *,
-    dh_T=None,
-    lengths=None,
-    mask=None,
-    reduction="sum",
-    activation="tanh",
-    truncate=None,
-    clip_delta=None,
-    chunk=None,
-    recompute=False,
-    unroll=1,
-    matmul_dtype=None,
-) -> tuple[jax.Array, Params, jax.Array, jax.Array]:
+    dh_T: jax.Array | None = None,
+    lengths: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    reduction: str = "sum",
+    activation: str = "tanh",
+    truncate: int | None = None,
+    clip_delta: float | None = None,
+    chunk: int | None = None,
+    recompute: bool = False,
+    unroll: int = 1,
+    matmul_dtype: str | None = None,
+) -> tuple[jax.Array, Model, jax.Array, jax.Array]:
     r"""Hand BPTT for one chunk of a longer stream: also ∂E/∂h_0 and h_T.
 
     A long sequence split into chunks is processed forward chunk by chunk,
@@ -168,47 +182,59 @@ def bptt_chunk(
       sequence's own end when padded), each shaped like ``h0``.
     """
 
-    activation = check_activation(activation)
-    truncate = check_truncate(truncate)
-    reduction = check_reduction(reduction)
-    clip_delta = check_clip_delta(clip_delta)
-    fast = dict(
+    params, inp = prepare(params, xs, ys, h0, dh_T=dh_T, lengths=lengths, mask=mask,
+                          activation=activation, reduction=reduction)  # fmt: skip
+    seed_options = dict(
+        truncate=check_truncate(truncate), clip_delta=check_clip_delta(clip_delta),
         chunk=check_chunk(chunk), recompute=check_recompute(recompute),
         unroll=check_unroll(unroll), matmul_dtype=check_matmul_dtype(matmul_dtype),
     )  # fmt: skip
-    params, inp = check_inputs(
-        params, xs, ys, h0, dh_T=dh_T, lengths=lengths, mask=mask, need_ys=True
-    )
-    deep = isinstance(params, DeepParams)
-    if not deep and inp.mask is None and reduction == "sum":
+    if is_seed(params, inp):
         E, grads, dh0, h_T = bptt_core(
-            params, inp.xs, inp.ys, inp.h0, inp.dh_T, activation=activation,
-            truncate=truncate, clip_delta=clip_delta, **fast,
-        )  # fmt: skip
-        return (E, grads, dh0, h_T) if inp.batched else (E, grads, dh0[0], h_T[0])
-    given = [k for k, v in dict(truncate=truncate, clip_delta=clip_delta, **fast).items()
-             if v != {"recompute": False, "unroll": 1}.get(k)]  # fmt: skip
-    if given:
-        raise ValueError(
-            f"{', '.join(given)}: implemented for the seed's Params on unpadded sequences "
-            "with reduction='sum' only; for deep or padded inputs leave them at their "
-            "defaults (process a long stream in pieces with bptt_chunk)"
+            params, inp.xs, inp.ys, inp.h0, inp.dh_T, activation=inp.activation, **seed_options
         )
-    lift = (lambda a: a) if deep else (lambda a: None if a is None else a[None])
+        return E, grads, unbatch(inp, dh0), unbatch(inp, h_T)
+    given = [k for k, v in seed_options.items() if v != _SEED_DEFAULTS[k]]
+    refuse("bptt", given, params, inp, "leave them at their defaults for deep or padded "
+           "inputs (process a long stream in pieces with bptt_chunk)")  # fmt: skip
+    deep, d = as_deep(params, inp)
     E, grads, dh0, h_T = deep_bptt_core(
-        params if deep else to_deep(params), inp.xs, inp.ys, lift(inp.h0), inp.mask,
-        lift(inp.dh_T), activation=activation, reduction=reduction,
-    )  # fmt: skip
-    if not deep:
-        grads, dh0, h_T = from_deep(grads), dh0[0], h_T[0]
-    if not inp.batched:
-        dh0, h_T = (dh0[:, 0], h_T[:, 0]) if deep else (dh0[0], h_T[0])
-    return E, grads, dh0, h_T
+        deep, d.xs, d.ys, d.h0, d.mask, d.dh_T, activation=d.activation, reduction=d.reduction
+    )
+    return E, grads_like(params, grads), state_like(params, inp, dh0), state_like(params, inp, h_T)
+
+
+_WINDOW_WHY = (
+    "the sliding window runs back along one recurrence in time; a stacked or "
+    "bidirectional net (whose backward direction runs forward in time), padding or a "
+    "mean would need a window per layer and direction, so leave truncate=None there"
+)
+
+
+def _per_loss_inputs(
+    params, xs, ys, h0, lengths, mask, reduction, activation, truncate, fn
+) -> tuple[Model, Inputs, int | None]:
+    """The checks shared by :func:`bptt_per_loss` and :func:`per_loss_deltas`."""
+    params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
+                          activation=activation, reduction=reduction)  # fmt: skip
+    truncate = check_truncate(truncate)
+    if not is_seed(params, inp):
+        refuse(fn, ["truncate"] * (truncate is not None), params, inp, _WINDOW_WHY)
+    return params, inp, truncate
 
 
 def bptt_per_loss(
-    params: Params, xs, ys, h0=None, *, activation="tanh", truncate=None
-) -> tuple[jax.Array, Params]:
+    params: Model,
+    xs: jax.Array,
+    ys: jax.Array,
+    h0: jax.Array | None = None,
+    *,
+    lengths: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    reduction: str = "sum",
+    activation: str = "tanh",
+    truncate: int | None = None,
+) -> tuple[jax.Array, Model]:
     r"""The seed's double sum: BPTT one loss :math:`E_t` at a time, :math:`O(T^2)`.
 
     .. math::
@@ -219,44 +245,83 @@ def bptt_per_loss(
         \delta_t^{(t)} = (V^\top r_t) \odot f'(h_t)
 
     and likewise :math:`W` (with :math:`x_k`) and :math:`b`; :math:`V` and
-    :math:`c` as in :func:`bptt`.
+    :math:`c` as in :func:`bptt` (``docs/math.md`` §5).
+
+    For a :class:`DeepParams`, padding (``lengths``/``mask``) or
+    ``reduction="mean"``, each :math:`E_t` runs the hand deep backward pass
+    with the output residual restricted to step t (:mod:`bptt_jax.core.deep_per_loss`,
+    ``docs/math.md`` §7): :math:`T` backward passes whose sum is the gradient.
 
     Args:
-      params, xs, ys, h0, activation: as for :func:`bptt`.
+      params, xs, ys, h0, lengths, mask, reduction, activation: as for :func:`bptt`.
       truncate: ``None`` for the exact gradient (equal to :func:`bptt` to
         round-off), or τ ≥ 1: each :math:`E_t` back-propagates through the
         last τ steps only, :math:`t - τ < k \le t` (a sliding window,
         Williams & Peng's BPTT(h); not the chunked cut of ``bptt(truncate=)``).
+        The seed's Params on unpadded sequences with ``reduction="sum"`` only:
+        elsewhere a ValueError names the combination (a bidirectional
+        layer's window would have to run both ways in time).
 
     Returns:
       ``(E, grads)`` as :func:`bptt`.
     """
-    activation = check_activation(activation)
-    truncate = check_truncate(truncate)
-    params, inp = check_inputs(params, xs, ys, h0, need_ys=True)
-    return bptt_per_loss_core(
-        params, inp.xs, inp.ys, inp.h0, activation=activation, truncate=truncate
+    params, inp, truncate = _per_loss_inputs(
+        params, xs, ys, h0, lengths, mask, reduction, activation, truncate, "bptt_per_loss"
     )
+    if is_seed(params, inp):
+        return bptt_per_loss_core(
+            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate
+        )
+    deep, d = as_deep(params, inp)
+    E, grads = deep_bptt_per_loss_core(
+        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction
+    )
+    return E, grads_like(params, grads)
 
 
-def per_loss_deltas(params: Params, xs, ys, h0=None, *, activation="tanh", truncate=None):
+def per_loss_deltas(
+    params: Model,
+    xs: jax.Array,
+    ys: jax.Array,
+    h0: jax.Array | None = None,
+    *,
+    lengths: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    reduction: str = "sum",
+    activation: str = "tanh",
+    truncate: int | None = None,
+) -> jax.Array:
     r"""All the seed's per-loss deltas :math:`\delta_k^{(t)} = \partial E_t/\partial s_k`.
 
     Materialises a ``(T, T, ..., H)`` array, so it is meant for inspection and
     diagnostics on short sequences.
 
     Args:
-      params, xs, ys, h0, activation, truncate: as for :func:`bptt_per_loss`.
+      params, xs, ys, h0, lengths, mask, reduction, activation, truncate: as
+        for :func:`bptt_per_loss`.
 
     Returns:
       ``deltas[t-1, k-1]`` = :math:`\delta_k^{(t)}`, shape ``(T, T, H)`` for one
-      sequence or ``(T, T, B, H)`` for a batch; zero for :math:`k > t` and
-      outside the truncation window.
+      sequence or ``(T, T, B, H)`` for a batch; zero for :math:`k > t`, at
+      padding and outside the truncation window. For a :class:`DeepParams`,
+      ``deltas[t-1, k-1, l*D + d]`` is :math:`\partial E_t/\partial s_k` of
+      layer ``l + 1``, direction ``d`` (0 forward, 1 backward in time): shape
+      ``(T, T, L*D, H)`` / ``(T, T, L*D, B, H)``. In a bidirectional net it is
+      not zero for :math:`k > t`: the backward direction, and every cell above
+      it, carry :math:`E_t`'s signal to later steps.
     """
-    activation = check_activation(activation)
-    truncate = check_truncate(truncate)
-    params, inp = check_inputs(params, xs, ys, h0, need_ys=True)
-    deltas = per_loss_deltas_core(
-        params, inp.xs, inp.ys, inp.h0, activation=activation, truncate=truncate
+    params, inp, truncate = _per_loss_inputs(
+        params, xs, ys, h0, lengths, mask, reduction, activation, truncate, "per_loss_deltas"
     )
-    return deltas if inp.batched else deltas[:, :, 0]
+    if is_seed(params, inp):
+        deltas = per_loss_deltas_core(
+            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate
+        )  # (T, T, B, H)
+        return unbatch(inp, deltas, axis=2)
+    deep, d = as_deep(params, inp)
+    deltas = deep_per_loss_deltas_core(
+        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction
+    )  # (T, T, L*D, B, H)
+    if not isinstance(params, DeepParams):  # the seed's Params, padded: no layer axis
+        return unbatch(inp, deltas[:, :, 0], axis=2)
+    return unbatch(inp, deltas, axis=3)

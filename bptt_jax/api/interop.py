@@ -20,6 +20,8 @@ Neither function imports torch to read a state dict; values may be tensors
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -29,7 +31,7 @@ from ..core.params import DeepParams, Layer, Params, from_deep, to_deep
 _KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
 
 
-def _to_numpy(value, name: str) -> np.ndarray:
+def _to_numpy(value: Any, name: str) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch.Tensor, without importing torch
         value = value.detach().cpu().numpy()
     array = np.asarray(value)
@@ -38,22 +40,10 @@ def _to_numpy(value, name: str) -> np.ndarray:
     return array
 
 
-def from_torch(rnn_state_dict, head_state_dict, *, dtype=None) -> Params | DeepParams:
-    """Parameters from a PyTorch ``nn.RNN`` and its ``nn.Linear`` output head.
-
-    Args:
-      rnn_state_dict: ``nn.RNN(...).state_dict()`` (any ``num_layers``,
-        ``bidirectional``, ``nonlinearity``, with or without biases): keys
-        ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``,
-        ``bias_hh_l{k}`` and their ``_reverse`` twins.
-      head_state_dict: ``nn.Linear(D*H, C).state_dict()``: ``weight``
-        ``(C, D*H)`` and optionally ``bias`` ``(C,)``.
-      dtype: the parameters' dtype; by default that of the weights.
-
-    Returns:
-      The seed's :class:`Params` for one layer in one direction, else a
-      :class:`DeepParams`.
-    """
+def _read_cells(
+    rnn_state_dict: Mapping[str, Any],
+) -> tuple[dict[tuple[int, int], dict[str, np.ndarray]], int, int]:
+    """``(cells, L, D)``: the state dict's arrays by (layer, direction) and kind."""
     cells: dict[tuple[int, int], dict[str, np.ndarray]] = {}
     for key, value in dict(rnn_state_dict).items():
         match = _KEY.match(key)
@@ -75,32 +65,57 @@ def from_torch(rnn_state_dict, head_state_dict, *, dtype=None) -> Params | DeepP
             for kind in ("weight_ih", "weight_hh"):
                 if kind not in found:
                     raise ValueError(f"the nn.RNN state dict lacks {kind}{suffix}")
+    return cells, L, D
+
+
+def _layer(found: dict[str, np.ndarray], suffix: str, l: int, H: int, D: int, dtype: Any) -> Layer:
+    """One layer-direction of ``nn.RNN`` as a :class:`Layer`, ``b = b_ih + b_hh``."""
+    W_hh, W_ih = found["weight_hh"], found["weight_ih"]
+    if W_hh.shape != (H, H):
+        raise ValueError(
+            f"weight_hh{suffix} has shape {W_hh.shape}, expected ({H}, {H}); "
+            "(gated cells such as LSTM/GRU stack 4H or 3H rows and are not vanilla RNNs)"
+        )
+    D_in = W_ih.shape[1] if l == 0 else D * H
+    if W_ih.shape != (H, D_in):
+        raise ValueError(f"weight_ih{suffix} has shape {W_ih.shape}, expected ({H}, {D_in})")
+    b = np.zeros(H, dtype)
+    for kind in ("bias_ih", "bias_hh"):
+        if kind in found:
+            if found[kind].shape != (H,):
+                raise ValueError(f"{kind}{suffix} has shape {found[kind].shape}, expected ({H},)")
+            b = b + found[kind]
+    return Layer(U=jnp.asarray(W_hh, dtype), W=jnp.asarray(W_ih, dtype), b=jnp.asarray(b, dtype))
+
+
+def from_torch(
+    rnn_state_dict: Mapping[str, Any],
+    head_state_dict: Mapping[str, Any],
+    *,
+    dtype: jnp.dtype | str | None = None,
+) -> Params | DeepParams:
+    """Parameters from a PyTorch ``nn.RNN`` and its ``nn.Linear`` output head.
+
+    Args:
+      rnn_state_dict: ``nn.RNN(...).state_dict()`` (any ``num_layers``,
+        ``bidirectional``, ``nonlinearity``, with or without biases): keys
+        ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``,
+        ``bias_hh_l{k}`` and their ``_reverse`` twins.
+      head_state_dict: ``nn.Linear(D*H, C).state_dict()``: ``weight``
+        ``(C, D*H)`` and optionally ``bias`` ``(C,)``.
+      dtype: the parameters' dtype; by default that of the weights.
+
+    Returns:
+      The seed's :class:`Params` for one layer in one direction, else a
+      :class:`DeepParams`.
+    """
+    cells, L, D = _read_cells(rnn_state_dict)
     H = cells[(0, 0)]["weight_hh"].shape[0]
     if dtype is None:
         dtype = cells[(0, 0)]["weight_hh"].dtype
     layers = [[None] * D for _ in range(L)]
     for (l, d), found in cells.items():
-        suffix = f"_l{l}{'_reverse' if d else ''}"
-        W_hh, W_ih = found["weight_hh"], found["weight_ih"]
-        if W_hh.shape != (H, H):
-            raise ValueError(
-                f"weight_hh{suffix} has shape {W_hh.shape}, expected ({H}, {H}); "
-                "(gated cells such as LSTM/GRU stack 4H or 3H rows and are not vanilla RNNs)"
-            )
-        D_in = W_ih.shape[1] if l == 0 else D * H
-        if W_ih.shape != (H, D_in):
-            raise ValueError(f"weight_ih{suffix} has shape {W_ih.shape}, expected ({H}, {D_in})")
-        b = np.zeros(H, dtype)
-        for kind in ("bias_ih", "bias_hh"):
-            if kind in found:
-                if found[kind].shape != (H,):
-                    raise ValueError(
-                        f"{kind}{suffix} has shape {found[kind].shape}, expected ({H},)"
-                    )
-                b = b + found[kind]
-        layers[l][d] = Layer(
-            U=jnp.asarray(W_hh, dtype), W=jnp.asarray(W_ih, dtype), b=jnp.asarray(b, dtype)
-        )
+        layers[l][d] = _layer(found, f"_l{l}{'_reverse' if d else ''}", l, H, D, dtype)
     head = dict(head_state_dict)
     if "weight" not in head:
         raise ValueError("the nn.Linear head state dict lacks 'weight'")
@@ -119,7 +134,9 @@ def from_torch(rnn_state_dict, head_state_dict, *, dtype=None) -> Params | DeepP
     return from_deep(deep) if L == 1 and D == 1 else deep
 
 
-def to_torch(params: Params | DeepParams, *, as_numpy: bool = False):
+def to_torch(
+    params: Params | DeepParams, *, as_numpy: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(rnn_state_dict, head_state_dict)`` for ``nn.RNN`` and ``nn.Linear``.
 
     PyTorch's two biases become ``bias_ih = b`` and ``bias_hh = 0``. Load them

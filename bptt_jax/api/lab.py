@@ -1,13 +1,38 @@
-r"""The public gradient-flow diagnostics (``docs/math.md`` §6)."""
+r"""The public lab: gradient-flow diagnostics (``docs/math.md`` §6) and the delay task.
+
+Thin checking wrappers around :mod:`bptt_jax.lab`, whose functions take
+well-formed arguments and check nothing.
+"""
 
 from __future__ import annotations
 
-from ..core.params import Params
-from ..lab.diagnostics import GradientFlow, gradient_flow_core
-from .validate import check_activation, check_inputs
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from ..core.checks import check_number
+from ..core.clipping import make_clipper
+from ..core.init import check_init
+from ..core.params import DeepParams
+from ..lab import diagnostics, tasks
+from ..lab.diagnostics import GradientFlow, SweepRow, deep_gradient_flow_core, gradient_flow_core
+from .arrays import is_concrete
+from .options import check_activation, check_clip_delta
+from .validate import Model, as_deep, is_seed, prepare
 
 
-def gradient_flow(params: Params, xs, ys, h0=None, *, activation="tanh") -> GradientFlow:
+def gradient_flow(
+    params: Model,
+    xs: jax.Array,
+    ys: jax.Array,
+    h0: jax.Array | None = None,
+    *,
+    lengths: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    reduction: str = "sum",
+    activation: str = "tanh",
+) -> GradientFlow:
     r"""How the gradient signal of each loss :math:`E_t` fades with distance.
 
     Measures :math:`\|\delta_k^{(t)}\|_2 = \|\partial E_t/\partial s_k\|_2` for
@@ -36,16 +61,30 @@ def gradient_flow(params: Params, xs, ys, h0=None, *, activation="tanh") -> Grad
     Materialises all :math:`T^2` deltas: meant for diagnosis on sequences of
     up to a few hundred steps.
 
+    For a :class:`DeepParams` the same is measured per layer and direction
+    with the hand deep per-loss deltas (:func:`bptt_jax.per_loss_deltas`),
+    along each cell's own recurrence: :math:`\gamma_\ell = \|U^\ell\|_2
+    \max|f'|` and the product bound of that layer. These bound the measured
+    norms for the top layer; a lower layer also receives the signal of the
+    layer above at every step, so there they measure its own recurrence's
+    attenuation only (:func:`bptt_jax.lab.diagnostics.deep_gradient_flow_core`).
+    With ``lengths``/``mask`` padding steps have zero deltas (still counted in
+    the mean over sequences) and ``max_slopes`` is taken over real steps.
+
     Args:
       params, xs, ys, h0: as for :func:`bptt_jax.bptt` (one sequence or a
         batch ``(B, T)``; ids or vectors; class ids or soft labels).
+      lengths, mask, reduction: as for :func:`bptt_jax.bptt`.
       activation: ``"tanh"``, ``"sigmoid"`` or ``"relu"``.
 
     Returns:
       A :class:`GradientFlow`: ``delta_norms`` ``(T, T)``, ``decay`` ``(T,)``,
       ``decay_rate`` ``()``, ``U_norm`` ``()``, ``max_slopes`` ``(T,)``,
       ``gamma`` ``()``, ``bound`` ``(T, T)``, ``gamma_bound`` ``(T, T)``,
-      ``bound_decay`` ``(T,)``, ``gamma_decay`` ``(T,)``.
+      ``bound_decay`` ``(T,)``, ``gamma_decay`` ``(T,)``; for a
+      :class:`DeepParams` each with a leading ``(L*D,)`` axis (cell ``l*D +
+      d``; a backward-in-time cell's ``(T, T)`` fields are zero below the
+      diagonal, and its distances run d = k − t).
 
     Example:
       >>> params = init_params(jax.random.key(0), vocab_size=5, hidden_size=8)
@@ -53,6 +92,107 @@ def gradient_flow(params: Params, xs, ys, h0=None, *, activation="tanh") -> Grad
       >>> flow.delta_norms.shape, bool(jnp.all(flow.delta_norms <= flow.bound * (1 + 1e-6)))
       ((4, 4), True)
     """
-    activation = check_activation(activation)
-    params, inp = check_inputs(params, xs, ys, h0, need_ys=True)
-    return gradient_flow_core(params, inp.xs, inp.ys, inp.h0, activation=activation)
+    params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
+                          activation=activation, reduction=reduction)  # fmt: skip
+    if is_seed(params, inp):
+        return gradient_flow_core(params, inp.xs, inp.ys, inp.h0, activation=inp.activation)
+    deep, d = as_deep(params, inp)
+    flow = deep_gradient_flow_core(
+        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction
+    )
+    return flow if isinstance(params, DeepParams) else GradientFlow(*(f[0] for f in flow))
+
+
+def _count(value: object, name: str, minimum: int = 1) -> int:
+    return check_number(value, name, integer=True, minimum=minimum, strict=False)
+
+
+def spectral_sweep(
+    key: jax.Array,
+    *,
+    scales: Sequence[float] = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0),
+    activations: Sequence[str] = ("tanh", "sigmoid", "relu"),
+    init: str = "orthogonal",
+    vocab_size: int = 8,
+    hidden_size: int = 32,
+    batch: int = 8,
+    steps: int = 40,
+    tol: float = 0.05,
+) -> list[SweepRow]:
+    r"""The seed's §6 claim tested on real runs: sweep the scale of :math:`U`.
+
+    Checks its arguments, then runs
+    :func:`bptt_jax.lab.diagnostics.spectral_sweep` (see there).
+
+    Returns:
+      One :class:`~bptt_jax.lab.diagnostics.SweepRow` per (activation, scale).
+    """
+    activations = tuple(check_activation(a) for a in activations)
+    scales = tuple(check_init(init, s)[1] for s in scales)
+    return diagnostics.spectral_sweep(
+        key, scales=scales, activations=activations, init=init,
+        vocab_size=_count(vocab_size, "vocab_size"),
+        hidden_size=_count(hidden_size, "hidden_size"),
+        batch=_count(batch, "batch"), steps=_count(steps, "steps"),
+        tol=check_number(tol, "tol", strict=False),
+    )  # fmt: skip
+
+
+def delay_task(
+    key: jax.Array,
+    *,
+    batch: int,
+    steps: int,
+    delay: int | jax.Array,
+    vocab_size: int,
+    dtype: jnp.dtype | str | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    r"""One batch of the delay task, :math:`y_t = x_{t-d}` (uniform for t ≤ d).
+
+    Checks its arguments (a traced ``delay`` is not range-checked), then runs
+    :func:`bptt_jax.lab.tasks.delay_task`: ids ``(B, T)`` int32 and soft labels
+    ``(B, T, K)``.
+    """
+    steps = _count(steps, "steps")
+    if is_concrete(delay) and not isinstance(delay, jax.Array):
+        delay = _count(delay, "delay", minimum=0)
+    if dtype is not None and not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
+        raise TypeError(f"dtype must be None or a floating dtype, got {jnp.dtype(dtype)}")
+    return tasks.delay_task(
+        key, batch=_count(batch, "batch"), steps=steps, delay=delay,
+        vocab_size=_count(vocab_size, "vocab_size"), dtype=dtype,
+    )  # fmt: skip
+
+
+def train_delay(
+    key: jax.Array,
+    delays: Sequence[int] = (2, 5, 10, 20),
+    remedy: tasks.Remedy = tasks.REMEDIES[1],
+    *,
+    steps: int = 30,
+    vocab_size: int = 4,
+    hidden_size: int = 32,
+    batch: int = 32,
+    iterations: int = 400,
+    learning_rate: float = 1e-2,
+) -> tasks.DelayCurves:
+    r"""Train one fresh RNN per delay d on the delay task; return the curves.
+
+    Checks the configuration (delays in ``0..steps-1``, the remedy's
+    activation, init, clipping), then runs :func:`bptt_jax.lab.tasks.train_delay`
+    (see there for the arguments and the returned ``DelayCurves``).
+    """
+    check_activation(remedy.activation)
+    check_init(remedy.init, remedy.spectral_radius)
+    remedy = remedy._replace(clip_delta=check_clip_delta(remedy.clip_delta))
+    make_clipper(remedy.clip, remedy.clip_value)  # raises the clear error, if any
+    steps = _count(steps, "steps")
+    delays = tuple(_count(d, "delays[i]", minimum=0) for d in delays)
+    if not delays or max(delays) >= steps:
+        raise ValueError(f"delays must be in 0..steps-1 = 0..{steps - 1}, got {delays}")
+    return tasks.train_delay(
+        key, delays, remedy, steps=steps, vocab_size=_count(vocab_size, "vocab_size"),
+        hidden_size=_count(hidden_size, "hidden_size"), batch=_count(batch, "batch"),
+        iterations=_count(iterations, "iterations"),
+        learning_rate=check_number(learning_rate, "learning_rate"),
+    )  # fmt: skip

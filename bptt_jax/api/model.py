@@ -9,21 +9,20 @@ from __future__ import annotations
 import jax
 
 from ..core.deep import deep_forward_core, deep_loss_core
-from ..core.params import DeepParams, Params, to_deep
 from ..core.rnn import forward_core, loss_core
-from .validate import check_activation, check_inputs, check_reduction
+from .validate import Model, as_deep, is_seed, prepare, state_like, unbatch
 
 
 def forward(
-    params: Params,
-    xs,
-    h0=None,
+    params: Model,
+    xs: jax.Array,
+    h0: jax.Array | None = None,
     *,
-    lengths=None,
-    mask=None,
-    activation="tanh",
-    return_state=False,
-):
+    lengths: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    activation: str = "tanh",
+    return_state: bool = False,
+) -> tuple[jax.Array, jax.Array] | tuple[jax.Array, jax.Array, jax.Array]:
     r"""All hidden states and all logits of the RNN.
 
     .. math::
@@ -60,34 +59,30 @@ def forward(
       ((3, 8), (3, 5))
     """
 
-    activation = check_activation(activation)
-    params, inp = check_inputs(params, xs, None, h0, lengths=lengths, mask=mask, need_ys=False)
-    if isinstance(params, Params) and inp.mask is None:
-        hs, z = forward_core(params, inp.xs, inp.h0, activation=activation)
-        h_T = hs[:, -1] if hs.shape[1] else inp.h0
+    params, inp = prepare(params, xs, None, h0, lengths=lengths, mask=mask,
+                          activation=activation, need_ys=False)  # fmt: skip
+    if is_seed(params, inp):
+        hs, z = forward_core(params, inp.xs, inp.h0, activation=inp.activation)
+        h_T = hs[:, -1] if hs.shape[1] else inp.h0  # (B, H)
+        h_T = unbatch(inp, h_T)
     else:
-        deep = isinstance(params, DeepParams)
-        h0 = inp.h0 if deep else inp.h0[None]
-        hs, z, h_T = deep_forward_core(
-            params if deep else to_deep(params), inp.xs, h0, inp.mask, activation=activation
-        )
-        h_T = h_T if deep else h_T[0]
-    if not inp.batched:
-        hs, z = hs[0], z[0]
-        h_T = h_T[0] if h_T.ndim == 2 else h_T[:, 0]
+        deep, d = as_deep(params, inp)
+        hs, z, h_T = deep_forward_core(deep, d.xs, d.h0, d.mask, activation=d.activation)
+        h_T = state_like(params, inp, h_T)
+    hs, z = unbatch(inp, hs), unbatch(inp, z)
     return (hs, z, h_T) if return_state else (hs, z)
 
 
 def loss(
-    params: Params,
-    xs,
-    ys,
-    h0=None,
+    params: Model,
+    xs: jax.Array,
+    ys: jax.Array,
+    h0: jax.Array | None = None,
     *,
-    lengths=None,
-    mask=None,
-    reduction="sum",
-    activation="tanh",
+    lengths: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    reduction: str = "sum",
+    activation: str = "tanh",
 ) -> jax.Array:
     r"""The seed's loss :math:`E = \sum_t E_t = -\sum_t y_t^\top \log \hat y_t`.
 
@@ -110,18 +105,11 @@ def loss(
       The scalar ``E``, in the params' dtype. An empty sequence (T = 0) gives 0.
     """
 
-    activation = check_activation(activation)
-    reduction = check_reduction(reduction)
-    params, inp = check_inputs(params, xs, ys, h0, lengths=lengths, mask=mask, need_ys=True)
-    if isinstance(params, Params) and inp.mask is None and reduction == "sum":
-        return loss_core(params, inp.xs, inp.ys, inp.h0, activation=activation)
-    deep = isinstance(params, DeepParams)
+    params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
+                          activation=activation, reduction=reduction)  # fmt: skip
+    if is_seed(params, inp):
+        return loss_core(params, inp.xs, inp.ys, inp.h0, activation=inp.activation)
+    deep, d = as_deep(params, inp)
     return deep_loss_core(
-        params if deep else to_deep(params),
-        inp.xs,
-        inp.ys,
-        inp.h0 if deep else inp.h0[None],
-        inp.mask,
-        activation=activation,
-        reduction=reduction,
+        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction
     )

@@ -1,60 +1,160 @@
 r"""The public referees: autodiff and finite differences of the same loss.
 
 These are what the hand gradients of :mod:`bptt_jax.api.gradients` are checked
-against; the computations live in :mod:`bptt_jax.referees`.
+against; the computations live in :mod:`bptt_jax.referees`. Each takes every
+model :func:`bptt_jax.bptt` takes: the seed's :class:`Params`, a stacked or
+bidirectional :class:`DeepParams`, ``lengths``/``mask`` and ``reduction``.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 
-from ..core.params import Params
-from ..referees.autodiff import _chunked_grad, _h0_grad, _windowed_grad
+from ..core.checks import check_number
+from ..core.deep import deep_loss_core
+from ..core.rnn import loss_core
+from ..referees.autodiff import (
+    _chunked_grad,
+    _h0_grad,
+    _windowed_grad,
+    deep_h0_grad,
+    deep_value_and_grad,
+)
 from ..referees.finite_difference import finite_difference_core
-from .validate import check_activation, check_inputs, check_truncate
+from .options import check_truncate
+from .validate import (
+    Inputs,
+    Model,
+    as_deep,
+    grads_like,
+    is_seed,
+    prepare,
+    refuse,
+    state_like,
+    unbatch,
+)
+
+_TRUNCATE_WHY = "leave truncate=None (the exact gradient) for deep, padded or mean losses"
+
+
+def _deep_grad(params: Model, inp: Inputs) -> tuple[jax.Array, Model]:
+    """``jax.value_and_grad`` of the deep loss, for any model of :func:`as_deep`."""
+    deep, d = as_deep(params, inp)
+    E, grads = deep_value_and_grad(
+        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction
+    )
+    return E, grads_like(params, grads)
 
 
 def autodiff_bptt(
-    params: Params, xs, ys, h0=None, *, activation="tanh", truncate=None
-) -> tuple[jax.Array, Params]:
+    params: Model,
+    xs: jax.Array,
+    ys: jax.Array,
+    h0: jax.Array | None = None,
+    *,
+    lengths: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    reduction: str = "sum",
+    activation: str = "tanh",
+    truncate: int | None = None,
+) -> tuple[jax.Array, Model]:
     """Reference ``(E, grads)`` by ``jax.value_and_grad`` of :func:`bptt_jax.loss`.
 
     Same arguments, checks and return value as :func:`bptt_jax.bptt`; with
-    ``truncate=τ`` the state is detached after every τ-th step, so autodiff
-    cuts the gradient where :func:`bptt_jax.bptt` does.
+    ``truncate=τ`` (the seed's Params on unpadded sequences with
+    ``reduction="sum"`` only) the state is detached after every τ-th step, so
+    autodiff cuts the gradient where :func:`bptt_jax.bptt` does.
     """
-    activation = check_activation(activation)
+    params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
+                          activation=activation, reduction=reduction)  # fmt: skip
     truncate = check_truncate(truncate)
-    params, inp = check_inputs(params, xs, ys, h0, need_ys=True)
-    return _chunked_grad(params, inp.xs, inp.ys, inp.h0, activation=activation, truncate=truncate)
+    if is_seed(params, inp):
+        return _chunked_grad(
+            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate
+        )
+    refuse("autodiff_bptt", ["truncate"] * (truncate is not None), params, inp, _TRUNCATE_WHY)
+    return _deep_grad(params, inp)
 
 
-def autodiff_dh0(params: Params, xs, ys, h0=None, *, activation="tanh", truncate=None):
-    """Reference ∂E/∂h_0 by ``jax.grad``, shaped like ``h0`` (``(H,)`` / ``(B, H)``)."""
-    activation = check_activation(activation)
+def autodiff_dh0(
+    params: Model,
+    xs: jax.Array,
+    ys: jax.Array,
+    h0: jax.Array | None = None,
+    *,
+    lengths: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    reduction: str = "sum",
+    activation: str = "tanh",
+    truncate: int | None = None,
+) -> jax.Array:
+    r"""Reference :math:`\partial E/\partial h_0` by ``jax.grad``, shaped like ``h0``.
+
+    ``(H,)`` / ``(B, H)`` for :class:`Params`, ``(L*D, [B,] H)`` for a
+    :class:`DeepParams`. Arguments as :func:`autodiff_bptt`.
+    """
+    params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
+                          activation=activation, reduction=reduction)  # fmt: skip
     truncate = check_truncate(truncate)
-    params, inp = check_inputs(params, xs, ys, h0, need_ys=True)
-    dh0 = _h0_grad(params, inp.xs, inp.ys, inp.h0, activation=activation, truncate=truncate)
-    return dh0 if inp.batched else dh0[0]
+    if is_seed(params, inp):
+        dh0 = _h0_grad(
+            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate
+        )
+        return unbatch(inp, dh0)
+    refuse("autodiff_dh0", ["truncate"] * (truncate is not None), params, inp, _TRUNCATE_WHY)
+    deep, d = as_deep(params, inp)
+    dh0 = deep_h0_grad(
+        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction
+    )
+    return state_like(params, inp, dh0)
 
 
 def autodiff_bptt_per_loss(
-    params: Params, xs, ys, h0=None, *, activation="tanh", truncate=None
-) -> tuple[jax.Array, Params]:
+    params: Model,
+    xs: jax.Array,
+    ys: jax.Array,
+    h0: jax.Array | None = None,
+    *,
+    lengths: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    reduction: str = "sum",
+    activation: str = "tanh",
+    truncate: int | None = None,
+) -> tuple[jax.Array, Model]:
     """Reference for :func:`bptt_jax.bptt_per_loss` by ``jax.value_and_grad``.
 
-    With ``truncate=τ`` each E_t is recomputed from the state τ steps back,
-    detached, so autodiff sees exactly the sliding window.
+    With ``truncate=τ`` (the seed's setting only) each E_t is recomputed from
+    the state τ steps back, detached, so autodiff sees exactly the sliding
+    window; without it this is :func:`autodiff_bptt`'s exact gradient.
     """
-    activation = check_activation(activation)
+    params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
+                          activation=activation, reduction=reduction)  # fmt: skip
     truncate = check_truncate(truncate)
-    params, inp = check_inputs(params, xs, ys, h0, need_ys=True)
-    return _windowed_grad(params, inp.xs, inp.ys, inp.h0, activation=activation, truncate=truncate)
+    if is_seed(params, inp):
+        return _windowed_grad(
+            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate
+        )
+    refuse(
+        "autodiff_bptt_per_loss", ["truncate"] * (truncate is not None), params, inp,
+        _TRUNCATE_WHY,
+    )  # fmt: skip
+    return _deep_grad(params, inp)
 
 
 def finite_difference_bptt(
-    params: Params, xs, ys, h0=None, *, activation="tanh", eps: float = 2e-4
-) -> tuple[jax.Array, Params]:
+    params: Model,
+    xs: jax.Array,
+    ys: jax.Array,
+    h0: jax.Array | None = None,
+    *,
+    lengths: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    reduction: str = "sum",
+    activation: str = "tanh",
+    eps: float = 2e-4,
+) -> tuple[jax.Array, Model]:
     r"""Reference ``(E, grads)`` by central finite differences of the loss.
 
     Every parameter entry :math:`\theta_i` is perturbed on its own, and the
@@ -72,8 +172,29 @@ def finite_difference_bptt(
     4th-order stencil at 1e-3 was off by up to 1e-6 on such models). Costs
     ``6 * P`` loss evaluations for ``P`` parameters (batched with ``vmap``),
     so it is meant for small models. Use float64 parameters; in float32
-    round-off dominates.
+    round-off dominates. Takes every model of :func:`bptt_jax.bptt` (any
+    pytree of parameters is raveled into one vector).
+
+    Args:
+      params, xs, ys, h0, lengths, mask, reduction, activation: as for
+        :func:`bptt_jax.bptt`.
+      eps: the step :math:`\epsilon > 0`.
+
+    Returns:
+      ``(E, grads)``, ``grads`` a pytree like ``params``.
     """
-    activation = check_activation(activation)
-    params, inp = check_inputs(params, xs, ys, h0, need_ys=True)
-    return finite_difference_core(params, inp.xs, inp.ys, inp.h0, activation=activation, eps=eps)
+    params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
+                          activation=activation, reduction=reduction)  # fmt: skip
+    eps = check_number(eps, "eps")
+    if is_seed(params, inp):
+        loss_of = functools.partial(
+            loss_core, xs=inp.xs, ys=inp.ys, h0=inp.h0, activation=inp.activation
+        )
+        return finite_difference_core(loss_of, params, eps=eps)
+    deep, d = as_deep(params, inp)
+    loss_of = functools.partial(
+        deep_loss_core, xs=d.xs, ys=d.ys, h0=d.h0, mask=d.mask, activation=d.activation,
+        reduction=d.reduction,
+    )  # fmt: skip
+    E, grads = finite_difference_core(loss_of, deep, eps=eps)
+    return E, grads_like(params, grads)

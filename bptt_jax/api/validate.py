@@ -1,11 +1,12 @@
-"""Checks at the public entry points.
+r"""The one way in: every public function checks its arguments here, once.
 
-The jitted cores assume well-formed inputs and contain no checks. Everything a
-user can get wrong is caught here, on the way in, with a message that names
-what was wrong and what was expected. Shape, rank and dtype checks work on
-tracers too (their shapes are static); checks that need values -- ids in
-range -- run only on concrete arrays, and are skipped when the public
-functions are traced inside a user's ``jit``/``vmap``/``grad``.
+:func:`prepare` validates the model, the arrays and the common options and
+returns them in the batched layout of the jitted cores of :mod:`bptt_jax.core`;
+:func:`as_deep` lifts the seed's :class:`Params` to the one-layer
+:class:`DeepParams` layout where a path exists only for deep models;
+:func:`unbatch` and :func:`state_like` hand results back in the caller's
+layout; :func:`refuse` raises the error for an unsupported combination of
+model and options. The cores assume well-formed inputs and contain no checks.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from ..core.activations import get_activation
-from ..core.params import DeepParams, Layer, Params
+from ..core.params import DeepParams, Layer, Params, from_deep, to_deep
+from .arrays import as_array, check_labels, check_mask, check_range, check_state
+from .options import check_activation, check_reduction
+
+Model = Params | DeepParams
 
 _FIELD_NDIM = {"U": 2, "V": 2, "W": 2, "b": 1, "c": 1}
 
@@ -37,14 +40,94 @@ class Inputs(NamedTuple):
     dh_T: jax.Array | None  # like h0: incoming gradient at the final state, or None
     mask: jax.Array | None  # (B, T) bool prefix mask of the real steps, or None
     batched: bool  # False when the caller passed one sequence (T,) / (T, K)
+    activation: str = "tanh"  # a name of bptt_jax.activations
+    reduction: str = "sum"  # "sum" (the seed's E) or "mean" over the real steps
 
 
-def is_concrete(x) -> bool:
-    """True when ``x`` holds values (not a tracer inside jit/vmap/grad)."""
-    return not isinstance(x, jax.core.Tracer)
+def prepare(
+    params: object,
+    xs: object,
+    ys: object = None,
+    h0: object = None,
+    *,
+    dh_T: object = None,
+    lengths: object = None,
+    mask: object = None,
+    activation: object = "tanh",
+    reduction: object = "sum",
+    need_ys: bool = True,
+) -> tuple[Model, Inputs]:
+    """Checks a public call's model, arrays, ``activation`` and ``reduction``.
+
+    Returns the params and the :class:`Inputs` of :func:`check_inputs`, with
+    the checked ``activation`` and ``reduction`` in them.
+    """
+    activation = check_activation(activation)
+    reduction = check_reduction(reduction)
+    params, inp = check_inputs(
+        params, xs, ys, h0, dh_T=dh_T, lengths=lengths, mask=mask, need_ys=need_ys
+    )
+    return params, inp._replace(activation=activation, reduction=reduction)
 
 
-def check_params(params) -> tuple[Params, Dims]:
+def is_seed(params: Model, inp: Inputs) -> bool:
+    """True for the seed's own setting: :class:`Params`, no padding, ``reduction="sum"``."""
+    return isinstance(params, Params) and inp.mask is None and inp.reduction == "sum"
+
+
+def as_deep(params: Model, inp: Inputs) -> tuple[DeepParams, Inputs]:
+    """The seed's :class:`Params` as a one-layer :class:`DeepParams`, states ``(1, B, H)``."""
+    if isinstance(params, DeepParams):
+        return params, inp
+    lift = lambda a: None if a is None else a[None]  # noqa: E731  (B, H) -> (1, B, H)
+    return to_deep(params), inp._replace(h0=lift(inp.h0), dh_T=lift(inp.dh_T))
+
+
+def grads_like(params: Model, grads: DeepParams) -> Model:
+    """Gradients of :func:`as_deep`'s model returned as a pytree like ``params``."""
+    return grads if isinstance(params, DeepParams) else from_deep(grads)
+
+
+def unbatch(inp: Inputs, x: jax.Array, axis: int = 0) -> jax.Array:
+    """Drops the batch ``axis`` of ``x`` when the caller passed one sequence."""
+    return x if inp.batched else jnp.take(x, 0, axis=axis)
+
+
+def state_like(params: Model, inp: Inputs, state: jax.Array) -> jax.Array:
+    """A state of :func:`as_deep`'s model, ``(L*D, B, H)``, in the layout of ``h0``:
+    ``(H,)`` / ``(B, H)`` for :class:`Params`, ``(L*D, [B,] H)`` for DeepParams."""
+    if isinstance(params, DeepParams):
+        return unbatch(inp, state, axis=1)
+    return unbatch(inp, state[0])
+
+
+def describe(params: Model, inp: Inputs) -> str:
+    """The model and the options that left the seed's setting, for error messages."""
+    if isinstance(params, DeepParams):
+        kind = "bidirectional " if params.bidirectional else ""
+        parts = [f"a {kind}DeepParams ({params.num_layers} layers)"]
+    else:
+        parts = []
+    if inp.mask is not None:
+        parts.append("lengths/mask")
+    if inp.reduction != "sum":
+        parts.append(f"reduction={inp.reduction!r}")
+    return " with ".join(parts) or "the seed's Params"
+
+
+def refuse(fn: str, given: list[str], params: Model, inp: Inputs, why: str) -> None:
+    """ValueError naming ``fn``, the ``given`` options and the model, if any were given.
+
+    For options implemented only in the seed's setting (:func:`is_seed`).
+    """
+    if given:
+        raise ValueError(
+            f"{fn}: {', '.join(given)}: implemented for the seed's Params on unpadded "
+            f"sequences with reduction='sum' only, got {describe(params, inp)}; {why}"
+        )
+
+
+def check_params(params: object) -> tuple[Params, Dims]:
     """Validates the shapes and dtypes of ``params``; returns them and (K, H, C)."""
     if not isinstance(params, Params):
         if isinstance(params, tuple) and len(params) == len(Params._fields):
@@ -157,226 +240,10 @@ def check_deep_params(params: DeepParams) -> tuple[DeepParams, Dims]:
     return DeepParams(layers=checked[0], reverse_layers=checked[1], V=V, c=c), Dims(K, H, C)
 
 
-def _check_mask(lengths, mask, steps_shape, batched: bool):
-    """``lengths (B,)`` or a prefix ``mask (B, T)`` -> bool mask ``(B, T)``, or None."""
-    if lengths is not None and mask is not None:
-        raise ValueError("give lengths or mask, not both")
-    T = steps_shape[-1]
-    if lengths is not None:
-        lengths = _as_array(lengths, "lengths")
-        if not jnp.issubdtype(lengths.dtype, jnp.integer):
-            raise TypeError(f"lengths must be integers, got dtype {lengths.dtype}")
-        expected = steps_shape[:1] if batched else ()
-        if lengths.shape != expected:
-            raise ValueError(
-                f"lengths has shape {lengths.shape}, expected {expected}: "
-                f"{'one length per sequence' if batched else 'a scalar for one sequence'}"
-            )
-        if is_concrete(lengths) and lengths.size:
-            lo, hi = int(jnp.min(lengths)), int(jnp.max(lengths))
-            if lo < 0 or hi > T:
-                bad = lo if lo < 0 else hi
-                raise ValueError(f"lengths contains {bad}; lengths must be in 0..T = 0..{T}")
-        mask = jnp.arange(T, dtype=lengths.dtype) < lengths[..., None]  # (B, T) or (T,)
-    elif mask is not None:
-        mask = _as_array(mask, "mask")
-        if mask.dtype != jnp.bool_:
-            raise TypeError(f"mask must be boolean (True on real steps), got dtype {mask.dtype}")
-        if mask.shape != steps_shape:
-            raise ValueError(f"mask has shape {mask.shape}, expected {steps_shape} (as xs' steps)")
-        if is_concrete(mask) and mask.size:
-            m = np.asarray(mask).reshape(-1, T)
-            not_prefix = np.any(m[:, 1:] & ~m[:, :-1], axis=1)
-            if np.any(not_prefix):
-                row = int(np.argmax(not_prefix))
-                raise ValueError(
-                    f"mask must be a prefix mask (True for the first steps, then False): "
-                    f"row {row} has a True after a False; pad at the end of each sequence"
-                )
-    else:
-        return None
-    return mask if batched else mask[None]
-
-
-def _as_array(x, name: str) -> jax.Array:
-    if isinstance(x, jax.Array):
-        return x
-    try:
-        return jnp.asarray(x)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{name} must be an array, got {type(x).__name__}: {e}") from None
-
-
-def _check_range(x: jax.Array, n: int, name: str, what: str, mask=None) -> None:
-    """Raises ValueError if the concrete integer array ``x`` has a value outside
-    [0, n) (at the real steps only, when a ``mask`` of x's shape is given)."""
-    if not is_concrete(x) or x.size == 0 or (mask is not None and not is_concrete(mask)):
-        return
-    if mask is not None:
-        x = jnp.where(mask, x, 0)
-    lo, hi = int(jnp.min(x)), int(jnp.max(x))
-    if lo >= 0 and hi < n:
-        return
-    bad = np.argwhere((np.asarray(x) < 0) | (np.asarray(x) >= n))[0]
-    value = int(np.asarray(x)[tuple(bad)])
-    raise ValueError(
-        f"{name} contains {value} at index {tuple(int(i) for i in bad)}; "
-        f"valid {what} are 0..{n - 1}"
-    )
-
-
-def _check_labels(ys, steps_shape, xs_shape, C: int, dtype, mask=None) -> jax.Array:
-    """Class ids ``steps_shape`` in 0..C-1, or probability rows ``(*steps_shape, C)``."""
-    if ys is None:
-        raise TypeError(
-            "ys is required: integer class ids with the shape of xs' steps, "
-            "or probability vectors with one more axis of size C"
-        )
-    ys = _as_array(ys, "ys")
-    if jnp.issubdtype(ys.dtype, jnp.integer):
-        if ys.shape != steps_shape:
-            raise ValueError(
-                f"ys has shape {ys.shape}, expected {steps_shape}: one class id per step of xs "
-                f"(xs has shape {xs_shape})"
-            )
-        _check_range(ys, C, "ys", f"class ids for C = V.shape[0] = {C}", mask)
-        return ys
-    if not jnp.issubdtype(ys.dtype, jnp.floating):
-        raise TypeError(
-            f"ys must be integer class ids or floating probability vectors, got dtype {ys.dtype}"
-        )
-    expected = (*steps_shape, C)
-    if ys.shape != expected:
-        raise ValueError(
-            f"soft labels ys have shape {ys.shape}, expected {expected}: one probability "
-            f"vector of size C = V.shape[0] = {C} per step of xs (xs has shape {xs_shape})"
-        )
-    ys = ys.astype(dtype)
-    if is_concrete(ys) and ys.size and (mask is None or is_concrete(mask)):
-        if mask is not None:  # padding rows are ignored: check only the real steps
-            ys = jnp.where(mask[..., None], ys, 1 / C)
-        lowest = float(jnp.min(ys))
-        if lowest < 0:
-            raise ValueError(f"soft labels ys must be probabilities >= 0, found {lowest:g}")
-        off = jnp.abs(jnp.sum(ys, axis=-1) - 1)  # steps_shape
-        worst = float(jnp.max(off))
-        tol = 1e-10 if ys.dtype == jnp.float64 else 1e-5
-        if worst > tol:
-            where = tuple(int(i) for i in np.unravel_index(int(jnp.argmax(off)), off.shape))
-            raise ValueError(
-                f"soft labels ys must sum to 1 over their last axis; the row at index {where} "
-                f"is off by {worst:.3g} (tolerance {tol:g} for {ys.dtype})"
-            )
-    return ys
-
-
-def check_activation(activation) -> str:
-    """Returns ``activation`` if it names a known activation, else ValueError."""
-    return get_activation(activation).name
-
-
-def check_reduction(reduction) -> str:
-    """``"sum"`` (the seed's E) or ``"mean"`` (over real steps); else ValueError."""
-    if reduction not in ("sum", "mean"):
-        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-    return reduction
-
-
-def check_truncate(truncate) -> int | None:
-    """``None`` (full BPTT) or a positive int number of steps; else a clear error."""
-    if truncate is None:
-        return None
-    if isinstance(truncate, bool) or not isinstance(truncate, (int, np.integer)):
-        raise TypeError(
-            f"truncate must be None (no truncation) or a positive int number of steps, "
-            f"got {truncate!r}"
-        )
-    if truncate < 1:
-        raise ValueError(
-            f"truncate must be None (no truncation) or an int >= 1, got {int(truncate)}"
-        )
-    return int(truncate)
-
-
-def _check_positive_int(value, name: str, none_means: str | None) -> int | None:
-    if value is None and none_means is not None:
-        return None
-    expected = f"None ({none_means}) or a positive int" if none_means else "a positive int"
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be {expected}, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be {expected}, got {int(value)}")
-    return int(value)
-
-
-def check_chunk(chunk) -> int | None:
-    """``None`` (the default chunk) or a positive int number of steps."""
-    return _check_positive_int(chunk, "chunk", "the default")
-
-
-def check_unroll(unroll) -> int:
-    """A positive int: how many steps ``lax.scan`` unrolls."""
-    return _check_positive_int(unroll, "unroll", None)
-
-
-def check_recompute(recompute) -> bool:
-    """A bool."""
-    if not isinstance(recompute, (bool, np.bool_)):
-        raise TypeError(f"recompute must be True or False, got {recompute!r}")
-    return bool(recompute)
-
-
-#: What ``matmul_dtype=`` accepts besides ``None``.
-MATMUL_DTYPES = ("bfloat16",)
-
-
-def check_matmul_dtype(matmul_dtype):
-    """``None`` (products in the parameters' dtype) or ``jnp.bfloat16``'s dtype."""
-    if matmul_dtype is None:
-        return None
-    try:
-        dt = jnp.dtype(matmul_dtype)
-    except TypeError:
-        dt = None
-    if dt is None or dt.name not in MATMUL_DTYPES:
-        raise ValueError(
-            f"matmul_dtype must be None (products in the parameters' dtype) or "
-            f"{' / '.join(MATMUL_DTYPES)}, got {matmul_dtype!r}"
-        )
-    return dt
-
-
-def check_inputs(
-    params,
-    xs,
-    ys=None,
-    h0=None,
-    *,
-    dh_T=None,
-    lengths=None,
-    mask=None,
-    need_ys: bool,
-) -> tuple[Params | DeepParams, Inputs]:
-    """Validates the arguments of ``forward``/``loss``/``bptt`` and batches them.
-
-    ``params`` is the seed's :class:`Params` or a :class:`DeepParams`. Returns
-    the params and the inputs in the layout of the jitted cores: ``xs (B, T)``
-    ids or ``(B, T, K)`` vectors cast to the params' dtype, ``ys (B, T)`` ids
-    or ``(B, T, C)`` probabilities, ``h0 (B, H)`` for Params or
-    ``(L*D, B, H)`` for DeepParams (zeros when ``None``), ``dh_T`` like ``h0``
-    or ``None``, the ``(B, T)`` mask of real steps (from ``lengths`` or
-    ``mask``) or ``None``, and whether the caller passed a batch.
-    """
-    if isinstance(params, DeepParams):
-        params, (K, H, C) = check_deep_params(params)
-        dtype = params.V.dtype
-        stack = params.num_layers * params.num_directions
-    else:
-        params, (K, H, C) = check_params(params)
-        dtype = params.U.dtype
-        stack = None
-
-    xs = _as_array(xs, "xs")
+def _check_xs(xs: object, K: int, dtype: jnp.dtype) -> tuple[jax.Array, bool, bool]:
+    """``(xs, ids, batched)``: ids ``(T,)``/``(B, T)`` or vectors ``(T, K)``/``(B, T, K)``
+    (cast to ``dtype``); the ids' range is checked by the caller, which knows the mask."""
+    xs = as_array(xs, "xs")
     ids = jnp.issubdtype(xs.dtype, jnp.integer)
     if ids:
         if xs.ndim not in (1, 2):
@@ -401,52 +268,57 @@ def check_inputs(
         raise TypeError(
             f"xs must be integer token ids or floating input vectors, got dtype {xs.dtype}"
         )
+    return xs, ids, batched
+
+
+def check_inputs(
+    params: object,
+    xs: object,
+    ys: object = None,
+    h0: object = None,
+    *,
+    dh_T: object = None,
+    lengths: object = None,
+    mask: object = None,
+    need_ys: bool,
+) -> tuple[Model, Inputs]:
+    """Validates the arguments of ``forward``/``loss``/``bptt`` and batches them.
+
+    ``params`` is the seed's :class:`Params` or a :class:`DeepParams`. Returns
+    the params and the inputs in the layout of the jitted cores: ``xs (B, T)``
+    ids or ``(B, T, K)`` vectors cast to the params' dtype, ``ys (B, T)`` ids
+    or ``(B, T, C)`` probabilities, ``h0 (B, H)`` for Params or
+    ``(L*D, B, H)`` for DeepParams (zeros when ``None``), ``dh_T`` like ``h0``
+    or ``None``, the ``(B, T)`` mask of real steps (from ``lengths`` or
+    ``mask``) or ``None``, and whether the caller passed a batch.
+    """
+    if isinstance(params, DeepParams):
+        params, (K, H, C) = check_deep_params(params)
+        dtype = params.V.dtype
+        stack = params.num_layers * params.num_directions
+    else:
+        params, (K, H, C) = check_params(params)
+        dtype = params.U.dtype
+        stack = None
+
+    xs, ids, batched = _check_xs(xs, K, dtype)
     steps_shape = xs.shape[:2] if batched else xs.shape[:1]  # (B, T) or (T,)
-    mask = _check_mask(lengths, mask, steps_shape, batched)  # (B, T) or None
+    mask = check_mask(lengths, mask, steps_shape, batched)  # (B, T) or None
     step_mask = None if mask is None else (mask if batched else mask[0])
     if ids:
         what = f"input ids for vocab_size K = W.shape[1] = {K}"
-        _check_range(xs, K, "xs", what, step_mask)
+        check_range(xs, K, "xs", what, step_mask)
 
     if need_ys:
-        ys = _check_labels(ys, steps_shape, xs.shape, C, dtype, step_mask)
+        ys = check_labels(ys, steps_shape, xs.shape, C, dtype, step_mask)
         if not batched:
             ys = ys[None]
 
     B = steps_shape[0] if batched else 1
-    h0 = _check_state(h0, "h0", B, H, batched, dtype, stack)
+    h0 = check_state(h0, "h0", B, H, batched, dtype, stack)
     if h0 is None:
         h0 = jnp.zeros((B, H) if stack is None else (stack, B, H), dtype)
-    dh_T = _check_state(dh_T, "dh_T", B, H, batched, dtype, stack)
+    dh_T = check_state(dh_T, "dh_T", B, H, batched, dtype, stack)
     if not batched:
         xs = xs[None]
     return params, Inputs(xs=xs, ys=ys, h0=h0, dh_T=dh_T, mask=mask, batched=batched)
-
-
-def _check_state(state, name: str, B: int, H: int, batched: bool, dtype, stack=None):
-    """``None``, or a floating state returned in the batched layout.
-
-    For the seed's Params (``stack`` None): ``(H,)`` / ``(B, H)`` -> ``(B, H)``.
-    For DeepParams: ``(L*D, H)`` / ``(L*D, B, H)`` -> ``(L*D, B, H)``.
-    """
-    if state is None:
-        return None
-    state = _as_array(state, name)
-    if not jnp.issubdtype(state.dtype, jnp.floating):
-        raise TypeError(f"{name} must be floating point, got dtype {state.dtype}")
-    if stack is None:
-        expected = (B, H) if batched else (H,)
-        layout = "(B, H) for a batch" if batched else "(H,) for one sequence"
-    else:
-        expected = (stack, B, H) if batched else (stack, H)
-        layout = (
-            "(L*D, B, H) for a batch" if batched else "(L*D, H) for one sequence"
-        ) + f", L*D = {stack} layer-directions"
-    if state.shape != expected:
-        raise ValueError(
-            f"{name} has shape {state.shape}, expected {expected} ({layout}, H = {H})"
-        )
-    state = state.astype(dtype)
-    if batched:
-        return state
-    return state[None] if stack is None else state[:, None]

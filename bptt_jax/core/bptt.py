@@ -1,6 +1,6 @@
 r"""Backpropagation through time, derived by hand (the seed's §5).
 
-No autodiff here: every gradient is the formula of ``shared/MATH.md``.
+No autodiff here: every gradient is a formula of ``docs/math.md`` §3, §4.
 
 .. math::
 
@@ -128,6 +128,113 @@ def default_chunk(T: int, B: int, recompute: bool = False) -> int:
     return divisor if 2 * divisor >= target else target
 
 
+def _delta_step(df, mm, U_, keep, clip_delta):
+    r"""The reverse step of the :math:`\delta` recursion (``docs/math.md`` §4).
+
+    ``step(g, (Vr_t, h_t[, keep_t])) -> (Uᵀ δ_t, δ_t)`` with
+    :math:`\delta_t = (V^\top r_t + g) \odot f'(h_t)`, ``g`` the carried
+    :math:`\partial E/\partial h_t` from the future (zeroed at truncation cuts),
+    and δ_t rescaled per sequence to norm ≤ ``clip_delta`` when given.
+    """
+
+    def step(g, inputs):  # δ_t = (Vᵀ r_t + g) ⊙ f'(h_t),  g ← Uᵀ δ_t
+        Vr_t, h_t = inputs[:2]
+        if keep is not None:
+            g = jnp.where(inputs[2], g, 0)  # cut at truncation boundaries
+        delta = (Vr_t + g) * df(h_t)
+        if clip_delta is not None:  # each sequence's δ_t rescaled to norm ≤ θ
+            norm = jnp.linalg.norm(delta, axis=-1, keepdims=True)  # (B, 1)
+            over = norm > clip_delta
+            delta = jnp.where(over, delta * (clip_delta / jnp.where(over, norm, 1)), delta)
+        return mm(delta, U_), delta
+
+    return step
+
+
+def _forward_chunks(run, split, h0, xs_tm, x_head, x_body, rem, recompute):
+    """The forward pass of :func:`bptt_core` (``docs/math.md`` §2, §4 "chunks").
+
+    Returns ``(h_T (B, H), starts (n, B, H), hs_head, hs_body)``: the final
+    state, the state entering each full chunk, and the :math:`h_t` of the first
+    (short) chunk ``(rem, B, H)`` and of the full chunks ``(n, cs, B, H)`` --
+    both ``None`` with ``recompute``, which keeps only the ``starts``.
+    """
+    if recompute:  # keep only the state entering each full chunk
+        h_mid = run(h0, x_head)[0] if rem else h0
+
+        def forward_chunk(h, x_c):
+            return run(h, x_c)[0], h
+
+        h_T, starts = lax.scan(forward_chunk, h_mid, x_body)  # (B, H), (n, B, H)
+        return h_T, starts, None, None
+    T = xs_tm.shape[0]
+    h_T, hs = run(h0, xs_tm) if T else (h0, None)  # (B, H), (T, B, H)
+    if not T:
+        return h_T, None, None, None
+    hs_head, hs_body = split(hs)
+    h_mid = hs_head[-1] if rem else h0
+    starts = jnp.concatenate([h_mid[None], hs_body[:-1, -1]])  # (n, B, H)
+    return h_T, starts, hs_head, hs_body
+
+
+def _rows(a: jax.Array) -> jax.Array:
+    """``(c, B, ...) -> (c·B, ...)``: a chunk's steps as the rows of 2-D products."""
+    return a.reshape(-1, *a.shape[2:])
+
+
+def _chunk_output_layer(mm, VT, V_, c, hs_c, y_c):
+    r"""A chunk's output layer (``docs/math.md`` §3, §9) on its ``c·B`` rows.
+
+    Returns ``(E_c, dV_c, dc_c, Vr)``: the chunk's loss, :math:`\sum r_t \otimes
+    h_t`, :math:`\sum r_t` and :math:`V^\top r_t` ``(c, B, H)``, with
+    :math:`r_t = \hat y_t - y_t`. 2-D products (measured faster than 3-D einsums).
+    """
+    h2 = _rows(hs_c)
+    E_c, r = softmax_cross_entropy(mm(h2, VT) + c, _rows(y_c))  # r_t = ŷ_t − y_t
+    Vr = mm(r, V_).reshape(hs_c.shape)  # Vᵀ r_t
+    return E_c, mm(r.T, h2), jnp.sum(r, axis=0), Vr
+
+
+def _chunk_recurrent_grads(mm, ids, h_start, hs_c, x_c, deltas):
+    r"""A chunk's :math:`\partial E/\partial U, W, b` terms from its δ_t (``docs/math.md`` §4).
+
+    ``dW`` is returned as ``(c·B, ·)`` rows to add: for ids, :math:`\delta_t` to
+    scatter into rows :math:`x_t` of :math:`dW^\top`; else :math:`\sum \delta_t
+    \otimes x_t`.
+    """
+    h_prev = jnp.concatenate([h_start[None], hs_c[:-1]])  # h_{t-1}
+    d2 = _rows(deltas)
+    dU = mm(d2.T, _rows(h_prev))  # Σ_t δ_t ⊗ h_{t−1}
+    dW = d2 if ids else mm(d2.T, _rows(x_c))  # Σ_t δ_t ⊗ x_t
+    return dU, dW, jnp.sum(d2, axis=0)
+
+
+def _backward_chunk(run, step, mm, VT, V_, c, ids, unroll):
+    r"""The body of :func:`bptt_core`'s backward scan: one chunk, last chunk first.
+
+    ``(carry, (h_start, hs_c, x_c, y_c, k_c)) -> (carry, None)`` with carry
+    ``(g, E, dU, dV, dW, db, dc)`` (``dW`` transposed, ``(K, H)``, for ids): the
+    chunk's output layer, its part of the δ recursion (``step``, a reverse
+    ``lax.scan``) and its terms of every gradient. ``hs_c`` is ``None`` in
+    recompute mode: the chunk's :math:`h_t` are then recomputed from ``h_start``.
+    """
+
+    def backward_chunk(carry, data):
+        g, E, dU, dV, dW, db, dc = carry
+        h_start, hs_c, x_c, y_c, k_c = data
+        if hs_c is None:
+            hs_c = run(h_start, x_c)[1]  # recompute the chunk's h_t
+        E_c, dV_c, dc_c, Vr = _chunk_output_layer(mm, VT, V_, c, hs_c, y_c)
+        scanned = (Vr, hs_c) if k_c is None else (Vr, hs_c, k_c)
+        g, deltas = lax.scan(step, g, scanned, reverse=True, unroll=unroll)  # (c, B, H)
+        dU_c, dW_c, db_c = _chunk_recurrent_grads(mm, ids, h_start, hs_c, x_c, deltas)
+        # for ids a scatter-add of δ_t into rows x_t of dWᵀ
+        dW = dW.at[x_c.reshape(-1)].add(dW_c) if ids else dW + dW_c
+        return (g, E + E_c, dU + dU_c, dV + dV_c, dW, db + db_c, dc + dc_c), None
+
+    return backward_chunk
+
+
 @functools.partial(
     jax.jit,
     static_argnames=(
@@ -220,58 +327,12 @@ def bptt_core(
     (x_head, x_body), (y_head, y_body) = split(xs_tm), split(ys_tm)
     k_head, k_body = (None, None) if keep is None else split(keep)
 
-    # Forward.
-    if recompute:  # keep only the state entering each full chunk
-        h_mid = run(h0, x_head)[0] if rem else h0
-
-        def forward_chunk(h, x_c):
-            return run(h, x_c)[0], h
-
-        h_T, starts = lax.scan(forward_chunk, h_mid, x_body)  # (B, H), (n, B, H)
-        hs_head = hs_body = None
-    else:
-        h_T, hs = run(h0, xs_tm) if T else (h0, None)  # (B, H), (T, B, H)
-        if T:
-            hs_head, hs_body = split(hs)
-            h_mid = hs_head[-1] if rem else h0
-            starts = jnp.concatenate([h_mid[None], hs_body[:-1, -1]])  # (n, B, H)
+    h_T, starts, hs_head, hs_body = _forward_chunks(run, split, h0, xs_tm, x_head, x_body,
+                                                    rem, recompute)  # fmt: skip
 
     # Backward, last chunk first. The carry g is ∂E/∂h_t from the future.
-    def step(g, inputs):  # δ_t = (Vᵀ r_t + g) ⊙ f'(h_t),  g ← Uᵀ δ_t
-        Vr_t, h_t = inputs[:2]
-        if keep is not None:
-            g = jnp.where(inputs[2], g, 0)  # cut at truncation boundaries
-        delta = (Vr_t + g) * df(h_t)
-        if clip_delta is not None:  # each sequence's δ_t rescaled to norm ≤ θ
-            norm = jnp.linalg.norm(delta, axis=-1, keepdims=True)  # (B, 1)
-            over = norm > clip_delta
-            delta = jnp.where(over, delta * (clip_delta / jnp.where(over, norm, 1)), delta)
-        return mm(delta, U_), delta
-
-    def backward_chunk(carry, data):
-        g, E, dU, dV, dW, db, dc = carry
-        h_start, hs_c, x_c, y_c, k_c = data
-        if hs_c is None:
-            hs_c = run(h_start, x_c)[1]  # recompute the chunk's h_t
-        # Output layer of this chunk (seed §5.1, §5.2; appendix 1), on its
-        # cs·B rows as 2-D products (measured faster than 3-D einsums).
-        rows = lambda a: a.reshape(-1, *a.shape[2:])  # noqa: E731  (c, B, ...) -> (c·B, ...)
-        h2 = rows(hs_c)
-        E_c, r = softmax_cross_entropy(mm(h2, VT) + c, rows(y_c))  # r_t = ŷ_t − y_t
-        E = E + E_c
-        dV = dV + mm(r.T, h2)  # Σ_t r_t ⊗ h_t
-        dc = dc + jnp.sum(r, axis=0)
-        Vr = mm(r, V_).reshape(hs_c.shape)  # Vᵀ r_t
-        # Recurrent layer (seed §5.3).
-        scanned = (Vr, hs_c) if k_c is None else (Vr, hs_c, k_c)
-        g, deltas = lax.scan(step, g, scanned, reverse=True, unroll=unroll)  # (c, B, H)
-        h_prev = jnp.concatenate([h_start[None], hs_c[:-1]])  # h_{t-1}
-        d2 = rows(deltas)
-        dU = dU + mm(d2.T, rows(h_prev))  # Σ_t δ_t ⊗ h_{t−1}
-        # Σ_t δ_t ⊗ x_t: for ids a scatter-add into rows x_t of dWᵀ
-        dW = dW.at[x_c.reshape(-1)].add(d2) if ids else dW + mm(d2.T, rows(x_c))
-        db = db + jnp.sum(d2, axis=0)
-        return (g, E, dU, dV, dW, db, dc), None
+    step = _delta_step(df, mm, U_, keep, clip_delta)
+    backward_chunk = _backward_chunk(run, step, mm, VT, V_, c, ids, unroll)
 
     def zeros(shape):  # like h0: under shard_map, varying over the same mesh axes
         return jnp.zeros_like(h0, dtype=dtype, shape=shape)

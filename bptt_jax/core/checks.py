@@ -19,8 +19,15 @@ import numpy as np
 MATMUL_DTYPES = ("bfloat16",)
 
 
-def check_number(value, name: str, *, integer: bool = False, minimum: float = 0,
-                 strict: bool = True):  # fmt: skip
+def check_number(
+    value: object,
+    name: str,
+    *,
+    integer: bool = False,
+    minimum: float = 0,
+    strict: bool = True,
+    expected: str | None = None,
+) -> int | float:
     """``value`` as an ``int`` (``integer=True``) or ``float``, or a clear error.
 
     Args:
@@ -28,13 +35,18 @@ def check_number(value, name: str, *, integer: bool = False, minimum: float = 0,
       name: the argument's name, for the message.
       integer: require an integer (``numpy`` integers count; ``2.0`` does not).
       minimum: the bound; ``strict`` means ``value > minimum``, else ``>=``.
+      expected: what the message says was expected, when the argument has its
+        own wording (``"None (the default) or a positive int"``); by default
+        built from ``integer``, ``minimum`` and ``strict``. The rule applied is
+        the same either way.
 
     Raises:
       TypeError: a bool, a non-number, or a non-integer where one is required.
       ValueError: not finite, or beyond the bound.
     """
-    relation = ">" if strict else ">="
-    expected = f"{'an integer' if integer else 'a finite number'} {relation} {minimum:g}"
+    if expected is None:
+        relation = ">" if strict else ">="
+        expected = f"{'an integer' if integer else 'a finite number'} {relation} {minimum:g}"
     if isinstance(value, bool | str | np.bool_) or value is None:
         raise TypeError(f"{name} must be {expected}, got {value!r}")
     try:

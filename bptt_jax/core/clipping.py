@@ -22,8 +22,7 @@ one of them gives, by design, a vector that is no longer the exact gradient of
 
 from __future__ import annotations
 
-import math
-import numbers
+from .checks import check_number
 
 #: The names accepted by :func:`make_clipper` (``"none"`` turns clipping off).
 CLIPPERS = ("none", "elementwise", "global_norm")
@@ -32,19 +31,11 @@ CLIPPERS = ("none", "elementwise", "global_norm")
 DEFAULT_CLIP_VALUE = {"none": None, "elementwise": 5.0, "global_norm": 5.0}
 
 
-def _positive_threshold(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a positive number, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return float(value)
-
-
 def check_clip_delta(clip_delta) -> float | None:
     """``None`` (no per-step δ clipping) or a finite threshold θ > 0; else a clear error."""
     if clip_delta is None:
         return None
-    return _positive_threshold(clip_delta, "clip_delta")
+    return check_number(clip_delta, "clip_delta")
 
 
 def make_clipper(name: str = "none", value: float | None = None):
@@ -75,5 +66,5 @@ def make_clipper(name: str = "none", value: float | None = None):
         if value is not None:
             raise ValueError(f"clipping 'none' takes no value, got {value!r}")
         return optax.identity()
-    v = DEFAULT_CLIP_VALUE[name] if value is None else _positive_threshold(value, "clip value")
+    v = DEFAULT_CLIP_VALUE[name] if value is None else check_number(value, "clip value")
     return optax.clip(v) if name == "elementwise" else optax.clip_by_global_norm(v)

@@ -1,4 +1,4 @@
-r"""Hand BPTT for stacked, bidirectional, variable-length RNNs (seed §2.4).
+r"""Hand BPTT for stacked, bidirectional, variable-length RNNs (``docs/math.md`` §7).
 
 Layers :math:`\ell = 1..L`, :math:`h_t^0 = x_t`, each with a forward-in-time
 direction and (if bidirectional) a backward-in-time twin; a layer above a
@@ -9,7 +9,7 @@ bidirectional layer reads both directions concatenated:
     s_t^\ell = U^\ell h_{t\mp1}^\ell + W^\ell h_t^{\ell-1} + b^\ell,\quad
     h_t^\ell = f(s_t^\ell),\quad z_t = V h_t^L + c
 
-The backward pass, top layer first (``shared/MATH.md``, "Deep RNN"):
+The backward pass, top layer first (``docs/math.md`` §7):
 
 .. math::
 
@@ -160,6 +160,14 @@ def _full_mask(xs, mask):
     return mask.T
 
 
+def cell_outputs(params: DeepParams, xs, h0, mask, activation: str):
+    """``(m (T, B), outs)``: the time-major mask and ``outs[l][d]`` ``(T, B, H)`` of every
+    layer and direction (zeros at padding); batched layout, ``mask`` may be None."""
+    m = _full_mask(xs, mask)
+    _, outs, _, _ = _forward(params, xs, h0, m, activation)
+    return m, outs
+
+
 @functools.partial(jax.jit, static_argnames=("activation",))
 def deep_forward_core(params: DeepParams, xs, h0, mask=None, *, activation="tanh"):
     """``(hs (B, T, D*H), logits (B, T, C), h_final (L*D, B, H))``; no checks."""
@@ -178,6 +186,65 @@ def deep_loss_core(params: DeepParams, xs, ys, h0, mask=None, *, activation="tan
     return _output_layer(params, top, jnp.swapaxes(ys, 0, 1), m, reduction)[0]
 
 
+def backward(params: DeepParams, inputs, outs, h0, mask, r, dh_final, *, activation: str):
+    r"""The backward pass of every layer and direction, top layer first (§7).
+
+    Args:
+      params: :class:`DeepParams`.
+      inputs, outs: per layer, the layer's input ``(T, B[, D_in])`` and, per
+        direction, its outputs ``(T, B, H)`` (from the forward pass).
+      h0: ``(L*D, B, H)``; mask: time-major ``(T, B)`` bool.
+      r: :math:`\partial E/\partial z_t`, ``(T, B, C)`` (zero where no loss reads).
+      dh_final: ``(L*D, B, H)``: the gradient arriving at the final states.
+
+    Returns:
+      ``(cells, dh0 (L*D, B, H), deltas (L*D, T, B, H))`` with ``cells[l][d]``
+      the :class:`Layer` gradients of layer ``l + 1``, direction ``d``.
+    """
+    df = get_activation(activation).df_from_h
+    cells = params.cells()
+    D, H = params.num_directions, params.layers[0].U.shape[0]
+    K = params.layers[0].W.shape[1]
+    m = mask[..., None]  # (T, B, 1)
+    G = r @ params.V  # (T, B, D*H): ∂E/∂(top outputs), all steps at once
+    grads = [[None] * D for _ in cells]
+    dh0 = [None] * (len(cells) * D)
+    deltas = [None] * (len(cells) * D)
+    for l in reversed(range(len(cells))):
+        G_below = 0
+        for d, layer in enumerate(cells[l]):
+            i = l * D + d
+            grads[l][d], dh0[i], deltas[i] = _backprop_direction(
+                layer, inputs[l], h0[i], outs[l][d], m, G[..., d * H : (d + 1) * H],
+                dh_final[i], reverse=d == 1, df=df, K=K,
+            )  # fmt: skip
+            if l > 0:
+                G_below = G_below + deltas[i] @ layer.W  # W^{ℓ}ᵀ δ^{ℓ}: one batched product
+        G = G_below
+    return grads, jnp.stack(dh0), jnp.stack(deltas)
+
+
+def layer_grads(params: DeepParams, cells, dV: jax.Array, dc: jax.Array) -> DeepParams:
+    """:func:`backward`'s per-cell gradients and the output layer's as a :class:`DeepParams`."""
+    return DeepParams(
+        layers=tuple(g[0] for g in cells),
+        reverse_layers=tuple(g[1] for g in cells) if params.bidirectional else (),
+        V=dV,
+        c=dc,
+    )
+
+
+def forward_and_output(params: DeepParams, xs, ys, h0, mask, activation, reduction):
+    """Forward pass and output layer on the batched layout.
+
+    Returns ``(inputs, outs, finals, m (T, B), E, r (T, B, C), dV, dc)``.
+    """
+    m = _full_mask(xs, mask)  # (T, B)
+    inputs, outs, finals, top = _forward(params, xs, h0, m, activation)
+    E, r, dV, dc, _ = _output_layer(params, top, jnp.swapaxes(ys, 0, 1), m, reduction)
+    return inputs, outs, finals, m, E, r, dV, dc
+
+
 @functools.partial(jax.jit, static_argnames=("activation", "reduction"))
 def deep_bptt_core(params: DeepParams, xs, ys, h0, mask=None, dh_final=None, *,
                    activation="tanh", reduction="sum"):  # fmt: skip
@@ -191,39 +258,10 @@ def deep_bptt_core(params: DeepParams, xs, ys, h0, mask=None, dh_final=None, *,
     Returns:
       ``(E, grads DeepParams, dh0 (L*D, B, H), h_final (L*D, B, H))``.
     """
-    df = get_activation(activation).df_from_h
-    m = _full_mask(xs, mask)  # (T, B)
-    inputs, outs, finals, top = _forward(params, xs, h0, m, activation)
-    E, r, dV, dc, _ = _output_layer(params, top, jnp.swapaxes(ys, 0, 1), m, reduction)
-
-    cells = params.cells()
-    D, H = params.num_directions, params.layers[0].U.shape[0]
-    K = params.layers[0].W.shape[1]
+    inputs, outs, finals, m, E, r, dV, dc = forward_and_output(
+        params, xs, ys, h0, mask, activation, reduction
+    )
     if dh_final is None:
         dh_final = jnp.zeros_like(h0)
-    G = r @ params.V  # (T, B, D*H): ∂E/∂(top outputs), all steps at once
-    grads = [[None] * D for _ in cells]
-    dh0 = [None] * (len(cells) * D)
-    for l in reversed(range(len(cells))):
-        G_below = 0
-        for d, layer in enumerate(cells[l]):
-            i = l * D + d
-            g_layer, dh0[i], deltas = _backprop_direction(
-                layer, inputs[l], h0[i], outs[l][d], m[..., None], G[..., d * H : (d + 1) * H],
-                dh_final[i], reverse=d == 1, df=df, K=K,
-            )  # fmt: skip
-            grads[l][d] = g_layer
-            if l > 0:
-                G_below = G_below + deltas @ layer.W  # W^{ℓ}ᵀ δ^{ℓ}: one batched product
-        G = G_below
-    return (
-        E,
-        DeepParams(
-            layers=tuple(g[0] for g in grads),
-            reverse_layers=tuple(g[1] for g in grads) if D == 2 else (),
-            V=dV,
-            c=dc,
-        ),
-        jnp.stack(dh0),
-        finals,
-    )
+    cells, dh0, _ = backward(params, inputs, outs, h0, m, r, dh_final, activation=activation)
+    return E, layer_grads(params, cells, dV, dc), dh0, finals

@@ -30,11 +30,12 @@ is also :math:`\|U\|_2 = ρ`, since all their singular values are equal).
 from __future__ import annotations
 
 import math
-import numbers
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from .checks import check_number
 
 #: The names accepted by ``init_params(init=...)``.
 INITS = ("normal", "uniform", "orthogonal", "identity", "spectral")
@@ -48,16 +49,10 @@ def check_init(init, spectral_radius) -> tuple[str, float | None]:
     if not isinstance(init, str) or init not in INITS:
         raise ValueError(f"unknown init {init!r}; expected one of {', '.join(map(repr, INITS))}")
     if spectral_radius is not None:
-        if isinstance(spectral_radius, bool) or not isinstance(spectral_radius, numbers.Real):
-            raise TypeError(
-                f"spectral_radius must be None or a positive number, got {spectral_radius!r}"
-            )
-        if not (math.isfinite(spectral_radius) and spectral_radius > 0):
-            raise ValueError(
-                f"spectral_radius must be a finite number > 0 (the largest |eigenvalue| "
-                f"of U), got {spectral_radius}"
-            )
-        spectral_radius = float(spectral_radius)
+        spectral_radius = check_number(
+            spectral_radius, "spectral_radius",
+            expected="a finite number > 0 (the largest |eigenvalue| of U) or None",
+        )  # fmt: skip
     elif init == "spectral":
         raise ValueError(
             "init='spectral' needs spectral_radius=ρ > 0, the largest |eigenvalue| of U"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import operator
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from .checks import check_number
 from .init import init_layer, init_matrix
 
 
@@ -113,14 +113,8 @@ def from_deep(params: DeepParams) -> Params:
     return Params(U=layer.U, V=params.V, W=layer.W, b=layer.b, c=params.c)
 
 
-def _positive_int(value, name: str) -> int:
-    try:
-        n = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {value!r}") from None
-    if n < 1:
-        raise ValueError(f"{name} must be >= 1, got {n}")
-    return n
+def _count(value: object, name: str) -> int:
+    return check_number(value, name, integer=True, minimum=1, strict=False)
 
 
 def init_params(
@@ -172,10 +166,14 @@ def init_params(
       >>> deep.layers[1].W.shape, deep.V.shape
       ((128, 256), (65, 256))
     """
-    K = _positive_int(vocab_size, "vocab_size")
-    H = _positive_int(hidden_size, "hidden_size")
-    C = K if num_classes is None else _positive_int(num_classes, "num_classes")
-    L = _positive_int(num_layers, "num_layers")
+    K = check_number(vocab_size, "vocab_size", integer=True, minimum=1, strict=False)
+    H = check_number(hidden_size, "hidden_size", integer=True, minimum=1, strict=False)
+    C = (
+        K
+        if num_classes is None
+        else check_number(num_classes, "num_classes", integer=True, minimum=1, strict=False)
+    )
+    L = check_number(num_layers, "num_layers", integer=True, minimum=1, strict=False)
     if not isinstance(bidirectional, bool):
         raise TypeError(f"bidirectional must be True or False, got {bidirectional!r}")
     dtype = jnp.dtype(dtype)

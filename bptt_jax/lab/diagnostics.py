@@ -28,10 +28,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ..api.validate import check_activation
 from ..core.activations import get_activation
-from ..core.init import check_init
-from ..core.params import Params, init_params
+from ..core.deep import cell_outputs
+from ..core.deep_per_loss import deep_per_loss_deltas_core
+from ..core.params import DeepParams, Params, init_params
 from ..core.per_loss import per_loss_deltas_core
 from ..core.rnn import hidden_states
 
@@ -43,6 +43,12 @@ class GradientFlow(NamedTuple):
     ``[t-1, k-1]`` (loss index t, step k), zero above the diagonal; ``decay``,
     ``bound_decay``, ``gamma_decay`` are ``(T,)`` indexed by the distance
     d = t − k = 0..T−1.
+
+    For a :class:`DeepParams` every field has a leading ``(L*D,)`` axis, one
+    entry per layer and direction (index ``l*D + d``, as the states), each
+    measured along that cell's own recurrence: for a backward-in-time
+    direction the distance is d = k − t and the ``(T, T)`` fields are zero
+    *below* the diagonal instead (see :func:`deep_gradient_flow_core`).
     """
 
     delta_norms: jax.Array  # (T, T): ‖δ_k^(t)‖₂, mean over the batch
@@ -101,21 +107,10 @@ def _products(a: jax.Array) -> jax.Array:
     return jnp.where(k[..., 0] <= t[..., 0], P, 0)
 
 
-@functools.partial(jax.jit, static_argnames="activation")
-def gradient_flow_core(params: Params, xs, ys, h0, *, activation: str = "tanh") -> GradientFlow:
-    """:func:`gradient_flow` on the batched layout; no checks."""
-    act = get_activation(activation)
-    T, (B, H) = xs.shape[1], h0.shape
-    if T == 0:  # per_loss_deltas_core cannot index an empty sequence
-        deltas = jnp.zeros((0, 0, B, H), h0.dtype)
-    else:
-        deltas = per_loss_deltas_core(params, xs, ys, h0, activation=activation)  # (T, T, B, H)
-    norms_b = jnp.linalg.norm(deltas, axis=-1)  # (T, T, B)
-    delta_norms = jnp.mean(norms_b, axis=-1)  # (T, T)
-    _, hs = hidden_states(params, xs, h0, activation)  # (T, B, H)
-    max_slopes = jnp.max(jnp.abs(act.df_from_h(hs)), axis=(1, 2), initial=0)  # (T,)
-    U_norm = jnp.linalg.norm(params.U, 2) if params.U.size else jnp.zeros((), params.U.dtype)
-    gamma = U_norm * act.max_slope
+def _flow(delta_norms, max_slopes, U_norm, max_slope) -> GradientFlow:
+    r"""The §6 bounds beside measured norms ``(T, T)``, for slopes ``(T,)`` and ‖U‖₂."""
+    T = delta_norms.shape[0]
+    gamma = U_norm * max_slope
     # δ_k^(t) = diag(f'_k) Uᵀ δ_{k+1}^(t): t − k factors ‖U‖₂ max|f'(s_i)|, i = k..t−1.
     head = jnp.diagonal(delta_norms)  # (T,): mean_b ‖δ_t^(t)‖
     P = _products(U_norm * max_slopes)  # (T, T)
@@ -135,6 +130,80 @@ def gradient_flow_core(params: Params, xs, ys, h0, *, activation: str = "tanh") 
         bound_decay=_decay_by_distance(bound),
         gamma_decay=gamma ** jnp.arange(T, dtype=gamma.dtype),
     )
+
+
+def _spectral_norm(U: jax.Array) -> jax.Array:
+    """‖U‖₂, the largest singular value (0 for an empty U)."""
+    return jnp.linalg.norm(U, 2) if U.size else jnp.zeros((), U.dtype)
+
+
+@functools.partial(jax.jit, static_argnames="activation")
+def gradient_flow_core(params: Params, xs, ys, h0, *, activation: str = "tanh") -> GradientFlow:
+    """:func:`bptt_jax.gradient_flow` on the batched layout; no checks."""
+    act = get_activation(activation)
+    T, (B, H) = xs.shape[1], h0.shape
+    if T == 0:  # per_loss_deltas_core cannot index an empty sequence
+        deltas = jnp.zeros((0, 0, B, H), h0.dtype)
+    else:
+        deltas = per_loss_deltas_core(params, xs, ys, h0, activation=activation)  # (T, T, B, H)
+    delta_norms = jnp.mean(jnp.linalg.norm(deltas, axis=-1), axis=-1)  # (T, T)
+    _, hs = hidden_states(params, xs, h0, activation)  # (T, B, H)
+    max_slopes = jnp.max(jnp.abs(act.df_from_h(hs)), axis=(1, 2), initial=0)  # (T,)
+    return _flow(delta_norms, max_slopes, _spectral_norm(params.U), act.max_slope)
+
+
+def _flip_time(flow: GradientFlow) -> GradientFlow:
+    """A flow measured on time-reversed arrays, back in real time (fields by step)."""
+    flip2 = lambda a: a[::-1, ::-1]  # noqa: E731
+    return flow._replace(
+        delta_norms=flip2(flow.delta_norms), max_slopes=flow.max_slopes[::-1],
+        bound=flip2(flow.bound), gamma_bound=flip2(flow.gamma_bound),
+    )  # fmt: skip
+
+
+@functools.partial(jax.jit, static_argnames=("activation", "reduction"))
+def deep_gradient_flow_core(
+    params: DeepParams, xs, ys, h0, mask=None, *, activation: str = "tanh", reduction: str = "sum"
+) -> GradientFlow:
+    r""":func:`bptt_jax.gradient_flow` for a :class:`DeepParams`; every field ``(L*D, ...)``.
+
+    Per cell (layer l, direction d): the norms of the hand per-loss deltas
+    :math:`\delta_k^{(t),\ell,d}` (:mod:`bptt_jax.core.deep_per_loss`), mean over
+    the sequences; :math:`\gamma_\ell = \|U^\ell\|_2 \max|f'|`; and the
+    product bound along the cell's own recurrence,
+    :math:`\|\delta_t^{(t)}\| \prod_i \|U^\ell\|_2 \max_j|f'(s_{i,j}^\ell)|`
+    over the steps between t and k in the cell's direction of time
+    (``max_slopes`` over the real steps only). For the top layer (both
+    directions) these are bounds, as in the seed's §6: its deltas only travel
+    along its own recurrence. A lower layer also receives
+    :math:`W^{\ell+1\top}\delta_k^{(t),\ell+1}` at every step from the layer
+    above, so there the product is the attenuation along its recurrence alone,
+    not a bound on the measured norms. Batched layout; no checks.
+    """
+    act = get_activation(activation)
+    T, (LD, B, H) = xs.shape[1], h0.shape
+    if T == 0:
+        deltas = jnp.zeros((0, 0, LD, B, H), h0.dtype)
+    else:
+        deltas = deep_per_loss_deltas_core(
+            params, xs, ys, h0, mask, activation=activation, reduction=reduction
+        )  # (T, T, L*D, B, H)
+    norms = jnp.mean(jnp.linalg.norm(deltas, axis=-1), axis=-1)  # (T, T, L*D)
+    m, outs = cell_outputs(params, xs, h0, mask, activation)  # (T, B), [l][d] (T, B, H)
+    D = params.num_directions
+    flows = []
+    for l, cell in enumerate(params.cells()):
+        for d, layer in enumerate(cell):
+            slopes = jnp.where(m[..., None], jnp.abs(act.df_from_h(outs[l][d])), 0)
+            slopes = jnp.max(slopes, axis=(1, 2), initial=0)  # (T,)
+            n = norms[:, :, l * D + d]
+            U_norm = _spectral_norm(layer.U)
+            if d == 0:
+                flows.append(_flow(n, slopes, U_norm, act.max_slope))
+            else:  # backward in time: measure in reversed time, report in real time
+                flows.append(_flip_time(_flow(n[::-1, ::-1], slopes[::-1], U_norm,
+                                              act.max_slope)))  # fmt: skip
+    return jax.tree.map(lambda *a: jnp.stack(a), *flows)
 
 
 def classify_rate(rate: float, tol: float = 0.05) -> str:
@@ -185,13 +254,11 @@ def spectral_sweep(
     The same key draws every model, so rows differ only in σ and :math:`f`.
     Runs in the current default float dtype.
 
+    Unchecked; :func:`bptt_jax.spectral_sweep` checks the arguments first.
+
     Returns:
       One :class:`SweepRow` per (activation, scale), activations outer.
     """
-    for a in activations:
-        check_activation(a)
-    for s in scales:
-        check_init(init, s)
     kp, kx, ky = jax.random.split(key, 3)
     xs = jax.random.randint(kx, (batch, steps), 0, vocab_size)
     ys = jax.random.randint(ky, (batch, steps), 0, vocab_size)

@@ -30,10 +30,8 @@ import numpy as np
 import optax
 from jax import lax
 
-from ..api.validate import check_activation
 from ..core.bptt import bptt_core
-from ..core.clipping import CLIPPERS, check_clip_delta, make_clipper
-from ..core.init import check_init
+from ..core.clipping import make_clipper
 from ..core.losses import log_softmax
 from ..core.params import init_params
 from ..core.rnn import hidden_states, output_logits
@@ -180,14 +178,8 @@ def train_delay(
       :class:`DelayCurves` with ``loss`` and ``accuracy`` ``(D, N)`` and
       ``signal`` ``(D,)``.
     """
-    check_activation(remedy.activation)
-    check_init(remedy.init, remedy.spectral_radius)
-    clip_delta = check_clip_delta(remedy.clip_delta)
-    if remedy.clip not in CLIPPERS:
-        make_clipper(remedy.clip, remedy.clip_value)  # raises the clear error
+    clip_delta = remedy.clip_delta
     delays = tuple(int(d) for d in delays)
-    if not delays or min(delays) < 0 or max(delays) >= steps:
-        raise ValueError(f"delays must be in 0..steps-1 = 0..{steps - 1}, got {delays}")
     kp, kd, kf = jax.random.split(key, 3)
     params = init_params(
         kp, vocab_size, hidden_size, init=remedy.init, spectral_radius=remedy.spectral_radius

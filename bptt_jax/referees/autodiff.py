@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..core.activations import get_activation
+from ..core.deep import deep_loss_core
 from ..core.losses import cross_entropy, log_softmax
 from ..core.rnn import hidden_states, input_projection, loss_core, time_major
 
@@ -73,3 +74,14 @@ _windowed_grad = jax.jit(
     jax.value_and_grad(windowed_loss), static_argnames=("activation", "truncate")
 )
 _h0_grad = jax.jit(jax.grad(chunked_loss, argnums=3), static_argnames=("activation", "truncate"))
+
+#: ``(E, grads)`` of :func:`bptt_jax.core.deep.deep_loss_core` (stacked,
+#: bidirectional, padded, ``reduction="mean"``; the seed's Params as a one-layer
+#: DeepParams) by ``jax.value_and_grad``. Batched layout, no checks.
+deep_value_and_grad = jax.jit(
+    jax.value_and_grad(deep_loss_core), static_argnames=("activation", "reduction")
+)
+#: ∂E/∂h_0 ``(L*D, B, H)`` of the same loss by ``jax.grad``.
+deep_h0_grad = jax.jit(
+    jax.grad(deep_loss_core, argnums=3), static_argnames=("activation", "reduction")
+)

@@ -2,22 +2,27 @@ r"""The second referee: central finite differences of the loss, sixth order."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from ..core.params import Params
-from ..core.rnn import loss_core
+PyTree = object
 
 
 def finite_difference_core(
-    params: Params, xs, ys, h0, *, activation: str = "tanh", eps: float = 2e-4
-) -> tuple[jax.Array, Params]:
-    """:func:`bptt_jax.finite_difference_bptt` on the batched layout; no checks."""
+    loss_of: Callable[[PyTree], jax.Array], params: PyTree, *, eps: float = 2e-4
+) -> tuple[jax.Array, PyTree]:
+    """``(E, grads)`` of ``loss_of`` at ``params`` (any pytree of float arrays); no checks.
+
+    :func:`bptt_jax.finite_difference_bptt` passes the loss of the model it was
+    given (the seed's, or the deep / padded one) with the data bound in.
+    """
     flat, unravel = ravel_pytree(params)
 
     def loss_at(theta):
-        return loss_core(unravel(theta), xs, ys, h0, activation=activation)
+        return loss_of(unravel(theta))
 
     steps = jnp.asarray([-3.0, -2.0, -1.0, 1.0, 2.0, 3.0], flat.dtype) * eps  # (6,)
     weights = jnp.asarray([-1 / 60, 3 / 20, -3 / 4, 3 / 4, -3 / 20, 1 / 60], flat.dtype) / eps

@@ -26,10 +26,14 @@ def max_relative_error(actual, expected) -> float:
     Normalising by the reference's largest entry (rather than entry by entry)
     keeps entries that are zero in exact arithmetic from dividing by
     round-off. Where ``expected`` is all zeros this is the absolute error; an
-    empty leaf contributes 0. Computed on the host in float64.
+    empty leaf contributes 0. An array may be compared with a nested list of
+    numbers (``np.asarray`` of each side). Computed on the host in float64.
     """
     worst = 0.0
-    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+    a_leaves, e_leaves = jax.tree.leaves(actual), jax.tree.leaves(expected)
+    if len(a_leaves) != len(e_leaves):  # an array against a nested list of numbers
+        a_leaves, e_leaves = [np.asarray(actual)], [np.asarray(expected)]
+    for a, e in zip(a_leaves, e_leaves, strict=True):
         a, e = np.asarray(a, np.float64), np.asarray(e, np.float64)
         if a.size == 0:
             continue

@@ -1,0 +1,72 @@
+r"""Checks of the keyword options of the public functions.
+
+Each returns the option normalised (``int``, ``float``, ``str`` or ``None``) or
+raises a one-line ``ValueError``/``TypeError`` naming the option and what it
+accepts. Every number goes through :func:`bptt_jax.core.checks.check_number`
+(one rule: bools, NaN and infinities are refused).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from ..core.activations import get_activation
+from ..core.checks import MATMUL_DTYPES, check_number
+from ..core.clipping import check_clip_delta as check_clip_delta
+
+
+def check_activation(activation: object) -> str:
+    """Returns ``activation`` if it names a known activation, else ValueError."""
+    return get_activation(activation).name
+
+
+def check_reduction(reduction: object) -> str:
+    """``"sum"`` (the seed's E) or ``"mean"`` (over real steps); else ValueError."""
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    return reduction
+
+
+def _optional_count(value: object, name: str, expected: str, none_ok: bool) -> int | None:
+    if value is None and none_ok:
+        return None
+    return check_number(value, name, integer=True, minimum=1, strict=False, expected=expected)
+
+
+def check_truncate(truncate: object) -> int | None:
+    """``None`` (full BPTT) or a positive int number of steps; else a clear error."""
+    return _optional_count(truncate, "truncate", "None (no truncation) or an int >= 1", True)
+
+
+def check_chunk(chunk: object) -> int | None:
+    """``None`` (the default chunk) or a positive int number of steps."""
+    return _optional_count(chunk, "chunk", "None (the default) or a positive int", True)
+
+
+def check_unroll(unroll: object) -> int:
+    """A positive int: how many steps ``lax.scan`` unrolls."""
+    return _optional_count(unroll, "unroll", "a positive int", False)
+
+
+def check_recompute(recompute: object) -> bool:
+    """A bool."""
+    if not isinstance(recompute, bool | np.bool_):
+        raise TypeError(f"recompute must be True or False, got {recompute!r}")
+    return bool(recompute)
+
+
+def check_matmul_dtype(matmul_dtype: object) -> jnp.dtype | None:
+    """``None`` (products in the parameters' dtype) or one of ``MATMUL_DTYPES``."""
+    if matmul_dtype is None:
+        return None
+    try:
+        dt = jnp.dtype(matmul_dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in MATMUL_DTYPES:
+        raise ValueError(
+            f"matmul_dtype must be None (products in the parameters' dtype) or "
+            f"{' / '.join(MATMUL_DTYPES)}, got {matmul_dtype!r}"
+        )
+    return dt
