@@ -10,6 +10,8 @@ refereed by autodiff (:func:`autodiff_bptt`) and finite differences
 (:func:`finite_difference_bptt`).
 """
 
+import importlib.metadata
+
 from .api.gradients import bptt as bptt
 from .api.gradients import bptt_chunk as bptt_chunk
 from .api.gradients import bptt_per_loss as bptt_per_loss
@@ -22,6 +24,8 @@ from .api.lab import spectral_sweep as spectral_sweep
 from .api.lab import train_delay as train_delay
 from .api.model import forward as forward
 from .api.model import loss as loss
+from .api.recurrence import hand_loss as hand_loss
+from .api.recurrence import recurrence as recurrence
 from .api.referees import autodiff_bptt as autodiff_bptt
 from .api.referees import autodiff_bptt_per_loss as autodiff_bptt_per_loss
 from .api.referees import autodiff_dh0 as autodiff_dh0
@@ -38,7 +42,8 @@ from .core.params import Params as Params
 from .core.params import init_params as init_params
 from .lab.diagnostics import GradientFlow as GradientFlow
 
-__version__ = "0.1.0"
+#: The installed version, read from the package metadata (set in pyproject.toml only).
+__version__ = importlib.metadata.version("bptt_jax")
 
 #: The names accepted by every ``activation=`` argument.
 activations = tuple(ACTIVATIONS)
@@ -67,12 +72,14 @@ __all__ = (
     "forward",
     "from_torch",
     "gradient_flow",
+    "hand_loss",
     "init_params",
     "inits",
     "loss",
     "make_clipper",
     "matmul_dtypes",
     "per_loss_deltas",
+    "recurrence",
     "softmax_cross_entropy_grad",
     "spectral_sweep",
     "to_torch",

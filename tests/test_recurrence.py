@@ -19,8 +19,7 @@ import pytest
 from jax import lax
 
 import bptt_jax
-from bptt_jax import DeepParams
-from bptt_jax.api.recurrence import hand_loss, recurrence
+from bptt_jax import DeepParams, hand_loss, recurrence
 from bptt_jax.referees.tolerances import AUTODIFF, max_relative_error
 
 K, H, C, B, T = 4, 3, 5, 2, 6

@@ -13,7 +13,9 @@ import numpy as np
 
 from ..core.params import Params
 from ..core.recurrence import hand_loss_jit, recurrence_jit
-from .validate import check_activation, check_inputs, is_concrete
+from .arrays import is_concrete
+from .options import check_activation
+from .validate import check_inputs
 
 
 def _check_resets(resets, steps_shape, mask):
