@@ -1,4 +1,4 @@
-"""Shared fixtures: float64 on demand, strict dtype promotion everywhere."""
+"""Shared fixtures: float64 on demand, both dtypes, strict dtype promotion everywhere."""
 
 import jax
 import pytest
@@ -16,6 +16,14 @@ def x64():
     """Enables float64 for one test (never flips the global config)."""
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture(params=["float64", "float32"])
+def dtype(request):
+    """Runs a test once per dtype. float32 runs with x64 enabled too, so that
+    nothing silently upcasts (and strict promotion catches any mix)."""
+    with jax.enable_x64(True):
+        yield request.param
 
 
 @pytest.fixture(autouse=True, scope="module")

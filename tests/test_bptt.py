@@ -29,13 +29,6 @@ CASES = {
 }
 
 
-@pytest.fixture(params=["float64", "float32"])
-def dtype(request):
-    # float32 runs with x64 enabled too, so that nothing silently upcasts.
-    with jax.enable_x64(True):
-        yield request.param
-
-
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
 def test_hand_gradients_match_jax_grad(case, dtype):
     params, xs, ys, h0 = make_problem(**CASES[case], dtype=dtype)

@@ -46,12 +46,6 @@ MATRIX = list(itertools.product([1, 2, 3], [False, True], list(bptt_jax.activati
 IDS = [f"L{L}-{'bi' if bi else 'uni'}-{act}" for L, bi, act in MATRIX]
 
 
-@pytest.fixture(params=["float64", "float32"])
-def dtype(request):
-    with jax.enable_x64(True):
-        yield request.param
-
-
 def _check_against_jax_grad(params, xs, ys, lengths, activation, dtype):
     E, grads = bptt_jax.bptt(params, xs, ys, lengths=lengths, activation=activation)
     E_ref, grads_ref = jax.value_and_grad(bptt_jax.loss)(

@@ -15,12 +15,6 @@ ACTS = list(bptt_jax.activations)
 PROBLEM = dict(K=6, H=5, C=4, B=3, T=9, h0=True)
 
 
-@pytest.fixture(params=["float64", "float32"])
-def dtype(request):
-    with jax.enable_x64(True):
-        yield request.param
-
-
 @pytest.mark.parametrize("activation", ACTS)
 def test_per_loss_equals_bptt_equals_jax_grad(activation, dtype):
     params, xs, ys, h0 = make_problem(**PROBLEM, dtype=dtype)
