@@ -125,3 +125,19 @@ def run_on_simulated_devices(script, *, devices: int = 8, timeout: int = 600) ->
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+def slow_except(values, fast, ids=None) -> list:
+    """``pytest.param`` of each of ``values``, all but those in ``fast`` marked slow:
+    the fast tier (``pytest -m "not slow"``) runs a representative few of a
+    parametrised matrix, ``.ci/run`` all of it."""
+    import pytest
+
+    values = list(values)
+    ids = [str(v) for v in values] if ids is None else list(ids)
+    unknown = set(fast) - set(values)
+    assert not unknown, f"fast values not among the values: {unknown}"
+    return [
+        pytest.param(v, id=i, marks=() if v in fast else pytest.mark.slow)
+        for v, i in zip(values, ids, strict=True)
+    ]

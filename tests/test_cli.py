@@ -66,6 +66,7 @@ def test_bad_command_lines_exit_with_usage(argv, capsys):
     assert "usage: bptt-jax" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a fresh Python imports JAX and compiles the check
 def test_python_dash_m_runs_the_check():
     proc = subprocess.run(
         [sys.executable, "-m", "bptt_jax", "check", "-T", "3"],

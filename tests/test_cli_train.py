@@ -54,6 +54,7 @@ def test_train_writes_checkpoint_plot_and_summary(lm_run):
     assert (run / "loss.png").exists()
 
 
+@pytest.mark.slow  # compiles a bf16 recompute training step
 def test_train_with_bf16_products_and_recompute(tmp_path, capsys):
     argv = ["train", *TINY, "--steps", "2", "--eval-every", "0", "--out", str(tmp_path),
             "--matmul-dtype", "bfloat16", "--recompute"]  # fmt: skip
@@ -122,6 +123,7 @@ def test_damaged_checkpoint_is_refused(lm_run, tmp_path, capsys, damage):
     _fails_with(["train", "--resume", str(bad), "--steps", "99"], capsys, "corrupted or truncated")
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_damaged_checkpoint_from_a_shell_gives_no_traceback(lm_run, tmp_path):
     lm_run = lm_run[0]
     bad = tmp_path / "bad.bptt"
@@ -184,6 +186,7 @@ def test_top_level_help_lists_the_commands(capsys):
     assert all(c in out for c in ("train", "sample", "tag", "check"))
 
 
+@pytest.mark.slow  # a training in a fresh Python process
 def test_ctrl_c_saves_a_checkpoint_before_exiting(tmp_path):
     import os
     import signal
