@@ -1,5 +1,7 @@
 """Shared fixtures: float64 on demand, both dtypes, strict dtype promotion everywhere."""
 
+import gc
+
 import jax
 import pytest
 
@@ -26,12 +28,38 @@ def dtype(request):
         yield request.param
 
 
-@pytest.fixture(autouse=True, scope="module")
+def _memory_mappings() -> int:
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            return f.read().count(b"\n")
+    except OSError:  # not Linux: no such limit to watch
+        return 0
+
+
+def _max_memory_mappings() -> int:
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 65530
+
+
+# Half the kernel's limit: one test module (the largest adds about 30 000 in
+# all) can never take the count from below this to the limit between checks.
+_MAPPINGS_HIGH_WATER = _max_memory_mappings() // 2
+
+
+@pytest.fixture(autouse=True)
 def _free_compiled_code():
-    # Every compiled XLA executable keeps memory mappings of its machine code;
-    # the whole suite compiles thousands and once passed the kernel's default
-    # limit of 65530 mappings (vm.max_map_count), after which XLA crashed with
-    # a segfault while compiling. Dropping the caches after each module keeps
-    # the count at one module's worth.
+    # Every compiled XLA executable keeps memory mappings of its machine code
+    # (about 70 each); the whole suite compiles thousands and once passed the
+    # kernel's limit of 65530 mappings (vm.max_map_count), after which XLA
+    # crashed with a segfault while compiling. Dropping JAX's caches after every
+    # module kept the count down but threw away compilations that the next
+    # modules would reuse (same shapes on purpose: test_cli_train and
+    # test_train, test_diagnostics, test_plots and test_tasks); so drop them
+    # only once the count passes half the limit (a few ms to read, per test).
     yield
-    jax.clear_caches()
+    if _memory_mappings() > _MAPPINGS_HIGH_WATER:
+        jax.clear_caches()
+        gc.collect()
