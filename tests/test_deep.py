@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import RTOL, assert_tree_close, max_rel_error, slow_except
+from helpers import RTOL, assert_tree_close, loss_value_and_grad, max_rel_error, slow_except
 
 import bptt_jax
 from bptt_jax import DeepParams, Params
@@ -51,9 +51,7 @@ FAST_MODEL = (2, True, "tanh")
 
 def _check_against_jax_grad(params, xs, ys, lengths, activation, dtype):
     E, grads = bptt_jax.bptt(params, xs, ys, lengths=lengths, activation=activation)
-    E_ref, grads_ref = jax.value_and_grad(bptt_jax.loss)(
-        params, xs, ys, lengths=lengths, activation=activation
-    )
+    E_ref, grads_ref = loss_value_and_grad(params, xs, ys, lengths=lengths, activation=activation)
     assert abs(float(E) - float(E_ref)) <= RTOL[dtype] * abs(float(E_ref))
     leaves_close(grads, grads_ref, RTOL[dtype])
 
@@ -74,14 +72,12 @@ def test_hand_gradients_match_jax_grad_ragged_and_not(L, bidirectional, activati
     _check_against_jax_grad(params, xs, ys, jnp.array([T, T, T]), activation, dtype)
 
 
+@pytest.mark.slow  # a compilation per model and dtype
 @pytest.mark.parametrize(
     ("L", "bidirectional"),
-    [
-        pytest.param(L, bi, id=f"L{L}-{'bi' if bi else 'uni'}",
-                     marks=() if (L, bi) == (1, False) else pytest.mark.slow)
-        for L, bi in itertools.product([1, 2, 3], [False, True])
-    ],
-)  # fmt: skip
+    list(itertools.product([1, 2, 3], [False, True])),
+    ids=["L1-uni", "L1-bi", "L2-uni", "L2-bi", "L3-uni", "L3-bi"],
+)
 def test_hand_gradients_match_jax_grad_batch_of_one(L, bidirectional, dtype):
     params = make_deep(L, bidirectional, dtype=dtype)
     xs, ys = make_batch(1, T)

@@ -5,7 +5,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import RTOL, assert_tree_close, make_problem, max_rel_error, slow_except
+from helpers import (
+    RTOL,
+    assert_tree_close,
+    loss_value_and_grad,
+    make_problem,
+    max_rel_error,
+    slow_except,
+)
 
 import bptt_jax
 from bptt_jax.core.losses import softmax_cross_entropy
@@ -23,7 +30,7 @@ def test_per_loss_equals_bptt_equals_jax_grad(activation, dtype):
     params, xs, ys, h0 = make_problem(**PROBLEM, dtype=dtype)
     E, grads = bptt_jax.bptt_per_loss(params, xs, ys, h0, activation=activation)
     E1, grads1 = bptt_jax.bptt(params, xs, ys, h0, activation=activation)
-    E_ref, grads_ref = jax.value_and_grad(bptt_jax.loss)(params, xs, ys, h0, activation=activation)
+    E_ref, grads_ref = loss_value_and_grad(params, xs, ys, h0, activation=activation)
     for e in (E, E1):
         assert abs(float(e) - float(E_ref)) <= RTOL[dtype] * abs(float(E_ref))
     assert_tree_close(grads, grads_ref, rtol=RTOL[dtype])
@@ -149,9 +156,7 @@ def test_soft_labels_match_jax_grad(activation, dtype):
     ys = _soft_labels(xs.shape, 4, dtype)
     for fn in (bptt_jax.bptt, bptt_jax.bptt_per_loss):
         E, grads = fn(params, xs, ys, h0, activation=activation)
-        E_ref, grads_ref = jax.value_and_grad(bptt_jax.loss)(
-            params, xs, ys, h0, activation=activation
-        )
+        E_ref, grads_ref = loss_value_and_grad(params, xs, ys, h0, activation=activation)
         assert abs(float(E) - float(E_ref)) <= RTOL[dtype] * abs(float(E_ref))
         assert_tree_close(grads, grads_ref, rtol=RTOL[dtype])
 
