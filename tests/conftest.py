@@ -20,7 +20,10 @@ def x64():
         yield
 
 
-@pytest.fixture(params=["float64", "float32"])
+# float32 doubles every compilation of a test: its run is the slow tier's (the
+# fast tier still runs float32 through test_fast_paths, the float32 gradient
+# flow, training and bench, whose defaults are float32).
+@pytest.fixture(params=["float64", pytest.param("float32", marks=pytest.mark.slow)])
 def dtype(request):
     """Runs a test once per dtype. float32 runs with x64 enabled too, so that
     nothing silently upcasts (and strict promotion catches any mix)."""

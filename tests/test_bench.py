@@ -27,6 +27,7 @@ def test_bench_prints_every_method_and_agrees(argv, capsys):
     assert f"{flops(7, 5, 2, 6) / 1e9:.3f} GFLOP" in out
 
 
+@pytest.mark.slow  # recompiles every method
 def test_bench_exits_1_when_the_hand_gradient_is_wrong(monkeypatch, capsys):
     real = _bench.bptt_core
 

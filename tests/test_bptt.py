@@ -71,6 +71,7 @@ def test_hand_gradients_match_finite_differences(case, x64):
     assert_tree_close(grads, grads_fd, rtol=FD_RTOL)
 
 
+@pytest.mark.slow  # compiles the referee eagerly
 def test_autodiff_reference_is_jax_grad_of_loss(x64):
     params, xs, ys, h0 = make_problem(**CASES["h0_batch"])
     E, grads = bptt_jax.autodiff_bptt(params, xs, ys, h0)

@@ -52,6 +52,7 @@ def test_check_report_flags_a_wrong_gradient():
     assert "FAIL" in report.format() and "DISAGREEMENT" in report.format()
 
 
+@pytest.mark.slow  # compiles the check's three methods
 def test_check_exits_nonzero_on_disagreement(monkeypatch, capsys):
     monkeypatch.setattr(_check, "bptt", _wrong_bptt)
     assert main(["check", "-T", "4"]) == 1

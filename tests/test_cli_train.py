@@ -64,6 +64,7 @@ def test_train_with_bf16_products_and_recompute(tmp_path, capsys):
     assert (config["matmul_dtype"], config["recompute"]) == ("bfloat16", True)
 
 
+@pytest.mark.slow  # a second training (each compiles its step)
 def test_resume_from_the_command_line_goes_on(lm_run, tmp_path, capsys):
     lm_run = lm_run[0]
     shutil.copy(lm_run / "checkpoint.bptt", tmp_path / "checkpoint.bptt")
@@ -135,6 +136,7 @@ def test_damaged_checkpoint_from_a_shell_gives_no_traceback(lm_run, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # trains a tagging model (tag_run)
 def test_tag_prints_the_file_with_its_token_types(tag_run, tmp_path, capsys):
     src = tmp_path / "snippet.py"
     src.write_text("import os\n\n\ndef f(x):\n    return x + 1  # one\n")

@@ -116,7 +116,8 @@ def test_padding_invariance(bidirectional, x64):
     assert not np.any(np.asarray(hs2[:, T:])) and not np.any(np.asarray(z2[:, T:]))
 
 
-@pytest.mark.parametrize("bidirectional", slow_except([False, True], [True], ["uni", "bi"]))
+@pytest.mark.slow  # a compilation per sequence length
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 def test_padded_batch_equals_each_sequence_alone(bidirectional, x64):
     params = make_deep(2, bidirectional, seed=1)
     xs, ys = make_batch(3, T, seed=1)
@@ -134,6 +135,7 @@ def test_padded_batch_equals_each_sequence_alone(bidirectional, x64):
     leaves_close(grads, total, 1e-12)
 
 
+@pytest.mark.slow  # shapes of its own
 def test_backward_direction_starts_at_each_sequences_own_end(x64):
     # The reverse direction's output at step 1 of a sequence of length n must be
     # its state after reading x_n .. x_1 from h0 -- not after reading padding.
@@ -144,6 +146,7 @@ def test_backward_direction_starts_at_each_sequences_own_end(x64):
     np.testing.assert_allclose(hs[1, :3], alone, rtol=1e-13, atol=1e-15)
 
 
+@pytest.mark.slow  # compiles the mask path, both reductions and jax.grad
 def test_mask_equals_lengths_and_mean_is_sum_over_real_steps(x64):
     params = make_deep(2, True, seed=3)
     xs, ys = make_batch(3, T, seed=3)
@@ -161,7 +164,8 @@ def test_mask_equals_lengths_and_mean_is_sum_over_real_steps(x64):
     leaves_close(g_mean, g_ref, 1e-10)
 
 
-@pytest.mark.parametrize("reduction", slow_except(["sum", "mean"], fast=["mean"]))
+@pytest.mark.slow  # compiles the seed's and the deep path
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_seed_params_with_lengths_and_reduction(reduction, x64):
     from helpers import make_problem
 
@@ -181,7 +185,8 @@ def test_seed_params_with_lengths_and_reduction(reduction, x64):
     assert_tree_close(g_full, g_seed, rtol=1e-13)
 
 
-@pytest.mark.parametrize("bidirectional", slow_except([False, True], [True], ["uni", "bi"]))
+@pytest.mark.slow  # compiles bptt_chunk and jax.grad with respect to h0
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 def test_initial_state_gradient_and_final_state(bidirectional, x64):
     params = make_deep(2, bidirectional, seed=4)
     xs, ys = make_batch(2, T, seed=4)
@@ -196,6 +201,7 @@ def test_initial_state_gradient_and_final_state(bidirectional, x64):
     np.testing.assert_array_equal(h_fin, h_fin_fwd)
 
 
+@pytest.mark.slow  # a compilation per chunk shape
 def test_unidirectional_stream_in_chunks_carries_state_and_gradient(x64):
     params = make_deep(3, False, seed=6)
     xs, ys = make_batch(2, 10, seed=6)
@@ -213,6 +219,7 @@ def test_unidirectional_stream_in_chunks_carries_state_and_gradient(x64):
     leaves_close(total, full, 1e-12)
 
 
+@pytest.mark.slow  # shapes of its own
 def test_single_sequence_deep_shapes(x64):
     params = make_deep(2, True, seed=8)
     xs, ys = make_batch(1, T, seed=8)
@@ -225,6 +232,7 @@ def test_single_sequence_deep_shapes(x64):
     leaves_close(grads, grads_b, 0.0)
 
 
+@pytest.mark.slow  # shapes of its own
 def test_dense_inputs_and_soft_labels_deep(x64):
     params = make_deep(2, True, seed=9)
     xs = jax.random.normal(jax.random.key(1), (2, T, K), jnp.float64)
@@ -236,6 +244,7 @@ def test_dense_inputs_and_soft_labels_deep(x64):
     leaves_close(grads, grads_ref, 1e-10)
 
 
+@pytest.mark.slow  # a model of its own
 def test_padding_ids_and_labels_are_not_checked_or_read(x64):
     # Out-of-range values at padded steps are ignored, not errors.
     params = make_deep(2, False, seed=10)

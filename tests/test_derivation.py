@@ -52,6 +52,7 @@ def test_chunked_truncation_matches_stop_gradient_at_chunk_ends(activation, trun
     assert max_rel_error(grads.U, full.U) > 1e-3
 
 
+@pytest.mark.slow  # a compilation per window
 @pytest.mark.parametrize("truncate", slow_except([1, 3], fast=[3]))
 @pytest.mark.parametrize("activation", ACTS_TANH_FAST)
 def test_sliding_window_per_loss_matches_autodiff_window(activation, truncate, dtype):
@@ -74,6 +75,7 @@ def test_referee_losses_have_the_loss_value(x64):
         assert float(fn(params, xs, ys, h0, truncate=3)) == pytest.approx(float(E), rel=1e-14)
 
 
+@pytest.mark.slow  # a compilation per truncation
 @pytest.mark.parametrize("truncate", slow_except([None, 9, 50], fast=[9]))
 def test_truncation_at_or_beyond_T_is_exact(truncate, x64):
     params, xs, ys, h0 = make_problem(**PROBLEM)
@@ -100,6 +102,7 @@ def test_dh0_matches_jax_grad_wrt_h0(activation, truncate, dtype):
     np.testing.assert_array_equal(h_T, hs[:, -1])
 
 
+@pytest.mark.slow  # shapes of its own
 def test_dh0_for_one_sequence_has_shape_H(x64):
     params, xs, ys, h0 = make_problem(K=5, H=4, T=6, h0=True)
     _, _, dh0, h_T = bptt_jax.bptt_chunk(params, xs, ys, h0)
@@ -107,6 +110,7 @@ def test_dh0_for_one_sequence_has_shape_H(x64):
     assert max_rel_error(dh0, bptt_jax.autodiff_dh0(params, xs, ys, h0)) <= 1e-10
 
 
+@pytest.mark.slow  # a compilation per chunk shape
 @pytest.mark.parametrize("activation", ACTS_TANH_FAST)
 def test_chunks_processed_backwards_with_dh_T_give_the_full_gradient(activation, x64):
     # Forward chunk by chunk carrying h; backward chunk by chunk carrying dh.
@@ -132,6 +136,7 @@ def test_chunks_processed_backwards_with_dh_T_give_the_full_gradient(activation,
     assert max_rel_error(dh, dh0_full) <= 1e-12
 
 
+@pytest.mark.slow  # a compilation per chunk shape
 def test_chunks_without_dh_T_are_bptt_truncated_at_the_chunk_ends(x64):
     params, xs, ys, h0 = make_problem(K=6, H=5, B=2, T=12, h0=True)
     total, h = None, h0
@@ -169,6 +174,7 @@ def test_one_hot_soft_labels_equal_class_ids(x64):
     assert_tree_close(g_hot, g_ids, rtol=1e-14)
 
 
+@pytest.mark.slow  # compiles soft labels anew
 def test_label_smoothing_with_zero_entries_stays_finite(x64):
     params, xs, ys, h0 = make_problem(**PROBLEM)
     ys_soft = 0.9 * jax.nn.one_hot(ys, 4, dtype=jnp.float64) + 0.1 / 4
@@ -225,6 +231,7 @@ def test_softmax_cross_entropy_grad_is_yhat_minus_y(x64):
     )
 
 
+@pytest.mark.slow  # shapes of its own
 def test_loss_and_gradients_finite_for_logits_of_1000(dtype):
     params, xs, ys, h0 = make_problem(K=6, H=5, B=2, T=5, V_scale=800.0, dtype=dtype)
     _, z = bptt_jax.forward(params, xs, h0)
@@ -285,6 +292,7 @@ def test_forward_uses_the_activation(activation, x64):
 # --- per-loss deltas -------------------------------------------------------------
 
 
+@pytest.mark.slow  # eager jax.grad of an unrolled loop per step
 def test_per_loss_deltas_are_dEt_dsk(x64):
     # δ_k^(t) = ∂E_t/∂s_k, checked by perturbing s_k: run the forward with an
     # additive offset e_k on s_k and differentiate E_t alone with jax.grad.

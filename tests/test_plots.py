@@ -42,6 +42,7 @@ def test_run_diagnose_writes_every_plot_and_reports(tmp_path):
     assert not jax.config.jax_enable_x64  # float64 only inside the diagnosis
 
 
+@pytest.mark.slow  # compiles the diagnosis for its own shapes
 def test_diagnose_command_line(tmp_path, capsys):
     out = tmp_path / "plots"
     argv = ["diagnose", "-o", str(out), "-K", "4", "-H", "3", "-B", "2", "-T", "5",

@@ -56,7 +56,7 @@ ACT = {"tanh": np.tanh, "relu": lambda s: np.maximum(s, 0)}
 
 @pytest.mark.parametrize(
     ("L", "bidirectional", "activation"),
-    [(1, False, "tanh"),
+    [pytest.param(1, False, "tanh", marks=pytest.mark.slow),
      pytest.param(1, True, "relu", marks=pytest.mark.slow),
      pytest.param(2, False, "relu", marks=pytest.mark.slow),
      (3, True, "tanh")],

@@ -116,11 +116,8 @@ def _nan_gradients(params, xs, ys, h0):
     return E, grads._replace(U=grads.U.at[0, 0].set(jnp.nan)), dh0, h_T
 
 
-@pytest.mark.parametrize(
-    "clip",
-    [pytest.param(0.0, marks=pytest.mark.slow), 1.0],  # each compiles its own step
-    ids=["no_clipping", "clipping"],
-)
+@pytest.mark.slow  # each run compiles its own training step
+@pytest.mark.parametrize("clip", [0.0, 1.0], ids=["no_clipping", "clipping"])
 def test_non_finite_steps_are_skipped_counted_and_stop_training(corpus, tmp_path, clip):
     config = TrainConfig(**TINY, steps=50, clip=clip, out=str(tmp_path))
     with pytest.raises(TrainingError) as exc:
@@ -149,6 +146,7 @@ def test_verify_every_stops_on_wrong_gradients(corpus, tmp_path):
         train(config, corpus=corpus, progress=False, grad_fn=_wrong_dU)
 
 
+@pytest.mark.slow  # a training of its own
 def test_verify_every_passes_on_the_hand_gradients(corpus, tmp_path):
     config = TrainConfig(**TINY, steps=10, verify_every=4, out=str(tmp_path))
     result = train(config, corpus=corpus, progress=False, echo=lambda s: None)
