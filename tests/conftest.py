@@ -47,8 +47,9 @@ def _max_memory_mappings() -> int:
         return 65530
 
 
-# Half the kernel's limit: one test module (the largest adds about 30 000 in
-# all) can never take the count from below this to the limit between checks.
+# Half the kernel's limit, checked after every test: one test adds a few
+# hundred mappings (test_deep's 77 tests about 18 000 in all), so no test can
+# take the count from below this to the limit.
 _MAPPINGS_HIGH_WATER = _max_memory_mappings() // 2
 
 
