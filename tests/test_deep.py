@@ -84,6 +84,7 @@ def test_hand_gradients_match_jax_grad_batch_of_one(L, bidirectional, dtype):
     _check_against_jax_grad(params, xs, ys, None, "tanh", dtype)
 
 
+@pytest.mark.slow  # draws three models eagerly
 def test_init_params_returns_seed_params_or_deep_params():
     p = bptt_jax.init_params(jax.random.key(0), K, H)
     assert isinstance(p, Params)

@@ -68,6 +68,7 @@ def test_sliding_window_per_loss_matches_autodiff_window(activation, truncate, d
         assert max_rel_error(grads.U, chunked.U) > 1e-3
 
 
+@pytest.mark.slow  # compiles both referee losses
 def test_referee_losses_have_the_loss_value(x64):
     params, xs, ys, h0 = make_problem(**PROBLEM)
     E = bptt_jax.loss(params, xs, ys, h0)
@@ -86,8 +87,9 @@ def test_truncation_at_or_beyond_T_is_exact(truncate, x64):
     assert_tree_close(g2, full, rtol=1e-13)
 
 
-@pytest.mark.parametrize("truncate", slow_except([None, 3], fast=[3]))
-@pytest.mark.parametrize("activation", ACTS_TANH_FAST)
+@pytest.mark.slow  # compiles bptt_chunk and jax.grad with respect to h0
+@pytest.mark.parametrize("truncate", [None, 3])
+@pytest.mark.parametrize("activation", ACTS)
 def test_dh0_matches_jax_grad_wrt_h0(activation, truncate, dtype):
     params, xs, ys, h0 = make_problem(**PROBLEM, dtype=dtype)
     _, _, dh0, h_T = bptt_jax.bptt_chunk(
@@ -155,7 +157,8 @@ def _soft_labels(shape, C, dtype, seed=0):
     return jax.nn.softmax(3 * logits).astype(dtype)
 
 
-@pytest.mark.parametrize("activation", ACTS_TANH_FAST)
+@pytest.mark.slow  # compiles both hand paths for soft labels
+@pytest.mark.parametrize("activation", ACTS)
 def test_soft_labels_match_jax_grad(activation, dtype):
     params, xs, _, h0 = make_problem(**PROBLEM, dtype=dtype)
     ys = _soft_labels(xs.shape, 4, dtype)
@@ -258,6 +261,7 @@ def test_derivative_from_h_equals_jax_grad_of_f(activation, x64):
     assert float(jnp.max(jnp.abs(df_auto))) <= act.max_slope + 1e-12
 
 
+@pytest.mark.slow  # compiles relu's paths
 def test_relu_at_exactly_zero_has_derivative_zero(x64):
     # U = W = b = 0 puts every s_t at exactly 0: h_t = relu(0) = 0, and the
     # convention f'(0) = 0 (jax.nn.relu, PyTorch) kills every recurrent gradient.

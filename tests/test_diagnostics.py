@@ -156,6 +156,7 @@ def test_classify_rate(rate, verdict):
     assert classify_rate(rate) == verdict
 
 
+@pytest.mark.slow  # nine gradient flows, three compilations
 def test_spectral_sweep_rows_and_what_gamma_guarantees(x64):
     rows = spectral_sweep(
         jax.random.key(0), scales=(0.5, 1.0, 3.0), hidden_size=6, batch=2, steps=10

@@ -24,6 +24,7 @@ def assert_valid_png(path, min_size=(200, 150)):
     assert len(data) > 5000, f"{path.name}: {len(data)} bytes, an empty figure?"
 
 
+@pytest.mark.slow  # a sweep and a delay-task training
 def test_run_diagnose_writes_every_plot_and_reports(tmp_path):
     # The shapes of tests/test_diagnostics.py's sweep and tests/test_tasks.py's
     # training: in one pytest process, the compilations are shared.

@@ -62,7 +62,8 @@ def uninterrupted(corpus, tmp_path_factory):
     return train(config, corpus=corpus, progress=False, echo=lambda s: None)
 
 
-@pytest.mark.parametrize("how", ["stop_at_6", pytest.param("ctrl_c_at_5", marks=pytest.mark.slow)])
+@pytest.mark.slow  # three trainings
+@pytest.mark.parametrize("how", ["stop_at_6", "ctrl_c_at_5"])
 def test_resume_is_bitwise_identical(corpus, uninterrupted, tmp_path, how):
     config = dataclasses.replace(uninterrupted.config, out=str(tmp_path))
     if how == "stop_at_6":
@@ -140,6 +141,7 @@ def _wrong_dU(params, xs, ys, h0):
     return E, grads._replace(U=0.5 * grads.U), dh0, h_T
 
 
+@pytest.mark.slow  # a training of its own
 def test_verify_every_stops_on_wrong_gradients(corpus, tmp_path):
     config = TrainConfig(**TINY, steps=10, verify_every=3, out=str(tmp_path))
     with pytest.raises(TrainingError, match=r"disagrees with jax.grad.*U rel. error 5\.0+e-01"):
