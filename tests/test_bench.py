@@ -9,12 +9,12 @@ from bptt_jax.app.cli import main
 TINY = ["-K", "7", "-H", "5", "-B", "2", "-T", "6", "--repeats", "2"]
 
 
-# Each option compiles every method anew: the default is the fast tier's.
+# Each run compiles every method anew (5 s even for the default): slow tier.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv",
-    [[], pytest.param(["--recompute", "--chunk", "4", "--unroll", "2"], marks=pytest.mark.slow),
-     pytest.param(["--matmul-dtype", "bfloat16"], marks=pytest.mark.slow),
-     pytest.param(["--dtype", "float64"], marks=pytest.mark.slow)],
+    [[], ["--recompute", "--chunk", "4", "--unroll", "2"], ["--matmul-dtype", "bfloat16"],
+     ["--dtype", "float64"]],
     ids=["default", "recompute_chunk_unroll", "bf16", "float64"],
 )  # fmt: skip
 def test_bench_prints_every_method_and_agrees(argv, capsys):

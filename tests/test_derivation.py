@@ -169,6 +169,7 @@ def test_soft_labels_match_jax_grad(activation, dtype):
         assert_tree_close(grads, grads_ref, rtol=RTOL[dtype])
 
 
+@pytest.mark.slow  # compiles soft labels
 def test_one_hot_soft_labels_equal_class_ids(x64):
     params, xs, ys, h0 = make_problem(**PROBLEM)
     E_ids, g_ids = bptt_jax.bptt(params, xs, ys, h0)

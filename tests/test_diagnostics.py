@@ -124,6 +124,7 @@ def test_the_bound_is_tighter_than_gamma_when_units_saturate(x64):
     assert float(flow.decay_rate) < 1
 
 
+@pytest.mark.slow  # compiles both dtypes
 def test_gradient_flow_float32_agrees_with_float64():
     params, xs, ys, h0 = make_problem(K=5, H=4, B=2, T=6, dtype="float32", h0=True)
     flow32 = bptt_jax.gradient_flow(params, xs, ys, h0)

@@ -36,6 +36,7 @@ def test_normal_is_the_seeds_small_random_weights():
     assert not np.any(np.asarray(p.b)) and not np.any(np.asarray(p.c))
 
 
+@pytest.mark.slow  # draws at shapes of its own
 def test_orthogonal_U_has_orthonormal_columns(x64):
     p = bptt_jax.init_params(jax.random.key(1), 5, 8, init="orthogonal", dtype=jnp.float64)
     U = np.asarray(p.U)

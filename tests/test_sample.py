@@ -71,6 +71,7 @@ def test_top_k_one_is_greedy_at_any_temperature():
     )
 
 
+@pytest.mark.slow  # compiles top-k sampling
 def test_top_k_draws_only_among_the_k_most_likely():
     model = _model(scale=0.5)  # flat distributions: without top-k anything goes
     text = sample(model, "a", 60, temperature=1.0, top_k=2, seed=1)

@@ -87,6 +87,7 @@ def test_resume_is_bitwise_identical(corpus, uninterrupted, tmp_path, how):
     assert _bitwise_equal(resumed.state, uninterrupted.state)
 
 
+@pytest.mark.slow  # compiles a training step
 def test_sgd_is_the_seeds_update_on_the_hand_gradients(corpus):
     config = TrainConfig(optimizer="sgd", lr=0.5, clip=0.0)
     tx = make_optimizer(config)
