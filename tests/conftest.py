@@ -1,4 +1,6 @@
-"""Shared fixtures: float64 on demand, strict dtype promotion everywhere."""
+"""Shared fixtures: float64 on demand, both dtypes, strict dtype promotion everywhere."""
+
+import gc
 
 import jax
 import pytest
@@ -18,12 +20,50 @@ def x64():
         yield
 
 
-@pytest.fixture(autouse=True, scope="module")
+# float32 doubles every compilation of a test: its run is the slow tier's (the
+# fast tier still runs float32 through test_fast_paths, the float32 gradient
+# flow, training and bench, whose defaults are float32).
+@pytest.fixture(params=["float64", pytest.param("float32", marks=pytest.mark.slow)])
+def dtype(request):
+    """Runs a test once per dtype. float32 runs with x64 enabled too, so that
+    nothing silently upcasts (and strict promotion catches any mix)."""
+    with jax.enable_x64(True):
+        yield request.param
+
+
+def _memory_mappings() -> int:
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            return f.read().count(b"\n")
+    except OSError:  # not Linux: no such limit to watch
+        return 0
+
+
+def _max_memory_mappings() -> int:
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 65530
+
+
+# Half the kernel's limit, checked after every test: one test adds a few
+# hundred mappings (test_deep's 77 tests about 18 000 in all), so no test can
+# take the count from below this to the limit.
+_MAPPINGS_HIGH_WATER = _max_memory_mappings() // 2
+
+
+@pytest.fixture(autouse=True)
 def _free_compiled_code():
-    # Every compiled XLA executable keeps memory mappings of its machine code;
-    # the whole suite compiles thousands and once passed the kernel's default
-    # limit of 65530 mappings (vm.max_map_count), after which XLA crashed with
-    # a segfault while compiling. Dropping the caches after each module keeps
-    # the count at one module's worth.
+    # Every compiled XLA executable keeps memory mappings of its machine code
+    # (about 70 each); the whole suite compiles thousands and once passed the
+    # kernel's limit of 65530 mappings (vm.max_map_count), after which XLA
+    # crashed with a segfault while compiling. Dropping JAX's caches after every
+    # module kept the count down but threw away compilations that the next
+    # modules would reuse (same shapes on purpose: test_cli_train and
+    # test_train, test_diagnostics, test_plots and test_tasks); so drop them
+    # only once the count passes half the limit (a few ms to read, per test).
     yield
-    jax.clear_caches()
+    if _memory_mappings() > _MAPPINGS_HIGH_WATER:
+        jax.clear_caches()
+        gc.collect()

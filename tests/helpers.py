@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import bptt_jax
 from bptt_jax import Params
 from bptt_jax.referees.tolerances import AUTODIFF, FINITE_DIFF, max_relative_error
 
@@ -14,6 +15,14 @@ from bptt_jax.referees.tolerances import AUTODIFF, FINITE_DIFF, max_relative_err
 RTOL = {dtype: AUTODIFF[dtype] for dtype in ("float64", "float32")}
 FD_RTOL = FINITE_DIFF["float64"]
 max_rel_error = max_relative_error
+
+#: ``jax.value_and_grad(bptt_jax.loss)``, the referee, compiled as one function:
+#: one XLA compilation per shape and dtype instead of eager autodiff's several
+#: (and shared by every test module). The same function of the same loss; the
+#: argument checks of ``loss`` run only on concrete arrays, so not in here.
+loss_value_and_grad = jax.jit(
+    jax.value_and_grad(bptt_jax.loss), static_argnames=("activation", "reduction")
+)
 
 
 def assert_tree_close(actual, expected, *, rtol: float) -> None:
@@ -125,3 +134,19 @@ def run_on_simulated_devices(script, *, devices: int = 8, timeout: int = 600) ->
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+def slow_except(values, fast, ids=None) -> list:
+    """``pytest.param`` of each of ``values``, all but those in ``fast`` marked slow:
+    the fast tier (``pytest -m "not slow"``) runs a representative few of a
+    parametrised matrix, ``.ci/run`` all of it."""
+    import pytest
+
+    values = list(values)
+    ids = [str(v) for v in values] if ids is None else list(ids)
+    unknown = set(fast) - set(values)
+    assert not unknown, f"fast values not among the values: {unknown}"
+    return [
+        pytest.param(v, id=i, marks=() if v in fast else pytest.mark.slow)
+        for v, i in zip(values, ids, strict=True)
+    ]

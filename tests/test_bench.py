@@ -9,6 +9,8 @@ from bptt_jax.app.cli import main
 TINY = ["-K", "7", "-H", "5", "-B", "2", "-T", "6", "--repeats", "2"]
 
 
+# Each run compiles every method anew (5 s even for the default): slow tier.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv",
     [[], ["--recompute", "--chunk", "4", "--unroll", "2"], ["--matmul-dtype", "bfloat16"],
@@ -25,6 +27,7 @@ def test_bench_prints_every_method_and_agrees(argv, capsys):
     assert f"{flops(7, 5, 2, 6) / 1e9:.3f} GFLOP" in out
 
 
+@pytest.mark.slow  # recompiles every method
 def test_bench_exits_1_when_the_hand_gradient_is_wrong(monkeypatch, capsys):
     real = _bench.bptt_core
 

@@ -4,7 +4,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import FD_RTOL, RTOL, assert_tree_close, make_problem
+from helpers import (
+    FD_RTOL,
+    RTOL,
+    assert_tree_close,
+    loss_value_and_grad,
+    make_problem,
+    slow_except,
+)
 
 import bptt_jax
 
@@ -27,20 +34,17 @@ CASES = {
     "long_T": dict(K=8, H=6, B=2, T=60, h0=True),
     "large_logits": dict(K=10, H=8, B=2, T=6, V_scale=40.0),
 }
+# Each shape is a compilation of its own (the hand BPTT and its referee): the
+# fast tier runs one batch with h0, whose shape most tests below share, and
+# .ci/run every case.
+FAST_CASES = ("h0_batch",)
 
 
-@pytest.fixture(params=["float64", "float32"])
-def dtype(request):
-    # float32 runs with x64 enabled too, so that nothing silently upcasts.
-    with jax.enable_x64(True):
-        yield request.param
-
-
-@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+@pytest.mark.parametrize("case", slow_except(CASES, fast=FAST_CASES))
 def test_hand_gradients_match_jax_grad(case, dtype):
     params, xs, ys, h0 = make_problem(**CASES[case], dtype=dtype)
     E, grads = bptt_jax.bptt(params, xs, ys, h0)
-    E_ref, grads_ref = jax.value_and_grad(bptt_jax.loss)(params, xs, ys, h0)
+    E_ref, grads_ref = loss_value_and_grad(params, xs, ys, h0)
     assert E.dtype == jnp.dtype(dtype) and E.shape == ()
     assert abs(float(E) - float(E_ref)) <= RTOL[dtype] * abs(float(E_ref))
     assert_tree_close(grads, grads_ref, rtol=RTOL[dtype])
@@ -53,7 +57,11 @@ def test_large_logits_case_really_has_large_logits(x64):
 
 
 @pytest.mark.parametrize(
-    "case", ["single_sequence", "h0_batch", "C_ne_K", "dense_batch_h0_C", "H_lt_K"]
+    "case",
+    slow_except(
+        ["single_sequence", "h0_batch", "C_ne_K", "dense_batch_h0_C", "H_lt_K"],
+        fast=["h0_batch"],
+    ),
 )
 def test_hand_gradients_match_finite_differences(case, x64):
     params, xs, ys, h0 = make_problem(**CASES[case], seed=1)
@@ -63,6 +71,7 @@ def test_hand_gradients_match_finite_differences(case, x64):
     assert_tree_close(grads, grads_fd, rtol=FD_RTOL)
 
 
+@pytest.mark.slow  # compiles the referee eagerly
 def test_autodiff_reference_is_jax_grad_of_loss(x64):
     params, xs, ys, h0 = make_problem(**CASES["h0_batch"])
     E, grads = bptt_jax.autodiff_bptt(params, xs, ys, h0)
@@ -71,6 +80,7 @@ def test_autodiff_reference_is_jax_grad_of_loss(x64):
     assert_tree_close(grads, grads_ref, rtol=0.0)
 
 
+@pytest.mark.slow  # a shape of its own
 def test_gradient_w_scatter_adds_repeated_ids_and_leaves_unseen_columns_zero(x64):
     params, _, ys, _ = make_problem(K=6, H=4, T=5)
     xs = jnp.array([2, 4, 2, 2, 4])  # ids 0, 1, 3, 5 never occur
@@ -83,8 +93,8 @@ def test_gradient_w_scatter_adds_repeated_ids_and_leaves_unseen_columns_zero(x64
 
 
 def test_ids_and_one_hot_inputs_give_the_same_loss_and_gradients(x64):
-    params, xs, ys, h0 = make_problem(K=7, H=5, B=3, T=6, h0=True)
-    one_hot = jax.nn.one_hot(xs, 7, dtype=jnp.float64)
+    params, xs, ys, h0 = make_problem(**CASES["h0_batch"])  # its compilation, shared
+    one_hot = jax.nn.one_hot(xs, CASES["h0_batch"]["K"], dtype=jnp.float64)
     E_ids, g_ids = bptt_jax.bptt(params, xs, ys, h0)
     E_vec, g_vec = bptt_jax.bptt(params, one_hot, ys, h0)
     assert float(E_ids) == pytest.approx(float(E_vec), rel=1e-14)
@@ -92,7 +102,7 @@ def test_ids_and_one_hot_inputs_give_the_same_loss_and_gradients(x64):
 
 
 def test_batch_is_the_sum_of_its_sequences(x64):
-    params, xs, ys, h0 = make_problem(K=6, H=5, B=3, T=6, h0=True)
+    params, xs, ys, h0 = make_problem(**CASES["h0_batch"])
     E, grads = bptt_jax.bptt(params, xs, ys, h0)
     singles = [bptt_jax.bptt(params, xs[i], ys[i], h0[i]) for i in range(3)]
     assert float(E) == pytest.approx(sum(float(e) for e, _ in singles), rel=1e-13)
@@ -117,7 +127,7 @@ def test_empty_sequence_gives_zero_loss_and_zero_gradients(shape, x64):
 def test_gradients_are_a_params_pytree_that_optax_applies(x64):
     import optax
 
-    params, xs, ys, _ = make_problem(K=6, H=5, B=2, T=4)
+    params, xs, ys, _ = make_problem(**CASES["h0_batch"])  # its compilation, shared
     _, grads = bptt_jax.bptt(params, xs, ys)
     assert isinstance(grads, bptt_jax.Params)
     opt = optax.sgd(0.1)
@@ -129,6 +139,7 @@ def test_gradients_are_a_params_pytree_that_optax_applies(x64):
     assert_tree_close(new, expected, rtol=1e-15)
 
 
+@pytest.mark.slow  # compiles bptt_core and jax.grad with respect to h0
 def test_core_returns_dh0_and_final_state_for_chunked_streams(x64):
     from bptt_jax.core.bptt import bptt_core
 

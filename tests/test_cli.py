@@ -11,6 +11,7 @@ from bptt_jax.app import check as _check
 from bptt_jax.app.cli import main
 
 
+@pytest.mark.slow  # finite differences on the default model
 def test_check_passes_and_prints_a_row_per_parameter(capsys):
     assert main(["check"]) == 0
     out = capsys.readouterr().out
@@ -23,7 +24,11 @@ def test_check_passes_and_prints_a_row_per_parameter(capsys):
 
 @pytest.mark.parametrize(
     "argv",
-    [["--dtype", "float32", "--inputs", "dense"], ["-T", "1", "-B", "1", "-K", "20", "-H", "3"]],
+    [
+        # finite differences on the default model
+        pytest.param(["--dtype", "float32", "--inputs", "dense"], marks=pytest.mark.slow),
+        ["-T", "1", "-B", "1", "-K", "20", "-H", "3"],
+    ],
     ids=["float32_dense", "tiny"],
 )
 def test_check_options(argv, capsys):
@@ -37,6 +42,7 @@ def _wrong_bptt(params, xs, ys, h0=None):
     return E, grads._replace(U=0.5 * grads.U)
 
 
+@pytest.mark.slow  # finite differences on the default model
 def test_check_report_flags_a_wrong_gradient():
     report = _check.run_check(grad_fn=_wrong_bptt)
     assert not report.ok
@@ -46,12 +52,14 @@ def test_check_report_flags_a_wrong_gradient():
     assert "FAIL" in report.format() and "DISAGREEMENT" in report.format()
 
 
+@pytest.mark.slow  # compiles the check's three methods
 def test_check_exits_nonzero_on_disagreement(monkeypatch, capsys):
     monkeypatch.setattr(_check, "bptt", _wrong_bptt)
     assert main(["check", "-T", "4"]) == 1
     assert "DISAGREEMENT" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # compiles the check's three methods for its own shape
 def test_check_leaves_float64_off_afterwards():
     _check.run_check(steps=2)
     assert not jax.config.jax_enable_x64
@@ -66,6 +74,7 @@ def test_bad_command_lines_exit_with_usage(argv, capsys):
     assert "usage: bptt-jax" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a fresh Python imports JAX and compiles the check
 def test_python_dash_m_runs_the_check():
     proc = subprocess.run(
         [sys.executable, "-m", "bptt_jax", "check", "-T", "3"],

@@ -54,6 +54,7 @@ def test_train_writes_checkpoint_plot_and_summary(lm_run):
     assert (run / "loss.png").exists()
 
 
+@pytest.mark.slow  # compiles a bf16 recompute training step
 def test_train_with_bf16_products_and_recompute(tmp_path, capsys):
     argv = ["train", *TINY, "--steps", "2", "--eval-every", "0", "--out", str(tmp_path),
             "--matmul-dtype", "bfloat16", "--recompute"]  # fmt: skip
@@ -63,6 +64,7 @@ def test_train_with_bf16_products_and_recompute(tmp_path, capsys):
     assert (config["matmul_dtype"], config["recompute"]) == ("bfloat16", True)
 
 
+@pytest.mark.slow  # a second training (each compiles its step)
 def test_resume_from_the_command_line_goes_on(lm_run, tmp_path, capsys):
     lm_run = lm_run[0]
     shutil.copy(lm_run / "checkpoint.bptt", tmp_path / "checkpoint.bptt")
@@ -122,6 +124,7 @@ def test_damaged_checkpoint_is_refused(lm_run, tmp_path, capsys, damage):
     _fails_with(["train", "--resume", str(bad), "--steps", "99"], capsys, "corrupted or truncated")
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_damaged_checkpoint_from_a_shell_gives_no_traceback(lm_run, tmp_path):
     lm_run = lm_run[0]
     bad = tmp_path / "bad.bptt"
@@ -133,6 +136,7 @@ def test_damaged_checkpoint_from_a_shell_gives_no_traceback(lm_run, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # trains a tagging model (tag_run)
 def test_tag_prints_the_file_with_its_token_types(tag_run, tmp_path, capsys):
     src = tmp_path / "snippet.py"
     src.write_text("import os\n\n\ndef f(x):\n    return x + 1  # one\n")
@@ -184,6 +188,7 @@ def test_top_level_help_lists_the_commands(capsys):
     assert all(c in out for c in ("train", "sample", "tag", "check"))
 
 
+@pytest.mark.slow  # a training in a fresh Python process
 def test_ctrl_c_saves_a_checkpoint_before_exiting(tmp_path):
     import os
     import signal

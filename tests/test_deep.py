@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import RTOL, assert_tree_close, max_rel_error
+from helpers import RTOL, assert_tree_close, loss_value_and_grad, max_rel_error
 
 import bptt_jax
 from bptt_jax import DeepParams, Params
@@ -44,24 +44,25 @@ def leaves_close(a, b, rtol):
 
 MATRIX = list(itertools.product([1, 2, 3], [False, True], list(bptt_jax.activations)))
 IDS = [f"L{L}-{'bi' if bi else 'uni'}-{act}" for L, bi, act in MATRIX]
-
-
-@pytest.fixture(params=["float64", "float32"])
-def dtype(request):
-    with jax.enable_x64(True):
-        yield request.param
+# Every model is a compilation of its own: the fast tier checks the deepest
+# bidirectional one; .ci/run the whole matrix.
+FAST_MODEL = (2, True, "tanh")
 
 
 def _check_against_jax_grad(params, xs, ys, lengths, activation, dtype):
     E, grads = bptt_jax.bptt(params, xs, ys, lengths=lengths, activation=activation)
-    E_ref, grads_ref = jax.value_and_grad(bptt_jax.loss)(
-        params, xs, ys, lengths=lengths, activation=activation
-    )
+    E_ref, grads_ref = loss_value_and_grad(params, xs, ys, lengths=lengths, activation=activation)
     assert abs(float(E) - float(E_ref)) <= RTOL[dtype] * abs(float(E_ref))
     leaves_close(grads, grads_ref, RTOL[dtype])
 
 
-@pytest.mark.parametrize(("L", "bidirectional", "activation"), MATRIX, ids=IDS)
+@pytest.mark.parametrize(
+    ("L", "bidirectional", "activation"),
+    [
+        pytest.param(*m, id=i, marks=() if m == FAST_MODEL else pytest.mark.slow)
+        for m, i in zip(MATRIX, IDS, strict=True)
+    ],
+)
 def test_hand_gradients_match_jax_grad_ragged_and_not(L, bidirectional, activation, dtype):
     # Ragged: a full-length sequence, a length-1 one and one in between; then the
     # same batch with every sequence at full length (same shapes: one compile).
@@ -71,6 +72,7 @@ def test_hand_gradients_match_jax_grad_ragged_and_not(L, bidirectional, activati
     _check_against_jax_grad(params, xs, ys, jnp.array([T, T, T]), activation, dtype)
 
 
+@pytest.mark.slow  # a compilation per model and dtype
 @pytest.mark.parametrize(
     ("L", "bidirectional"),
     list(itertools.product([1, 2, 3], [False, True])),
@@ -82,6 +84,7 @@ def test_hand_gradients_match_jax_grad_batch_of_one(L, bidirectional, dtype):
     _check_against_jax_grad(params, xs, ys, None, "tanh", dtype)
 
 
+@pytest.mark.slow  # draws three models eagerly
 def test_init_params_returns_seed_params_or_deep_params():
     p = bptt_jax.init_params(jax.random.key(0), K, H)
     assert isinstance(p, Params)
@@ -96,6 +99,7 @@ def test_init_params_returns_seed_params_or_deep_params():
     assert u.reverse_layers == () and u.layers[1].W.shape == (H, H) and u.V.shape == (K, H)
 
 
+@pytest.mark.slow  # compiles two sequence lengths and forward
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 def test_padding_invariance(bidirectional, x64):
     params = make_deep(2, bidirectional)
@@ -114,6 +118,7 @@ def test_padding_invariance(bidirectional, x64):
     assert not np.any(np.asarray(hs2[:, T:])) and not np.any(np.asarray(z2[:, T:]))
 
 
+@pytest.mark.slow  # a compilation per sequence length
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 def test_padded_batch_equals_each_sequence_alone(bidirectional, x64):
     params = make_deep(2, bidirectional, seed=1)
@@ -132,6 +137,7 @@ def test_padded_batch_equals_each_sequence_alone(bidirectional, x64):
     leaves_close(grads, total, 1e-12)
 
 
+@pytest.mark.slow  # shapes of its own
 def test_backward_direction_starts_at_each_sequences_own_end(x64):
     # The reverse direction's output at step 1 of a sequence of length n must be
     # its state after reading x_n .. x_1 from h0 -- not after reading padding.
@@ -142,6 +148,7 @@ def test_backward_direction_starts_at_each_sequences_own_end(x64):
     np.testing.assert_allclose(hs[1, :3], alone, rtol=1e-13, atol=1e-15)
 
 
+@pytest.mark.slow  # compiles the mask path, both reductions and jax.grad
 def test_mask_equals_lengths_and_mean_is_sum_over_real_steps(x64):
     params = make_deep(2, True, seed=3)
     xs, ys = make_batch(3, T, seed=3)
@@ -159,6 +166,7 @@ def test_mask_equals_lengths_and_mean_is_sum_over_real_steps(x64):
     leaves_close(g_mean, g_ref, 1e-10)
 
 
+@pytest.mark.slow  # compiles the seed's and the deep path
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_seed_params_with_lengths_and_reduction(reduction, x64):
     from helpers import make_problem
@@ -179,6 +187,7 @@ def test_seed_params_with_lengths_and_reduction(reduction, x64):
     assert_tree_close(g_full, g_seed, rtol=1e-13)
 
 
+@pytest.mark.slow  # compiles bptt_chunk and jax.grad with respect to h0
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 def test_initial_state_gradient_and_final_state(bidirectional, x64):
     params = make_deep(2, bidirectional, seed=4)
@@ -194,6 +203,7 @@ def test_initial_state_gradient_and_final_state(bidirectional, x64):
     np.testing.assert_array_equal(h_fin, h_fin_fwd)
 
 
+@pytest.mark.slow  # a compilation per chunk shape
 def test_unidirectional_stream_in_chunks_carries_state_and_gradient(x64):
     params = make_deep(3, False, seed=6)
     xs, ys = make_batch(2, 10, seed=6)
@@ -211,6 +221,7 @@ def test_unidirectional_stream_in_chunks_carries_state_and_gradient(x64):
     leaves_close(total, full, 1e-12)
 
 
+@pytest.mark.slow  # shapes of its own
 def test_single_sequence_deep_shapes(x64):
     params = make_deep(2, True, seed=8)
     xs, ys = make_batch(1, T, seed=8)
@@ -223,6 +234,7 @@ def test_single_sequence_deep_shapes(x64):
     leaves_close(grads, grads_b, 0.0)
 
 
+@pytest.mark.slow  # shapes of its own
 def test_dense_inputs_and_soft_labels_deep(x64):
     params = make_deep(2, True, seed=9)
     xs = jax.random.normal(jax.random.key(1), (2, T, K), jnp.float64)
@@ -234,6 +246,7 @@ def test_dense_inputs_and_soft_labels_deep(x64):
     leaves_close(grads, grads_ref, 1e-10)
 
 
+@pytest.mark.slow  # a model of its own
 def test_padding_ids_and_labels_are_not_checked_or_read(x64):
     # Out-of-range values at padded steps are ignored, not errors.
     params = make_deep(2, False, seed=10)
@@ -279,6 +292,7 @@ def test_bad_input_is_a_clear_error(name, x64):
         bptt_jax.bptt_chunk(params, xs, ys, **kwargs)
 
 
+@pytest.mark.slow  # draws a model eagerly
 def test_bad_layer_counts_and_shapes():
     with pytest.raises(ValueError, match="num_layers must be an integer >= 1, got 0"):
         bptt_jax.init_params(jax.random.key(0), K, H, num_layers=0)

@@ -5,36 +5,40 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import RTOL, assert_tree_close, make_problem, max_rel_error
+from helpers import (
+    RTOL,
+    assert_tree_close,
+    loss_value_and_grad,
+    make_problem,
+    max_rel_error,
+    slow_except,
+)
 
 import bptt_jax
 from bptt_jax.core.losses import softmax_cross_entropy
 from bptt_jax.referees.autodiff import chunked_loss, windowed_loss
 
 ACTS = list(bptt_jax.activations)
+# Each activation is a compilation of its own: the fast tier runs the seed's
+# tanh through the gradient checks, .ci/run every activation.
+ACTS_TANH_FAST = slow_except(ACTS, fast=["tanh"])
 PROBLEM = dict(K=6, H=5, C=4, B=3, T=9, h0=True)
 
 
-@pytest.fixture(params=["float64", "float32"])
-def dtype(request):
-    with jax.enable_x64(True):
-        yield request.param
-
-
-@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("activation", ACTS_TANH_FAST)
 def test_per_loss_equals_bptt_equals_jax_grad(activation, dtype):
     params, xs, ys, h0 = make_problem(**PROBLEM, dtype=dtype)
     E, grads = bptt_jax.bptt_per_loss(params, xs, ys, h0, activation=activation)
     E1, grads1 = bptt_jax.bptt(params, xs, ys, h0, activation=activation)
-    E_ref, grads_ref = jax.value_and_grad(bptt_jax.loss)(params, xs, ys, h0, activation=activation)
+    E_ref, grads_ref = loss_value_and_grad(params, xs, ys, h0, activation=activation)
     for e in (E, E1):
         assert abs(float(e) - float(E_ref)) <= RTOL[dtype] * abs(float(E_ref))
     assert_tree_close(grads, grads_ref, rtol=RTOL[dtype])
     assert_tree_close(grads1, grads_ref, rtol=RTOL[dtype])
 
 
-@pytest.mark.parametrize("truncate", [1, 4])
-@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("truncate", slow_except([1, 4], fast=[4]))
+@pytest.mark.parametrize("activation", ACTS_TANH_FAST)
 def test_chunked_truncation_matches_stop_gradient_at_chunk_ends(activation, truncate, dtype):
     params, xs, ys, h0 = make_problem(**PROBLEM, dtype=dtype)
     E, grads = bptt_jax.bptt(params, xs, ys, h0, activation=activation, truncate=truncate)
@@ -48,8 +52,9 @@ def test_chunked_truncation_matches_stop_gradient_at_chunk_ends(activation, trun
     assert max_rel_error(grads.U, full.U) > 1e-3
 
 
-@pytest.mark.parametrize("truncate", [1, 3])
-@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.slow  # a compilation per window
+@pytest.mark.parametrize("truncate", slow_except([1, 3], fast=[3]))
+@pytest.mark.parametrize("activation", ACTS_TANH_FAST)
 def test_sliding_window_per_loss_matches_autodiff_window(activation, truncate, dtype):
     params, xs, ys, h0 = make_problem(**PROBLEM, dtype=dtype)
     E, grads = bptt_jax.bptt_per_loss(params, xs, ys, h0, activation=activation, truncate=truncate)
@@ -63,6 +68,7 @@ def test_sliding_window_per_loss_matches_autodiff_window(activation, truncate, d
         assert max_rel_error(grads.U, chunked.U) > 1e-3
 
 
+@pytest.mark.slow  # compiles both referee losses
 def test_referee_losses_have_the_loss_value(x64):
     params, xs, ys, h0 = make_problem(**PROBLEM)
     E = bptt_jax.loss(params, xs, ys, h0)
@@ -70,7 +76,8 @@ def test_referee_losses_have_the_loss_value(x64):
         assert float(fn(params, xs, ys, h0, truncate=3)) == pytest.approx(float(E), rel=1e-14)
 
 
-@pytest.mark.parametrize("truncate", [None, 9, 50])
+@pytest.mark.slow  # a compilation per truncation
+@pytest.mark.parametrize("truncate", slow_except([None, 9, 50], fast=[9]))
 def test_truncation_at_or_beyond_T_is_exact(truncate, x64):
     params, xs, ys, h0 = make_problem(**PROBLEM)
     _, full = bptt_jax.bptt(params, xs, ys, h0)
@@ -80,6 +87,7 @@ def test_truncation_at_or_beyond_T_is_exact(truncate, x64):
     assert_tree_close(g2, full, rtol=1e-13)
 
 
+@pytest.mark.slow  # compiles bptt_chunk and jax.grad with respect to h0
 @pytest.mark.parametrize("truncate", [None, 3])
 @pytest.mark.parametrize("activation", ACTS)
 def test_dh0_matches_jax_grad_wrt_h0(activation, truncate, dtype):
@@ -96,6 +104,7 @@ def test_dh0_matches_jax_grad_wrt_h0(activation, truncate, dtype):
     np.testing.assert_array_equal(h_T, hs[:, -1])
 
 
+@pytest.mark.slow  # shapes of its own
 def test_dh0_for_one_sequence_has_shape_H(x64):
     params, xs, ys, h0 = make_problem(K=5, H=4, T=6, h0=True)
     _, _, dh0, h_T = bptt_jax.bptt_chunk(params, xs, ys, h0)
@@ -103,7 +112,8 @@ def test_dh0_for_one_sequence_has_shape_H(x64):
     assert max_rel_error(dh0, bptt_jax.autodiff_dh0(params, xs, ys, h0)) <= 1e-10
 
 
-@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.slow  # a compilation per chunk shape
+@pytest.mark.parametrize("activation", ACTS_TANH_FAST)
 def test_chunks_processed_backwards_with_dh_T_give_the_full_gradient(activation, x64):
     # Forward chunk by chunk carrying h; backward chunk by chunk carrying dh.
     params, xs, ys, h0 = make_problem(K=6, H=5, B=2, T=12, h0=True)
@@ -128,6 +138,7 @@ def test_chunks_processed_backwards_with_dh_T_give_the_full_gradient(activation,
     assert max_rel_error(dh, dh0_full) <= 1e-12
 
 
+@pytest.mark.slow  # a compilation per chunk shape
 def test_chunks_without_dh_T_are_bptt_truncated_at_the_chunk_ends(x64):
     params, xs, ys, h0 = make_problem(K=6, H=5, B=2, T=12, h0=True)
     total, h = None, h0
@@ -146,19 +157,19 @@ def _soft_labels(shape, C, dtype, seed=0):
     return jax.nn.softmax(3 * logits).astype(dtype)
 
 
+@pytest.mark.slow  # compiles both hand paths for soft labels
 @pytest.mark.parametrize("activation", ACTS)
 def test_soft_labels_match_jax_grad(activation, dtype):
     params, xs, _, h0 = make_problem(**PROBLEM, dtype=dtype)
     ys = _soft_labels(xs.shape, 4, dtype)
     for fn in (bptt_jax.bptt, bptt_jax.bptt_per_loss):
         E, grads = fn(params, xs, ys, h0, activation=activation)
-        E_ref, grads_ref = jax.value_and_grad(bptt_jax.loss)(
-            params, xs, ys, h0, activation=activation
-        )
+        E_ref, grads_ref = loss_value_and_grad(params, xs, ys, h0, activation=activation)
         assert abs(float(E) - float(E_ref)) <= RTOL[dtype] * abs(float(E_ref))
         assert_tree_close(grads, grads_ref, rtol=RTOL[dtype])
 
 
+@pytest.mark.slow  # compiles soft labels
 def test_one_hot_soft_labels_equal_class_ids(x64):
     params, xs, ys, h0 = make_problem(**PROBLEM)
     E_ids, g_ids = bptt_jax.bptt(params, xs, ys, h0)
@@ -167,6 +178,7 @@ def test_one_hot_soft_labels_equal_class_ids(x64):
     assert_tree_close(g_hot, g_ids, rtol=1e-14)
 
 
+@pytest.mark.slow  # compiles soft labels anew
 def test_label_smoothing_with_zero_entries_stays_finite(x64):
     params, xs, ys, h0 = make_problem(**PROBLEM)
     ys_soft = 0.9 * jax.nn.one_hot(ys, 4, dtype=jnp.float64) + 0.1 / 4
@@ -223,6 +235,7 @@ def test_softmax_cross_entropy_grad_is_yhat_minus_y(x64):
     )
 
 
+@pytest.mark.slow  # shapes of its own
 def test_loss_and_gradients_finite_for_logits_of_1000(dtype):
     params, xs, ys, h0 = make_problem(K=6, H=5, B=2, T=5, V_scale=800.0, dtype=dtype)
     _, z = bptt_jax.forward(params, xs, h0)
@@ -249,6 +262,7 @@ def test_derivative_from_h_equals_jax_grad_of_f(activation, x64):
     assert float(jnp.max(jnp.abs(df_auto))) <= act.max_slope + 1e-12
 
 
+@pytest.mark.slow  # compiles relu's paths
 def test_relu_at_exactly_zero_has_derivative_zero(x64):
     # U = W = b = 0 puts every s_t at exactly 0: h_t = relu(0) = 0, and the
     # convention f'(0) = 0 (jax.nn.relu, PyTorch) kills every recurrent gradient.
@@ -283,6 +297,7 @@ def test_forward_uses_the_activation(activation, x64):
 # --- per-loss deltas -------------------------------------------------------------
 
 
+@pytest.mark.slow  # eager jax.grad of an unrolled loop per step
 def test_per_loss_deltas_are_dEt_dsk(x64):
     # δ_k^(t) = ∂E_t/∂s_k, checked by perturbing s_k: run the forward with an
     # additive offset e_k on s_k and differentiate E_t alone with jax.grad.

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import RTOL, make_problem, max_rel_error
+from helpers import RTOL, make_problem, max_rel_error, slow_except
 
 import bptt_jax
 from bptt_jax.lab.diagnostics import classify_rate, format_sweep, gamma_verdict, spectral_sweep
@@ -48,7 +48,7 @@ def _problem(activation, scale, *, B=3, T=7, seed=0):
     return params._replace(U=scale * params.U), xs, ys, h0
 
 
-@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu"])
+@pytest.mark.parametrize("activation", slow_except(["tanh", "sigmoid", "relu"], fast=["tanh"]))
 def test_gradient_flow_matches_autodiff_of_each_Et_wrt_each_sk(activation, x64):
     params, xs, ys, h0 = _problem(activation, 1.5)
     flow = bptt_jax.gradient_flow(params, xs, ys, h0, activation=activation)
@@ -80,6 +80,7 @@ def test_gradient_flow_matches_autodiff_of_each_Et_wrt_each_sk(activation, x64):
     assert abs(float(flow.decay_rate) - rate) <= 1e-10 * rate
 
 
+@pytest.mark.slow  # shapes of its own
 def test_gradient_flow_of_one_sequence_equals_the_batch_of_one(x64):
     params, xs, ys, h0 = make_problem(K=5, H=4, T=6, h0=True)
     one = bptt_jax.gradient_flow(params, xs, ys, h0)
@@ -90,9 +91,11 @@ def test_gradient_flow_of_one_sequence_equals_the_batch_of_one(x64):
     assert max_rel_error(one.delta_norms, np.linalg.norm(deltas, axis=-1)) <= 1e-14
 
 
+# Every (activation, batch) is a compilation: the fast tier checks the bound
+# on a tanh batch at every scale (one compilation), .ci/run all of them.
 @pytest.mark.parametrize("scale", [0.3, 1.0, 6.0], ids=lambda s: f"U_times_{s}")
-@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu"])
-@pytest.mark.parametrize("batch", [None, 4], ids=["one_sequence", "batch"])
+@pytest.mark.parametrize("activation", slow_except(["tanh", "sigmoid", "relu"], fast=["tanh"]))
+@pytest.mark.parametrize("batch", slow_except([None, 4], [4], ["one_sequence", "batch"]))
 def test_the_bound_holds_on_every_measured_trajectory(activation, scale, batch, x64):
     # ‖δ_k^(t)‖ ≤ ‖δ_t^(t)‖ Π_{i=k}^{t−1} ‖U‖₂ max|f′(s_i)| ≤ ‖δ_t^(t)‖ γ^(t−k)
     params, xs, ys, h0 = make_problem(K=6, H=5, B=batch, T=12, h0=True, seed=3)
@@ -108,6 +111,7 @@ def test_the_bound_holds_on_every_measured_trajectory(activation, scale, batch, 
     assert np.max(n) > 0  # a trajectory that carries signal
 
 
+@pytest.mark.slow  # a shape of its own
 def test_the_bound_is_tighter_than_gamma_when_units_saturate(x64):
     # Large biases saturate tanh: max|f'(s_k)| ≪ 1 on the trajectory, so the
     # trajectory bound is far below γ^(t−k) although γ > 1 -- and so are the deltas.
@@ -120,6 +124,7 @@ def test_the_bound_is_tighter_than_gamma_when_units_saturate(x64):
     assert float(flow.decay_rate) < 1
 
 
+@pytest.mark.slow  # compiles both dtypes
 def test_gradient_flow_float32_agrees_with_float64():
     params, xs, ys, h0 = make_problem(K=5, H=4, B=2, T=6, dtype="float32", h0=True)
     flow32 = bptt_jax.gradient_flow(params, xs, ys, h0)
@@ -152,6 +157,7 @@ def test_classify_rate(rate, verdict):
     assert classify_rate(rate) == verdict
 
 
+@pytest.mark.slow  # nine gradient flows, three compilations
 def test_spectral_sweep_rows_and_what_gamma_guarantees(x64):
     rows = spectral_sweep(
         jax.random.key(0), scales=(0.5, 1.0, 3.0), hidden_size=6, batch=2, steps=10
@@ -170,6 +176,7 @@ def test_spectral_sweep_rows_and_what_gamma_guarantees(x64):
     assert len(table.splitlines()) == 1 + len(rows) and "γ predicts" in table
 
 
+@pytest.mark.slow  # shapes of their own
 @pytest.mark.parametrize("T", [0, 1], ids=["T=0", "T=1"])
 def test_gradient_flow_of_an_empty_or_one_step_sequence(T, x64):
     params, xs, ys, h0 = make_problem(K=5, H=4, B=2, T=T, h0=True)

@@ -10,7 +10,14 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import RTOL, assert_tree_close, make_problem, max_rel_error
+from helpers import (
+    RTOL,
+    assert_tree_close,
+    loss_value_and_grad,
+    make_problem,
+    max_rel_error,
+    slow_except,
+)
 from jax import lax
 
 import bptt_jax
@@ -39,8 +46,10 @@ def soften(ys, C, dtype):
     return 0.8 * jax.nn.one_hot(ys, C, dtype=dtype) + jnp.asarray(0.2 / C, dtype)
 
 
-@pytest.mark.parametrize("case", CASES, ids=list(CASES))
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+# Each case compiles its own backward: the fast tier runs a chunked recompute
+# with a remainder chunk on dense inputs and soft labels, in float64.
+@pytest.mark.parametrize("case", slow_except(CASES, fast=["recompute_dense_soft"]))
+@pytest.mark.parametrize("dtype", ["float64", pytest.param("float32", marks=pytest.mark.slow)])
 def test_fast_paths_match_jax_grad(case, dtype):
     problem, kwargs = CASES[case]
     problem = dict(dict(K=6, H=5, B=3, T=T, h0=True, dtype=dtype), **problem)
@@ -48,10 +57,11 @@ def test_fast_paths_match_jax_grad(case, dtype):
         params, xs, ys, h0 = make_problem(**problem)
         if problem.get("C"):
             ys = soften(ys, problem["C"], dtype)
-        expected = jax.value_and_grad(bptt_jax.loss)(params, xs, ys, h0)
+        expected = loss_value_and_grad(params, xs, ys, h0)
         assert_tree_close(bptt_jax.bptt(params, xs, ys, h0, **kwargs), expected, rtol=RTOL[dtype])
 
 
+@pytest.mark.slow  # three compilations of bptt_core
 @pytest.mark.parametrize("recompute", [False, True], ids=["store_all", "recompute"])
 def test_chunks_carry_dh_T_truncation_and_clipping(recompute, x64):
     # dh0, h_T, truncation cuts falling inside and between chunks, and δ
@@ -92,6 +102,7 @@ def test_no_time_by_classes_array_is_built():
     assert largest(chunk=T_) == T_ * B * K  # the check sees it when it is there
 
 
+@pytest.mark.slow  # compiles at a vocabulary of 2000 and at T = 1024
 def test_memory_of_the_fast_paths():
     # XLA's own account of the temporary buffers: the chunked backward needs
     # a small fraction of autodiff's at a large vocabulary (issue 7: <= 25 %),
@@ -136,6 +147,7 @@ def bf16_loss(params, xs, ys, h0):
     return -jnp.sum(jnp.take_along_axis(log_yhat, ys.T[..., None], axis=-1))
 
 
+@pytest.mark.slow  # compiles bf16 hand and autodiff paths
 @pytest.mark.parametrize("recompute", [False, True], ids=["store_all", "recompute"])
 def test_bf16_matches_jax_grad_at_matching_precision(recompute):
     params, xs, ys, h0 = make_problem(K=30, H=24, B=4, T=T, h0=True, dtype="float32")

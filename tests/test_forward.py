@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import make_problem, seed_forward_loop
+from helpers import make_problem, seed_forward_loop, slow_except
 
 import bptt_jax
 
@@ -18,7 +18,8 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+# Cases with and without h0 share a compilation; the fast tier runs ids.
+@pytest.mark.parametrize("case", slow_except(CASES, fast=["ids", "ids_h0"]))
 def test_forward_and_loss_match_the_seed_loop(case, x64):
     params, xs, ys, h0 = make_problem(**CASES[case])
     hs, z = bptt_jax.forward(params, xs, h0)

@@ -9,7 +9,14 @@ import bptt_jax
 
 
 @pytest.mark.parametrize(
-    ("K", "H", "C"), [(65, 32, None), (10, 4, 3), (3, 17, 12)], ids=["C=K", "C<K", "C>K"]
+    ("K", "H", "C"),
+    [
+        (65, 32, None),
+        # each shape compiles the random draws anew
+        pytest.param(10, 4, 3, marks=pytest.mark.slow),
+        pytest.param(3, 17, 12, marks=pytest.mark.slow),
+    ],
+    ids=["C=K", "C<K", "C>K"],
 )
 def test_init_params_shapes_and_scale(K, H, C):
     p = bptt_jax.init_params(jax.random.key(0), K, H, num_classes=C)

@@ -27,6 +27,7 @@ def test_default_is_the_previous_pytorch_uniform_draw_bit_for_bit():
             np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.slow  # draws at a shape of its own
 def test_normal_is_the_seeds_small_random_weights():
     p = bptt_jax.init_params(jax.random.key(0), 40, 64, init="normal")
     for m in (p.U, p.V, p.W):
@@ -35,6 +36,7 @@ def test_normal_is_the_seeds_small_random_weights():
     assert not np.any(np.asarray(p.b)) and not np.any(np.asarray(p.c))
 
 
+@pytest.mark.slow  # draws at shapes of its own
 def test_orthogonal_U_has_orthonormal_columns(x64):
     p = bptt_jax.init_params(jax.random.key(1), 5, 8, init="orthogonal", dtype=jnp.float64)
     U = np.asarray(p.U)
@@ -94,6 +96,7 @@ def test_bad_init_arguments_are_clear_errors(kwargs, error, match):
         bptt_jax.init_params(jax.random.key(0), 5, 8, **kwargs)
 
 
+@pytest.mark.slow  # draws every scheme at a shape of its own
 def test_inits_lists_the_names():
     assert bptt_jax.inits == ("normal", "uniform", "orthogonal", "identity", "spectral")
     for name in bptt_jax.inits:

@@ -6,6 +6,9 @@ import pathlib
 import pytest
 from helpers import run_on_simulated_devices
 
+# One subprocess with 8 simulated devices, compiling every check anew: slow tier.
+pytestmark = pytest.mark.slow
+
 SCRIPT = pathlib.Path(__file__).parent / "scripts" / "parallel_checks.py"
 
 

@@ -7,6 +7,10 @@ import pathlib
 import pytest
 from helpers import run_on_simulated_devices
 
+# One subprocess with 8 simulated devices running several trainings and the
+# command line: slow tier.
+pytestmark = pytest.mark.slow
+
 SCRIPT = pathlib.Path(__file__).parent / "scripts" / "parallel_train_checks.py"
 
 # Tolerances on the max relative difference of every leaf of (params, optimizer

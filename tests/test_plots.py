@@ -24,6 +24,7 @@ def assert_valid_png(path, min_size=(200, 150)):
     assert len(data) > 5000, f"{path.name}: {len(data)} bytes, an empty figure?"
 
 
+@pytest.mark.slow  # a sweep and a delay-task training
 def test_run_diagnose_writes_every_plot_and_reports(tmp_path):
     # The shapes of tests/test_diagnostics.py's sweep and tests/test_tasks.py's
     # training: in one pytest process, the compilations are shared.
@@ -42,6 +43,7 @@ def test_run_diagnose_writes_every_plot_and_reports(tmp_path):
     assert not jax.config.jax_enable_x64  # float64 only inside the diagnosis
 
 
+@pytest.mark.slow  # compiles the diagnosis for its own shapes
 def test_diagnose_command_line(tmp_path, capsys):
     out = tmp_path / "plots"
     argv = ["diagnose", "-o", str(out), "-K", "4", "-H", "3", "-B", "2", "-T", "5",

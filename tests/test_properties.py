@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from helpers import RTOL, assert_tree_close, make_problem, max_rel_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 import bptt_jax
 
 
+@pytest.mark.slow  # a compilation per drawn shape
 @settings(
     max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -34,6 +36,7 @@ def test_hand_gradients_match_jax_grad_for_any_shape(K, H, C, B, T, inputs, h0, 
         assert_tree_close(grads, grads_ref, rtol=RTOL["float64"])
 
 
+@pytest.mark.slow  # a compilation per drawn shape
 @settings(
     max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

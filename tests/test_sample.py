@@ -63,6 +63,7 @@ def test_temperature_to_zero_tends_to_greedy(seed):
     assert sample(model, "hi", 40, temperature=1.0, seed=seed) != cold  # not always greedy
 
 
+@pytest.mark.slow  # compiles top-k sampling at another length
 def test_top_k_one_is_greedy_at_any_temperature():
     model = _model()
     assert sample(model, "a", 30, temperature=2.0, top_k=1, seed=5) == sample(
@@ -70,6 +71,7 @@ def test_top_k_one_is_greedy_at_any_temperature():
     )
 
 
+@pytest.mark.slow  # compiles top-k sampling
 def test_top_k_draws_only_among_the_k_most_likely():
     model = _model(scale=0.5)  # flat distributions: without top-k anything goes
     text = sample(model, "a", 60, temperature=1.0, top_k=2, seed=1)

@@ -44,6 +44,7 @@ def curves():
     return train_delay(jax.random.key(0), (1, 3), REMEDIES[1], iterations=20)
 
 
+@pytest.mark.slow  # trains on the delay task (curves)
 def test_train_delay_learns_a_short_delay(curves):
     assert curves.loss.shape == curves.accuracy.shape == curves.grad_norm.shape == (2, 20)
     assert np.all(np.isfinite(curves.loss)) and np.all(curves.grad_norm > 0)
@@ -53,6 +54,7 @@ def test_train_delay_learns_a_short_delay(curves):
     assert 0 < curves.signal[1] < curves.signal[0] < 1
 
 
+@pytest.mark.slow  # trains on the delay task (curves)
 def test_delay_plots_are_valid_pngs(curves, tmp_path):
     assert_valid_png(plot_delay([curves, curves], tmp_path / "acc.png", vocab_size=4))
     assert_valid_png(plot_delay_grad_norm([curves], tmp_path / "norm.png"))

@@ -56,9 +56,12 @@ ACT = {"tanh": np.tanh, "relu": lambda s: np.maximum(s, 0)}
 
 @pytest.mark.parametrize(
     ("L", "bidirectional", "activation"),
-    [(1, False, "tanh"), (1, True, "relu"), (2, False, "relu"), (3, True, "tanh")],
+    [pytest.param(1, False, "tanh", marks=pytest.mark.slow),
+     pytest.param(1, True, "relu", marks=pytest.mark.slow),
+     pytest.param(2, False, "relu", marks=pytest.mark.slow),
+     (3, True, "tanh")],
     ids=["L1-uni-tanh", "L1-bi-relu", "L2-uni-relu", "L3-bi-tanh"],
-)
+)  # fmt: skip
 def test_from_torch_computes_what_pytorch_computes(L, bidirectional, activation, x64):
     rnn, head = torch_state_dicts(L, bidirectional)
     params = bptt_jax.from_torch(rnn, head)
@@ -124,6 +127,7 @@ def test_bad_state_dicts_are_clear_errors(name, x64):
         bptt_jax.from_torch(*make(*torch_state_dicts(2, True)))
 
 
+@pytest.mark.slow  # a fresh Python imports JAX and bptt_jax
 def test_from_torch_does_not_import_torch():
     code = (
         "import sys, numpy as np, bptt_jax\n"

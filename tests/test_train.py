@@ -44,6 +44,7 @@ def _bitwise_equal(a, b):
     )
 
 
+@pytest.mark.slow  # 250 training steps
 def test_training_on_the_stdlib_goes_well_below_the_unigram_entropy(corpus, tmp_path):
     config = TrainConfig(**{**TINY, "eval_every": 250}, steps=250, lr=1e-2, out=str(tmp_path))
     result = train(config, corpus=corpus, progress=False, echo=lambda s: None)
@@ -61,6 +62,7 @@ def uninterrupted(corpus, tmp_path_factory):
     return train(config, corpus=corpus, progress=False, echo=lambda s: None)
 
 
+@pytest.mark.slow  # three trainings
 @pytest.mark.parametrize("how", ["stop_at_6", "ctrl_c_at_5"])
 def test_resume_is_bitwise_identical(corpus, uninterrupted, tmp_path, how):
     config = dataclasses.replace(uninterrupted.config, out=str(tmp_path))
@@ -85,6 +87,7 @@ def test_resume_is_bitwise_identical(corpus, uninterrupted, tmp_path, how):
     assert _bitwise_equal(resumed.state, uninterrupted.state)
 
 
+@pytest.mark.slow  # compiles a training step
 def test_sgd_is_the_seeds_update_on_the_hand_gradients(corpus):
     config = TrainConfig(optimizer="sgd", lr=0.5, clip=0.0)
     tx = make_optimizer(config)
@@ -115,6 +118,7 @@ def _nan_gradients(params, xs, ys, h0):
     return E, grads._replace(U=grads.U.at[0, 0].set(jnp.nan)), dh0, h_T
 
 
+@pytest.mark.slow  # each run compiles its own training step
 @pytest.mark.parametrize("clip", [0.0, 1.0], ids=["no_clipping", "clipping"])
 def test_non_finite_steps_are_skipped_counted_and_stop_training(corpus, tmp_path, clip):
     config = TrainConfig(**TINY, steps=50, clip=clip, out=str(tmp_path))
@@ -138,12 +142,14 @@ def _wrong_dU(params, xs, ys, h0):
     return E, grads._replace(U=0.5 * grads.U), dh0, h_T
 
 
+@pytest.mark.slow  # a training of its own
 def test_verify_every_stops_on_wrong_gradients(corpus, tmp_path):
     config = TrainConfig(**TINY, steps=10, verify_every=3, out=str(tmp_path))
     with pytest.raises(TrainingError, match=r"disagrees with jax.grad.*U rel. error 5\.0+e-01"):
         train(config, corpus=corpus, progress=False, grad_fn=_wrong_dU)
 
 
+@pytest.mark.slow  # a training of its own
 def test_verify_every_passes_on_the_hand_gradients(corpus, tmp_path):
     config = TrainConfig(**TINY, steps=10, verify_every=4, out=str(tmp_path))
     result = train(config, corpus=corpus, progress=False, echo=lambda s: None)
@@ -157,6 +163,7 @@ def test_perplexity_of_a_diverged_model_is_infinite_not_an_error():
     assert Evaluation(loss=math.log(4.0)).perplexity == pytest.approx(4.0)
 
 
+@pytest.mark.slow  # 300 training steps on a larger corpus
 def test_tagging_beats_both_baselines(tmp_path):
     corpus = load_corpus(task="tag", max_files=30)
     config = TrainConfig(**{**TINY, "max_files": 30}, task="tag", steps=300, lr=1e-2,
@@ -199,6 +206,7 @@ def test_the_training_step_uses_no_autodiff():
     assert not names & autodiff
 
 
+@pytest.mark.slow  # compiles a bf16 training step and its referee
 def test_bf16_products_train_and_verify_at_bf16_tolerance(corpus, uninterrupted, tmp_path):
     # --matmul-dtype bfloat16: the step runs bptt_core with bf16 products, the
     # --verify-every referee allows 4 bf16 ulps, and the run tracks float32's.
@@ -218,6 +226,7 @@ def test_bf16_products_train_and_verify_at_bf16_tolerance(corpus, uninterrupted,
     assert load_checkpoint(tmp_path / "checkpoint.bptt")[0]["config"]["matmul_dtype"] == "bfloat16"
 
 
+@pytest.mark.slow  # compiles a recompute training step
 def test_recompute_trains_like_storing_every_state(corpus, uninterrupted, tmp_path):
     config = TrainConfig(**TINY, steps=12, recompute=True, out=str(tmp_path))
     result = train(config, corpus=corpus, progress=False, echo=lambda s: None)

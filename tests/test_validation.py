@@ -93,6 +93,7 @@ def test_ys_is_required(problem):
         bptt_jax.bptt(params, xs, None)
 
 
+@pytest.mark.slow  # compiles every entry point
 def test_numpy_and_list_inputs_are_accepted(problem):
     params, xs, ys, h0 = problem
     E, grads = bptt_jax.bptt(params, np.asarray(xs), np.asarray(ys).tolist(), np.asarray(h0))
