@@ -38,7 +38,7 @@ from .data import DataError
 from .distributed import ClusterError
 from .preflight import UsageError
 from .sample import MAX_LENGTH
-from .signals import Interrupted
+from .signals import Interrupted, owns_process
 
 
 class Parser(argparse.ArgumentParser):
@@ -267,4 +267,5 @@ def _one_line(e: BaseException) -> str:
 
 def run() -> None:
     """Console-script entry point: exits with :func:`main`'s status."""
+    owns_process()
     sys.exit(main())

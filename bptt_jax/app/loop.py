@@ -157,7 +157,6 @@ def train(
       ``interrupted`` (with ``signum``).
     """
     check_config(config)
-    check_writable_folder(config.out)
     itemsize = jnp.dtype(config.dtype).itemsize
     require_memory(
         f"training with --hidden-size {config.hidden_size} --batch-size {config.batch_size} "
@@ -165,6 +164,7 @@ def train(
         rnn_bytes(K=256, H=config.hidden_size, C=256, B=config.batch_size, T=config.seq_len,
                   itemsize=itemsize),
     )  # fmt: skip
+    check_writable_folder(config.out)
     # float64 needs x64 for the whole run (initialisation, steps, checkpoints);
     # the context leaves the caller's setting as it was.
     x64 = jax.enable_x64(True) if config.dtype == "float64" else contextlib.nullcontext()

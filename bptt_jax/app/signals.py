@@ -19,6 +19,22 @@ import threading
 #: The signals that stop a run cleanly.
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+# Set by the command line, which owns its process: once a signal has stopped a
+# run, the process only exits, and further signals must not raise in the
+# middle of its exit (JAX's atexit clean-up once printed a KeyboardInterrupt
+# traceback there).
+_owns_process = False
+
+
+def owns_process(flag: bool = True) -> None:
+    """Declares that the caller exits soon after a run a signal stopped (the CLI)."""
+    global _owns_process
+    _owns_process = flag
+
+
+def _swallow(signum: int, frame) -> None:
+    pass
+
 
 class Interrupted(Exception):  # noqa: N818 (a stop, not an error)
     """A signal arrived before the first step: there is nothing to save."""
@@ -55,7 +71,7 @@ class Interrupts:
 
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
-            signal.signal(sig, old)
+            signal.signal(sig, _swallow if self.stop and _owns_process else old)
         self._old.clear()
 
     @property
