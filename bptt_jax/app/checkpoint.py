@@ -242,10 +242,10 @@ def _load(path: pathlib.Path, f, limit) -> tuple[dict, dict[str, np.ndarray]]:
             allowed = limit(header)
         except CheckpointError as e:
             refuse(str(e))
-        if rest > allowed + _MAX_TABLE + 8:
-            refuse(
-                f"the arrays take {rest} bytes, but the header's configuration allows "
-                f"at most {allowed}"
+        if rest > allowed + _MAX_TABLE + 8:  # refused unread (no checksum of it either)
+            raise CheckpointError(
+                f"{path}: the arrays take {rest} bytes, but the header's configuration allows "
+                f"at most {allowed} (a damaged or forged file); not loaded"
             )
     tail = f.read(rest)
     if hashlib.sha256(prefix[40:48] + head + tail).digest() != digest or len(tail) != rest:
