@@ -13,6 +13,8 @@ import sys
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bptt_jax.app import checkpoint as _checkpoint
 from bptt_jax.app.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -262,3 +264,58 @@ def test_three_quick_signals_never_leave_a_traceback(tmp_path):
     assert "Traceback" not in err
     # Either the save finished before the third signal or it said plainly it saved nothing.
     assert "checkpoint saved to" in err or "nothing was saved" in err
+
+
+# --------------------------------------------------------------------------- CLI fuzz
+
+_VALUES = st.sampled_from(["0", "1", "-1", "3", "2.5", "1e3", "inf", "nan", "-inf", "x", "",
+                           "99999999999999999999999", "2000000000", "0x10", "1,2",
+                           "\u2603"])  # fmt: skip
+_FLAGS = {
+    "train": ["--steps", "--lr", "--seed", "--hidden-size", "--batch-size", "--seq-len",
+              "--clip", "--clip-value", "--eval-every", "--save-every", "--val-chars",
+              "--max-files", "--optimizer", "--dtype", "--task", "--devices"],
+    "sample": ["--length", "--temperature", "--top-k", "--seed", "--prime"],
+    "check": ["-K", "-H", "-C", "-B", "-T", "--seed", "--dtype", "--inputs"],
+    "bench": ["-K", "-H", "-B", "-T", "--repeats", "--chunk", "--unroll", "--dtype"],
+    "diagnose": ["-K", "-H", "-B", "-T", "--spectral-radius", "--sweep-scales", "--delays",
+                 "--iterations", "--init", "--activation"],
+}  # fmt: skip
+
+
+@st.composite
+def _argv(draw):
+    command = draw(st.sampled_from(sorted(_FLAGS)))
+    argv = [command]
+    for _ in range(draw(st.integers(1, 3))):
+        argv += [draw(st.sampled_from(_FLAGS[command])), draw(_VALUES)]
+    return argv
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(argv=_argv())
+def test_fuzz_command_lines_give_one_line_errors_or_run(argv, tmp_path, monkeypatch, capsys):
+    # The work itself is stubbed out (its own tests cover it): what is fuzzed is
+    # everything between the command line and the work.
+    from bptt_jax.app import commands
+
+    def done(*args, **kwargs):  # reached the work: the command line was accepted
+        raise SystemExit(0)
+
+    for name in ("run_check", "run_bench", "train", "load_model"):
+        monkeypatch.setattr(commands, name, done)
+    monkeypatch.setattr("bptt_jax.app.diagnose.run_diagnose", done)
+    monkeypatch.chdir(tmp_path)
+    if argv[0] == "sample":
+        argv = [argv[0], "x.bptt", *argv[1:]]
+    try:
+        status = main([*argv, *(["--out", str(tmp_path / "o")] if argv[0] == "diagnose" else [])])
+    except SystemExit as e:
+        status = e.code
+    err = capsys.readouterr().err
+    if status == 0:
+        return
+    assert status == 1, (argv, err)
+    assert len(err.strip().splitlines()) == 1, (argv, err)
+    assert "Traceback" not in err and "internal error" not in err, (argv, err)
