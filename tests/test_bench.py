@@ -43,7 +43,7 @@ def test_bench_exits_1_when_the_hand_gradient_is_wrong(monkeypatch, capsys):
 def test_bench_rejects_a_bad_option(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "--chunk", "0"])
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == 1
     assert "--chunk: must be >= 1, got 0" in capsys.readouterr().err
 
 

@@ -35,7 +35,11 @@ def tag_run(tmp_path_factory):
 
 
 def _fails_with(argv, capsys, message):
-    assert main(argv) == 1
+    try:
+        status = main(argv)
+    except SystemExit as e:  # argument errors: the parser's, with the same status
+        status = e.code
+    assert status == 1
     err = capsys.readouterr().err
     assert message in err, err
     assert "Traceback" not in err
@@ -100,8 +104,8 @@ def test_sample_is_reproducible_and_starts_with_the_prime(lm_run, capsys):
 
 @pytest.mark.parametrize(
     "extra, message",
-    [(["--length", "0"], "--length must be a positive number"),
-     (["--length", "-5"], "--length must be a positive number"),
+    [(["--length", "0"], "--length: must be in 1..1000000, got 0"),
+     (["--length", "-5"], "--length: must be in 1..1000000, got -5"),
      (["--prime", "x\u2603y"], "not in the model's vocabulary: '\u2603'")],
     ids=["length_zero", "length_negative", "prime_outside_vocab"],
 )  # fmt: skip

@@ -143,5 +143,5 @@ def test_bad_multi_host_flags_exit_1_before_training(tmp_path, monkeypatch):
 def test_zero_devices_or_processes_is_a_usage_error(flag, capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", flag, "0"])
-    assert e.value.code == 2
+    assert e.value.code == 1
     assert "must be >= 1, got 0" in capsys.readouterr().err

@@ -61,13 +61,13 @@ def test_diagnose_command_line(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("argv", "code", "match"),
-    [(["--spectral-radius", "0"], 2, "spectral_radius must be a finite number > 0"),
-     (["--spectral-radius", "-1"], 2, "got -1.0"),
-     (["--init", "xavier"], 2, "invalid choice: 'xavier'"),
-     (["--init", "spectral"], 2, "init='spectral' needs spectral_radius")],
+    [(["--spectral-radius", "0"], 1, "--spectral-radius: must be a finite number > 0"),
+     (["--spectral-radius", "-1"], 1, "got -1.0"),
+     (["--init", "xavier"], 1, "invalid choice: 'xavier'"),
+     (["--init", "spectral"], 1, "init='spectral' needs spectral_radius")],
     ids=["radius_0", "radius_negative", "unknown_init", "spectral_without_radius"],
 )  # fmt: skip
-def test_diagnose_bad_input_exits_2_with_a_clear_message(argv, code, match, tmp_path, capsys):
+def test_diagnose_bad_input_exits_1_with_a_clear_message(argv, code, match, tmp_path, capsys):
     try:
         status = main(["diagnose", "-o", str(tmp_path), "--no-sweep", "-T", "3", *argv])
     except SystemExit as e:  # argparse's own rejection

@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Callable
 
 from ..core.checks import MATMUL_DTYPES, check_number
-from .config import DTYPES, OPTIMIZERS, TASKS, TrainConfig
+from .config import DTYPES, OPTIMIZERS, SEED_RANGE, TASKS, TrainConfig
 
 
 def number(*, integer: bool, minimum: float, strict: bool) -> Callable[[str], int | float]:
@@ -43,6 +43,40 @@ positive = number(integer=True, minimum=1, strict=False)  # 1, 2, ...
 nonnegative = number(integer=True, minimum=0, strict=False)  # 0, 1, ...
 positive_float = number(integer=False, minimum=0, strict=True)  # finite, > 0
 nonnegative_float = number(integer=False, minimum=0, strict=False)  # finite, >= 0
+
+
+def integer_range(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type=``: an integer in ``low..high`` (no overflow further on)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {text}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+seed = integer_range(*SEED_RANGE)  # what jax.random.key takes
+
+
+def _list_of(item: Callable[[str], int | float]) -> Callable[[str], list]:
+    def parse(text: str) -> list:
+        values = [item(v) for v in text.split(",")]
+        if not values:
+            raise argparse.ArgumentTypeError("must not be empty")
+        return values
+
+    parse.__name__ = "list"
+    return parse
+
+
+number_list = _list_of(positive_float)  # "0.5,1,2": finite, > 0
+integer_list = _list_of(nonnegative)  # "0,2,5,10": >= 0
 
 #: The ``train`` flags that are fields of :class:`TrainConfig` (the rest: how to run it).
 TRAIN_OPTIONS = (
@@ -149,7 +183,7 @@ def add_train_parser(commands) -> None:
     )
     a(
         "--seed",
-        type=int,
+        type=seed,
         default=None,
         help=f"random seed of the initialisation (default {d.seed})",
     )
@@ -250,6 +284,12 @@ def add_train_parser(commands) -> None:
         metavar="I",
         help="multi-host: this process's id in 0..P-1; process I reads streams I, I+P, ... "
         "(default: $BPTT_JAX_PROCESS_ID, else 0)",
+    )
+    a(
+        "--allow-data-change",
+        action="store_true",
+        help="with --resume: continue although the training data differ from the "
+        "checkpoint's (its sha256 fingerprint); default: refuse",
     )
     a("--no-progress", action="store_true",
       help="no progress bar (default: shown on stderr when it is a terminal)")  # fmt: skip

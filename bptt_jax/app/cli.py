@@ -2,22 +2,50 @@
 
 The flags of ``train`` are declared in :mod:`bptt_jax.app.arguments`, what each
 command does in :mod:`bptt_jax.app.commands`.
+
+Exit status, the same for every command: 0 success; 1 an error, reported as
+one line ``bptt-jax COMMAND: error: ...`` on stderr with no traceback (bad
+arguments included, and a failed ``check`` or ``bench``); 128 + N when signal
+N stopped it (130 Ctrl-C, 143 SIGTERM). ``--debug`` or ``BPTT_JAX_DEBUG=1``
+gives the traceback back, for bug reports.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..core.activations import ACTIVATIONS
 from ..core.checks import MATMUL_DTYPES
 from ..core.init import INITS
 from . import commands
-from .arguments import add_train_parser, nonnegative, positive
+from .arguments import (
+    add_train_parser,
+    integer_list,
+    integer_range,
+    nonnegative,
+    nonnegative_float,
+    number_list,
+    positive,
+    positive_float,
+    seed,
+)
 from .check import INPUTS, TOLERANCES
 from .checkpoint import CheckpointError
 from .config import DTYPES, TrainingError
 from .data import DataError
+from .distributed import ClusterError
+from .preflight import UsageError
+from .sample import MAX_LENGTH
+from .signals import Interrupted, owns_process
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line on stderr and exit status 1."""
+
+    def error(self, message: str):
+        self.exit(1, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_check_parser(commands_) -> None:
@@ -40,7 +68,7 @@ def _add_check_parser(commands_) -> None:
       help="token ids (gather/scatter path) or dense input vectors (default ids)")  # fmt: skip
     a("--dtype", choices=tuple(TOLERANCES), default="float64",
       help="precision of the model under test (default float64)")  # fmt: skip
-    a("--seed", type=int, default=0, help="random seed (default 0)")
+    a("--seed", type=seed, default=0, help="random seed (default 0)")
 
 
 def _add_diagnose_parser(commands_) -> None:
@@ -63,14 +91,14 @@ def _add_diagnose_parser(commands_) -> None:
     a("--steps", "-T", type=positive, default=40, help="T (default 40)")
     a("--activation", choices=tuple(ACTIVATIONS), default="tanh", help="f")
     a("--init", choices=INITS, default="uniform", help="init_params(init=...) (default uniform)")
-    a("--spectral-radius", type=float, default=None, help="rescale U to this ρ(U) > 0")
+    a("--spectral-radius", type=positive_float, default=None, help="rescale U to this ρ(U) > 0")
     a("--no-sweep", dest="sweep", action="store_false", help="skip the sweep of U's scale")
-    a("--sweep-scales", type=lambda s: [float(v) for v in s.split(",")], default=None,
+    a("--sweep-scales", type=number_list, default=None,
       help="comma-separated scales σ of U for the sweep (default 0.25..6)")  # fmt: skip
-    a("--delays", type=lambda s: [int(v) for v in s.split(",")], default=[],
+    a("--delays", type=integer_list, default=[],
       help="comma-separated delays d: also train on the delay task (e.g. 2,5,10,20)")  # fmt: skip
     a("--iterations", type=positive, default=1000, help="Adam steps per delay (default 1000)")
-    a("--seed", type=int, default=0, help="random seed (default 0)")
+    a("--seed", type=seed, default=0, help="random seed (default 0)")
 
 
 def _add_bench_parser(commands_) -> None:
@@ -103,7 +131,7 @@ def _add_bench_parser(commands_) -> None:
         default=None,
         help="bf16 matrix products with float32 accumulation (default: products in --dtype)",
     )
-    a("--seed", type=int, default=0, help="random seed (default 0)")
+    a("--seed", type=seed, default=0, help="random seed (default 0)")
 
 
 def _add_use_parsers(commands_) -> None:
@@ -119,16 +147,21 @@ def _add_use_parsers(commands_) -> None:
     a = sample.add_argument
     a("checkpoint", metavar="CHECKPOINT", help="a checkpoint written by bptt-jax train")
     a("--prime", default="def ", help="text to start from (default 'def ')")
-    a("--length", type=int, default=500, help="characters to generate, >= 1 (default 500)")
+    a(
+        "--length",
+        type=integer_range(1, MAX_LENGTH),
+        default=500,
+        help=f"characters to generate, 1..{MAX_LENGTH:,} (default 500)",
+    )
     a(
         "--temperature",
-        type=float,
+        type=nonnegative_float,
         default=0.8,
         help="divide the logits by this; lower is more conservative, 0 is greedy (default 0.8)",
     )
     a("--top-k", type=positive, default=None, metavar="K",
       help="sample only among the K most likely characters (default: all)")  # fmt: skip
-    a("--seed", type=int, default=0, help="random seed of the sampling (default 0)")
+    a("--seed", type=seed, default=0, help="random seed of the sampling (default 0)")
 
     tag = commands_.add_parser(
         "tag",
@@ -149,10 +182,15 @@ def _add_use_parsers(commands_) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every ``bptt-jax`` command."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="bptt-jax",
         description="Backpropagation through time derived by hand, checked against jax.grad. "
         "Commands: train (the main job), sample, tag, check, diagnose, bench.",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of an error (also: BPTT_JAX_DEBUG=1)",
     )
     commands_ = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_check_parser(commands_)
@@ -163,32 +201,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# The commands whose errors are the user's to fix: one line on stderr, status 1.
 _HANDLERS = {
+    "check": commands.check,
+    "diagnose": commands.diagnose,
+    "bench": commands.bench,
     "train": commands.train_command,
     "sample": commands.sample_command,
     "tag": commands.tag,
 }
 
+# The errors a user can cause: their message is the whole report.
+_USER_ERRORS = (DataError, CheckpointError, TrainingError, UsageError, ClusterError)
+
+
+def debugging(args: argparse.Namespace | None = None) -> bool:
+    """``--debug`` or ``BPTT_JAX_DEBUG`` set (to anything but ``""`` or ``0``)."""
+    flag = os.environ.get("BPTT_JAX_DEBUG", "") not in ("", "0")
+    return flag or bool(getattr(args, "debug", False))
+
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs one command; returns its exit status (2 for bad arguments, from argparse)."""
+    """Runs one command; returns its exit status (see the module's docstring).
+
+    Bad arguments raise ``SystemExit(1)`` (after printing one line), as
+    ``--help`` raises ``SystemExit(0)``.
+    """
     args = build_parser().parse_args(argv)
-    if args.command == "check":
-        return commands.check(args)
-    if args.command == "diagnose":
-        return commands.diagnose(args)
-    if args.command == "bench":
-        return commands.bench(args)
+    command = args.command
     try:
-        return _HANDLERS[args.command](args)
-    except (DataError, CheckpointError, TrainingError) as e:
-        return commands.error(args.command, str(e))
-    except KeyboardInterrupt:  # before training started (or in sample/tag): nothing to save
-        print(f"bptt-jax {args.command}: interrupted", file=sys.stderr)
+        return _HANDLERS[command](args)
+    except Interrupted as e:
+        print(f"bptt-jax {command}: {e}", file=sys.stderr)
+        return e.status
+    except KeyboardInterrupt:  # outside train's loop (sample, tag, ...): nothing to save
+        if debugging(args):
+            raise
+        print(f"bptt-jax {command}: interrupted", file=sys.stderr)
         return 130
+    except _USER_ERRORS as e:
+        if debugging(args):
+            raise
+        return commands.error(command, _one_line(e))
+    except (ValueError, TypeError) as e:  # the library's argument checks
+        if debugging(args):
+            raise
+        return commands.error(command, _one_line(e))
+    except MemoryError:
+        if debugging(args):
+            raise
+        return commands.error(command, "out of memory; choose smaller sizes")
+    except Exception as e:  # a bug: still one line, and how to get the traceback
+        if debugging(args):
+            raise
+        return commands.error(
+            command,
+            f"internal error {type(e).__name__}: {_one_line(e)} (a bug in bptt-jax; "
+            "run again with BPTT_JAX_DEBUG=1 for the traceback and report it)",
+        )
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 2000 else text[:2000] + "..."
 
 
 def run() -> None:
     """Console-script entry point: exits with :func:`main`'s status."""
+    owns_process()
     sys.exit(main())

@@ -21,10 +21,12 @@ from .check import run_check
 from .checkpoint import config_for_resume, load_model, read_training_checkpoint
 from .config import TrainConfig, TrainingError
 from .data import DataError, read_text, token_labels
-from .distributed import ClusterError, cluster_from, initialize
+from .distributed import cluster_from, initialize
 from .evaluate import Evaluation
 from .loop import CHECKPOINT_NAME, train
+from .preflight import UsageError, check_writable_folder, require_memory, rnn_bytes
 from .sample import format_tags, legend, predict_tags, sample
+from .signals import signal_name
 
 
 def error(command: str, message: str) -> int:
@@ -34,6 +36,13 @@ def error(command: str, message: str) -> int:
 
 
 def bench(args: argparse.Namespace) -> int:
+    K, H, B, T = args.vocab_size, args.hidden_size, args.batch, args.steps
+    itemsize = 8 if args.dtype == "float64" else 4
+    # Three methods compiled side by side; autodiff keeps every step's residuals.
+    require_memory(
+        f"bench -K {K} -H {H} -B {B} -T {T}",
+        3 * rnn_bytes(K=K, H=H, C=K, B=B, T=T, itemsize=itemsize),
+    )
     with jax.enable_x64(args.dtype == "float64"):
         report = run_bench(
             vocab_size=args.vocab_size, hidden_size=args.hidden_size, batch=args.batch,
@@ -45,7 +54,27 @@ def bench(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+#: The delay task's length T in ``diagnose --delays`` (``train_delay``'s default).
+DELAY_STEPS = 30
+
+#: ``check``'s finite differences at most: two forward passes per parameter entry.
+MAX_CHECK_WORK = 2 * 10**10
+
+
 def check(args: argparse.Namespace) -> int:
+    K, H, C, B, T = args.vocab_size, args.hidden_size, args.num_classes, args.batch, args.steps
+    require_memory(
+        f"check -K {K} -H {H} -C {C} -B {B} -T {T}",
+        4 * rnn_bytes(K=K, H=H, C=C, B=B, T=max(T, 1), itemsize=8),
+    )
+    entries = H * H + C * H + H * K + H + C
+    work = 2 * entries * B * max(T, 1) * (H * H + H * K + C * H)
+    if work > MAX_CHECK_WORK:
+        raise UsageError(
+            f"check -K {K} -H {H} -C {C} -B {B} -T {T}: the finite differences would take "
+            f"about {work:.1e} multiply-adds (2 forward passes for each of {entries:,} "
+            f"parameters; the limit is {MAX_CHECK_WORK:.0e}); choose smaller sizes"
+        )
     report = run_check(
         vocab_size=args.vocab_size, hidden_size=args.hidden_size, num_classes=args.num_classes,
         batch=args.batch, steps=args.steps, inputs=args.inputs, dtype=args.dtype, seed=args.seed,
@@ -59,25 +88,28 @@ def diagnose(args: argparse.Namespace) -> int:
     # imported when it runs.
     from .diagnose import run_diagnose
 
-    try:
-        report = run_diagnose(
-            args.out, vocab_size=args.vocab_size, hidden_size=args.hidden_size,
-            batch=args.batch, steps=args.steps, activation=args.activation, init=args.init,
-            spectral_radius=args.spectral_radius, seed=args.seed, sweep=args.sweep,
-            sweep_scales=args.sweep_scales, delays=args.delays, iterations=args.iterations,
-        )  # fmt: skip
-    except (ValueError, TypeError) as e:
-        print(f"bptt-jax diagnose: error: {e}", file=sys.stderr)
-        return 2
+    K, H, B, T = args.vocab_size, args.hidden_size, args.batch, args.steps
+    # gradient_flow holds every δ_k^(t): (T, T, B, H) float64, a few times over.
+    require_memory(
+        f"diagnose -K {K} -H {H} -B {B} -T {T}",
+        4 * 8 * T * T * B * H + rnn_bytes(K=K, H=H, C=K, B=B, T=T, itemsize=8),
+    )
+    if args.delays and max(args.delays) >= DELAY_STEPS:
+        raise UsageError(
+            f"--delays must be below the delay task's {DELAY_STEPS} steps, got {max(args.delays)}"
+        )
+    check_writable_folder(args.out)  # before the work, not after it
+    report = run_diagnose(
+        args.out, vocab_size=K, hidden_size=H, batch=B, steps=T, activation=args.activation,
+        init=args.init, spectral_radius=args.spectral_radius, seed=args.seed, sweep=args.sweep,
+        sweep_scales=args.sweep_scales, delays=args.delays, iterations=args.iterations,
+    )  # fmt: skip
     print(report.text)
     return 0
 
 
 def train_command(args: argparse.Namespace) -> int:
-    try:
-        cluster = cluster_from(args.coordinator, args.num_processes, args.process_id)
-    except ClusterError as e:
-        return error("train", str(e))
+    cluster = cluster_from(args.coordinator, args.num_processes, args.process_id)
     initialize(cluster)  # multi-host only: before anything touches the devices
     given = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
     if "text" in given:
@@ -87,9 +119,13 @@ def train_command(args: argparse.Namespace) -> int:
     else:
         config, resume = _resumed(args.resume, given)
     progress = not args.no_progress and sys.stderr.isatty()
-    result = train(config, resume=resume, progress=progress, devices=args.devices)
+    result = train(
+        config, resume=resume, progress=progress, devices=args.devices,
+        allow_data_change=args.allow_data_change,
+    )  # fmt: skip
+    status = 128 + (result.signum or 2) if result.interrupted else 0
     if cluster.process_id != 0:  # process 0 writes the files and reports for all
-        return 130 if result.interrupted else 0
+        return status
     if result.evaluation is not None and config.task == "tag":
         print(per_class_table(result.evaluation))
     print(result.summary())
@@ -97,12 +133,12 @@ def train_command(args: argparse.Namespace) -> int:
         print(f"loss curve: {result.plot}")
     if result.interrupted:
         print(
-            f"interrupted at step {result.state.step}: checkpoint saved; continue with "
-            f"bptt-jax train --resume {result.checkpoint}",
+            f"bptt-jax train: interrupted at step {result.state.step} by "
+            f"{signal_name(result.signum or 2)}: checkpoint saved to {result.checkpoint}; "
+            f"continue with bptt-jax train --resume {result.checkpoint}",
             file=sys.stderr,
         )
-        return 130
-    return 0
+    return status
 
 
 def _resumed(flag: str, given: dict) -> tuple[TrainConfig, pathlib.Path]:

@@ -7,6 +7,8 @@ the command line takes its ``choices=`` from these lists.
 from __future__ import annotations
 
 import dataclasses
+import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -71,8 +73,76 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, d: dict) -> TrainConfig:
+        """The configuration ``d`` describes, checked by :func:`check_config`.
+
+        Raises:
+          TrainingError: ``d`` is not a dict of the fields, or a value is invalid.
+        """
+        if not isinstance(d, dict):
+            raise TrainingError(f"the configuration must be a JSON object, not {_kind(d)}")
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: tuple(v) if k == "text" else v for k, v in d.items() if k in known})
+        missing = sorted(known - set(d))
+        if missing:
+            raise TrainingError(f"the configuration lacks {', '.join(missing)}")
+        text = d["text"]
+        if not isinstance(text, list | tuple) or not all(isinstance(t, str) for t in text):
+            raise TrainingError(f"text must be a list of paths, not {_kind(text)}")
+        config = cls(**{k: tuple(v) if k == "text" else v for k, v in d.items() if k in known})
+        check_config(config)
+        return config
+
+
+# The checks of every field of TrainConfig: (name, integer?, minimum, strict, None allowed?).
+_NUMBERS = (
+    ("max_files", True, 1, False, True), ("steps", True, 1, False, False),
+    ("batch_size", True, 1, False, False), ("seq_len", True, 1, False, False),
+    ("hidden_size", True, 1, False, False), ("lr", False, 0, True, False),
+    ("clip", False, 0, False, False), ("clip_value", False, 0, False, False),
+    ("eval_every", True, 0, False, False), ("save_every", True, 0, False, False),
+    ("verify_every", True, 0, False, False), ("val_chars", True, 1, False, False),
+)  # fmt: skip
+#: ``--seed`` and ``TrainConfig.seed``: what ``jax.random.key`` takes without overflow.
+SEED_RANGE = (-(2**63), 2**63 - 1)
+
+
+def _kind(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def check_config(config: TrainConfig) -> None:
+    """Refuses a configuration no run can have: every field's type, range and name.
+
+    The one validator of a configuration, used by :func:`bptt_jax.app.loop.train`
+    and by the checkpoint reader (so a forged header is refused by the same rule).
+
+    Raises:
+      TrainingError: naming the field and the value.
+    """
+    for name, integer, minimum, strict, optional in _NUMBERS:
+        value = getattr(config, name)
+        if value is None and optional:
+            continue
+        relation = ">" if strict else ">="
+        expected = f"{'an integer' if integer else 'a finite number'} {relation} {minimum:g}"
+        ok = not isinstance(value, bool) and isinstance(value, int | float)
+        if ok and integer:
+            ok = isinstance(value, int)
+        if ok:
+            ok = math.isfinite(value) and (value > minimum if strict else value >= minimum)
+        if not ok:
+            raise TrainingError(f"{name} must be {expected}, got {value!r}")
+    seed = config.seed
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TrainingError(f"seed must be an integer, got {seed!r}")
+    if not SEED_RANGE[0] <= operator.index(seed) <= SEED_RANGE[1]:
+        raise TrainingError(f"seed must be in {SEED_RANGE[0]}..{SEED_RANGE[1]}, got {seed}")
+    if config.task not in TASKS:
+        raise TrainingError(f"unknown task {config.task!r}; choose one of {', '.join(TASKS)}")
+    if not isinstance(config.out, str) or not config.out:
+        raise TrainingError(f"out must be a folder name, got {config.out!r}")
+    if not isinstance(config.recompute, bool):
+        raise TrainingError(f"recompute must be true or false, got {config.recompute!r}")
+    check_names(config)
 
 
 def check_names(config: TrainConfig) -> None:
@@ -81,10 +151,13 @@ def check_names(config: TrainConfig) -> None:
     Raises:
       TrainingError: naming the value and the accepted ones.
     """
-    if config.dtype not in DTYPES:
+    if not isinstance(config.dtype, str) or config.dtype not in DTYPES:
         raise TrainingError(f"unknown dtype {config.dtype!r}; choose one of {', '.join(DTYPES)}")
     check_optimizer(config.optimizer)
-    if config.matmul_dtype not in (None, *MATMUL_DTYPES):
+    if not isinstance(config.matmul_dtype, str | None) or config.matmul_dtype not in (
+        None,
+        *MATMUL_DTYPES,
+    ):
         raise TrainingError(
             f"unknown matmul dtype {config.matmul_dtype!r}; choose "
             f"{', '.join(MATMUL_DTYPES)} or leave it unset (products in {config.dtype})"
@@ -93,5 +166,5 @@ def check_names(config: TrainConfig) -> None:
 
 def check_optimizer(name: str) -> None:
     """Raises :class:`TrainingError` unless ``name`` is one of :data:`OPTIMIZERS`."""
-    if name not in OPTIMIZERS:
+    if not isinstance(name, str) or name not in OPTIMIZERS:
         raise TrainingError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")

@@ -73,8 +73,9 @@ def evaluate(params: Params, xs: np.ndarray, ys: np.ndarray, task: str) -> Evalu
 def baselines(corpus: Corpus, ys_val: np.ndarray, xs_val: np.ndarray) -> dict[str, float]:
     """What a model without memory gets on the same validation characters.
 
-    ``lm``: the cross-entropy (bits/char) of the training text's character
-    unigram distribution (add-one smoothed). ``tag``: the accuracy of always
+    ``unigram_bits``: the cross-entropy (bits/char) of the training text's
+    unigram distribution of the targets (add-one smoothed): characters for
+    ``lm``, token types for ``tag``. ``tag`` also: the accuracy of always
     answering the most frequent class, and of answering each character's most
     frequent class in the training text.
     """
@@ -84,11 +85,13 @@ def baselines(corpus: Corpus, ys_val: np.ndarray, xs_val: np.ndarray) -> dict[st
         return {"unigram_bits": float(-np.mean(np.log2(p[ys_val])))}
     C = len(TOKEN_TYPES)
     labels = corpus.train_labels
+    p = (np.bincount(labels, minlength=C) + 1.0) / (len(labels) + C)
     majority = int(np.argmax(np.bincount(labels, minlength=C)))
     table = np.zeros((K, C), np.int64)
     np.add.at(table, (corpus.train_ids, labels), 1)
     best = np.where(table.sum(1) > 0, table.argmax(1), majority)  # (K,)
     return {
+        "unigram_bits": float(-np.mean(np.log2(p[ys_val]))),
         "majority": float(np.mean(ys_val == majority)),
         "majority_class": TOKEN_TYPES[majority],
         "char_unigram": float(np.mean(best[xs_val] == ys_val)),

@@ -49,22 +49,25 @@ from tqdm import tqdm
 from ..core.params import init_params
 from ..referees.tolerances import AUTODIFF
 from .checkpoint import (
+    data_fingerprint,
     read_training_checkpoint,
     restore,
     save_checkpoint,
     training_arrays,
     training_header,
 )
-from .config import TrainConfig, TrainingError, check_names
+from .config import TrainConfig, TrainingError, check_config
 from .data import Corpus, DataError, Streams, eval_arrays, load_corpus
+from .divergence import NONFINITE_IN_A_ROW, divergence
 from .evaluate import Evaluation, baselines, evaluate, verify_gradients
 from .parallel import AXIS, local_rows, replicate, shard_batch
+from .preflight import check_writable_folder, require_memory, rnn_bytes
+from .signals import Interrupted, Interrupts, signal_name
 from .state import History, Result, TrainState
 from .step import cached_step, hand_grad_fn, step_grad_fn, training_mesh
 
 CHECKPOINT_NAME = "checkpoint.bptt"
 PLOT_NAME = "loss.png"
-MAX_NONFINITE_IN_A_ROW = 5
 _SYNC_EVERY = 10  # fetch losses from the device every this many steps
 
 
@@ -78,6 +81,7 @@ class Session:
     xs_val: np.ndarray  # (S, L) validation inputs
     ys_val: np.ndarray  # (S, L) validation targets
     baselines: dict
+    fingerprint: dict  # of the training data, saved in every checkpoint
     mesh: Any
     tx: Any  # the optax transformation
     step_fn: Callable  # make_train_step's jitted step
@@ -86,6 +90,8 @@ class Session:
     lead: bool  # the process that writes files and shows progress
     progress: bool
     echo: Callable[[str], None]
+    allow_data_change: bool = False  # --resume on other training data
+    signals: Any = None  # the Interrupts of this run
     bar: Any = None  # the tqdm bar, once the loop starts
     t_start: float = 0.0  # time.perf_counter() when the loop started
     first_step: int = 0  # the step this session started from
@@ -102,6 +108,7 @@ class Loop(NamedTuple):
     history: History
     pending: tuple = ()  # ((step, loss, finite), ...) still on the device
     evaluation: Evaluation | None = None  # the last one of this session
+    saved_step: int | None = None  # the step of the last checkpoint this session wrote
 
 
 def train(
@@ -114,6 +121,7 @@ def train(
     grad_fn: Callable | None = None,
     on_step: Callable[[TrainState], None] | None = None,
     devices: int | None = None,
+    allow_data_change: bool = False,
 ) -> Result:
     """Trains (or resumes) a run; saves checkpoints and the loss plot under ``config.out``.
 
@@ -133,21 +141,55 @@ def train(
         ``config.batch_size`` must be a multiple). A multi-process run
         (after ``jax.distributed.initialize``) uses every process's devices.
         Not part of the configuration: a checkpoint resumes on any count.
+      allow_data_change: resume although the training data's fingerprint
+        differs from the checkpoint's (``--allow-data-change``).
+
+    Before the corpus is read, the configuration is checked
+    (:func:`bptt_jax.app.config.check_config`), ``config.out`` must be a
+    writable folder, and the model must fit in memory. A run that diverges
+    (:mod:`bptt_jax.app.divergence`) stops with a :class:`TrainingError`.
 
     Raises:
-      DataError, CheckpointError, TrainingError: each with a message for the user.
-      A Ctrl-C (KeyboardInterrupt) is not raised: the checkpoint is saved and
-      the result is marked ``interrupted``.
+      DataError, CheckpointError, TrainingError, UsageError: each with a message
+      for the user. Interrupted: SIGINT or SIGTERM arrived before the first
+      step. A later SIGINT or SIGTERM is not raised: the step under way
+      completes, the checkpoint is saved and the result is marked
+      ``interrupted`` (with ``signum``).
     """
-    check_names(config)
+    check_config(config)
+    itemsize = jnp.dtype(config.dtype).itemsize
+    require_memory(
+        f"training with --hidden-size {config.hidden_size} --batch-size {config.batch_size} "
+        f"--seq-len {config.seq_len}",
+        rnn_bytes(K=256, H=config.hidden_size, C=256, B=config.batch_size, T=config.seq_len,
+                  itemsize=itemsize),
+    )  # fmt: skip
+    check_writable_folder(config.out)
     # float64 needs x64 for the whole run (initialisation, steps, checkpoints);
     # the context leaves the caller's setting as it was.
-    with jax.enable_x64(True) if config.dtype == "float64" else contextlib.nullcontext():
+    x64 = jax.enable_x64(True) if config.dtype == "float64" else contextlib.nullcontext()
+    with x64, Interrupts() as signals:
         session = _session(config, corpus, progress, echo, grad_fn, devices)
+        session = dataclasses.replace(
+            session, allow_data_change=allow_data_change, signals=signals
+        )
+        _stop_before_start(signals, "reading the corpus")
         loop = _start(session, resume)
         session, loop = _open_bar(session, loop)
+        if signals.stop:
+            session.bar.close()
+            _stop_before_start(signals, "the first step")
         loop, interrupted, seconds = _steps(session, loop, on_step)
         return _finish(session, loop, interrupted, seconds)
+
+
+def _stop_before_start(signals: Interrupts, where: str) -> None:
+    if signals.stop:
+        raise Interrupted(
+            signals.signum,
+            f"interrupted by {signal_name(signals.signum)} before {where}: no step was "
+            "taken, nothing saved",
+        )
 
 
 def _session(config, corpus, progress, echo, grad_fn, devices) -> Session:
@@ -172,7 +214,8 @@ def _session(config, corpus, progress, echo, grad_fn, devices) -> Session:
         step_grad_fn(config, mesh, grad_fn),
     )  # fmt: skip
     return Session(
-        config, corpus, streams, xs_val, ys_val, baselines(corpus, ys_val, xs_val), mesh, tx,
+        config, corpus, streams, xs_val, ys_val, baselines(corpus, ys_val, xs_val),
+        data_fingerprint(corpus), mesh, tx,
         step_fn, verify_fn=grad_fn or hand_grad_fn(config.matmul_dtype, bool(config.recompute)),
         verify_tol=AUTODIFF["bfloat16"] if config.matmul_dtype else None,
         lead=jax.process_index() == 0, progress=progress, echo=echo,
@@ -188,7 +231,10 @@ def _zeros_h(s: Session) -> jax.Array:
 def _start(s: Session, resume) -> Loop:
     """The loop's first value: a fresh model, or the checkpoint ``resume``'s."""
     if resume is not None:
-        state, history = restore(read_training_checkpoint(resume), s.config, s.corpus, s.tx)
+        state, history = restore(
+            read_training_checkpoint(resume), s.config, s.corpus, s.tx,
+            fingerprint=s.fingerprint, allow_data_change=s.allow_data_change,
+        )  # fmt: skip
         n_proc, proc = jax.process_count(), jax.process_index()
         h = shard_batch(state.h[proc::n_proc], s.mesh)  # this process's streams p, p + P, ...
         params, opt_state = replicate(state.params, s.mesh), replicate(state.opt_state, s.mesh)
@@ -218,17 +264,20 @@ def _open_bar(s: Session, loop: Loop) -> tuple[Session, Loop]:
 
 
 def _steps(s: Session, loop: Loop, on_step) -> tuple[Loop, bool, float]:
-    """Steps up to ``config.steps``; returns the loop, whether Ctrl-C stopped it, and the
-    seconds it ran. ``loop`` is only ever replaced whole, so Ctrl-C leaves a consistent one."""
+    """Steps up to ``config.steps``; returns the loop, whether a signal stopped it, and the
+    seconds it ran. The signal flag is read between steps, so a step is never cut short."""
     interrupted = False
     try:
         while loop.state.step < s.config.steps:
+            if s.signals is not None and s.signals.stop:
+                interrupted = True
+                break
             loop = _one_step(s, loop)
             s.bar.update(1)
             if on_step is not None:
                 on_step(loop.state)
             loop = _after_step(s, loop)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a caller's own SIGINT handler (no Interrupts in a thread)
         interrupted = True
     finally:
         seconds = time.perf_counter() - s.t_start
@@ -263,14 +312,13 @@ def _after_step(s: Session, loop: Loop) -> Loop:
     step, c = loop.state.step, s.config
     if len(loop.pending) >= _SYNC_EVERY or step == c.steps:
         loop = _flush(s, loop)
-        if loop.history.nonfinite_run >= MAX_NONFINITE_IN_A_ROW:
-            _save(s, loop)
+        if loop.history.nonfinite_run >= NONFINITE_IN_A_ROW:
+            _save(s, loop)  # no step was applied since the last finite one
             raise TrainingError(_nonfinite_message(c) + f"; checkpoint {s.checkpoint}")
     if c.eval_every and step % c.eval_every == 0:
         loop = _evaluate_and_log(s, _flush(s, loop))
     if c.save_every and step % c.save_every == 0:
-        loop = _flush(s, loop)
-        _save(s, loop)
+        loop = _save(s, _flush(s, loop))
     return loop
 
 
@@ -285,6 +333,9 @@ def _flush(s: Session, loop: Loop) -> Loop:
         rows.append([step, float(loss), bool(finite)])
         nonfinite, run = (nonfinite, 0) if finite else (nonfinite + 1, run + 1)
     h = dataclasses.replace(h, train=(*h.train, *rows), nonfinite=nonfinite, nonfinite_run=run)
+    finite = [loss for _, loss, ok in rows if ok]
+    if finite:
+        _check_divergence(s, loop, float(np.mean(finite)) / math.log(2), "training")
     done = loop.state.step - s.first_step
     tokens = done * s.config.batch_size * s.config.seq_len
     s.bar.set_postfix_str(
@@ -308,14 +359,43 @@ def _evaluate_and_log(s: Session, loop: Loop) -> Loop:
     if s.lead:
         line = ev.line(loop.state.step)
         s.bar.write(line) if s.progress else s.echo(line)
+    _check_divergence(s, loop, ev.bits, "validation")
     return loop._replace(history=history, evaluation=ev)
 
 
-def _save(s: Session, loop: Loop) -> None:
+def _check_divergence(s: Session, loop: Loop, bits: float, what: str) -> None:
+    """Stops a diverged run (:mod:`bptt_jax.app.divergence`) without saving its model."""
+    c = s.config
+    why = divergence(
+        bits, what=what, step=loop.state.step, steps=c.steps,
+        num_classes=s.corpus.num_classes, unigram_bits=s.baselines.get("unigram_bits"),
+    )  # fmt: skip
+    if why is None:
+        return
+    kept = (
+        f"the checkpoint of step {loop.saved_step} ({s.checkpoint}) is kept"
+        if loop.saved_step is not None
+        else "no checkpoint of this run was saved"
+    )
+    raise TrainingError(
+        f"training diverged at step {loop.state.step}: {why}; try a lower --lr (now {c.lr:g})"
+        + ("" if c.clip > 0 else " or --clip 1")
+        + f"; {kept}"
+    )
+
+
+def _save(s: Session, loop: Loop) -> Loop:
     arrays = training_arrays(loop.state)  # every process: gathering h is collective
     if s.lead:
-        header = training_header(s.config, s.corpus, loop.state, loop.history)
-        save_checkpoint(s.checkpoint, header, arrays)
+        header = training_header(s.config, s.corpus, loop.state, loop.history, s.fingerprint)
+        if s.signals is not None:
+            s.signals.saving = str(s.checkpoint)
+        try:
+            save_checkpoint(s.checkpoint, header, arrays)
+        finally:
+            if s.signals is not None:
+                s.signals.saving = None
+    return loop._replace(saved_step=loop.state.step)
 
 
 def _finish(s: Session, loop: Loop, interrupted: bool, seconds: float) -> Result:
@@ -323,17 +403,21 @@ def _finish(s: Session, loop: Loop, interrupted: bool, seconds: float) -> Result
     loop = _flush(s, loop)
     history = loop.history
     loop = loop._replace(history=dataclasses.replace(history, seconds=history.seconds + seconds))
-    if interrupted:
-        _save(s, loop)  # first of all, before anything else can go wrong
-    if loop.evaluation is None or loop.history.val[-1][0] != loop.state.step:
-        loop = _evaluate_and_log(s, loop)
-    _save(s, loop)
     plot = None
-    if loop.history.train and s.lead:
-        plot = _plot(s, loop.history)
+    if interrupted:  # save and go: no evaluation, no plot
+        loop = _save(s, loop)
+    else:
+        if loop.evaluation is None or loop.history.val[-1][0] != loop.state.step:
+            loop = _evaluate_and_log(s, loop)
+        loop = _save(s, loop)
+        if loop.history.train and s.lead:
+            plot = _plot(s, loop.history)
+    signum = None
+    if interrupted:
+        signum = s.signals.signum if s.signals is not None and s.signals.stop else 2
     return Result(
         s.config, loop.state, loop.history, loop.evaluation, s.baselines, s.checkpoint, plot,
-        interrupted, seconds, loop.state.step - s.first_step, s.mesh.shape[AXIS],
+        interrupted, seconds, loop.state.step - s.first_step, s.mesh.shape[AXIS], signum,
     )  # fmt: skip
 
 
@@ -351,6 +435,6 @@ def _nonfinite_message(config: TrainConfig) -> str:
     else:
         cause = f"likely cause: the learning rate --lr {config.lr} is too high; try a smaller one"
     return (
-        f"{MAX_NONFINITE_IN_A_ROW} steps in a row had a non-finite loss or gradient and were "
+        f"{NONFINITE_IN_A_ROW} steps in a row had a non-finite loss or gradient and were "
         f"not applied; training stopped ({cause})"
     )

@@ -15,6 +15,7 @@ once per length. :math:`\tau = 0` picks :math:`\arg\max z_t` (greedy).
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,10 @@ from ..core.params import Params
 from ..core.rnn import forward_core, hidden_states
 from .checkpoint import Model
 from .data import TOKEN_LETTERS, TOKEN_TYPES, DataError
+
+#: The longest sample: its keys and ids take 12 bytes a character (a larger scan
+#: once aborted inside XLA).
+MAX_LENGTH = 1_000_000
 
 
 @functools.partial(jax.jit, static_argnames=("length", "greedy", "top_k", "banned"))
@@ -96,12 +101,15 @@ def sample(
             "use bptt-jax tag CHECKPOINT FILE.py"
         )
     K = model.vocab.size
-    if length <= 0:
-        raise DataError(f"--length must be a positive number of characters, got {length}")
+    if not 1 <= length <= MAX_LENGTH:
+        raise DataError(
+            f"--length must be a positive number of characters, at most {MAX_LENGTH:,}, "
+            f"got {length}"
+        )
     if not prime:
         raise DataError("--prime must hold at least one character")
-    if not temperature >= 0:
-        raise DataError(f"--temperature must be >= 0, got {temperature}")
+    if not 0 <= temperature < math.inf:
+        raise DataError(f"--temperature must be >= 0 and finite, got {temperature}")
     if top_k is not None and not 1 <= top_k < K:
         raise DataError(f"--top-k must be between 1 and the vocabulary size {K - 1}, got {top_k}")
     try:

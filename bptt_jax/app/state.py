@@ -68,6 +68,7 @@ class Result:
     seconds: float  # this session's wall time in the loop
     steps_run: int  # steps this session ran
     devices: int = 1  # the mesh the steps ran on (all processes)
+    signum: int | None = None  # the signal that interrupted the run (SIGINT 2, SIGTERM 15)
 
     def summary(self) -> str:
         c, ev = self.config, self.evaluation
