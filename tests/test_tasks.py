@@ -13,7 +13,7 @@ from bptt_jax.app.plots import plot_delay, plot_delay_grad_norm
 from bptt_jax.lab.tasks import REMEDIES, Remedy
 
 
-@pytest.mark.parametrize("delay", [0, 1, 4, 6])
+@pytest.mark.parametrize("delay", [0, 1, 4, 5])  # delay = steps is refused: test_misuse
 def test_delay_task_labels_are_the_input_d_steps_back(delay):
     xs, ys = delay_task(jax.random.key(delay), batch=3, steps=6, delay=delay, vocab_size=5)
     xs, ys = np.asarray(xs), np.asarray(ys)

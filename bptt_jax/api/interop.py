@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core.params import DeepParams, Layer, Params, from_deep, to_deep
+from .validate import check_model
 
 _KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
 
@@ -149,6 +150,7 @@ def to_torch(
       as_numpy: return numpy arrays instead of ``torch.Tensor`` (then torch
         is not imported).
     """
+    params, _ = check_model(params)
     deep = params if isinstance(params, DeepParams) else to_deep(params)
     if as_numpy:
         convert = np.asarray

@@ -11,13 +11,13 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from ..core.checks import check_number
+from ..core.checks import check_key, check_number
 from ..core.clipping import make_clipper
 from ..core.init import check_init
 from ..core.params import DeepParams
 from ..lab import diagnostics, tasks
 from ..lab.diagnostics import GradientFlow, SweepRow, deep_gradient_flow_core, gradient_flow_core
-from .arrays import is_concrete
+from .arrays import check_quadratic_size
 from .options import check_activation, check_clip_delta
 from .validate import Model, as_deep, is_seed, prepare
 
@@ -94,6 +94,7 @@ def gradient_flow(
     """
     params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
                           activation=activation, reduction=reduction)  # fmt: skip
+    check_quadratic_size("gradient_flow", inp.xs, inp.h0)
     if is_seed(params, inp):
         return gradient_flow_core(params, inp.xs, inp.ys, inp.h0, activation=inp.activation)
     deep, d = as_deep(params, inp)
@@ -127,6 +128,7 @@ def spectral_sweep(
     Returns:
       One :class:`~bptt_jax.lab.diagnostics.SweepRow` per (activation, scale).
     """
+    key = check_key(key)
     activations = tuple(check_activation(a) for a in activations)
     scales = tuple(check_init(init, s)[1] for s in scales)
     return diagnostics.spectral_sweep(
@@ -149,13 +151,17 @@ def delay_task(
 ) -> tuple[jax.Array, jax.Array]:
     r"""One batch of the delay task, :math:`y_t = x_{t-d}` (uniform for t ≤ d).
 
-    Checks its arguments (a traced ``delay`` is not range-checked), then runs
-    :func:`bptt_jax.lab.tasks.delay_task`: ids ``(B, T)`` int32 and soft labels
-    ``(B, T, K)``.
+    Checks its arguments, then runs :func:`bptt_jax.lab.tasks.delay_task`:
+    ids ``(B, T)`` int32 and soft labels ``(B, T, K)``. A Python or NumPy
+    ``delay`` must be in ``0..steps-1``; a ``delay`` held in a JAX array is
+    not read back to the host: out of that range it makes every label NaN.
     """
+    key = check_key(key)
     steps = _count(steps, "steps")
-    if is_concrete(delay) and not isinstance(delay, jax.Array):
+    if not isinstance(delay, jax.Array):
         delay = _count(delay, "delay", minimum=0)
+        if delay >= steps:
+            raise ValueError(f"delay must be in 0..steps-1 = 0..{steps - 1}, got {delay}")
     if dtype is not None and not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
         raise TypeError(f"dtype must be None or a floating dtype, got {jnp.dtype(dtype)}")
     return tasks.delay_task(
@@ -182,6 +188,13 @@ def train_delay(
     activation, init, clipping), then runs :func:`bptt_jax.lab.tasks.train_delay`
     (see there for the arguments and the returned ``DelayCurves``).
     """
+    key = check_key(key)
+    if not isinstance(remedy, tasks.Remedy):
+        names = "; ".join(f"REMEDIES[{i}] = {r.label!r}" for i, r in enumerate(tasks.REMEDIES))
+        raise TypeError(
+            f"remedy must be a bptt_jax.lab.tasks.Remedy, got {remedy!r}; "
+            f"the prepared ones are {names}"
+        )
     check_activation(remedy.activation)
     check_init(remedy.init, remedy.spectral_radius)
     remedy = remedy._replace(clip_delta=check_clip_delta(remedy.clip_delta))

@@ -17,7 +17,14 @@ import jax
 import jax.numpy as jnp
 
 from ..core.params import DeepParams, Layer, Params, from_deep, to_deep
-from .arrays import as_array, check_labels, check_mask, check_range, check_state
+from .arrays import (
+    as_array,
+    check_ids,
+    check_labels,
+    check_mask,
+    check_state,
+    host_or_device,
+)
 from .options import check_activation, check_reduction
 
 Model = Params | DeepParams
@@ -139,9 +146,7 @@ def check_params(params: object) -> tuple[Params, Dims]:
             )
     leaves = {}
     for name in Params._fields:
-        leaf = getattr(params, name)
-        if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
-            leaf = jnp.asarray(leaf)
+        leaf = _leaf(getattr(params, name), f"params.{name}")
         if leaf.ndim != _FIELD_NDIM[name]:
             raise ValueError(
                 f"params.{name} must have {_FIELD_NDIM[name]} dimensions, got shape {leaf.shape}"
@@ -168,7 +173,32 @@ def check_params(params: object) -> tuple[Params, Dims]:
     dtypes = {name: getattr(params, name).dtype for name in Params._fields}
     if len(set(dtypes.values())) > 1:
         raise TypeError(f"params must share one floating dtype, got {dtypes}")
-    return params, Dims(K=W.shape[1], H=H, C=V.shape[0])
+    return params, _dims(K=W.shape[1], H=H, C=V.shape[0])
+
+
+def _leaf(leaf: object, name: str):
+    """A parameter as an array (kept as given when it already is one), or a TypeError."""
+    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+        return leaf
+    if leaf is None or isinstance(leaf, str | bytes):
+        raise TypeError(f"{name} must be a floating point array, got {leaf!r}")
+    return as_array(leaf, name)
+
+
+def _dims(K: int, H: int, C: int) -> Dims:
+    """``Dims``, refusing a model without hidden units or classes (nothing to compute)."""
+    if H < 1:
+        raise ValueError(f"the model has H = {H} hidden units (U.shape[0]); expected H >= 1")
+    if C < 1:
+        raise ValueError(f"the model has C = {C} classes (V.shape[0]); expected C >= 1")
+    return Dims(K=K, H=H, C=C)
+
+
+def check_model(params: object) -> tuple[Model, Dims]:
+    """Validates a :class:`Params` or :class:`DeepParams`; returns it and (K, H, C)."""
+    if isinstance(params, DeepParams):
+        return check_deep_params(params)
+    return check_params(params)
 
 
 def _check_layer(layer, name: str, H: int, D_in: int, dtype) -> Layer:
@@ -181,9 +211,7 @@ def _check_layer(layer, name: str, H: int, D_in: int, dtype) -> Layer:
             )
     leaves = {}
     for field, shape in (("U", (H, H)), ("W", (H, D_in)), ("b", (H,))):
-        leaf = getattr(layer, field)
-        if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
-            leaf = jnp.asarray(leaf)
+        leaf = _leaf(getattr(layer, field), f"{name}.{field}")
         if leaf.shape != shape:
             raise ValueError(f"{name}.{field} has shape {leaf.shape}, expected {shape}")
         if leaf.dtype != dtype:
@@ -207,8 +235,7 @@ def check_deep_params(params: DeepParams) -> tuple[DeepParams, Dims]:
     first = layers[0]
     if not hasattr(first, "U") or not hasattr(first, "W"):
         raise TypeError(f"DeepParams.layers must hold bptt_jax.Layer, got {type(first).__name__}")
-    U0 = jnp.asarray(first.U) if not hasattr(first.U, "shape") else first.U
-    W0 = jnp.asarray(first.W) if not hasattr(first.W, "shape") else first.W
+    U0, W0 = _leaf(first.U, "layers[0].U"), _leaf(first.W, "layers[0].W")
     if U0.ndim != 2 or W0.ndim != 2:
         raise ValueError(
             f"layers[0].U and .W must be matrices, got shapes {U0.shape} and {W0.shape}"
@@ -225,8 +252,7 @@ def check_deep_params(params: DeepParams) -> tuple[DeepParams, Dims]:
                 for l, layer in enumerate(group)
             )
         )
-    V = params.V if hasattr(params.V, "shape") else jnp.asarray(params.V)
-    c = params.c if hasattr(params.c, "shape") else jnp.asarray(params.c)
+    V, c = _leaf(params.V, "V"), _leaf(params.c, "c")
     if V.ndim != 2 or V.shape[1] != D * H:
         raise ValueError(
             f"V has shape {V.shape}, expected (C, {D * H}): it reads the top layer's "
@@ -237,13 +263,14 @@ def check_deep_params(params: DeepParams) -> tuple[DeepParams, Dims]:
         raise ValueError(f"c has shape {c.shape}, expected ({C},)")
     if V.dtype != dtype or c.dtype != dtype:
         raise TypeError(f"V and c must share the layers' dtype {dtype}, got {V.dtype}, {c.dtype}")
-    return DeepParams(layers=checked[0], reverse_layers=checked[1], V=V, c=c), Dims(K, H, C)
+    return DeepParams(layers=checked[0], reverse_layers=checked[1], V=V, c=c), _dims(K, H, C)
 
 
-def _check_xs(xs: object, K: int, dtype: jnp.dtype) -> tuple[jax.Array, bool, bool]:
-    """``(xs, ids, batched)``: ids ``(T,)``/``(B, T)`` or vectors ``(T, K)``/``(B, T, K)``
-    (cast to ``dtype``); the ids' range is checked by the caller, which knows the mask."""
-    xs = as_array(xs, "xs")
+def _check_xs(xs: object, K: int, dtype: jnp.dtype) -> tuple[object, bool, bool]:
+    """``(xs, ids, batched)``: ids ``(T,)``/``(B, T)`` (as given: a host array is
+    range-checked before it is converted, by the caller, which knows the mask)
+    or vectors ``(T, K)``/``(B, T, K)`` cast to ``dtype`` on the device."""
+    xs = host_or_device(xs, "xs")
     ids = jnp.issubdtype(xs.dtype, jnp.integer)
     if ids:
         if xs.ndim not in (1, 2):
@@ -263,12 +290,37 @@ def _check_xs(xs: object, K: int, dtype: jnp.dtype) -> tuple[jax.Array, bool, bo
                 f"K = W.shape[1] = {K}"
             )
         batched = xs.ndim == 3
-        xs = xs.astype(dtype)
+        xs = as_array(xs, "xs").astype(dtype)
     else:
         raise TypeError(
             f"xs must be integer token ids or floating input vectors, got dtype {xs.dtype}"
         )
     return xs, ids, batched
+
+
+@jax.jit
+def _poison(params: Model, flags: list[jax.Array]) -> Model:
+    bad = jnp.any(jnp.stack(flags))
+    nan_b = lambda layer: layer._replace(b=jnp.where(bad, jnp.nan, layer.b))  # noqa: E731
+    if isinstance(params, DeepParams):
+        return params._replace(
+            layers=tuple(map(nan_b, params.layers)),
+            reverse_layers=tuple(map(nan_b, params.reverse_layers)),
+        )
+    return nan_b(params)
+
+
+def poison(params: Model, flags: list[jax.Array | None]) -> Model:
+    """``params`` with every bias ``b`` NaN when a device flag of a bad value is set.
+
+    How a bad value in a ``jax.Array`` argument (an id out of range, a bad
+    length, mask or soft label) is signalled without reading it back to the
+    host: ``b`` enters every state at every step, so the loss, every
+    gradient, the outputs and the final state all come out NaN. No flags
+    (everything was checked on the host): ``params`` unchanged.
+    """
+    flags = [f for f in flags if f is not None]
+    return _poison(params, flags) if flags else params
 
 
 def check_inputs(
@@ -292,33 +344,33 @@ def check_inputs(
     or ``None``, the ``(B, T)`` mask of real steps (from ``lengths`` or
     ``mask``) or ``None``, and whether the caller passed a batch.
     """
+    params, (K, H, C) = check_model(params)
     if isinstance(params, DeepParams):
-        params, (K, H, C) = check_deep_params(params)
         dtype = params.V.dtype
         stack = params.num_layers * params.num_directions
     else:
-        params, (K, H, C) = check_params(params)
         dtype = params.U.dtype
         stack = None
 
     xs, ids, batched = _check_xs(xs, K, dtype)
-    steps_shape = xs.shape[:2] if batched else xs.shape[:1]  # (B, T) or (T,)
-    mask = check_mask(lengths, mask, steps_shape, batched)  # (B, T) or None
-    step_mask = None if mask is None else (mask if batched else mask[0])
+    xs_shape = xs.shape
+    steps_shape = xs_shape[:2] if batched else xs_shape[:1]  # (B, T) or (T,)
+    steps = check_mask(lengths, mask, steps_shape, batched)
+    flags = [steps.bad]  # device flags of bad values, folded into NaN by poison()
     if ids:
         what = f"input ids for vocab_size K = W.shape[1] = {K}"
-        check_range(xs, K, "xs", what, step_mask)
-
+        xs, flag = check_ids(xs, K, "xs", what, steps, batched)  # (B, T)
+        flags.append(flag)
+    elif not batched:
+        xs = xs[None]  # (1, T, K)
     if need_ys:
-        ys = check_labels(ys, steps_shape, xs.shape, C, dtype, step_mask)
-        if not batched:
-            ys = ys[None]
+        ys, flag = check_labels(ys, steps_shape, xs_shape, C, dtype, steps, batched)
+        flags.append(flag)
 
     B = steps_shape[0] if batched else 1
     h0 = check_state(h0, "h0", B, H, batched, dtype, stack)
     if h0 is None:
         h0 = jnp.zeros((B, H) if stack is None else (stack, B, H), dtype)
     dh_T = check_state(dh_T, "dh_T", B, H, batched, dtype, stack)
-    if not batched:
-        xs = xs[None]
-    return params, Inputs(xs=xs, ys=ys, h0=h0, dh_T=dh_T, mask=mask, batched=batched)
+    inp = Inputs(xs=xs, ys=ys, h0=h0, dh_T=dh_T, mask=steps.mask, batched=batched)
+    return poison(params, flags), inp

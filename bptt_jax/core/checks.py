@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import operator
 
+import jax
 import numpy as np
 
 #: ``matmul_dtype=`` values besides ``None`` (products in the parameters' dtype).
@@ -56,3 +57,19 @@ def check_number(
     if not math.isfinite(value) or not (value > minimum if strict else value >= minimum):
         raise ValueError(f"{name} must be {expected}, got {value}")
     return value
+
+
+def check_key(key: object, name: str = "key") -> jax.Array:
+    """``key`` if it is a ``jax.random`` key (typed, or a raw ``uint32[2]``), else a TypeError.
+
+    An integer seed is refused rather than silently turned into a key: the
+    caller chooses how a seed becomes a key (``jax.random.key(seed)``).
+    """
+    dtype = getattr(key, "dtype", None)
+    if isinstance(key, jax.Array | np.ndarray) and (
+        jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+        or (dtype == np.uint32 and key.shape[-1:] == (2,))
+    ):
+        return key
+    got = f"{type(key).__name__} {key!r}" if np.ndim(key) == 0 else type(key).__name__
+    raise TypeError(f"{name} must be a JAX PRNG key: pass jax.random.key(seed), got {got}")

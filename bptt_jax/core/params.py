@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .checks import check_number
+from .checks import check_key, check_number
 from .init import init_layer, init_matrix
 
 
@@ -166,6 +166,7 @@ def init_params(
       >>> deep.layers[1].W.shape, deep.V.shape
       ((128, 256), (65, 256))
     """
+    key = check_key(key)
     K = check_number(vocab_size, "vocab_size", integer=True, minimum=1, strict=False)
     H = check_number(hidden_size, "hidden_size", integer=True, minimum=1, strict=False)
     C = (

@@ -46,7 +46,8 @@ def delay_task(key: jax.Array, *, batch: int, steps: int, delay, vocab_size: int
       key: a ``jax.random`` key.
       batch: B sequences.
       steps: T steps each.
-      delay: d ≥ 0 (may be a traced integer: one compilation serves every d).
+      delay: d in 0..T-1 (may be a traced integer: one compilation serves every
+        d; out of that range every label is NaN).
       vocab_size: K symbols (inputs and classes).
       dtype: of the soft labels; the default float dtype when ``None``.
 
@@ -66,7 +67,8 @@ def delay_task(key: jax.Array, *, batch: int, steps: int, delay, vocab_size: int
     one_hot = jax.nn.one_hot(source, vocab_size, dtype=dtype)  # (B, T, K)
     uniform = jnp.full_like(one_hot, 1.0 / vocab_size)
     ys = jnp.where((t >= delay)[None, :, None], one_hot, uniform)
-    return xs, ys
+    valid = (delay >= 0) & (delay < steps)  # a traced delay is checked here, on the device
+    return xs, jnp.where(valid, ys, jnp.nan)
 
 
 class Remedy(NamedTuple):
