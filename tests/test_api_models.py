@@ -195,9 +195,6 @@ def test_public_function_matches_its_referee(fn, model, x64):
 
 # Combinations that make no sense or are not implemented: a ValueError naming them.
 REFUSED = {
-    "bptt-truncate": ("bptt", dict(truncate=2), "bptt: truncate: implemented for the seed's"),
-    "bptt-clip_delta": ("bptt", dict(clip_delta=1.0), "bptt: clip_delta: implemented"),
-    "bptt-chunk": ("bptt", dict(chunk=2), "bptt: chunk: implemented"),
     "bptt_per_loss-truncate": ("bptt_per_loss", dict(truncate=2), "bptt_per_loss: truncate"),
     "per_loss_deltas-truncate": ("per_loss_deltas", dict(truncate=2), "per_loss_deltas: trunc"),
     "autodiff_bptt-truncate": ("autodiff_bptt", dict(truncate=2), "autodiff_bptt: truncate"),

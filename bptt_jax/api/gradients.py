@@ -33,11 +33,6 @@ from .validate import (
     unbatch,
 )
 
-#: The seed-only options of :func:`bptt` at their defaults.
-_SEED_DEFAULTS = dict(
-    truncate=None, clip_delta=None, chunk=None, recompute=False, unroll=1, matmul_dtype=None
-)
-
 
 def bptt(
     params: Model,
@@ -55,6 +50,7 @@ def bptt(
     recompute: bool = False,
     unroll: int = 1,
     matmul_dtype: str | None = None,
+    resets: jax.Array | None = None,
 ) -> tuple[jax.Array, Model]:
     r"""The loss and its gradients by hand-derived backpropagation through time.
 
@@ -72,7 +68,8 @@ def bptt(
     with :math:`f'(h_t) = 1 - h_t \odot h_t` for the seed's tanh. One forward
     ``lax.scan`` over :math:`h` and one reverse ``lax.scan`` over
     :math:`\delta` (per layer and direction for a :class:`DeepParams`, see
-    :mod:`bptt_jax.core.deep`); everything else is batched over chunks of steps. No
+    :mod:`bptt_jax.core.deep`, :mod:`bptt_jax.core.backward`); everything else is
+    batched over chunks of steps, and no ``(T, B, C)`` array is ever built. No
     ``jax.grad``: the tests referee this against ``jax.grad(loss)`` and
     finite differences.
 
@@ -101,8 +98,10 @@ def bptt(
         reached; once it is, the returned "gradient" is by design NOT the
         gradient of :math:`E` (a remedy for exploding gradients, not a
         derivative). ``dV``, ``dc`` and the loss are never affected.
-        ``truncate`` and ``clip_delta`` apply to the seed's :class:`Params`
-        on unpadded sequences with ``reduction="sum"`` only.
+        For a :class:`DeepParams` both act on every layer and direction: the
+        windows 1..τ, τ+1..2τ, ... are the same for both directions of a
+        bidirectional layer (no gradient crosses a window boundary either way
+        in time), and δ is clipped per cell.
       chunk: the backward pass walks the steps in chunks of this many,
         computing each chunk's logits, softmax and :math:`V^\top r_t` only
         when it gets there, so no ``(T, B, C)`` array is ever held. ``None``
@@ -133,7 +132,7 @@ def bptt(
     E, grads, _, _ = bptt_chunk(
         params, xs, ys, h0, lengths=lengths, mask=mask, reduction=reduction,
         activation=activation, truncate=truncate, clip_delta=clip_delta, chunk=chunk,
-        recompute=recompute, unroll=unroll, matmul_dtype=matmul_dtype,
+        recompute=recompute, unroll=unroll, matmul_dtype=matmul_dtype, resets=resets,
     )  # fmt: skip
     return E, grads
 
@@ -155,6 +154,7 @@ def bptt_chunk(
     recompute: bool = False,
     unroll: int = 1,
     matmul_dtype: str | None = None,
+    resets: jax.Array | None = None,
 ) -> tuple[jax.Array, Model, jax.Array, jax.Array]:
     r"""Hand BPTT for one chunk of a longer stream: also ∂E/∂h_0 and h_T.
 
@@ -172,7 +172,7 @@ def bptt_chunk(
 
     Args:
       params, xs, ys, h0, lengths, mask, reduction, activation, truncate,
-        clip_delta, chunk, recompute, unroll, matmul_dtype: as for :func:`bptt`.
+        clip_delta, chunk, recompute, unroll, matmul_dtype, resets: as for :func:`bptt`.
       dh_T: shaped like ``h0``: the gradient of the later chunks' loss with
         respect to this chunk's final state(s), or ``None`` (zero).
 
@@ -183,24 +183,28 @@ def bptt_chunk(
     """
 
     params, inp = prepare(params, xs, ys, h0, dh_T=dh_T, lengths=lengths, mask=mask,
-                          activation=activation, reduction=reduction)  # fmt: skip
-    seed_options = dict(
+                          activation=activation, reduction=reduction, resets=resets)  # fmt: skip
+    options = dict(
         truncate=check_truncate(truncate), clip_delta=check_clip_delta(clip_delta),
         chunk=check_chunk(chunk), recompute=check_recompute(recompute),
         unroll=check_unroll(unroll), matmul_dtype=check_matmul_dtype(matmul_dtype),
     )  # fmt: skip
     if is_seed(params, inp):
         E, grads, dh0, h_T = bptt_core(
-            params, inp.xs, inp.ys, inp.h0, inp.dh_T, activation=inp.activation, **seed_options
+            params, inp.xs, inp.ys, inp.h0, inp.dh_T, activation=inp.activation, **options
         )
         return E, grads, unbatch(inp, dh0), unbatch(inp, h_T)
-    given = [k for k, v in seed_options.items() if v != _SEED_DEFAULTS[k]]
-    refuse("bptt", given, params, inp, "leave them at their defaults for deep or padded "
-           "inputs (process a long stream in pieces with bptt_chunk)")  # fmt: skip
+    if options["recompute"] and isinstance(params, DeepParams) and params.bidirectional:
+        raise ValueError(
+            "bptt: recompute=True with a bidirectional DeepParams: its two directions run "
+            "their δ recursions in opposite time orders, so every layer's states are needed "
+            "at once; use recompute=False (or a unidirectional model)"
+        )
     deep, d = as_deep(params, inp)
     E, grads, dh0, h_T = deep_bptt_core(
-        deep, d.xs, d.ys, d.h0, d.mask, d.dh_T, activation=d.activation, reduction=d.reduction
-    )
+        deep, d.xs, d.ys, d.h0, d.mask, d.dh_T, d.resets, activation=d.activation,
+        reduction=d.reduction, **options,
+    )  # fmt: skip
     return E, grads_like(params, grads), state_like(params, inp, dh0), state_like(params, inp, h_T)
 
 

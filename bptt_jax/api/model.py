@@ -22,6 +22,7 @@ def forward(
     mask: jax.Array | None = None,
     activation: str = "tanh",
     return_state: bool = False,
+    resets: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array] | tuple[jax.Array, jax.Array, jax.Array]:
     r"""All hidden states and all logits of the RNN.
 
@@ -44,6 +45,11 @@ def forward(
       activation: :math:`f`, one of ``"tanh"`` (the seed's), ``"sigmoid"``,
         ``"relu"``.
       return_state: also return the final state(s).
+      resets: ``None`` or bool ``(B, T)`` / ``(T,)``: True where a sequence starts
+        afresh -- the state entering that step is ``h0`` instead of :math:`h_{t-1}`
+        (a stream of documents, each from zero). The backward-in-time direction of a
+        bidirectional layer mirrors it: a reset at t ends the previous document at
+        t − 1. A reset on a padded step is a ValueError.
 
     Returns:
       ``(hs, logits)``: the top layer's :math:`h_1..h_T` ``(T, H)`` /
@@ -60,14 +66,14 @@ def forward(
     """
 
     params, inp = prepare(params, xs, None, h0, lengths=lengths, mask=mask,
-                          activation=activation, need_ys=False)  # fmt: skip
+                          activation=activation, need_ys=False, resets=resets)  # fmt: skip
     if is_seed(params, inp):
         hs, z = forward_core(params, inp.xs, inp.h0, activation=inp.activation)
         h_T = hs[:, -1] if hs.shape[1] else inp.h0  # (B, H)
         h_T = unbatch(inp, h_T)
     else:
         deep, d = as_deep(params, inp)
-        hs, z, h_T = deep_forward_core(deep, d.xs, d.h0, d.mask, activation=d.activation)
+        hs, z, h_T = deep_forward_core(deep, d.xs, d.h0, d.mask, d.resets, activation=d.activation)
         h_T = state_like(params, inp, h_T)
     hs, z = unbatch(inp, hs), unbatch(inp, z)
     return (hs, z, h_T) if return_state else (hs, z)
@@ -83,6 +89,7 @@ def loss(
     mask: jax.Array | None = None,
     reduction: str = "sum",
     activation: str = "tanh",
+    resets: jax.Array | None = None,
 ) -> jax.Array:
     r"""The seed's loss :math:`E = \sum_t E_t = -\sum_t y_t^\top \log \hat y_t`.
 
@@ -100,16 +107,17 @@ def loss(
         padding steps contribute nothing.
       reduction: ``"sum"`` (the seed's E) or ``"mean"`` over the real steps.
       activation: ``"tanh"`` (default), ``"sigmoid"`` or ``"relu"``.
+      resets: per-step restarts from ``h0``, as :func:`forward`.
 
     Returns:
       The scalar ``E``, in the params' dtype. An empty sequence (T = 0) gives 0.
     """
 
     params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
-                          activation=activation, reduction=reduction)  # fmt: skip
+                          activation=activation, reduction=reduction, resets=resets)  # fmt: skip
     if is_seed(params, inp):
         return loss_core(params, inp.xs, inp.ys, inp.h0, activation=inp.activation)
     deep, d = as_deep(params, inp)
     return deep_loss_core(
-        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction
+        deep, d.xs, d.ys, d.h0, d.mask, d.resets, activation=d.activation, reduction=d.reduction
     )

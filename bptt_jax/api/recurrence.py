@@ -8,44 +8,18 @@ program that calls them runs no autodiff through the recurrence.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from ..core.params import Params
 from ..core.recurrence import hand_loss_jit, recurrence_jit
-from .arrays import is_concrete
 from .options import check_activation
+from .resets import check_resets
 from .validate import check_inputs
-
-
-def _check_resets(resets, steps_shape, mask):
-    """``resets`` ``(B, T)`` / ``(T,)`` bool -> ``(B, T)`` bool, or None."""
-    if resets is None:
-        return None
-    if not hasattr(resets, "dtype"):
-        resets = jnp.asarray(resets)
-    if resets.dtype != jnp.bool_:
-        raise TypeError(f"resets must be boolean (True where a sequence restarts), got dtype "
-                        f"{resets.dtype}")  # fmt: skip
-    batched_shape = (steps_shape[0] if len(steps_shape) == 2 else 1, steps_shape[-1])
-    if resets.shape != steps_shape:
-        raise ValueError(f"resets has shape {resets.shape}, expected {steps_shape} (as xs' steps)")
-    resets = resets.reshape(batched_shape)
-    if mask is not None and is_concrete(resets) and is_concrete(mask):
-        bad = np.asarray(resets) & ~np.asarray(mask)
-        if bad.any():
-            b, t = np.argwhere(bad)[0]
-            raise ValueError(
-                f"resets[{b}, {t}] is True on a padded step (past that sequence's length); "
-                f"a reset must fall on a real step"
-            )
-    return resets
 
 
 def _setup(params, xs, ys, h0, lengths, resets, need_ys):
     params, inp = check_inputs(params, xs, ys, h0, lengths=lengths, need_ys=need_ys)
     steps_shape = inp.xs.shape[:2] if inp.batched else inp.xs.shape[1:2]
-    return params, inp, _check_resets(resets, steps_shape, inp.mask)
+    return params, inp, check_resets(resets, steps_shape, inp.mask)
 
 
 def recurrence(params, xs, h0=None, *, activation="tanh", lengths=None, resets=None):

@@ -26,6 +26,7 @@ from .arrays import (
     host_or_device,
 )
 from .options import check_activation, check_reduction
+from .resets import check_resets
 
 Model = Params | DeepParams
 
@@ -49,6 +50,7 @@ class Inputs(NamedTuple):
     batched: bool  # False when the caller passed one sequence (T,) / (T, K)
     activation: str = "tanh"  # a name of bptt_jax.activations
     reduction: str = "sum"  # "sum" (the seed's E) or "mean" over the real steps
+    resets: jax.Array | None = None  # (B, T) bool: where the state entering a step is h0
 
 
 def prepare(
@@ -63,6 +65,7 @@ def prepare(
     activation: object = "tanh",
     reduction: object = "sum",
     need_ys: bool = True,
+    resets: object = None,
 ) -> tuple[Model, Inputs]:
     """Checks a public call's model, arrays, ``activation`` and ``reduction``.
 
@@ -74,12 +77,19 @@ def prepare(
     params, inp = check_inputs(
         params, xs, ys, h0, dh_T=dh_T, lengths=lengths, mask=mask, need_ys=need_ys
     )
-    return params, inp._replace(activation=activation, reduction=reduction)
+    steps_shape = inp.xs.shape[:2] if inp.batched else inp.xs.shape[1:2]
+    resets = check_resets(resets, steps_shape, inp.mask)
+    return params, inp._replace(activation=activation, reduction=reduction, resets=resets)
 
 
 def is_seed(params: Model, inp: Inputs) -> bool:
-    """True for the seed's own setting: :class:`Params`, no padding, ``reduction="sum"``."""
-    return isinstance(params, Params) and inp.mask is None and inp.reduction == "sum"
+    """True for the seed's own setting: :class:`Params`, no padding or resets, a sum."""
+    return (
+        isinstance(params, Params)
+        and inp.mask is None
+        and inp.resets is None
+        and inp.reduction == "sum"
+    )
 
 
 def as_deep(params: Model, inp: Inputs) -> tuple[DeepParams, Inputs]:

@@ -1,7 +1,7 @@
 r"""The per-loss form for stacked, bidirectional, padded RNNs (``docs/math.md`` §5, §7).
 
 For each loss :math:`E_t` the hand deep backward pass of
-:mod:`bptt_jax.core.deep` runs with the output residual restricted to step t,
+:mod:`bptt_jax.core.recurrence` runs with the output residual restricted to step t,
 :math:`r_{t'} = 0` for :math:`t' \ne t`, which gives
 :math:`\delta_k^{(t),\ell,d} = \partial E_t/\partial s_k^{\ell,d}` for every
 step k, layer :math:`\ell` and direction d:
@@ -31,23 +31,57 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .deep import backward, forward_and_output, layer_grads
+from .activations import get_activation
 from .params import DeepParams
+from .recurrence import _backprop, _forward, _output_layer, _prepare, _time_major
+
+
+def _backward(cells, inputs, states, h0, m, G, df):
+    """Every cell's hand backward (:mod:`.recurrence`), top first: ``(cells, deltas)``."""
+    D = len(cells[0])
+    H = cells[0][0].U.shape[0]
+    grads = [[None] * D for _ in cells]
+    deltas = [None] * (len(cells) * D)
+    for l in reversed(range(len(cells))):
+        G_below = 0
+        for d, layer in enumerate(cells[l]):
+            i = l * D + d
+            G_d = jnp.where(m, G[..., d * H : (d + 1) * H], 0)
+            grads[l][d], _, deltas[i] = _backprop(
+                layer, inputs[l], h0[i], states[i], m, None, G_d, jnp.zeros_like(h0[i]),
+                reverse=d == 1, df=df,
+            )  # fmt: skip
+            G_below = G_below + deltas[i] @ layer.W  # W^{ℓ}ᵀ δ^{ℓ}_t
+        G = G_below
+    return grads, jnp.stack(deltas)
 
 
 def _losses(params: DeepParams, xs, ys, h0, mask, activation, reduction):
     """``(E, dV, dc, one_loss)``: ``one_loss(t)`` runs the backward pass of E_t alone."""
-    inputs, outs, _, m, E, r, dV, dc = forward_and_output(
-        params, xs, ys, h0, mask, activation, reduction
-    )
+    act = get_activation(activation)
+    if mask is None:
+        mask = jnp.ones(xs.shape[:2], bool)
+    X, m, _ = _prepare(xs, mask, None)
+    cells = params.cells()
+    inputs, states, _, top = _forward(cells, X, h0, m, None, act.f)
+    E, r, dV, dc, _, _ = _output_layer(params, top, _time_major(ys), m, reduction)
     steps = jnp.arange(r.shape[0])
-    no_dh = jnp.zeros_like(h0)  # E_t reads no state after the sequence
 
     def one_loss(t):
         r_t = jnp.where((steps == t)[:, None, None], r, 0)  # (T, B, C): E_t's residual only
-        return backward(params, inputs, outs, h0, m, r_t, no_dh, activation=activation)
+        return _backward(cells, inputs, states, h0, m, r_t @ params.V, act.df_from_h)
 
     return E, dV, dc, one_loss
+
+
+def layer_grads(params: DeepParams, cells, dV, dc) -> DeepParams:
+    """Per-cell gradients and the output layer's as a :class:`DeepParams`."""
+    return DeepParams(
+        layers=tuple(g[0] for g in cells),
+        reverse_layers=tuple(g[1] for g in cells) if params.bidirectional else (),
+        V=dV,
+        c=dc,
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("activation", "reduction"))
@@ -62,7 +96,7 @@ def deep_per_loss_deltas_core(params: DeepParams, xs, ys, h0, mask=None, *,
     T, (LD, B, H) = xs.shape[1], h0.shape
     if T == 0:
         return jnp.zeros((0, 0, LD, B, H), h0.dtype)
-    deltas = lax.map(lambda t: one_loss(t)[2], jnp.arange(T))  # (T_t, L*D, T_k, B, H)
+    deltas = lax.map(lambda t: one_loss(t)[1], jnp.arange(T))  # (T_t, L*D, T_k, B, H)
     return jnp.swapaxes(deltas, 1, 2)  # (T_t, T_k, L*D, B, H)
 
 
@@ -78,7 +112,7 @@ def deep_bptt_per_loss_core(params: DeepParams, xs, ys, h0, mask=None, *,
     E, dV, dc, one_loss = _losses(params, xs, ys, h0, mask, activation, reduction)
 
     def add_loss(acc, t):  # acc: the layers' gradients of E_1..E_{t-1}
-        cells, _, _ = one_loss(t)
+        cells, _ = one_loss(t)
         return jax.tree.map(jnp.add, acc, cells), None
 
     zeros = [[jax.tree.map(jnp.zeros_like, layer) for layer in cell] for cell in params.cells()]

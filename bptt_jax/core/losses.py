@@ -63,7 +63,9 @@ def residual(log_yhat: jax.Array, y: jax.Array) -> jax.Array:
     return yhat - jax.nn.one_hot(y, log_yhat.shape[-1], dtype=log_yhat.dtype)
 
 
-def softmax_cross_entropy(z: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+def softmax_cross_entropy(
+    z: jax.Array, y: jax.Array, where: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
     r"""The loss :math:`E = -\sum y^\top \log \hat y` and :math:`r = \partial E/\partial z`.
 
     One pass of :math:`e = \exp(z - \max z)` serves both:
@@ -74,6 +76,8 @@ def softmax_cross_entropy(z: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Ar
     Args:
       z: logits ``(..., C)``.
       y: class ids ``(...)`` or probability vectors ``(..., C)``.
+      where: ``None``, or bool ``(...)``: the rows whose loss counts (E sums only
+        those; ``r`` is not masked).
 
     Returns:
       ``(E, r)``: the summed loss and ``(..., C)``.
@@ -84,10 +88,11 @@ def softmax_cross_entropy(z: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Ar
     lse = m + jnp.log(s)  # log Σ_j exp(z_j)
     yhat = e / s
     if is_soft(y):
-        E = -jnp.sum(jnp.where(y == 0, 0, y * (z - lse)))
+        terms = jnp.where(y == 0, 0, y * (z - lse))
+        E = -jnp.sum(terms if where is None else jnp.where(where[..., None], terms, 0))
         return E, yhat * jnp.sum(y, axis=-1, keepdims=True) - y
     z_y = jnp.take_along_axis(z, y[..., None], axis=-1, mode="fill")
-    E = jnp.sum(lse - z_y)
+    E = jnp.sum(lse - z_y if where is None else jnp.where(where[..., None], lse - z_y, 0))
     return E, yhat - jax.nn.one_hot(y, z.shape[-1], dtype=z.dtype)
 
 

@@ -1,0 +1,303 @@
+r"""Hand BPTT for every model: one chunked backward (``docs/math.md`` §4, §4.1, §7).
+
+Stacked layers, bidirectional layers, padding, per-step resets, ``reduction="mean"``,
+soft labels, dense inputs and every option of :func:`bptt_jax.core.bptt.bptt_core`
+(``truncate``, ``clip_delta``, ``chunk``, ``recompute``, ``unroll``, ``matmul_dtype``).
+Every cell (one direction of one layer) is run on a *view* of time: its own processing
+order, so a backward-in-time direction is the same code on flipped arrays. In its view
+a cell's recursion and its hand backward are (§4, §7)
+
+.. math::
+
+    h_t = f(U h^{\mathrm{in}}_t + W x_t + b),\qquad
+    \delta_t = (G_t + \gamma_{t+1}) \odot f'(h_t),\qquad
+    \gamma_t = U^\top \delta_t
+
+with :math:`h^{\mathrm{in}}_t = h_0` at the first step and at resets (the gradient
+:math:`U^\top\delta_t` then goes to :math:`h_0`, not to step t − 1), :math:`G_t =
+V^\top r_t` for the top layer and :math:`W^{\ell+1\top}\delta^{\ell+1}_t` below, and
+:math:`\gamma` cut at truncation boundaries. Padding freezes the state, outputs zero,
+has :math:`\delta_t = 0` and passes :math:`\gamma` through.
+
+The backward pass walks chunks of ``chunk`` steps, last first (§4.1): a chunk's logits,
+:math:`r_t` and :math:`V^\top r_t` exist only while it is processed, so no ``(T, B, C)``
+array is built. Unidirectional stacks run every layer inside the same chunk, top
+first, so of size ``T·B·H`` only each layer's :math:`h_t` are kept (with
+``recompute``, only the states entering each chunk). A bidirectional layer's two
+directions run their δ recursions in opposite time orders, so the layer below needs
+both directions' δ at every step: there each cell runs its own chunked sweep and
+hands :math:`\sum_d W^{\ell,d\top}\delta^{\ell,d}_t` down in one ``(T, B, D·H)``
+buffer per layer boundary (and ``recompute`` is refused). No autodiff.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .bptt import _rows
+from .losses import softmax_cross_entropy
+from .params import Layer
+
+
+class _Ctx(NamedTuple):
+    """What every chunk needs: activation, products and options."""
+
+    f: object
+    df: object
+    mm: object
+    cast: object
+    unroll: int
+    clip_delta: float | None
+
+
+def _project(ctx: _Ctx, W, X):
+    """:math:`W x_t` for a chunk: ``X`` ``(c, B)`` ids (a gather) or ``(c, B, D)``."""
+    if jnp.issubdtype(X.dtype, jnp.integer):
+        return jnp.take(W.T, X, axis=0, mode="fill")  # (c, B, H)
+    return ctx.mm(X, ctx.cast(W.T))
+
+
+def _run(ctx: _Ctx, layer: Layer, X, h_start, h0, m, e):
+    """One cell over a chunk of its view: ``(h_end, hs (c, B, H))`` (carried states)."""
+    a = _project(ctx, layer.W, X) + layer.b  # W x_t + b, all steps at once
+    UT = ctx.cast(layer.U.T)
+
+    def step(h_prev, inputs):
+        a_t, m_t, e_t = inputs
+        h_in = h_prev if e_t is None else jnp.where(e_t, h0, h_prev)  # reset: read h0
+        h = ctx.f(ctx.mm(h_in, UT) + a_t)
+        return (h if m_t is None else jnp.where(m_t, h, h_in)), None
+
+    def step_out(h_prev, inputs):
+        h, _ = step(h_prev, inputs)
+        return h, h
+
+    return lax.scan(step_out, h_start, (a, m, e), unroll=ctx.unroll)
+
+
+def _masked(hs, m):
+    """A cell's outputs: its states, zero at padding."""
+    return hs if m is None else jnp.where(m, hs, 0)
+
+
+def _delta_step(ctx: _Ctx, U_):
+    r"""``((γ, dh0), (G_t, h_t, m_t, e_t, k_t)) -> ((γ', dh0'), δ_t)`` (§4)."""
+
+    def step(carry, inputs):
+        g, acc = carry
+        G_t, h_t, m_t, e_t, k_t = inputs
+        if k_t is not None:
+            g = jnp.where(k_t, g, 0)  # truncation: no gradient from the next window
+        total = G_t + g
+        delta = total * ctx.df(h_t)  # δ_t = (G_t + γ_{t+1}) ⊙ f'(h_t)
+        if m_t is not None:
+            delta = jnp.where(m_t, delta, 0)
+        if ctx.clip_delta is not None:  # each sequence's δ_t rescaled to norm ≤ θ
+            norm = jnp.linalg.norm(delta, axis=-1, keepdims=True)
+            over = norm > ctx.clip_delta
+            delta = jnp.where(over, delta * (ctx.clip_delta / jnp.where(over, norm, 1)), delta)
+        g_in = ctx.mm(delta, U_)  # ∂E/∂h_in_t = Uᵀ δ_t
+        if m_t is not None:
+            g_in = jnp.where(m_t, g_in, total)  # padding: h_t = h_in_t, pass γ through
+        if e_t is not None:  # a reset: h_in_t was h0
+            acc = acc + jnp.where(e_t, g_in, 0)
+            g_in = jnp.where(e_t, 0, g_in)
+        return (g_in, acc), delta
+
+    return step
+
+
+def _cell_backward(ctx: _Ctx, layer: Layer, X_c, hs_c, h_start, h0, g, acc, G, m, e, k):
+    """A cell's part of one chunk: ``(γ, dh0 acc, (dU, dW rows, db), δ (c, B, H))``."""
+    step = _delta_step(ctx, ctx.cast(layer.U))
+    (g, acc), deltas = lax.scan(step, (g, acc), (G, hs_c, m, e, k), reverse=True,
+                                unroll=ctx.unroll)  # fmt: skip
+    h_prev = jnp.concatenate([h_start[None], hs_c[:-1]])  # h_{t-1} in the view
+    h_in = h_prev if e is None else jnp.where(e, h0, h_prev)
+    d2 = _rows(deltas)
+    dU = ctx.mm(d2.T, _rows(h_in))  # Σ_t δ_t ⊗ h_in_t
+    ids = jnp.issubdtype(X_c.dtype, jnp.integer)
+    dW = d2 if ids else ctx.mm(d2.T, _rows(X_c))  # ids: rows to scatter into dWᵀ
+    return g, acc, (dU, dW, jnp.sum(d2, axis=0)), deltas
+
+
+def _output_chunk(ctx: _Ctx, V, c, top_c, y_c, m_c, scale):
+    r"""A chunk's loss, :math:`\partial E/\partial V, c` terms and :math:`V^\top r_t`."""
+    h2 = _rows(top_c)
+    z = ctx.mm(h2, ctx.cast(V.T)) + c
+    y2 = _rows(y_c)
+    if m_c is None:
+        E_c, r = softmax_cross_entropy(z, y2)  # r_t = ŷ_t Σ y − y_t
+        E_c, r = E_c * scale, r * scale
+    else:
+        m2 = _rows(m_c)  # (c·B, 1)
+        if not jnp.issubdtype(y2.dtype, jnp.floating):
+            y2 = jnp.where(m2[:, 0], y2, 0)  # labels at padding are never read
+        E_c, r = softmax_cross_entropy(z, y2, m2[:, 0])  # padded rows: no loss
+        E_c = E_c * scale
+        r = jnp.where(m2, r, 0) * scale
+    Vr = ctx.mm(r, ctx.cast(V)).reshape(*top_c.shape[:2], -1)  # Vᵀ r_t
+    return E_c, ctx.mm(r.T, h2), jnp.sum(r, axis=0), Vr
+
+
+class _Out(NamedTuple):
+    """The output layer on top of a sweep: ``G`` is ``Vᵀr[..., lo:hi]``; ``extra`` columns
+    of :math:`V^\\top r_t` are handed out (the other direction's), or ``None``."""
+
+    V: jax.Array
+    c: jax.Array
+    scale: jax.Array
+    lo: int
+    hi: int
+    extra: tuple[int, int] | None
+
+
+def _chunk_body(ctx: _Ctx, cells, h0s, out: _Out | None, emit_below: bool):
+    """One chunk of a sweep, top cell first: ``(carry, (starts, data)) -> (carry, emitted)``.
+
+    ``data = (X, hs, y, m, e, k, top, G)``: the bottom cell's input, the cells' states
+    (``None``: recompute them from ``starts``), labels, mask, entry resets, truncation
+    keep, the output layer's input (``None``: the top cell's outputs) and ``G`` from
+    above (``None``: from ``out``).
+    """
+
+    def body(carry, chunk_data):
+        gs, accs, E, grads, dV, dc = carry
+        starts, (X_c, hs_c, y_c, m_c, e_c, k_c, top_c, G_c) = chunk_data
+        if hs_c is None:  # recompute the chunk's states, layer by layer
+            hs_c, inp = [], X_c
+            for cell, start, h0 in zip(cells, starts, h0s, strict=True):
+                hs_c.append(_run(ctx, cell, inp, start, h0, m_c, e_c)[1])
+                inp = _masked(hs_c[-1], m_c)
+        extra = None
+        if out is not None:
+            top_c = _masked(hs_c[-1], m_c) if top_c is None else top_c
+            E_c, dV_c, dc_c, Vr = _output_chunk(ctx, out.V, out.c, top_c, y_c, m_c, out.scale)
+            E, dV, dc = E + E_c, dV + dV_c, dc + dc_c
+            G_c = Vr[..., out.lo : out.hi]
+            extra = None if out.extra is None else Vr[..., out.extra[0] : out.extra[1]]
+        gs, accs, grads = list(gs), list(accs), list(grads)
+        for i in reversed(range(len(cells))):
+            X_i = X_c if i == 0 else _masked(hs_c[i - 1], m_c)
+            gs[i], accs[i], (dU, dW, db), deltas = _cell_backward(
+                ctx, cells[i], X_i, hs_c[i], starts[i], h0s[i], gs[i], accs[i], G_c, m_c,
+                e_c, k_c,
+            )  # fmt: skip
+            gU, gW, gb = grads[i]
+            if jnp.issubdtype(X_i.dtype, jnp.integer):  # scatter δ_t into rows x_t of dWᵀ
+                gW = gW.at[X_i.reshape(-1)].add(dW)
+            else:
+                gW = gW + dW
+            grads[i] = (gU + dU, gW, gb + db)
+            if i > 0 or emit_below:
+                G_c = ctx.mm(deltas, ctx.cast(cells[i].W))  # W^{ℓ}ᵀ δ^{ℓ}_t for the layer below
+        new = (tuple(gs), tuple(accs), E, tuple(grads), dV, dc)
+        return new, (G_c if emit_below else None, extra)
+
+    return body
+
+
+def _splitter(T: int, cs: int):
+    """``(T, ...) -> (first chunk (rem, ...), full chunks (n, cs, ...))``, Nones kept."""
+    n, rem = divmod(T, cs)
+
+    def split(tree):
+        head = jax.tree.map(lambda a: a[:rem], tree)
+        body = jax.tree.map(lambda a: a[rem:].reshape(n, cs, *a.shape[1:]), tree)
+        return head, body
+
+    def join(head, body):  # the inverse, for what the chunks emit
+        return jax.tree.map(
+            lambda h, b: jnp.concatenate([h, b.reshape(-1, *b.shape[2:])]), head, body
+        )
+
+    return n, rem, split, join
+
+
+def _stored_starts(hs, h0s, split, n, rem):
+    """The state entering each full chunk, from the stored states of every cell."""
+    head, body = split(tuple(hs))
+    mid = tuple(h[-1] for h in head) if rem else tuple(h0s)
+    return tuple(
+        jnp.concatenate([mid_i[None], b[:-1, -1]]) if n else b[:, 0]
+        for mid_i, b in zip(mid, body, strict=True)
+    )
+
+
+def _forward(ctx: _Ctx, cells, h0s, X, m, e, split, n, rem, recompute):
+    """A stack's forward pass in its view: ``(finals, hs per cell or None, body starts)``."""
+    if not recompute:
+        hs, finals, inp = [], [], X
+        for cell, h0 in zip(cells, h0s, strict=True):
+            h_fin, states = _run(ctx, cell, inp, h0, h0, m, e)  # (T, B, H): carried states
+            hs.append(states)
+            finals.append(h_fin)
+            inp = _masked(states, m)
+        return tuple(finals), tuple(hs), _stored_starts(hs, h0s, split, n, rem)
+
+    def run_stack(states, data):  # the chunk through every layer: the states leaving it
+        X_c, m_c, e_c = data
+        new, inp = [], X_c
+        for cell, start, h0 in zip(cells, states, h0s, strict=True):
+            h_end, hs_c = _run(ctx, cell, inp, start, h0, m_c, e_c)
+            new.append(h_end)
+            inp = _masked(hs_c, m_c)
+        return tuple(new), states
+
+    head, body = split((X, m, e))
+    mid = run_stack(tuple(h0s), head)[0] if rem else tuple(h0s)
+    finals, starts = lax.scan(run_stack, mid, body)
+    return finals, None, starts
+
+
+def _sweep(ctx: _Ctx, cells, h0s, g0s, view, cs: int, recompute: bool, out, emit_below,
+           stored=None):  # fmt: skip
+    """One chunked backward sweep of a stack of cells (same view), last chunk first.
+
+    ``view = (X, y, m, e, k, top, G)``, time-major in the stack's view. Returns
+    ``(E, grads per cell (dU, dW, db), dV, dc, dh0s, finals, emitted)`` with
+    ``emitted = (G below (T, B, D_in) or None, extra Vᵀr columns or None)``.
+    ``stored``: ``(finals, hs)`` of a forward pass already run, or ``None``.
+    """
+    X, y, m, e, k, top, G = view
+    T, ids = X.shape[0], jnp.issubdtype(X.dtype, jnp.integer)
+    n, rem, split, join = _splitter(T, cs)
+    if stored is None:
+        finals, hs, starts = _forward(ctx, cells, h0s, X, m, e, split, n, rem, recompute)
+    else:
+        finals, hs = stored
+        starts = _stored_starts(hs, h0s, split, n, rem)
+    zeros = functools.partial(jnp.zeros_like, h0s[0])
+    grads = tuple(
+        (zeros(shape=c.U.shape), zeros(shape=c.W.shape[::-1] if i == 0 and ids else
+                                       c.W.shape), zeros(shape=c.b.shape))
+        for i, c in enumerate(cells)
+    )  # fmt: skip
+    accs = tuple(None if e is None else zeros() for _ in cells)
+    V_shape = (1, 1) if out is None else out.V.shape
+    carry = (tuple(g0s), accs, zeros(shape=()), grads, zeros(shape=V_shape),
+             zeros(shape=V_shape[:1]))  # fmt: skip
+    body = _chunk_body(ctx, cells, h0s, out, emit_below)
+    data_head, data_body = split((X, hs, y, m, e, k, top, G))
+    emitted_body = emitted_head = None
+    if n:
+        carry, emitted_body = lax.scan(body, carry, (starts, data_body), reverse=True)
+    if rem:
+        carry, emitted_head = body(carry, (tuple(h0s), data_head))
+    emitted = (None, None)
+    if emitted_body is not None and emitted_head is not None:
+        emitted = join(emitted_head, emitted_body)
+    elif emitted_body is not None:
+        emitted = jax.tree.map(lambda b: b.reshape(-1, *b.shape[2:]), emitted_body)
+    elif emitted_head is not None:
+        emitted = emitted_head
+    gs, accs, E, grads, dV, dc = carry
+    dh0s = tuple(g if a is None else g + a for g, a in zip(gs, accs, strict=True))
+    grads = tuple((dU, dW.T if i == 0 and ids else dW, db)
+                  for i, (dU, dW, db) in enumerate(grads))  # fmt: skip
+    return E, grads, dV, dc, dh0s, finals, emitted
