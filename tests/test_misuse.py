@@ -124,10 +124,11 @@ def test_non_finite_soft_labels_on_the_host_are_refused(params, fn, value):
     _one_line(e)
 
 
-def test_gradient_flow_refuses_a_huge_sequence_up_front(params):
+@pytest.mark.parametrize("fn", ["gradient_flow", "per_loss_deltas"])
+def test_quadratic_diagnostics_refuse_a_huge_sequence_up_front(params, fn):
     T = 100_000
     size = T * T * 1 * H * 4
     assert size > QUADRATIC_CAP_BYTES
     xs = np.zeros((1, T), np.int32)
-    with pytest.raises(ValueError, match=rf"T = {T}, B = 1, H = {H} .* = 149 GiB, above the 2"):
-        bptt_jax.gradient_flow(params, xs, xs)
+    with pytest.raises(ValueError, match=rf"{fn} holds .*T = {T}, B = 1, H = {H} .* = 149 GiB"):
+        getattr(bptt_jax, fn)(params, xs, xs)

@@ -13,6 +13,7 @@ from ..core.deep import deep_bptt_core
 from ..core.deep_per_loss import deep_bptt_per_loss_core, deep_per_loss_deltas_core
 from ..core.params import DeepParams
 from ..core.per_loss import bptt_per_loss_core, per_loss_deltas_core
+from .arrays import check_quadratic_size
 from .options import (
     check_chunk,
     check_clip_delta,
@@ -317,6 +318,7 @@ def per_loss_deltas(
     params, inp, truncate = _per_loss_inputs(
         params, xs, ys, h0, lengths, mask, reduction, activation, truncate, "per_loss_deltas"
     )
+    check_quadratic_size("per_loss_deltas", inp.xs, inp.h0)
     if is_seed(params, inp):
         deltas = per_loss_deltas_core(
             params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate
