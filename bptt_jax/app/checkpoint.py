@@ -58,9 +58,10 @@ from jax.experimental import multihost_utils
 
 from ..core.params import Params
 from .config import RESUMABLE, TrainConfig, TrainingError
-from .data import TOKEN_TYPES, Corpus, Vocab, streams_in_order
+from .data import TOKEN_TYPES, Corpus, Vocab
 from .parallel import local_rows
 from .state import History, TrainState
+from .streams import streams_in_order
 
 PathLike = str | os.PathLike
 

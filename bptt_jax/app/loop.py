@@ -1,7 +1,7 @@
 r"""The training loop: truncated BPTT over long streams, checkpointed and resumable.
 
 Every step takes the next chunk ``xs, ys (B, T)`` of the B parallel streams
-(:class:`bptt_jax.app.data.Streams`) and the final hidden state of the previous
+(:class:`bptt_jax.app.streams.Streams`) and the final hidden state of the previous
 chunk as :math:`h_0`, and runs, in one ``jax.jit``,
 
 .. math::
@@ -57,7 +57,7 @@ from .checkpoint import (
     training_header,
 )
 from .config import TrainConfig, TrainingError, check_config
-from .data import Corpus, DataError, Streams, eval_arrays, load_corpus
+from .data import Corpus, DataError, load_corpus
 from .divergence import NONFINITE_IN_A_ROW, divergence
 from .evaluate import Evaluation, baselines, evaluate, verify_gradients
 from .parallel import AXIS, local_rows, replicate, shard_batch
@@ -65,6 +65,7 @@ from .preflight import check_writable_folder, require_memory, rnn_bytes
 from .signals import Interrupted, Interrupts, signal_name
 from .state import History, Result, TrainState
 from .step import cached_step, hand_grad_fn, step_grad_fn, training_mesh
+from .streams import Streams, eval_arrays
 
 CHECKPOINT_NAME = "checkpoint.bptt"
 PLOT_NAME = "loss.png"
