@@ -48,11 +48,11 @@ from tqdm import tqdm
 
 from ..core.params import init_params
 from ..referees.tolerances import AUTODIFF
-from .checkpoint import (
+from .checkpoint import save_checkpoint
+from .checkpoint_schema import (
     data_fingerprint,
     read_training_checkpoint,
     restore,
-    save_checkpoint,
     training_arrays,
     training_header,
 )
@@ -127,7 +127,7 @@ def train(
     """Trains (or resumes) a run; saves checkpoints and the loss plot under ``config.out``.
 
     Args:
-      config: the run (for a resume, see :func:`bptt_jax.app.checkpoint.config_for_resume`).
+      config: the run (for a resume, see :func:`bptt_jax.app.checkpoint_schema.config_for_resume`).
       resume: a checkpoint to continue from; the result is bitwise the same
         as an uninterrupted run of the same configuration (on the same
         machine and JAX).
