@@ -117,15 +117,7 @@ def train(
       completes, the checkpoint is saved and the result is marked
       ``interrupted`` (with ``signum``).
     """
-    check_config(config)
-    itemsize = jnp.dtype(config.dtype).itemsize
-    require_memory(
-        f"training with --hidden-size {config.hidden_size} --batch-size {config.batch_size} "
-        f"--seq-len {config.seq_len}",
-        rnn_bytes(K=256, H=config.hidden_size, C=256, B=config.batch_size, T=config.seq_len,
-                  itemsize=itemsize),
-    )  # fmt: skip
-    check_writable_folder(config.out)
+    _preflight(config)
     # float64 needs x64 for the whole run (initialisation, steps, checkpoints);
     # the context leaves the caller's setting as it was.
     x64 = jax.enable_x64(True) if config.dtype == "float64" else contextlib.nullcontext()
@@ -142,6 +134,19 @@ def train(
             _stop_before_start(signals, "the first step")
         loop, interrupted, seconds = _steps(session, loop, on_step)
         return _finish(session, loop, interrupted, seconds)
+
+
+def _preflight(config: TrainConfig) -> None:
+    """Checks the configuration, the memory the model needs and the output folder."""
+    check_config(config)
+    itemsize = jnp.dtype(config.dtype).itemsize
+    require_memory(
+        f"training with --hidden-size {config.hidden_size} --batch-size {config.batch_size} "
+        f"--seq-len {config.seq_len}",
+        rnn_bytes(K=256, H=config.hidden_size, C=256, B=config.batch_size, T=config.seq_len,
+                  itemsize=itemsize),
+    )  # fmt: skip
+    check_writable_folder(config.out)
 
 
 def _stop_before_start(signals: Interrupts, where: str) -> None:
