@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from bptt_jax.app.checkpoint import (
     MAGIC,
     CheckpointError,
-    read_training_checkpoint,
 )
+from bptt_jax.app.checkpoint_schema import read_training_checkpoint
 from bptt_jax.app.cli import main
 from bptt_jax.app.config import TrainConfig
 from bptt_jax.app.data import Vocab

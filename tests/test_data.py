@@ -6,10 +6,8 @@ import pytest
 from bptt_jax.app.data import (
     TOKEN_LETTERS,
     DataError,
-    Streams,
     TextFile,
     Vocab,
-    eval_arrays,
     load_corpus,
     read_text,
     split_files,
@@ -17,6 +15,7 @@ from bptt_jax.app.data import (
     stdlib_root,
     token_labels,
 )
+from bptt_jax.app.streams import Streams, eval_arrays
 
 # Known snippets and, per character, the token type tokenize gives it
 # (_ whitespace, n name, k keyword, o operator, d number, s string, c comment, ? other).

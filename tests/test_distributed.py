@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bptt_jax.app.cli import main
-from bptt_jax.app.data import DataError, Streams, process_streams, streams_in_order
+from bptt_jax.app.data import DataError
 from bptt_jax.app.distributed import (
     ENV_COORDINATOR,
     ENV_NUM_PROCESSES,
@@ -19,6 +19,7 @@ from bptt_jax.app.distributed import (
     cluster_from,
     initialize,
 )
+from bptt_jax.app.streams import Streams, process_streams, streams_in_order
 
 # --------------------------------------------------------------------------- shards
 

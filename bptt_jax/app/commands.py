@@ -18,7 +18,7 @@ import numpy as np
 from .arguments import TRAIN_OPTIONS
 from .bench import run_bench
 from .check import run_check
-from .checkpoint import config_for_resume, load_model, read_training_checkpoint
+from .checkpoint_schema import config_for_resume, load_model, read_training_checkpoint
 from .config import TrainConfig, TrainingError
 from .data import DataError, read_text, token_labels
 from .distributed import cluster_from, initialize

@@ -1,4 +1,4 @@
-r"""Text corpora, vocabularies, token-type labels and the training streams.
+r"""Text corpora, vocabularies and token-type labels.
 
 Sits above the numerical core and below the training loop: it reads files,
 turns characters into the ids :math:`x_t` of the seed's one-hot inputs, and
@@ -8,7 +8,8 @@ labelling (``task="tag"``, C ≠ K).
 
 The default corpus is the source of the running interpreter's standard
 library (its ``.py`` files outside test folders and ``site-packages``): every
-machine with Python has it, no download.
+machine with Python has it, no download. The streams the training loop reads
+from a :class:`Corpus` are in :mod:`bptt_jax.app.streams`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sysconfig
 import tokenize
 import zlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -263,167 +265,73 @@ def load_corpus(
     if max_files is not None:
         files = files[:max_files]
     train_files, val_files = split_files(files)
-
-    skipped = []
-
-    def read(group):
-        texts, labels, names = [], [], []
-        for f in group:
-            body = read_text(f.path)
-            if not body:
-                continue
-            if task == "tag":
-                try:
-                    labels.append(token_labels(body))
-                except DataError:
-                    skipped.append(f.name)
-                    continue
-            texts.append(body)
-            names.append(f.name)
-        return texts, labels, names
-
-    train_texts, train_labels, train_names = read(train_files)
-    val_texts, val_labels, val_names = read(val_files)
-    if len(files) == 1 and train_texts:  # one file: hold out its last 10 %
-        body = train_texts[0]
-        cut = len(body) - len(body) // 10
-        val_texts, train_texts = [body[cut:]], [body[:cut]]
-        if task == "tag":
-            val_labels, train_labels = [train_labels[0][cut:]], [train_labels[0][:cut]]
-        val_names = train_names
-    train_text = "".join(train_texts)
-    val_text = "".join(val_texts)
+    skipped: list[str] = []
+    train = _read_group(train_files, task, skipped)
+    val = _read_group(val_files, task, skipped)
+    if len(files) == 1 and train.texts:  # one file: hold out its last 10 %
+        train, val = _hold_out_tail(train, val, task)
+    train_text = "".join(train.texts)
+    val_text = "".join(val.texts)
     if not train_text or not val_text:
-        raise DataError(
-            f"empty corpus: {len(files)} file(s) in {where}, "
-            f"{len(train_text)} training and {len(val_text)} validation characters"
-            + (
-                f" ({len(skipped)} file(s) skipped: tokenize could not read them)"
-                if skipped
-                else ""
-            )
-        )
+        raise _empty_corpus(len(files), where, train_text, val_text, skipped)
     vocab = Vocab.from_text(train_text)
     return Corpus(
         task=task,
         vocab=vocab,
         train_ids=vocab.encode(train_text),
         val_ids=vocab.encode(val_text),
-        train_labels=np.concatenate(train_labels) if task == "tag" else None,
-        val_labels=np.concatenate(val_labels) if task == "tag" else None,
-        train_files=tuple(train_names),
-        val_files=tuple(val_names),
+        train_labels=np.concatenate(train.labels) if task == "tag" else None,
+        val_labels=np.concatenate(val.labels) if task == "tag" else None,
+        train_files=tuple(train.names),
+        val_files=tuple(val.names),
         skipped=tuple(skipped),
     )
 
 
-# --------------------------------------------------------------------------- streams
+class _Group(NamedTuple):
+    """The texts of one side of the split, their labels (``tag``) and file names."""
+
+    texts: list[str]
+    labels: list[np.ndarray]
+    names: list[str]
 
 
-class Streams:
-    r"""B parallel streams over one long text, read in consecutive chunks of T.
-
-    The text is cut into ``B`` contiguous segments of equal length ``L``;
-    stream ``b`` reads segment ``b`` from start to end, ``T`` characters per
-    training step, so that the hidden state :math:`h_T` of one chunk is the
-    right :math:`h_0` of the next (truncated BPTT). After ``num_chunks``
-    chunks the streams wrap round to their starts (a new epoch).
-
-    For ``lm`` the label of character t is character t + 1; for ``tag`` it
-    is the token type of character t.
-
-    In a run of ``P`` processes (multi-host), process ``p`` holds only the
-    streams :func:`process_streams` gives it, ``p, p + P, p + 2P, ...``:
-    ``B / P`` rows, the same segments a single process would read at those
-    rows.
-    """
-
-    def __init__(
-        self,
-        ids: np.ndarray,
-        labels: np.ndarray | None,
-        batch_size: int,
-        seq_len: int,
-        *,
-        num_processes: int = 1,
-        process_id: int = 0,
-    ) -> None:
-        B, T = batch_size, seq_len
-        rows = process_streams(B, num_processes, process_id)
-        shift = 1 if labels is None else 0  # lm needs one character past the chunk
-        L = len(ids) // B
-        self.num_chunks = (L - shift) // T
-        if self.num_chunks < 1:
-            raise DataError(
-                f"the training text has {len(ids)} characters, too few for --batch-size {B} "
-                f"streams of --seq-len {T}: needs at least {B * (T + shift)}"
-            )
-        self.xs = np.ascontiguousarray(ids[: B * L].reshape(B, L)[rows])  # (B / P, L)
-        if labels is None:
-            self.ys = self.xs[:, 1:]  # (B / P, L - 1): the next character
-        else:
-            self.ys = np.ascontiguousarray(labels[: B * L].reshape(B, L)[rows])  # (B / P, L)
-        self.seq_len = T
-
-    def chunk(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Chunk ``k`` (``0 <= k < num_chunks``): ``xs, ys`` each ``(B / P, T)`` int32."""
-        T = self.seq_len
-        return self.xs[:, k * T : (k + 1) * T], self.ys[:, k * T : (k + 1) * T]
+def _read_group(group: list[TextFile], task: str, skipped: list[str]) -> _Group:
+    """Reads ``group``; empty files are left out, and for ``tag`` the files ``tokenize``
+    cannot read are left out and named in ``skipped``."""
+    texts, labels, names = [], [], []
+    for f in group:
+        body = read_text(f.path)
+        if not body:
+            continue
+        if task == "tag":
+            try:
+                labels.append(token_labels(body))
+            except DataError:
+                skipped.append(f.name)
+                continue
+        texts.append(body)
+        names.append(f.name)
+    return _Group(texts, labels, names)
 
 
-def process_streams(num_streams: int, num_processes: int, process_id: int) -> np.ndarray:
-    """The streams process ``process_id`` of ``num_processes`` reads: ``p, p + P, ...``.
-
-    Over all processes these are disjoint and cover ``0 .. B - 1``; each process
-    gets ``B / P`` of them (``B`` must be a multiple of ``P``).
-
-    Raises:
-      DataError: ``P < 1``, ``p`` outside ``0 .. P - 1``, or ``B`` not a multiple of ``P``.
-    """
-    B, P_, p = num_streams, num_processes, process_id
-    if P_ < 1:
-        raise DataError(f"the number of processes must be >= 1, got {P_}")
-    if not 0 <= p < P_:
-        raise DataError(f"process id {p} is outside 0..{P_ - 1} for {P_} processes")
-    if B % P_:
-        raise DataError(
-            f"--batch-size {B} is not divisible by the {P_} processes; use a multiple of {P_}"
-        )
-    return np.arange(p, B, P_)
+def _hold_out_tail(train: _Group, val: _Group, task: str) -> tuple[_Group, _Group]:
+    """A corpus of one file: its last 10 % is the validation text."""
+    body = train.texts[0]
+    cut = len(body) - len(body) // 10
+    train_labels, val_labels = train.labels, val.labels
+    if task == "tag":
+        val_labels, train_labels = [train.labels[0][cut:]], [train.labels[0][:cut]]
+    return _Group([body[:cut]], train_labels, train.names), _Group(
+        [body[cut:]], val_labels, train.names
+    )
 
 
-def streams_in_order(blocks) -> np.ndarray:
-    """Undoes :func:`process_streams`: ``blocks[p]`` holds process p's rows; stream order out.
-
-    Args:
-      blocks: ``(P, B / P, ...)``, process ``p``'s rows in the order it holds them.
-
-    Returns:
-      ``(B, ...)`` with row ``p + P j`` = ``blocks[p][j]``.
-    """
-    blocks = np.asarray(blocks)
-    P_, n = blocks.shape[:2]
-    return np.swapaxes(blocks, 0, 1).reshape(P_ * n, *blocks.shape[2:])
-
-
-def eval_arrays(
-    ids: np.ndarray, labels: np.ndarray | None, streams: int, max_chars: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The validation text as ``streams`` rows: ``xs, ys`` each ``(S, L)`` int32.
-
-    Uses at most ``max_chars`` characters from the start of the validation
-    text, fewer streams if it is short; each row is run from a zero state in
-    one pass.
-    """
-    shift = 1 if labels is None else 0
-    n = min(len(ids), max_chars + shift)
-    S = max(1, min(streams, (n - shift) // 16))
-    L = (n - shift) // S
-    if L < 1:
-        raise DataError(f"the validation text has {len(ids)} characters: too few to evaluate")
-    xs = np.stack([ids[s * L : (s + 1) * L] for s in range(S)]).astype(np.int32)
-    if labels is None:
-        ys = np.stack([ids[s * L + 1 : (s + 1) * L + 1] for s in range(S)]).astype(np.int32)
-    else:
-        ys = np.stack([labels[s * L : (s + 1) * L] for s in range(S)]).astype(np.int32)
-    return xs, ys
+def _empty_corpus(
+    files: int, where: str, train_text: str, val_text: str, skipped: list[str]
+) -> DataError:
+    return DataError(
+        f"empty corpus: {files} file(s) in {where}, "
+        f"{len(train_text)} training and {len(val_text)} validation characters"
+        + (f" ({len(skipped)} file(s) skipped: tokenize could not read them)" if skipped else "")
+    )

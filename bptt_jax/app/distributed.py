@@ -17,7 +17,7 @@ With none of them set (or ``P = 1``) the run is a single process and
 required, and :func:`initialize` calls ``jax.distributed.initialize`` before
 anything else touches the devices; ``jax.devices()`` then lists the devices of
 every process, the mesh spans them all, and process ``p`` reads the streams
-``p, p + P, ...`` (:func:`bptt_jax.app.data.process_streams`).
+``p, p + P, ...`` (:func:`bptt_jax.app.streams.process_streams`).
 """
 
 from __future__ import annotations

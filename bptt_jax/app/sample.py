@@ -24,7 +24,7 @@ from jax import lax
 
 from ..core.params import Params
 from ..core.rnn import forward_core, hidden_states
-from .checkpoint import Model
+from .checkpoint_schema import Model
 from .data import TOKEN_LETTERS, TOKEN_TYPES, DataError
 
 #: The longest sample: its keys and ids take 12 bytes a character (a larger scan
