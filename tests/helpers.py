@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -150,3 +152,17 @@ def slow_except(values, fast, ids=None) -> list:
         pytest.param(v, id=i, marks=() if v in fast else pytest.mark.slow)
         for v, i in zip(values, ids, strict=True)
     ]
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_valid_png(path, min_size=(200, 150)):
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path.name} is not a PNG"
+    length, kind = struct.unpack(">I4s", data[8:16])
+    assert kind == b"IHDR" and length == 13
+    width, height = struct.unpack(">II", data[16:24])
+    assert width >= min_size[0] and height >= min_size[1], (path.name, width, height)
+    assert data[-8:-4] == b"IEND", f"{path.name} is truncated"
+    assert len(data) > 5000, f"{path.name}: {len(data)} bytes, an empty figure?"

@@ -8,8 +8,9 @@ program that calls them runs no autodiff through the recurrence.
 from __future__ import annotations
 
 import jax
+from jax.typing import ArrayLike
 
-from ..core.params import Params
+from ..core.params import DeepParams, Params
 from ..core.recurrence import hand_loss_jit, recurrence_jit
 from .options import check_activation
 from .resets import check_resets
@@ -22,7 +23,15 @@ def _setup(params, xs, ys, h0, lengths, resets, need_ys):
     return params, inp, check_resets(resets, steps_shape, inp.mask)
 
 
-def recurrence(params, xs, h0=None, *, activation="tanh", lengths=None, resets=None):
+def recurrence(
+    params: Params | DeepParams,
+    xs: ArrayLike,
+    h0: ArrayLike | None = None,
+    *,
+    activation: str = "tanh",
+    lengths: ArrayLike | None = None,
+    resets: ArrayLike | None = None,
+) -> tuple[jax.Array, jax.Array]:
     r"""The RNN's hidden states, as a differentiable building block with a hand VJP.
 
     .. math::
@@ -91,15 +100,15 @@ def recurrence(params, xs, h0=None, *, activation="tanh", lengths=None, resets=N
 
 
 def hand_loss(
-    params,
-    xs,
-    ys,
-    h0=None,
+    params: Params | DeepParams,
+    xs: ArrayLike,
+    ys: ArrayLike,
+    h0: ArrayLike | None = None,
     *,
-    activation="tanh",
-    lengths=None,
-    resets=None,
-    reduction="sum",
+    activation: str = "tanh",
+    lengths: ArrayLike | None = None,
+    resets: ArrayLike | None = None,
+    reduction: str = "sum",
 ) -> jax.Array:
     r"""The seed's loss :math:`E = -\sum_t y_t^\top \log \hat y_t`, whose VJP is hand BPTT.
 

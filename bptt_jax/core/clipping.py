@@ -22,7 +22,12 @@ one of them gives, by design, a vector that is no longer the exact gradient of
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .checks import check_number
+
+if TYPE_CHECKING:  # optax is imported when a clipper is made (a lazy, optional import)
+    import optax
 
 #: The names accepted by :func:`make_clipper` (``"none"`` turns clipping off).
 CLIPPERS = ("none", "elementwise", "global_norm")
@@ -38,7 +43,7 @@ def check_clip_delta(clip_delta) -> float | None:
     return check_number(clip_delta, "clip_delta")
 
 
-def make_clipper(name: str = "none", value: float | None = None):
+def make_clipper(name: str = "none", value: float | None = None) -> optax.GradientTransformation:
     r"""An ``optax`` gradient transformation that clips, selected by name.
 
     Args:

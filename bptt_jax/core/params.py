@@ -125,7 +125,7 @@ def init_params(
     num_classes: int | None = None,
     num_layers: int = 1,
     bidirectional: bool = False,
-    dtype=jnp.float32,
+    dtype: jnp.dtype | str | type = jnp.float32,
     init: str = "uniform",
     spectral_radius: float | None = None,
 ) -> Params | DeepParams:

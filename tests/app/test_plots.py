@@ -1,27 +1,13 @@
 """bptt-jax diagnose: the PNGs exist and are valid, the report and the exit status."""
 
-import struct
-
 import jax
 import numpy as np
 import pytest
+from helpers import assert_valid_png
 
 from bptt_jax.app.cli import main
 from bptt_jax.app.diagnose import run_diagnose
 from bptt_jax.lab.tasks import REMEDIES
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def assert_valid_png(path, min_size=(200, 150)):
-    data = path.read_bytes()
-    assert data[:8] == PNG_SIGNATURE, f"{path.name} is not a PNG"
-    length, kind = struct.unpack(">I4s", data[8:16])
-    assert kind == b"IHDR" and length == 13
-    width, height = struct.unpack(">II", data[16:24])
-    assert width >= min_size[0] and height >= min_size[1], (path.name, width, height)
-    assert data[-8:-4] == b"IEND", f"{path.name} is truncated"
-    assert len(data) > 5000, f"{path.name}: {len(data)} bytes, an empty figure?"
 
 
 @pytest.mark.slow  # a sweep and a delay-task training

@@ -9,9 +9,10 @@ from helpers import run_on_simulated_devices
 
 # One subprocess with 8 simulated devices running several trainings and the
 # command line: slow tier.
-pytestmark = pytest.mark.slow
+# One worker runs this module, so its module-scoped fixtures are built once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_parallel_train")]
 
-SCRIPT = pathlib.Path(__file__).parent / "scripts" / "parallel_train_checks.py"
+SCRIPT = pathlib.Path(__file__).parent.parent / "scripts" / "parallel_train_checks.py"
 
 # Tolerances on the max relative difference of every leaf of (params, optimizer
 # state, h) after 8 Adam or SGD steps, 8 devices against 1. The psum adds the

@@ -13,7 +13,7 @@ import pytest
 from helpers import RTOL, assert_tree_close, max_rel_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_fast_paths import equations
+from test_bptt_options import equations
 
 import bptt_jax
 from bptt_jax import DeepParams, Layer
@@ -130,6 +130,8 @@ def check_combo(combo, dtype):
     assert_tree_close(got, ref, rtol=RTOL[dtype])
 
 
+@pytest.mark.slow  # every example compiles a new model; tests/core/test_resets.py and
+# test_deep.py keep deep models with options in the fast tier
 @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
 @given(combos)
 def test_every_model_and_option_matches_jax_grad_float64(x64, combo):
@@ -137,13 +139,14 @@ def test_every_model_and_option_matches_jax_grad_float64(x64, combo):
 
 
 @pytest.mark.slow
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 @given(combos, st.sampled_from(["float64", "float32"]))
 def test_every_model_and_option_matches_jax_grad_many(combo, dtype):
     with jax.enable_x64(True):
         check_combo(combo, dtype)
 
 
+@pytest.mark.slow  # compiles two bf16 and two float32 deep backwards
 @pytest.mark.parametrize("bi", [False, True], ids=["stacked", "bidirectional"])
 def test_bf16_products_are_close_to_the_float32_gradient(bi):
     # bf16 operands, float32 accumulation: O(u) from the float32 gradient, u = 2**-8.
@@ -156,6 +159,7 @@ def test_bf16_products_are_close_to_the_float32_gradient(bi):
     assert 0 < max(errors) <= 16 * 2.0**-8, errors
 
 
+@pytest.mark.slow  # three compilations of a deep backward
 def test_clip_delta_acts_on_deep_models_and_is_exact_when_never_reached(x64):
     p = deep_params(2, True, "float64")
     xs, ys, lengths, resets = problem("float64", True, True, False, False)
@@ -166,6 +170,7 @@ def test_clip_delta_acts_on_deep_models_and_is_exact_when_never_reached(x64):
     assert max_rel_error(tight[1].layers[0].U, exact[1].layers[0].U) > 1e-3
 
 
+@pytest.mark.slow  # four compilations of a deep backward
 def test_bptt_chunk_carries_dh_T_and_h0_through_deep_models(x64):
     # Two halves processed backwards in time add up to the whole sequence.
     p = deep_params(2, False, "float64")

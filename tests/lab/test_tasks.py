@@ -4,13 +4,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import make_problem
-from test_plots import assert_valid_png
+from helpers import assert_valid_png, make_problem
 
 import bptt_jax
 from bptt_jax import delay_task, train_delay
 from bptt_jax.app.plots import plot_delay, plot_delay_grad_norm
 from bptt_jax.lab.tasks import REMEDIES, Remedy
+
+# One worker runs this module, so its module-scoped fixtures are built once.
+pytestmark = pytest.mark.xdist_group("test_tasks")
 
 
 @pytest.mark.parametrize("delay", [0, 1, 4, 5])  # delay = steps is refused: test_misuse

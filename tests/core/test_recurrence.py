@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax  # noqa: F401  (the docs' example needs it; fail here, not inside exec)
 import pytest
+from helpers import slow_except
 from jax import lax
 
 import bptt_jax
@@ -25,7 +26,7 @@ from bptt_jax.referees.tolerances import AUTODIFF, max_relative_error
 K, H, C, B, T = 4, 3, 5, 2, 6
 RTOL = AUTODIFF["float64"]
 ACT = {"tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu}
-DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "composing.md"
+DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs" / "composing.md"
 
 
 # --- the referee: the same recurrence as a plain lax.scan, differentiated by JAX ---------
@@ -221,7 +222,7 @@ PROGRAMS = {
 }
 
 
-@pytest.mark.parametrize("name", list(PROGRAMS))
+@pytest.mark.parametrize("name", slow_except(PROGRAMS, fast={"embedding", "vmap"}))
 def test_user_program_gradient(x64, name):
     """jax.jit(jax.grad(program)) (eager jax.grad for "jit_inside"), hand VJP vs autodiff."""
     loss, args, data = PROGRAMS[name](recurrence)
@@ -269,7 +270,7 @@ def _case(name):
     return p, h0, arrays, act, lengths, w_hs, w_T
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", slow_except(CASES, fast={"deep2-bi-dense-lengths-resets"}))
 def test_gradient_vs_autodiff_of_reference(x64, name):
     p, h0, arrays, act, _, w_hs, w_T = _case(name)
     dense = jnp.issubdtype(arrays["xs"].dtype, jnp.floating)
@@ -299,7 +300,7 @@ def _segments(reset_row, length):
     return list(zip(starts, [*starts[1:], length], strict=True))
 
 
-@pytest.mark.parametrize("name", SEGMENT_CASES)
+@pytest.mark.parametrize("name", slow_except(SEGMENT_CASES, fast={"params-dense-lengths-resets"}))
 def test_resets_equal_segments_run_alone(x64, name):
     """With resets, the loss and its gradients equal those of each segment run alone, summed.
 
@@ -354,7 +355,10 @@ LOSS_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", list(LOSS_CASES))
+@pytest.mark.parametrize(
+    "name",
+    slow_except(LOSS_CASES, fast={"params-ids-sum-fast", "deep2-bi-dense-soft-mean-lengths"}),
+)
 def test_hand_loss_gradient_equals_autodiff_of_loss(x64, name):
     L, bi, inputs, labels, use_len, reduction = LOSS_CASES[name]
     p = make_params(L=L, bidirectional=bi)
@@ -377,6 +381,7 @@ def test_hand_loss_gradient_equals_autodiff_of_loss(x64, name):
     assert_close(run(hand_loss), run(bptt_jax.loss))
 
 
+@pytest.mark.slow  # its own shapes
 def test_hand_loss_with_resets_equals_autodiff_of_reference_loss(x64):
     p, xs, ys = make_params(), ids((B, T)), ids((B, T), n=C, seed=12)
     real = np.arange(T) < LENGTHS[:, None]
@@ -423,6 +428,7 @@ def test_forward_mode_names_the_reason(x64, mode):
         run()
 
 
+@pytest.mark.slow  # a Hessian of a scan: compiles forward-over-reverse
 def test_hessian_is_forward_over_the_hand_backward(x64):
     """jax.hessian (forward over reverse) differentiates the hand VJP rule: it works."""
     p, w = make_params(), normal((B, T, H), seed=3)
@@ -440,6 +446,7 @@ def test_hessian_is_forward_over_the_hand_backward(x64):
 # --- docs/composing.md runs -------------------------------------------------------------
 
 
+@pytest.mark.slow  # an optax training loop; the README's examples are in the fast tier
 def test_composing_md_code_runs():
     blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.S)
     assert blocks, "docs/composing.md has no python blocks"

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import slow_except
 
 import bptt_jax
 from bptt_jax import Layer, Params
@@ -187,7 +188,8 @@ CHECKS = {
 }
 
 
-@pytest.mark.parametrize("model", MODELS)
+# The fast tier runs every function on the richest model; .ci/run every model.
+@pytest.mark.parametrize("model", slow_except(MODELS, fast={"bidirectional"}))
 @pytest.mark.parametrize("fn", list(CHECKS))
 def test_public_function_matches_its_referee(fn, model, x64):
     CHECKS[fn](*_model(model))
@@ -204,7 +206,9 @@ REFUSED = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("model", ["deep", "bidirectional", "ragged"])
+@pytest.mark.parametrize(
+    "model", slow_except(["deep", "bidirectional", "ragged"], fast={"ragged"})
+)
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_unsupported_combination_is_a_value_error(case, model, x64):
     fn, options, match = REFUSED[case]
@@ -233,3 +237,21 @@ def test_name_lists_are_public_and_defined_once():
     assert bptt_jax.inits is init.INITS
     assert bptt_jax.clippers is clipping.CLIPPERS
     assert bptt_jax.matmul_dtypes is checks.MATMUL_DTYPES
+
+
+def test_every_public_function_is_typed():
+    # The redesign's rule: every public function's parameters and return value
+    # carry type hints, and the package ships py.typed for type checkers.
+    import inspect
+    import pathlib
+
+    untyped = []
+    for name in bptt_jax.__all__:
+        obj = getattr(bptt_jax, name)
+        if inspect.isfunction(obj):
+            sig = inspect.signature(obj)
+            missing = [p for p, v in sig.parameters.items() if v.annotation is inspect._empty]
+            if missing or sig.return_annotation is inspect._empty:
+                untyped.append((name, missing))
+    assert not untyped
+    assert (pathlib.Path(bptt_jax.__file__).parent / "py.typed").is_file()
