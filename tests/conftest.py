@@ -12,8 +12,8 @@ import os
 if os.environ.get("JAX_PLATFORMS", "cpu") == "cpu" and "XLA_FLAGS" not in os.environ:
     os.environ["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
 
-import jax  # noqa: E402  (after XLA_FLAGS: the backend reads it when it starts)
-import pytest  # noqa: E402
+import jax  # after XLA_FLAGS: the backend reads it when it starts
+import pytest
 
 
 @pytest.fixture(autouse=True)
