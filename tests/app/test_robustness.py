@@ -292,7 +292,7 @@ def _argv(draw):
     return argv
 
 
-@settings(max_examples=60, deadline=None,
+@settings(max_examples=30, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(argv=_argv())
 def test_fuzz_command_lines_give_one_line_errors_or_run(argv, tmp_path, monkeypatch, capsys):

@@ -132,14 +132,14 @@ def check_combo(combo, dtype):
 
 @pytest.mark.slow  # every example compiles a new model; tests/core/test_resets.py and
 # test_deep.py keep deep models with options in the fast tier
-@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
 @given(combos)
 def test_every_model_and_option_matches_jax_grad_float64(x64, combo):
     check_combo(combo, "float64")
 
 
 @pytest.mark.slow
-@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
 @given(combos, st.sampled_from(["float64", "float32"]))
 def test_every_model_and_option_matches_jax_grad_many(combo, dtype):
     with jax.enable_x64(True):
