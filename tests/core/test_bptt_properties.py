@@ -13,7 +13,7 @@ import bptt_jax
 
 @pytest.mark.slow  # a compilation per drawn shape
 @settings(
-    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     K=st.integers(1, 12),
@@ -38,7 +38,7 @@ def test_hand_gradients_match_jax_grad_for_any_shape(K, H, C, B, T, inputs, h0, 
 
 @pytest.mark.slow  # a compilation per drawn shape
 @settings(
-    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     L=st.integers(1, 3),
