@@ -21,6 +21,7 @@ from .options import (
     check_recompute,
     check_truncate,
     check_unroll,
+    kernel_option,
 )
 from .validate import (
     Inputs,
@@ -52,6 +53,7 @@ def bptt(
     unroll: int = 1,
     matmul_dtype: str | None = None,
     resets: jax.Array | None = None,
+    kernel: str = "auto",
 ) -> tuple[jax.Array, Model]:
     r"""The loss and its gradients by hand-derived backpropagation through time.
 
@@ -119,6 +121,14 @@ def bptt(
         and the gradients keep.
         ``chunk``, ``recompute``, ``unroll`` and ``matmul_dtype`` apply to
         the same seed path as ``truncate``.
+      kernel: how the two sequential recursions (h forward, δ backward) run:
+        ``"scan"`` (``lax.scan`` steps), ``"pallas"`` (one fused kernel per
+        recursion and chunk, :mod:`bptt_jax.core.kernels`: U on chip for all
+        steps; every cell of a deep or bidirectional model; compiled on a GPU,
+        interpret mode elsewhere) or ``"auto"``, which today is the scan
+        everywhere (``docs/performance.md``: no GPU measurement yet). A forced
+        ``"pallas"`` beyond the kernels' sizes (float32 H ≤ 128, bfloat16
+        H ≤ 256) is a ValueError.
 
     Returns:
       ``(E, grads)``: the loss (as :func:`loss`) and its gradients, a pytree
@@ -134,6 +144,7 @@ def bptt(
         params, xs, ys, h0, lengths=lengths, mask=mask, reduction=reduction,
         activation=activation, truncate=truncate, clip_delta=clip_delta, chunk=chunk,
         recompute=recompute, unroll=unroll, matmul_dtype=matmul_dtype, resets=resets,
+        kernel=kernel,
     )  # fmt: skip
     return E, grads
 
@@ -156,6 +167,7 @@ def bptt_chunk(
     unroll: int = 1,
     matmul_dtype: str | None = None,
     resets: jax.Array | None = None,
+    kernel: str = "auto",
 ) -> tuple[jax.Array, Model, jax.Array, jax.Array]:
     r"""Hand BPTT for one chunk of a longer stream: also ∂E/∂h_0 and h_T.
 
@@ -173,7 +185,8 @@ def bptt_chunk(
 
     Args:
       params, xs, ys, h0, lengths, mask, reduction, activation, truncate,
-        clip_delta, chunk, recompute, unroll, matmul_dtype, resets: as for :func:`bptt`.
+        clip_delta, chunk, recompute, unroll, matmul_dtype, resets, kernel: as for
+        :func:`bptt`.
       dh_T: shaped like ``h0``: the gradient of the later chunks' loss with
         respect to this chunk's final state(s), or ``None`` (zero).
 
@@ -190,6 +203,7 @@ def bptt_chunk(
         chunk=check_chunk(chunk), recompute=check_recompute(recompute),
         unroll=check_unroll(unroll), matmul_dtype=check_matmul_dtype(matmul_dtype),
     )  # fmt: skip
+    options["kernel"] = kernel_option(kernel, params, inp.xs, "bptt", options["matmul_dtype"])
     if is_seed(params, inp):
         E, grads, dh0, h_T = bptt_core(
             params, inp.xs, inp.ys, inp.h0, inp.dh_T, activation=inp.activation, **options

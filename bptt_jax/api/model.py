@@ -10,6 +10,7 @@ import jax
 
 from ..core.deep import deep_forward_core, deep_loss_core
 from ..core.rnn import forward_core, loss_core
+from .options import kernel_option
 from .validate import Model, as_deep, is_seed, prepare, state_like, unbatch
 
 
@@ -23,6 +24,7 @@ def forward(
     activation: str = "tanh",
     return_state: bool = False,
     resets: jax.Array | None = None,
+    kernel: str = "auto",
 ) -> tuple[jax.Array, jax.Array] | tuple[jax.Array, jax.Array, jax.Array]:
     r"""All hidden states and all logits of the RNN.
 
@@ -50,6 +52,8 @@ def forward(
         (a stream of documents, each from zero). The backward-in-time direction of a
         bidirectional layer mirrors it: a reset at t ends the previous document at
         t − 1. A reset on a padded step is a ValueError.
+      kernel: ``"scan"``, ``"pallas"`` or ``"auto"``: how the h recursion runs
+        (as :func:`bptt_jax.bptt`).
 
     Returns:
       ``(hs, logits)``: the top layer's :math:`h_1..h_T` ``(T, H)`` /
@@ -67,13 +71,16 @@ def forward(
 
     params, inp = prepare(params, xs, None, h0, lengths=lengths, mask=mask,
                           activation=activation, need_ys=False, resets=resets)  # fmt: skip
+    kernel = kernel_option(kernel, params, inp.xs, "forward")
     if is_seed(params, inp):
-        hs, z = forward_core(params, inp.xs, inp.h0, activation=inp.activation)
+        hs, z = forward_core(params, inp.xs, inp.h0, activation=inp.activation, kernel=kernel)
         h_T = hs[:, -1] if hs.shape[1] else inp.h0  # (B, H)
         h_T = unbatch(inp, h_T)
     else:
         deep, d = as_deep(params, inp)
-        hs, z, h_T = deep_forward_core(deep, d.xs, d.h0, d.mask, d.resets, activation=d.activation)
+        hs, z, h_T = deep_forward_core(
+            deep, d.xs, d.h0, d.mask, d.resets, activation=d.activation, kernel=kernel
+        )
         h_T = state_like(params, inp, h_T)
     hs, z = unbatch(inp, hs), unbatch(inp, z)
     return (hs, z, h_T) if return_state else (hs, z)
@@ -90,6 +97,7 @@ def loss(
     reduction: str = "sum",
     activation: str = "tanh",
     resets: jax.Array | None = None,
+    kernel: str = "auto",
 ) -> jax.Array:
     r"""The seed's loss :math:`E = \sum_t E_t = -\sum_t y_t^\top \log \hat y_t`.
 
@@ -108,6 +116,9 @@ def loss(
       reduction: ``"sum"`` (the seed's E) or ``"mean"`` over the real steps.
       activation: ``"tanh"`` (default), ``"sigmoid"`` or ``"relu"``.
       resets: per-step restarts from ``h0``, as :func:`forward`.
+      kernel: ``"scan"``, ``"pallas"`` or ``"auto"`` (as :func:`bptt_jax.bptt`). The
+        Pallas kernel has no autodiff rule and ``jax.grad`` of this loss is the referee,
+        so here ``"auto"`` is always the scan; a forced ``"pallas"`` gives the value only.
 
     Returns:
       The scalar ``E``, in the params' dtype. An empty sequence (T = 0) gives 0.
@@ -115,9 +126,18 @@ def loss(
 
     params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
                           activation=activation, reduction=reduction, resets=resets)  # fmt: skip
+    kernel = kernel_option("scan" if kernel == "auto" else kernel, params, inp.xs, "loss")
     if is_seed(params, inp):
-        return loss_core(params, inp.xs, inp.ys, inp.h0, activation=inp.activation)
+        return loss_core(params, inp.xs, inp.ys, inp.h0, activation=inp.activation, kernel=kernel)
     deep, d = as_deep(params, inp)
     return deep_loss_core(
-        deep, d.xs, d.ys, d.h0, d.mask, d.resets, activation=d.activation, reduction=d.reduction
+        deep,
+        d.xs,
+        d.ys,
+        d.h0,
+        d.mask,
+        d.resets,
+        activation=d.activation,
+        reduction=d.reduction,
+        kernel=kernel,
     )

@@ -8,12 +8,14 @@ accepts. Every number goes through :func:`bptt_jax.core.checks.check_number`
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ..core.activations import get_activation
 from ..core.checks import MATMUL_DTYPES, check_number
 from ..core.clipping import check_clip_delta as check_clip_delta
+from ..core.kernels import kernel_supported, unsupported_reason
 
 
 def check_activation(activation: object) -> str:
@@ -70,3 +72,49 @@ def check_matmul_dtype(matmul_dtype: object) -> jnp.dtype | None:
             f"{' / '.join(MATMUL_DTYPES)}, got {matmul_dtype!r}"
         )
     return dt
+
+
+#: The recurrence implementations: ``lax.scan`` steps, the fused Pallas kernels
+#: (:mod:`bptt_jax.core.kernels`), or a choice by backend and shape.
+KERNELS = ("scan", "pallas", "auto")
+#: Whether ``kernel="auto"`` picks the Pallas kernels on a GPU where the shapes fit.
+#: False until a GPU measurement shows them faster than the scan
+#: (``docs/performance.md``): today "auto" is the scan everywhere.
+AUTO_PICKS_PALLAS_ON_GPU = False
+
+
+def check_kernel(kernel: object) -> str:
+    """``"scan"``, ``"pallas"`` or ``"auto"``; else ValueError."""
+    if not isinstance(kernel, str) or kernel not in KERNELS:
+        raise ValueError(f"kernel must be 'scan', 'pallas' or 'auto', got {kernel!r}")
+    return kernel
+
+
+def resolve_kernel(kernel: str, H: int, B: int, dtype, fn: str, backend: str | None = None) -> str:
+    """The static ``"scan"`` or ``"pallas"`` a core runs for a checked ``kernel``.
+
+    ``dtype``: of the recurrent products (``matmul_dtype`` or the parameters').
+    ``"pallas"`` outside :func:`bptt_jax.core.kernels.kernel_supported` is a one-line
+    ValueError (the user forced it); ``"auto"`` is the scan unless
+    :data:`AUTO_PICKS_PALLAS_ON_GPU` and the shapes fit on a GPU.
+    """
+    backend = jax.default_backend() if backend is None else backend
+    fits = kernel_supported(H, B, dtype, backend)
+    if kernel == "pallas" and not fits:
+        raise ValueError(
+            f"{fn}: kernel='pallas' does not support {unsupported_reason(H, B, dtype, backend)};"
+            " use kernel='scan' or 'auto'"
+        )
+    if kernel == "auto":
+        return "pallas" if AUTO_PICKS_PALLAS_ON_GPU and backend == "gpu" and fits else "scan"
+    return kernel
+
+
+def kernel_option(kernel: object, params, xs, fn: str, matmul_dtype=None) -> str:
+    """Checks ``kernel`` and resolves it for a model and batched inputs ``xs (B, T[, K])``:
+    the largest cell's ``H``, ``B`` and the recurrent products' dtype decide."""
+    kernel = check_kernel(kernel)
+    Us = [params.U] if hasattr(params, "U") else [c.U for cell in params.cells() for c in cell]
+    H = max(U.shape[0] for U in Us)
+    dtype = Us[0].dtype if matmul_dtype is None else matmul_dtype
+    return resolve_kernel(kernel, H, max(xs.shape[0], 1), dtype, fn)

@@ -12,7 +12,7 @@ from jax.typing import ArrayLike
 
 from ..core.params import DeepParams, Params
 from ..core.recurrence import hand_loss_jit, recurrence_jit
-from .options import check_activation
+from .options import check_activation, kernel_option
 from .resets import check_resets
 from .validate import check_inputs
 
@@ -31,6 +31,7 @@ def recurrence(
     activation: str = "tanh",
     lengths: ArrayLike | None = None,
     resets: ArrayLike | None = None,
+    kernel: str = "auto",
 ) -> tuple[jax.Array, jax.Array]:
     r"""The RNN's hidden states, as a differentiable building block with a hand VJP.
 
@@ -80,6 +81,8 @@ def recurrence(
       resets: ``None`` or bool ``(B, T)`` / ``(T,)``: True where a sequence starts afresh
         (the state entering that step is ``h0``). A reset on a padded step is a
         ValueError (checked on concrete arrays; ignored under tracing).
+      kernel: ``"scan"``, ``"pallas"`` or ``"auto"`` for both recursions, the forward
+        one and the hand backward's δ one (as :func:`bptt_jax.bptt`).
 
     Returns:
       ``(hs, h_T)``: ``hs`` ``([B,] T, D*H)`` (``D*H = H`` for Params) and the final
@@ -93,7 +96,8 @@ def recurrence(
     """
     activation = check_activation(activation)
     params, inp, resets = _setup(params, xs, None, h0, lengths, resets, need_ys=False)
-    hs, h_T = recurrence_jit(params, inp.xs, inp.h0, inp.mask, resets, activation)
+    kernel = kernel_option(kernel, params, inp.xs, "recurrence")
+    hs, h_T = recurrence_jit(params, inp.xs, inp.h0, inp.mask, resets, activation, kernel)
     if inp.batched:
         return hs, h_T
     return hs[0], h_T[0] if isinstance(params, Params) else h_T[:, 0]
@@ -109,6 +113,7 @@ def hand_loss(
     lengths: ArrayLike | None = None,
     resets: ArrayLike | None = None,
     reduction: str = "sum",
+    kernel: str = "auto",
 ) -> jax.Array:
     r"""The seed's loss :math:`E = -\sum_t y_t^\top \log \hat y_t`, whose VJP is hand BPTT.
 
@@ -127,6 +132,7 @@ def hand_loss(
       params, xs, h0, activation, lengths, resets: as :func:`recurrence`.
       ys: class ids ``(T,)`` / ``(B, T)`` or probabilities ``(T, C)`` / ``(B, T, C)``.
       reduction: ``"sum"`` (the seed's E) or ``"mean"`` over the real steps.
+      kernel: ``"scan"``, ``"pallas"`` or ``"auto"``, as :func:`recurrence`.
 
     Returns:
       The scalar ``E``.
@@ -138,4 +144,7 @@ def hand_loss(
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     params, inp, resets = _setup(params, xs, ys, h0, lengths, resets, need_ys=True)
-    return hand_loss_jit(params, inp.xs, inp.ys, inp.h0, inp.mask, resets, activation, reduction)
+    kernel = kernel_option(kernel, params, inp.xs, "hand_loss")
+    return hand_loss_jit(
+        params, inp.xs, inp.ys, inp.h0, inp.mask, resets, activation, reduction, kernel
+    )

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .bptt import _rows
+from .kernels import backward_recursion, forward_recursion, step_flags
 from .losses import softmax_cross_entropy
 from .params import Layer
 
@@ -53,6 +54,8 @@ class _Ctx(NamedTuple):
     cast: object
     unroll: int
     clip_delta: float | None
+    kernel: str = "scan"  # "pallas": both recursions as the kernels of .kernels
+    activation: str = "tanh"  # the name of f (the kernels fuse it)
 
 
 def _project(ctx: _Ctx, W, X):
@@ -66,6 +69,10 @@ def _run(ctx: _Ctx, layer: Layer, X, h_start, h0, m, e):
     """One cell over a chunk of its view: ``(h_end, hs (c, B, H))`` (carried states)."""
     a = _project(ctx, layer.W, X) + layer.b  # W x_t + b, all steps at once
     UT = ctx.cast(layer.U.T)
+    if ctx.kernel == "pallas":
+        flags = step_flags(*a.shape[:2], real=m, reset=e)
+        hs = forward_recursion(a, h_start, UT, h0, flags, activation=ctx.activation)
+        return (hs[-1] if hs.shape[0] else h_start), hs
 
     def step(h_prev, inputs):
         a_t, m_t, e_t = inputs
@@ -114,9 +121,16 @@ def _delta_step(ctx: _Ctx, U_):
 
 def _cell_backward(ctx: _Ctx, layer: Layer, X_c, hs_c, h_start, h0, g, acc, G, m, e, k):
     """A cell's part of one chunk: ``(γ, dh0 acc, (dU, dW rows, db), δ (c, B, H))``."""
-    step = _delta_step(ctx, ctx.cast(layer.U))
-    (g, acc), deltas = lax.scan(step, (g, acc), (G, hs_c, m, e, k), reverse=True,
-                                unroll=ctx.unroll)  # fmt: skip
+    if ctx.kernel == "pallas":
+        flags = step_flags(*G.shape[:2], real=m, reset=e, keep=k)
+        deltas, g, acc_k = backward_recursion(G, hs_c, g, ctx.cast(layer.U), flags, acc,
+                                              activation=ctx.activation,
+                                              clip_delta=ctx.clip_delta)  # fmt: skip
+        acc = None if acc is None else acc_k
+    else:
+        step = _delta_step(ctx, ctx.cast(layer.U))
+        (g, acc), deltas = lax.scan(step, (g, acc), (G, hs_c, m, e, k), reverse=True,
+                                    unroll=ctx.unroll)  # fmt: skip
     h_prev = jnp.concatenate([h_start[None], hs_c[:-1]])  # h_{t-1} in the view
     h_in = h_prev if e is None else jnp.where(e, h0, h_prev)
     d2 = _rows(deltas)

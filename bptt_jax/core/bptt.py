@@ -43,6 +43,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .activations import get_activation
+from .kernels import backward_recursion, step_flags
 from .losses import cross_entropy, log_softmax, residual, softmax_cross_entropy
 from .params import Params
 from .rnn import hidden_states, matmuls, output_logits, time_major
@@ -209,7 +210,7 @@ def _chunk_recurrent_grads(mm, ids, h_start, hs_c, x_c, deltas):
     return dU, dW, jnp.sum(d2, axis=0)
 
 
-def _backward_chunk(run, step, mm, VT, V_, c, ids, unroll):
+def _backward_chunk(run, step, mm, VT, V_, c, ids, unroll, recursion=None):
     r"""The body of :func:`bptt_core`'s backward scan: one chunk, last chunk first.
 
     ``(carry, (h_start, hs_c, x_c, y_c, k_c)) -> (carry, None)`` with carry
@@ -217,6 +218,8 @@ def _backward_chunk(run, step, mm, VT, V_, c, ids, unroll):
     chunk's output layer, its part of the δ recursion (``step``, a reverse
     ``lax.scan``) and its terms of every gradient. ``hs_c`` is ``None`` in
     recompute mode: the chunk's :math:`h_t` are then recomputed from ``h_start``.
+    ``recursion``: ``(g, (Vr, hs_c[, k_c])) -> (g, deltas)`` replacing the scan of
+    ``step`` (the Pallas kernel), or ``None``.
     """
 
     def backward_chunk(carry, data):
@@ -226,7 +229,10 @@ def _backward_chunk(run, step, mm, VT, V_, c, ids, unroll):
             hs_c = run(h_start, x_c)[1]  # recompute the chunk's h_t
         E_c, dV_c, dc_c, Vr = _chunk_output_layer(mm, VT, V_, c, hs_c, y_c)
         scanned = (Vr, hs_c) if k_c is None else (Vr, hs_c, k_c)
-        g, deltas = lax.scan(step, g, scanned, reverse=True, unroll=unroll)  # (c, B, H)
+        if recursion is None:
+            g, deltas = lax.scan(step, g, scanned, reverse=True, unroll=unroll)  # (c, B, H)
+        else:
+            g, deltas = recursion(g, scanned)
         dU_c, dW_c, db_c = _chunk_recurrent_grads(mm, ids, h_start, hs_c, x_c, deltas)
         # for ids a scatter-add of δ_t into rows x_t of dWᵀ
         dW = dW.at[x_c.reshape(-1)].add(dW_c) if ids else dW + dW_c
@@ -239,6 +245,7 @@ def _backward_chunk(run, step, mm, VT, V_, c, ids, unroll):
     jax.jit,
     static_argnames=(
         "activation", "truncate", "clip_delta", "chunk", "recompute", "unroll", "matmul_dtype",
+        "kernel",
     ),
 )  # fmt: skip
 def bptt_core(
@@ -255,6 +262,7 @@ def bptt_core(
     recompute: bool = False,
     unroll: int = 1,
     matmul_dtype=None,
+    kernel: str = "scan",
 ):
     r"""Hand BPTT on the batched layout; no checks.
 
@@ -314,7 +322,13 @@ def bptt_core(
 
     def run(h, x_c):  # the h recursion over one chunk: (B, H), time-major (c, B[, K])
         return hidden_states(
-            params, time_major(x_c), h, activation, unroll=unroll, matmul_dtype=matmul_dtype
+            params,
+            time_major(x_c),
+            h,
+            activation,
+            unroll=unroll,
+            matmul_dtype=matmul_dtype,
+            kernel=kernel,
         )  # (B, H), (c, B, H)
 
     xs_tm, ys_tm = time_major(xs), time_major(ys)
@@ -332,7 +346,18 @@ def bptt_core(
 
     # Backward, last chunk first. The carry g is ∂E/∂h_t from the future.
     step = _delta_step(df, mm, U_, keep, clip_delta)
-    backward_chunk = _backward_chunk(run, step, mm, VT, V_, c, ids, unroll)
+    recursion = None
+    if kernel == "pallas":
+
+        def recursion(g, scanned):  # the δ recursion of a chunk as one kernel
+            Vr, hs_c = scanned[:2]
+            flags = step_flags(*Vr.shape[:2], keep=scanned[2] if len(scanned) > 2 else None)
+            deltas, g, _ = backward_recursion(
+                Vr, hs_c, g, U_, flags, activation=activation, clip_delta=clip_delta
+            )
+            return g, deltas
+
+    backward_chunk = _backward_chunk(run, step, mm, VT, V_, c, ids, unroll, recursion)
 
     def zeros(shape):  # like h0: under shard_map, varying over the same mesh axes
         return jnp.zeros_like(h0, dtype=dtype, shape=shape)

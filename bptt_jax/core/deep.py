@@ -32,11 +32,11 @@ from .recurrence import _forward, _output_layer, _prepare, _time_major
 from .rnn import matmuls
 
 
-def _top(params: DeepParams, xs, h0, mask, resets, activation):
+def _top(params: DeepParams, xs, h0, mask, resets, activation, kernel="scan"):
     """``(m (T, B, 1) or None, finals, top (T, B, D*H))`` of :mod:`.recurrence`'s forward."""
     X, m, r = _prepare(xs, mask, resets)
-    f = get_activation(activation).f
-    _, _, finals, top = _forward(params.cells(), X, h0, m, r, f)
+    f, pallas = get_activation(activation).f, activation if kernel == "pallas" else None
+    _, _, finals, top = _forward(params.cells(), X, h0, m, r, f, pallas)
     return m, finals, top
 
 
@@ -53,20 +53,22 @@ def cell_outputs(params: DeepParams, xs, h0, mask, activation: str):
     return m[..., 0], outs
 
 
-@functools.partial(jax.jit, static_argnames=("activation",))
-def deep_forward_core(params: DeepParams, xs, h0, mask=None, resets=None, *, activation="tanh"):
+@functools.partial(jax.jit, static_argnames=("activation", "kernel"))
+def deep_forward_core(params: DeepParams, xs, h0, mask=None, resets=None, *, activation="tanh",
+                      kernel="scan"):  # fmt: skip
     """``(hs (B, T, D*H), logits (B, T, C), h_final (L*D, B, H))``; no checks."""
-    m, finals, top = _top(params, xs, h0, mask, resets, activation)
+    m, finals, top = _top(params, xs, h0, mask, resets, activation, kernel)
     logits = top @ params.V.T + params.c
     logits = logits if m is None else jnp.where(m, logits, 0)
     return _time_major(top), _time_major(logits), finals
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "reduction"))
+@functools.partial(jax.jit, static_argnames=("activation", "reduction", "kernel"))
 def deep_loss_core(params: DeepParams, xs, ys, h0, mask=None, resets=None, *,
-                   activation="tanh", reduction="sum"):  # fmt: skip
-    """The loss for the batched layout; differentiable by ``jax.grad`` (the referee)."""
-    m, _, top = _top(params, xs, h0, mask, resets, activation)
+                   activation="tanh", reduction="sum", kernel="scan"):  # fmt: skip
+    """The loss for the batched layout; differentiable by ``jax.grad`` (the referee) with
+    ``kernel="scan"``."""
+    m, _, top = _top(params, xs, h0, mask, resets, activation, kernel)
     return _output_layer(params, top, _time_major(ys), m, reduction)[0]
 
 
@@ -98,11 +100,11 @@ def _views(T: int, mask, resets, truncate):
     return views
 
 
-def _ctx(activation, matmul_dtype, dtype, unroll, clip_delta) -> _Ctx:
+def _ctx(activation, matmul_dtype, dtype, unroll, clip_delta, kernel="scan") -> _Ctx:
     act = get_activation(activation)
     mm, _ = matmuls(matmul_dtype, dtype)
     cast = (lambda a: a) if matmul_dtype is None else (lambda a: a.astype(matmul_dtype))
-    return _Ctx(act.f, act.df_from_h, mm, cast, unroll, clip_delta)
+    return _Ctx(act.f, act.df_from_h, mm, cast, unroll, clip_delta, kernel, act.name)
 
 
 def _bidirectional(ctx, params: DeepParams, X, Y, h0, dh_final, views, scale, cs):
@@ -147,11 +149,12 @@ def _bidirectional(ctx, params: DeepParams, X, Y, h0, dh_final, views, scale, cs
 @functools.partial(
     jax.jit,
     static_argnames=("activation", "reduction", "truncate", "clip_delta", "chunk", "recompute",
-                     "unroll", "matmul_dtype"),
+                     "unroll", "matmul_dtype", "kernel"),
 )  # fmt: skip
 def deep_bptt_core(params: DeepParams, xs, ys, h0, mask=None, dh_final=None, resets=None, *,
                    activation="tanh", reduction="sum", truncate=None, clip_delta=None,
-                   chunk=None, recompute=False, unroll=1, matmul_dtype=None):  # fmt: skip
+                   chunk=None, recompute=False, unroll=1, matmul_dtype=None,
+                   kernel="scan"):  # fmt: skip
     """Hand BPTT through every layer and direction; no checks.
 
     Args:
@@ -159,13 +162,14 @@ def deep_bptt_core(params: DeepParams, xs, ys, h0, mask=None, dh_final=None, res
       xs: ``(B, T)`` ids or ``(B, T, K)``; ys: ``(B, T)`` ids or ``(B, T, C)``.
       h0: ``(L*D, B, H)``; mask, resets: ``(B, T)`` bool or None; dh_final: like h0 or None.
       activation, reduction, truncate, clip_delta, chunk, recompute, unroll,
-        matmul_dtype: as :func:`bptt_jax.bptt` (``recompute`` unidirectional only).
+        matmul_dtype, kernel: as :func:`bptt_jax.bptt` (``recompute`` unidirectional only;
+        ``kernel="pallas"`` runs every cell's two recursions as the fused kernels).
 
     Returns:
       ``(E, grads DeepParams, dh0 (L*D, B, H), h_final (L*D, B, H))``.
     """
     B, T = xs.shape[:2]
-    ctx = _ctx(activation, matmul_dtype, params.V.dtype, unroll, clip_delta)
+    ctx = _ctx(activation, matmul_dtype, params.V.dtype, unroll, clip_delta, kernel)
     cs = default_chunk(T, B, recompute) if chunk is None else min(chunk, max(T, 1))
     X, _, _ = _prepare(xs, mask, None)  # ids at padding set in range
     Y = _time_major(ys)

@@ -53,6 +53,7 @@ from jax import lax
 
 from .activations import get_activation
 from .bptt import bptt_core
+from .kernels import backward_recursion, forward_recursion, step_flags
 from .losses import log_softmax
 from .params import DeepParams, Layer, Params
 
@@ -89,10 +90,20 @@ def _entry_resets(resets, mask, reverse: bool):
     return r
 
 
-def _run(layer: Layer, X, h0, m, r, *, reverse: bool, f):
-    """One direction: ``(h_final (B, H), hs (T, B, H))``, states frozen at padding."""
+def _flip(a, reverse: bool):
+    """``a`` in a direction's processing order (reversed in time for ``reverse``)."""
+    return jnp.flip(a, 0) if reverse and a is not None else a
+
+
+def _run(layer: Layer, X, h0, m, r, *, reverse: bool, f, pallas=None):
+    """One direction: ``(h_final (B, H), hs (T, B, H))``, states frozen at padding.
+    ``pallas``: the activation's name to run the recursion as the Pallas kernel."""
     a = _project(layer.W, X) + layer.b  # (T, B, H): W x_t + b, all steps at once
     UT = layer.U.T
+    if pallas is not None:
+        flags = step_flags(*a.shape[:2], real=_flip(m, reverse), reset=_flip(r, reverse))
+        hs = forward_recursion(_flip(a, reverse), h0, UT, h0, flags, activation=pallas)
+        return (hs[-1] if hs.shape[0] else h0), _flip(hs, reverse)
 
     def step(h_prev, inputs):  # (B, H)
         a_t, m_t, r_t = inputs
@@ -113,10 +124,11 @@ def _entering(hs, h0, r, *, reverse: bool):
     return prev if r is None else jnp.where(r, h0, prev)
 
 
-def _backprop(layer: Layer, X, h0, hs, m, r, G, dh_final, *, reverse: bool, df):
+def _backprop(layer: Layer, X, h0, hs, m, r, G, dh_final, *, reverse: bool, df, pallas=None):
     """The hand backward through one direction of one layer.
 
     Args:
+      pallas: the activation's name to run the δ recursion as the Pallas kernel.
       G: ``(T, B, H)``, ∂L/∂(outputs), zero at padding.
       dh_final: ``(B, H)``, ∂L/∂(final state).
 
@@ -141,7 +153,14 @@ def _backprop(layer: Layer, X, h0, hs, m, r, G, dh_final, *, reverse: bool, df):
         return (g_in, dh0), delta
 
     carry = (dh_final, None if r is None else jnp.zeros_like(h0))
-    (g, dh0), deltas = lax.scan(step, carry, (G, hs, m, r), reverse=not reverse)
+    if pallas is None:
+        (g, dh0), deltas = lax.scan(step, carry, (G, hs, m, r), reverse=not reverse)
+    else:  # the kernel runs last step first in the view: forward in time for `reverse`
+        fl = functools.partial(_flip, reverse=reverse)
+        flags = step_flags(*G.shape[:2], real=fl(m), reset=fl(r))
+        deltas, g, dh0_k = backward_recursion(fl(G), fl(hs), dh_final, U, flags, carry[1],
+                                              activation=pallas)  # fmt: skip
+        deltas, dh0 = fl(deltas), None if r is None else dh0_k
     dh0 = g if dh0 is None else dh0 + g  # the first step read h0
     h_in = _entering(hs, h0, r, reverse=reverse)
     H = deltas.shape[-1]
@@ -176,7 +195,7 @@ def _prepare(xs, mask, resets):
     return X, m, r
 
 
-def _forward(cells, X, h0s, m, r, f):
+def _forward(cells, X, h0s, m, r, f, pallas=None):
     """All layers forward: ``(layer inputs, states per cell, finals (L*D, B, H), top)``."""
     D = len(cells[0])
     inputs, states, finals = [], [], []
@@ -186,7 +205,14 @@ def _forward(cells, X, h0s, m, r, f):
         for d, layer in enumerate(cell):
             rev = d == 1
             h_fin, hs = _run(
-                layer, X, h0s[l * D + d], m, _entry_resets(r, m, rev), reverse=rev, f=f
+                layer,
+                X,
+                h0s[l * D + d],
+                m,
+                _entry_resets(r, m, rev),
+                reverse=rev,
+                f=f,
+                pallas=pallas,
             )
             states.append(hs)
             finals.append(h_fin)
@@ -195,7 +221,7 @@ def _forward(cells, X, h0s, m, r, f):
     return inputs, states, jnp.stack(finals), X
 
 
-def _backward(cells, inputs, states, h0s, m, r, G, dfinals, df):
+def _backward(cells, inputs, states, h0s, m, r, G, dfinals, df, pallas=None):
     """All layers backward, top first: ``(grads per cell, dh0 (L*D, B, H), dX or None)``."""
     D = len(cells[0])
     H = cells[0][0].U.shape[0]
@@ -210,7 +236,7 @@ def _backward(cells, inputs, states, h0s, m, r, G, dfinals, df):
                 G_d = jnp.where(m, G_d, 0)  # outputs at padding are constants
             grads[l][d], dh0[i], deltas = _backprop(
                 layer, inputs[l], h0s[i], states[i], m, _entry_resets(r, m, rev), G_d,
-                dfinals[i], reverse=rev, df=df,
+                dfinals[i], reverse=rev, df=df, pallas=pallas,
             )  # fmt: skip
             if l > 0 or not _is_ids(inputs[0]):
                 term = deltas @ layer.W  # W^{ℓ}ᵀ δ^{ℓ}_t, all steps at once
@@ -242,40 +268,46 @@ def _stacked(params, h0):
 # --- the recurrence ------------------------------------------------------------------
 
 
-def _recurrence_fwd_impl(params, xs, h0, mask, resets, activation):
+def _pallas(activation: str, kernel: str):
+    """``_run``/``_backprop``'s ``pallas``: the activation's name, or None for the scan."""
+    return activation if kernel == "pallas" else None
+
+
+def _recurrence_fwd_impl(params, xs, h0, mask, resets, activation, kernel):
     f = get_activation(activation).f
     X, m, r = _prepare(xs, mask, resets)
     h0s = _stacked(params, h0)
-    inputs, states, finals, top = _forward(_cells(params), X, h0s, m, r, f)
+    inputs, states, finals, top = _forward(_cells(params), X, h0s, m, r, f,
+                                           _pallas(activation, kernel))  # fmt: skip
     h_T = finals[0] if isinstance(params, Params) else finals
     return (_time_major(top), h_T), (inputs, states)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def recurrence_core(params, xs, h0, mask, resets, activation):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def recurrence_core(params, xs, h0, mask, resets, activation, kernel):
     r"""The hidden states and final states; a ``jax.custom_vjp`` with the hand backward.
 
     Batched layout, no checks: ``xs (B, T)`` ids or ``(B, T, K)`` vectors in the params'
     dtype, ``h0 (B, H)`` (``(L*D, B, H)`` for :class:`DeepParams`), ``mask`` and
     ``resets`` ``(B, T)`` bool or ``None``. Returns ``hs (B, T, D*H)`` (zeros at padding)
-    and ``h_T`` like ``h0``.
+    and ``h_T`` like ``h0``. ``kernel``: ``"scan"`` or ``"pallas"`` (both recursions).
     """
-    return _recurrence_fwd_impl(params, xs, h0, mask, resets, activation)[0]
+    return _recurrence_fwd_impl(params, xs, h0, mask, resets, activation, kernel)[0]
 
 
-def _recurrence_fwd(params, xs, h0, mask, resets, activation):
-    out, (inputs, states) = _recurrence_fwd_impl(params, xs, h0, mask, resets, activation)
+def _recurrence_fwd(params, xs, h0, mask, resets, activation, kernel):
+    out, (inputs, states) = _recurrence_fwd_impl(params, xs, h0, mask, resets, activation, kernel)
     return out, (params, inputs, states, h0, mask, resets)
 
 
-def _recurrence_bwd(activation, res, cts):
+def _recurrence_bwd(activation, kernel, res, cts):
     params, inputs, states, h0, mask, resets = res
     d_hs, d_hT = cts  # (B, T, D*H), like h0
     df = get_activation(activation).df_from_h
     m, r = _masks(mask, resets)
     grads, dh0, dX = _backward(
         _cells(params), inputs, states, _stacked(params, h0), m, r, _time_major(d_hs),
-        _stacked(params, d_hT), df,
+        _stacked(params, d_hT), df, _pallas(activation, kernel),
     )  # fmt: skip
     dparams = _as_params(params, grads, zero_output=True)
     dxs = None if dX is None else _time_major(dX)  # integer ids: no cotangent
@@ -284,7 +316,7 @@ def _recurrence_bwd(activation, res, cts):
 
 recurrence_core.defvjp(_recurrence_fwd, _recurrence_bwd)
 #: ``recurrence_core`` compiled (one dispatch when called eagerly); ``activation`` static.
-recurrence_jit = jax.jit(recurrence_core, static_argnums=5)
+recurrence_jit = jax.jit(recurrence_core, static_argnums=(5, 6))
 
 
 # --- the loss -------------------------------------------------------------------------
@@ -329,17 +361,17 @@ def _fast(params, xs, ys, mask, resets, reduction) -> bool:
     )
 
 
-def _loss_general(params, xs, ys, h0, mask, resets, activation, reduction):
+def _loss_general(params, xs, ys, h0, mask, resets, activation, reduction, kernel):
     """Hand forward and backward of the full model: ``(E, grads, dxs, dys, dh0)``."""
-    act = get_activation(activation)
+    act, pallas = get_activation(activation), _pallas(activation, kernel)
     X, m, r = _prepare(xs, mask, resets)
     cells, h0s = _cells(params), _stacked(params, h0)
-    inputs, states, _, top = _forward(cells, X, h0s, m, r, act.f)
+    inputs, states, _, top = _forward(cells, X, h0s, m, r, act.f, pallas)
     Y = _time_major(ys)
     E, r_out, dV, dc, log_yhat, scale = _output_layer(params, top, Y, m, reduction)
     G = r_out @ params.V  # (T, B, D*H): ∂E/∂h_t = Vᵀ r_t, all steps at once
     grads, dh0, dX = _backward(
-        cells, inputs, states, h0s, m, r, G, jnp.zeros_like(h0s), act.df_from_h
+        cells, inputs, states, h0s, m, r, G, jnp.zeros_like(h0s), act.df_from_h, pallas
     )
     dparams = _as_params(params, grads, zero_output=False, dV=dV, dc=dc)
     dxs = None if dX is None else _time_major(dX)
@@ -350,31 +382,31 @@ def _loss_general(params, xs, ys, h0, mask, resets, activation, reduction):
     return E, dparams, dxs, dys, dh0[0] if isinstance(params, Params) else dh0
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def hand_loss_core(params, xs, ys, h0, mask, resets, activation, reduction):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def hand_loss_core(params, xs, ys, h0, mask, resets, activation, reduction, kernel):
     """The loss ``E`` (batched layout, no checks); its VJP is the hand BPTT of the model."""
-    f = get_activation(activation).f
+    f, pallas = get_activation(activation).f, _pallas(activation, kernel)
     X, m, r = _prepare(xs, mask, resets)
-    _, _, _, top = _forward(_cells(params), X, _stacked(params, h0), m, r, f)
+    _, _, _, top = _forward(_cells(params), X, _stacked(params, h0), m, r, f, pallas)
     return _output_layer(params, top, _time_major(ys), m, reduction)[0]
 
 
-def _hand_loss_fwd(params, xs, ys, h0, mask, resets, activation, reduction):
+def _hand_loss_fwd(params, xs, ys, h0, mask, resets, activation, reduction, kernel):
     if _fast(params, xs, ys, mask, resets, reduction):
-        E, grads, dh0, _ = bptt_core(params, xs, ys, h0, activation=activation)
+        E, grads, dh0, _ = bptt_core(params, xs, ys, h0, activation=activation, kernel=kernel)
         return E, (grads, None, None, dh0)
     E, grads, dxs, dys, dh0 = _loss_general(
-        params, xs, ys, h0, mask, resets, activation, reduction
+        params, xs, ys, h0, mask, resets, activation, reduction, kernel
     )
     return E, (grads, dxs, dys, dh0)
 
 
-def _hand_loss_bwd(activation, reduction, res, ct):
+def _hand_loss_bwd(activation, reduction, kernel, res, ct):
     grads, dxs, dys, dh0 = res
     scale = lambda a: None if a is None else ct * a  # noqa: E731
     return jax.tree.map(scale, grads), scale(dxs), scale(dys), scale(dh0), None, None
 
 
 hand_loss_core.defvjp(_hand_loss_fwd, _hand_loss_bwd)
-#: ``hand_loss_core`` compiled; ``activation`` and ``reduction`` static.
-hand_loss_jit = jax.jit(hand_loss_core, static_argnums=(6, 7))
+#: ``hand_loss_core`` compiled; ``activation``, ``reduction`` and ``kernel`` static.
+hand_loss_jit = jax.jit(hand_loss_core, static_argnums=(6, 7, 8))

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .activations import get_activation
+from .kernels import forward_recursion
 from .losses import cross_entropy, log_softmax
 from .params import Params
 
@@ -75,6 +76,7 @@ def hidden_states(
     *,
     unroll: int = 1,
     matmul_dtype=None,
+    kernel: str = "scan",
 ) -> tuple[jax.Array, jax.Array]:
     r"""Runs :math:`h_t = f(U h_{t-1} + W x_t + b)` for t = 1..T.
 
@@ -86,6 +88,8 @@ def hidden_states(
       unroll: ``lax.scan``'s ``unroll``.
       matmul_dtype: ``None``, or the dtype of every product's operands (see
         :func:`matmuls`).
+      kernel: ``"scan"`` (a ``lax.scan``) or ``"pallas"`` (the fused kernel of
+        :mod:`bptt_jax.core.kernels`; ``unroll`` then unused).
 
     Returns:
       ``(h_T, hs)``: the final state ``(B, H)`` (``h0`` when T = 0) and
@@ -95,6 +99,9 @@ def hidden_states(
     mm, _ = matmuls(matmul_dtype, params.U.dtype)
     a = input_projection(params.W, xs, matmul_dtype) + params.b  # (T, B, H): W x_t + b
     UT = params.U.T if matmul_dtype is None else params.U.T.astype(matmul_dtype)  # (H, H)
+    if kernel == "pallas":
+        hs = forward_recursion(a, h0, UT, activation=activation)  # (T, B, H)
+        return (hs[-1] if hs.shape[0] else h0), hs
 
     def step(h_prev, a_t):  # (B, H), (B, H)
         h = f(mm(h_prev, UT) + a_t)  # h_t = f(s_t), s_t = U h_{t-1} + W x_t + b
@@ -114,18 +121,26 @@ def time_major(a: jax.Array) -> jax.Array:
     return jnp.swapaxes(a, 0, 1)
 
 
-@functools.partial(jax.jit, static_argnames="activation")
-def forward_core(params: Params, xs: jax.Array, h0: jax.Array, *, activation: str = "tanh"):
+@functools.partial(jax.jit, static_argnames=("activation", "kernel"))
+def forward_core(
+    params: Params, xs: jax.Array, h0: jax.Array, *, activation: str = "tanh", kernel="scan"
+):
     """``(B, T[, K]), (B, H) -> hs (B, T, H), logits (B, T, C)``; no checks."""
-    _, hs = hidden_states(params, xs, h0, activation)  # (T, B, H)
+    _, hs = hidden_states(params, xs, h0, activation, kernel=kernel)  # (T, B, H)
     z = output_logits(params, hs)  # (T, B, C)
     return time_major(hs), time_major(z)
 
 
-@functools.partial(jax.jit, static_argnames="activation")
+@functools.partial(jax.jit, static_argnames=("activation", "kernel"))
 def loss_core(
-    params: Params, xs: jax.Array, ys: jax.Array, h0: jax.Array, *, activation: str = "tanh"
+    params: Params,
+    xs: jax.Array,
+    ys: jax.Array,
+    h0: jax.Array,
+    *,
+    activation: str = "tanh",
+    kernel: str = "scan",
 ) -> jax.Array:
     """``E`` for the batched layout (``ys`` ids ``(B, T)`` or probabilities ``(B, T, C)``)."""
-    _, hs = hidden_states(params, xs, h0, activation)  # (T, B, H)
+    _, hs = hidden_states(params, xs, h0, activation, kernel=kernel)  # (T, B, H)
     return cross_entropy(log_softmax(output_logits(params, hs)), time_major(ys))
