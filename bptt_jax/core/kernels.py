@@ -62,6 +62,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 
 from .activations import get_activation
 
@@ -200,15 +201,31 @@ def _specs(T, bB, Hp):
     return steps, flags, state, matrix
 
 
+def num_warps_for(Hp: int, itemsize: int) -> int:
+    """Warps per program on a GPU: enough threads that ``U``'s ``Hp² · itemsize`` bytes
+    take at most ~128 registers per thread (4 to 16 warps, 32 threads each)."""
+    regs = Hp * Hp * itemsize // 4  # 32-bit registers holding U
+    return max(4, min(16, pl.next_power_of_2(-(-regs // (128 * 32)))))
+
+
+def _compiler_params(interpret: bool, Hp: int, U, num_warps: int | None):
+    if interpret:
+        return None
+    warps = num_warps_for(Hp, U.dtype.itemsize) if num_warps is None else num_warps
+    return pltriton.CompilerParams(num_warps=warps, num_stages=1)
+
+
 def _layout(T, B, H, block_b):
     bB = max(16, block_b)
     Bp = -(-B // bB) * bB
     return bB, Bp, padded_size(H)
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "precision", "block_b", "interpret"))
+@functools.partial(
+    jax.jit, static_argnames=("activation", "precision", "block_b", "interpret", "num_warps")
+)
 def forward_recursion(a, h_start, UT, h0=None, flags=None, *, activation="tanh", precision=None,
-                      block_b=BLOCK_B, interpret=None):  # fmt: skip
+                      block_b=BLOCK_B, interpret=None, num_warps=None):  # fmt: skip
     r"""Every :math:`h_t = f(U h^{\mathrm{in}}_t + a_t)`, ``(T, B, H)``, in one kernel.
 
     Args:
@@ -221,6 +238,7 @@ def forward_recursion(a, h_start, UT, h0=None, flags=None, *, activation="tanh",
       precision: of the products (``None``: the backend's default).
       block_b: sequences per program (at least 16).
       interpret: ``None``: interpret mode unless the backend is a GPU.
+      num_warps: Triton warps per program (``None``: :func:`num_warps_for`).
 
     Returns:
       ``hs (T, B, H)``: the states carried out of each step (frozen at padding).
@@ -240,6 +258,7 @@ def forward_recursion(a, h_start, UT, h0=None, flags=None, *, activation="tanh",
         in_specs=[steps, fspec, state, state, matrix],
         out_specs=steps,
         interpret=_interpret(interpret),
+        compiler_params=_compiler_params(_interpret(interpret), Hp, UT, num_warps),
         name="rnn_forward_recursion",
     )(
         _pad(a.astype(h_start.dtype), (T, Bp, Hp)), _pad(flags, (T, Bp)),
@@ -250,10 +269,11 @@ def forward_recursion(a, h_start, UT, h0=None, flags=None, *, activation="tanh",
 
 @functools.partial(
     jax.jit,
-    static_argnames=("activation", "clip_delta", "precision", "block_b", "interpret"),
+    static_argnames=("activation", "clip_delta", "precision", "block_b", "interpret", "num_warps"),
 )
 def backward_recursion(G, hs, g, U, flags=None, acc=None, *, activation="tanh", clip_delta=None,
-                       precision=None, block_b=BLOCK_B, interpret=None):  # fmt: skip
+                       precision=None, block_b=BLOCK_B, interpret=None,
+                       num_warps=None):  # fmt: skip
     r"""Every :math:`\delta_t` of a chunk and the gradient leaving it, in one kernel.
 
     Args:
@@ -265,7 +285,7 @@ def backward_recursion(G, hs, g, U, flags=None, acc=None, *, activation="tanh", 
       flags: ``(T, B)`` int32 of :func:`step_flags` (``REAL``, ``RESET``, ``KEEP``).
       acc: ``(B, H)`` the running :math:`\partial E/\partial h_0` of reset steps
         (``None``: zeros).
-      activation, precision, block_b, interpret: as :func:`forward_recursion`.
+      activation, precision, block_b, interpret, num_warps: as :func:`forward_recursion`.
       clip_delta: ``None`` or θ > 0: each sequence's :math:`\delta_t` rescaled to
         norm ≤ θ.
 
@@ -296,6 +316,7 @@ def backward_recursion(G, hs, g, U, flags=None, acc=None, *, activation="tanh", 
         in_specs=[steps, steps, fspec, state, state, matrix],
         out_specs=(steps, state, state),
         interpret=_interpret(interpret),
+        compiler_params=_compiler_params(_interpret(interpret), Hp, U, num_warps),
         name="rnn_backward_recursion",
     )(
         _pad(G.astype(dt), (T, Bp, Hp)), _pad(hs.astype(dt), (T, Bp, Hp)), _pad(flags, (T, Bp)),

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import RTOL, assert_tree_close, loss_value_and_grad, make_problem, max_rel_error
+from jax import export
 
 import bptt_jax
 from bptt_jax.api.options import check_kernel, resolve_kernel
@@ -69,6 +70,7 @@ def _kernel_result(activation, dtype, B, clip_delta, masks):
 
 
 def _assert_match(activation, dtype, B, clip_delta=None, masks=True):
+    """The kernels' outputs within :data:`KERNEL_RTOL` of the scan path's."""
     got = _kernel_result(activation, dtype, B, clip_delta, masks)
     want = _scan_reference(activation, dtype, B, clip_delta, masks)
     names = ("hs", "h_end", "deltas", "g_out", "dh0 from resets")
@@ -80,23 +82,21 @@ def _assert_match(activation, dtype, B, clip_delta=None, masks=True):
         assert err <= KERNEL_RTOL[dtype], f"{name}: relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("activation", ("tanh", "sigmoid"))
 def test_kernels_match_scan_with_resets_padding_truncation_float32(activation):
     _assert_match(activation, "float32", B=3)
 
 
-@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_kernels_match_scan_relu_batch_over_one_block_with_clip_delta():
+    # B = 19: two programs, the second one 13 rows of padding; δ clipped at some steps.
+    _assert_match("relu", "float32", B=19, clip_delta=0.5)
+
+
+@pytest.mark.parametrize(
+    "activation", ["tanh", *(pytest.param(a, marks=pytest.mark.slow) for a in ACTIVATIONS[1:])]
+)
 def test_kernels_match_scan_float64(activation, x64):
     _assert_match(activation, "float64", B=3)
-
-
-def test_kernels_match_scan_one_sequence_no_masks():
-    _assert_match("tanh", "float32", B=1, masks=False)
-
-
-def test_kernels_match_scan_batch_over_one_block_with_clip_delta():
-    # B = 19: two programs, the second one 13 rows of padding; clipping every step.
-    _assert_match("tanh", "float32", B=19, clip_delta=0.5)
 
 
 def test_bfloat16_products_accumulate_in_float32():
@@ -107,6 +107,27 @@ def test_bfloat16_products_accumulate_in_float32():
     assert hs.dtype == jnp.float32
     want = _run(ctx, layer, X, h_start, h_start, None, None)[1]
     assert max_rel_error(hs, want) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "activation", ["tanh", *(pytest.param(a, marks=pytest.mark.slow) for a in ACTIVATIONS[1:])]
+)
+def test_triton_lowering_builds_without_a_gpu(activation):
+    # jax.export lowers for CUDA on the CPU: the kernels become Triton IR (not PTX, which
+    # needs the GPU's compiler); float32 at H = 5 (padded) and bfloat16 at H = 256.
+    skip = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+    for Hc, dt in ((H, jnp.float32), (256, jnp.bfloat16)):
+        a, h = (
+            jax.ShapeDtypeStruct((T, 3, Hc), jnp.float32),
+            jax.ShapeDtypeStruct((3, Hc), jnp.float32),
+        )
+        U, fl = jax.ShapeDtypeStruct((Hc, Hc), dt), jax.ShapeDtypeStruct((T, 3), jnp.int32)
+        fwd = functools.partial(kernels.forward_recursion, activation=activation, interpret=False)
+        bwd = functools.partial(kernels.backward_recursion, activation=activation,
+                                clip_delta=1.0, interpret=False)  # fmt: skip
+        for fn, args in ((fwd, (a, h, U, h, fl)), (bwd, (a, a, h, U, fl, h))):
+            text = export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=skip)(*args)
+            assert text.mlir_module().count("xla.gpu.triton") == 1
 
 
 def test_kernel_supported_sizes():
@@ -142,29 +163,31 @@ def _grads(params, xs, ys, h0, kernel, **options):
 @pytest.mark.parametrize(
     "options",
     [
-        dict(activation="tanh"),
         dict(activation="sigmoid", truncate=3, clip_delta=2.0, chunk=4),
-        dict(activation="relu", recompute=True, chunk=2),
+        pytest.param(dict(activation="relu", recompute=True, chunk=2), marks=pytest.mark.slow),
+        pytest.param(dict(matmul_dtype="bfloat16"), marks=pytest.mark.slow),
     ],
-    ids=["tanh", "sigmoid-truncate-clip-chunk", "relu-recompute"],
+    ids=["sigmoid-truncate-clip-chunk", "relu-recompute", "bfloat16"],
 )
 def test_bptt_pallas_equals_scan_seed(options):
-    params, xs, ys, h0 = make_problem(K=K, H=H, B=3, T=T, h0=True, dtype="float32")
+    params, xs, ys, h0 = make_problem(K=K, H=H, B=1, T=T, h0=True, dtype="float32")
     got = _grads(params, xs, ys, h0, "pallas", **options)
     want = _grads(params, xs, ys, h0, "scan", **options)
     assert_tree_close(got, want, rtol=KERNEL_RTOL["float32"])
 
 
+@pytest.mark.slow
 def test_bptt_pallas_equals_jax_grad():
-    params, xs, ys, _ = make_problem(K=K, H=H, B=1, T=T, dtype="float32")
+    params, xs, ys, _ = make_problem(K=K, H=H, B=3, T=T, dtype="float32")
     E, grads = bptt_jax.bptt(params, xs, ys, kernel="pallas")
     E_ref, grads_ref = loss_value_and_grad(params, xs, ys)
     assert_tree_close((E, grads), (E_ref, grads_ref), rtol=RTOL["float32"])
 
 
-def test_bptt_pallas_equals_scan_deep_bidirectional_ragged_resets_truncated():
+@pytest.mark.parametrize("num_layers", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_bptt_pallas_equals_scan_deep_bidirectional_ragged_resets_truncated(num_layers):
     params = bptt_jax.init_params(
-        jax.random.key(1), K, H, num_classes=K, num_layers=2, bidirectional=True
+        jax.random.key(1), K, H, num_classes=K, num_layers=num_layers, bidirectional=True
     )
     _, xs, ys, _ = make_problem(K=K, H=H, B=3, T=T, dtype="float32", seed=2)
     resets = jnp.zeros((3, T), bool).at[0, 2].set(True).at[2, 4].set(True)
@@ -174,20 +197,28 @@ def test_bptt_pallas_equals_scan_deep_bidirectional_ragged_resets_truncated():
     assert_tree_close(got, want, rtol=KERNEL_RTOL["float32"])
 
 
-def test_recurrence_and_hand_loss_pallas_equal_scan():
-    params, xs, ys, h0 = make_problem(K=K, H=H, B=3, T=T, h0=True, dtype="float32")
+def test_recurrence_pallas_equals_scan_ragged_resets():
+    params, xs, _, h0 = make_problem(K=K, H=H, B=3, T=T, h0=True, dtype="float32")
     lengths, resets = jnp.array([T, 3, 5]), jnp.zeros((3, T), bool).at[1, 2].set(True)
 
     def objective(p, kernel):
         hs, h_T = bptt_jax.recurrence(p, xs, h0, lengths=lengths, resets=resets, kernel=kernel)
         return jnp.sum(jnp.sin(hs)) + jnp.sum(h_T**2)
 
-    for fn in (objective, lambda p, k: bptt_jax.hand_loss(p, xs, ys, h0, kernel=k)):
-        got = jax.value_and_grad(fn)(params, "pallas")
-        want = jax.value_and_grad(fn)(params, "scan")
-        assert_tree_close(got, want, rtol=KERNEL_RTOL["float32"])
+    got = jax.value_and_grad(objective)(params, "pallas")
+    want = jax.value_and_grad(objective)(params, "scan")
+    assert_tree_close(got, want, rtol=KERNEL_RTOL["float32"])
 
 
+@pytest.mark.slow
+def test_hand_loss_pallas_equals_scan():
+    params, xs, ys, h0 = make_problem(K=K, H=H, B=3, T=T, h0=True, dtype="float32")
+    got = jax.grad(bptt_jax.hand_loss)(params, xs, ys, h0, kernel="pallas")
+    want = jax.grad(bptt_jax.hand_loss)(params, xs, ys, h0, kernel="scan")
+    assert_tree_close(got, want, rtol=KERNEL_RTOL["float32"])
+
+
+@pytest.mark.slow
 def test_forward_and_loss_pallas_equal_scan():
     params, xs, ys, h0 = make_problem(K=K, H=H, B=3, T=T, h0=True, dtype="float32")
     got = bptt_jax.forward(params, xs, h0, kernel="pallas", return_state=True)
