@@ -61,8 +61,8 @@ import numpy as np
 
 import bptt_jax
 from bptt_jax.app.bench import compiled, flops, naive_loss, round_robin
-from bptt_jax.app.bench import max_rel_error as tree_rel
 from bptt_jax.core.bptt import bptt_core
+from bptt_jax.referees.tolerances import max_relative_error as tree_rel
 
 DEFAULT_GRID = [
     (65, 256, 32, 64),

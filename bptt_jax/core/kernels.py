@@ -127,6 +127,19 @@ def step_flags(T: int, B: int, real=None, reset=None, keep=None) -> jax.Array:
     return bits(real, REAL, True) | bits(reset, RESET, False) | bits(keep, KEEP, True)
 
 
+def _precision(precision):
+    """The products' precision: ``None`` follows ``jax_default_matmul_precision`` as XLA's
+    products do (Triton's own default for float32 is TF32; "highest" gives IEEE float32)."""
+    if precision is not None:
+        return precision
+    name = jax.config.jax_default_matmul_precision
+    if name in ("highest", "float32"):
+        return lax.Precision.HIGHEST
+    if name in ("high", "tensorfloat32", "bfloat16_3x"):
+        return lax.Precision.HIGH
+    return None
+
+
 def _interpret(interpret: bool | None) -> bool:
     return jax.default_backend() != "gpu" if interpret is None else interpret
 
@@ -235,7 +248,7 @@ def forward_recursion(a, h_start, UT, h0=None, flags=None, *, activation="tanh",
       h0: ``(B, H)`` the state a reset restarts from (``None``: ``h_start``).
       flags: ``(T, B)`` int32 of :func:`step_flags` (``REAL``, ``RESET``), or ``None``.
       activation: the name of :math:`f`.
-      precision: of the products (``None``: the backend's default).
+      precision: of the products (``None``: as ``jax_default_matmul_precision``).
       block_b: sequences per program (at least 16).
       interpret: ``None``: interpret mode unless the backend is a GPU.
       num_warps: Triton warps per program (``None``: :func:`num_warps_for`).
@@ -250,7 +263,9 @@ def forward_recursion(a, h_start, UT, h0=None, flags=None, *, activation="tanh",
     h0 = h_start if h0 is None else h0
     flags = step_flags(T, B) if flags is None else flags
     steps, fspec, state, matrix = _specs(T, bB, Hp)
-    kernel = functools.partial(_forward_kernel, get_activation(activation).f, precision)
+    kernel = functools.partial(
+        _forward_kernel, get_activation(activation).f, _precision(precision)
+    )
     hs = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((T, Bp, Hp), h_start.dtype),
@@ -302,7 +317,7 @@ def backward_recursion(G, hs, g, U, flags=None, acc=None, *, activation="tanh", 
     flags = step_flags(T, B) if flags is None else flags
     steps, fspec, state, matrix = _specs(T, bB, Hp)
     kernel = functools.partial(
-        _backward_kernel, get_activation(activation).df_from_h, clip_delta, precision
+        _backward_kernel, get_activation(activation).df_from_h, clip_delta, _precision(precision)
     )
     dt = g.dtype
     deltas, g_out, acc_out = pl.pallas_call(
