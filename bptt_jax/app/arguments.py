@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from ..api.options import KERNELS
 from ..core.checks import MATMUL_DTYPES, check_number
 from .config import DTYPES, OPTIMIZERS, SEED_RANGE, TASKS, TrainConfig
 
@@ -82,7 +83,7 @@ integer_list = _list_of(nonnegative)  # "0,2,5,10": >= 0
 TRAIN_OPTIONS = (
     "task", "text", "max_files", "steps", "batch_size", "seq_len", "hidden_size", "lr",
     "optimizer", "clip", "clip_value", "seed", "out", "eval_every", "save_every",
-    "verify_every", "val_chars", "dtype", "matmul_dtype", "recompute",
+    "verify_every", "val_chars", "dtype", "matmul_dtype", "recompute", "kernel",
 )  # fmt: skip
 
 
@@ -253,6 +254,14 @@ def add_train_parser(commands) -> None:
         help="keep the hidden states only every ~sqrt(--seq-len) steps and recompute the rest "
         "in the backward pass: memory O(sqrt(T) B H) for one more forward recursion "
         "(default: every state kept)",
+    )
+    a(
+        "--kernel",
+        choices=KERNELS,
+        default=None,
+        help="how the h and δ recursions run: 'scan' (lax.scan), 'pallas' (fused Pallas "
+        "kernels, U kept on chip; interpret mode off the GPU: slow) or 'auto' (the scan "
+        "until a GPU measurement says otherwise) (default scan)",
     )
     a(
         "--devices",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import optax
 
+from ..api.options import KERNELS
 from ..core.checks import MATMUL_DTYPES
 
 #: ``TrainConfig.optimizer``: name -> optax constructor taking the learning rate.
@@ -34,7 +35,7 @@ TASKS = ("lm", "tag")
 
 # Options that may differ between a run and its --resume: they do not change
 # the parameters a given step produces.
-RESUMABLE = ("steps", "out", "eval_every", "save_every", "verify_every")
+RESUMABLE = ("steps", "out", "eval_every", "save_every", "verify_every", "kernel")
 
 
 class TrainingError(Exception):
@@ -65,6 +66,7 @@ class TrainConfig:
     dtype: str = "float32"  # of the parameters and the computation: float32 or float64
     matmul_dtype: str | None = None  # "bfloat16": bf16 matrix products, dtype accumulation
     recompute: bool = False  # keep h_t every ~sqrt(T) steps only, recompute the rest
+    kernel: str = "scan"  # the two recursions: "scan", "pallas" (fused kernels) or "auto"
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -81,6 +83,7 @@ class TrainConfig:
         if not isinstance(d, dict):
             raise TrainingError(f"the configuration must be a JSON object, not {_kind(d)}")
         known = {f.name for f in dataclasses.fields(cls)}
+        d = {**ADDED_FIELDS, **d}  # written before these fields existed: their defaults
         missing = sorted(known - set(d))
         if missing:
             raise TrainingError(f"the configuration lacks {', '.join(missing)}")
@@ -91,6 +94,10 @@ class TrainConfig:
         check_config(config)
         return config
 
+
+#: Fields added after checkpoints were first written, with the value an older
+#: checkpoint's run had: a configuration without them gets it.
+ADDED_FIELDS = {"kernel": "scan"}
 
 # The checks of every field of TrainConfig: (name, integer?, minimum, strict, None allowed?).
 _NUMBERS = (
@@ -162,6 +169,9 @@ def check_names(config: TrainConfig) -> None:
             f"unknown matmul dtype {config.matmul_dtype!r}; choose "
             f"{', '.join(MATMUL_DTYPES)} or leave it unset (products in {config.dtype})"
         )
+    if not isinstance(config.kernel, str) or config.kernel not in KERNELS:
+        choices = ", ".join(KERNELS)
+        raise TrainingError(f"unknown kernel {config.kernel!r}; choose one of {choices}")
 
 
 def check_optimizer(name: str) -> None:

@@ -64,7 +64,7 @@ from .parallel import AXIS, replicate, shard_batch
 from .preflight import check_writable_folder, require_memory, rnn_bytes
 from .signals import Interrupted, Interrupts, signal_name
 from .state import History, Result, TrainState
-from .step import cached_step, hand_grad_fn, step_grad_fn, training_mesh
+from .step import cached_step, hand_grad_fn, run_kernel, step_grad_fn, training_mesh
 from .streams import Streams, eval_arrays
 
 __all__ = ["CHECKPOINT_NAME", "PLOT_NAME", "train"]
@@ -182,7 +182,8 @@ def _session(config, corpus, progress, echo, grad_fn, devices) -> Session:
     return Session(
         config, corpus, streams, xs_val, ys_val, baselines(corpus, ys_val, xs_val),
         data_fingerprint(corpus), mesh, tx,
-        step_fn, verify_fn=grad_fn or hand_grad_fn(config.matmul_dtype, bool(config.recompute)),
+        step_fn, verify_fn=grad_fn or hand_grad_fn(config.matmul_dtype, bool(config.recompute),
+                                                   run_kernel(config)),
         verify_tol=AUTODIFF["bfloat16"] if config.matmul_dtype else None,
         lead=jax.process_index() == 0, progress=progress, echo=echo,
     )  # fmt: skip

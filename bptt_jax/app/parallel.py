@@ -73,6 +73,7 @@ def data_parallel_bptt_core(
     truncate: int | None = None,
     matmul_dtype=None,
     recompute: bool = False,
+    kernel: str = "scan",
 ):
     r"""A jitted ``fn(params, xs, ys, h0) -> (E, grads, dh0, h_T)`` split over ``mesh``.
 
@@ -91,14 +92,14 @@ def data_parallel_bptt_core(
 
     Args:
       mesh: from :func:`make_mesh`.
-      activation, truncate, matmul_dtype, recompute: as for :func:`bptt_jax.bptt`
-        (``matmul_dtype`` a dtype or ``None``).
+      activation, truncate, matmul_dtype, recompute, kernel: as for :func:`bptt_jax.bptt`
+        (``matmul_dtype`` a dtype or ``None``, ``kernel`` resolved: "scan" or "pallas").
     """
 
     def local(params, xs, ys, h0):  # one device's shard of the batch
         E, grads, dh0, h_T = bptt_core(
             params, xs, ys, h0, activation=activation, truncate=truncate,
-            matmul_dtype=matmul_dtype, recompute=recompute,
+            matmul_dtype=matmul_dtype, recompute=recompute, kernel=kernel,
         )  # fmt: skip
         return lax.psum(E, AXIS), jax.tree.map(lambda g: lax.psum(g, AXIS), grads), dh0, h_T
 

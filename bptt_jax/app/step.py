@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from ..api.options import resolve_kernel
 from ..core.bptt import bptt_core
 from ..core.step import train_step
 from .config import OPTIMIZERS, TrainConfig, TrainingError, check_optimizer
@@ -86,21 +87,35 @@ def cached_step(
 
 
 @functools.cache
-def hand_grad_fn(matmul_dtype: str | None = None, recompute: bool = False) -> Callable:
-    """The hand ``bptt_core`` with the run's speed/memory options (cached: one per setting)."""
-    if matmul_dtype is None and not recompute:
+def hand_grad_fn(
+    matmul_dtype: str | None = None, recompute: bool = False, kernel: str = "scan"
+) -> Callable:
+    """The hand ``bptt_core`` with the run's speed/memory options (cached: one per setting);
+    ``kernel`` already resolved (``"scan"`` or ``"pallas"``)."""
+    if matmul_dtype is None and not recompute and kernel == "scan":
         return bptt_core
     mm = None if matmul_dtype is None else jnp.dtype(matmul_dtype)
-    return functools.partial(bptt_core, matmul_dtype=mm, recompute=recompute)
+    return functools.partial(bptt_core, matmul_dtype=mm, recompute=recompute, kernel=kernel)
 
 
 @functools.cache
 def data_parallel_grad_fn(
-    mesh: Mesh, matmul_dtype: str | None = None, recompute: bool = False
+    mesh: Mesh, matmul_dtype: str | None = None, recompute: bool = False, kernel: str = "scan"
 ) -> Callable:
     """The data-parallel hand BPTT on ``mesh`` (cached, so :func:`cached_step` reuses it)."""
     mm = None if matmul_dtype is None else jnp.dtype(matmul_dtype)
-    return data_parallel_bptt_core(mesh, matmul_dtype=mm, recompute=recompute)
+    return data_parallel_bptt_core(mesh, matmul_dtype=mm, recompute=recompute, kernel=kernel)
+
+
+def run_kernel(config: TrainConfig, devices: int = 1) -> str:
+    """The configuration's ``kernel`` resolved for its shapes on this backend (``"scan"`` or
+    ``"pallas"``); a forced ``"pallas"`` the kernels do not support is a TrainingError."""
+    dtype = config.matmul_dtype or config.dtype
+    B = max(config.batch_size // max(devices, 1), 1)
+    try:
+        return resolve_kernel(config.kernel, config.hidden_size, B, dtype, "train")
+    except ValueError as err:
+        raise TrainingError(str(err)) from None
 
 
 def step_grad_fn(
@@ -109,12 +124,12 @@ def step_grad_fn(
     """The gradient function of the step: ``grad_fn`` if given, else the hand BPTT
     with the configuration's options (data-parallel on several devices); ``None``
     means the plain ``bptt_core``."""
-    options = (config.matmul_dtype, bool(config.recompute))
     if grad_fn is not None:
         return grad_fn
+    options = (config.matmul_dtype, bool(config.recompute), run_kernel(config, mesh.shape[AXIS]))
     if mesh.shape[AXIS] > 1:
         return data_parallel_grad_fn(mesh, *options)
-    if options != (None, False):
+    if options != (None, False, "scan"):
         return hand_grad_fn(*options)
     return None
 
