@@ -121,6 +121,15 @@ def zeros_like_params(params: Params) -> Params:
     return jax.tree.map(jnp.zeros_like, params)
 
 
+def with_device_count(devices: int) -> str:
+    """The XLA_FLAGS a subprocess needs for ``devices`` simulated CPU devices, keeping
+    the flags this process has (the conftest's compile level among them)."""
+    import os
+
+    inherited = os.environ.get("XLA_FLAGS", "")
+    return f"{inherited} --xla_force_host_platform_device_count={devices}".strip()
+
+
 def run_on_simulated_devices(script, *, devices: int = 8, timeout: int = 600) -> dict:
     """Runs ``script`` in a fresh Python with ``devices`` simulated CPU devices
     (XLA_FLAGS must be set before JAX is imported, hence the subprocess) and
@@ -130,7 +139,7 @@ def run_on_simulated_devices(script, *, devices: int = 8, timeout: int = 600) ->
     import subprocess
     import sys
 
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = dict(os.environ, XLA_FLAGS=with_device_count(devices))
     proc = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=timeout
     )

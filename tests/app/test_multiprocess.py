@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import with_device_count
 
 from bptt_jax.app.checkpoint import load_checkpoint
 from bptt_jax.app.data import load_corpus
@@ -36,7 +37,7 @@ def two_processes(tmp_path_factory):
     for k, v in ARGS.items():
         argv += [f"--{k.replace('_', '-')}", str(v)]
     port = _free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, XLA_FLAGS=with_device_count(2))
     start = "from bptt_jax.app.cli import run; run()"
     cluster = ["--coordinator", f"localhost:{port}", "--num-processes", "2"]
     procs = []
