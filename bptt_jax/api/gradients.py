@@ -18,6 +18,7 @@ from .options import (
     check_chunk,
     check_clip_delta,
     check_matmul_dtype,
+    check_precision,
     check_recompute,
     check_truncate,
     check_unroll,
@@ -52,6 +53,7 @@ def bptt(
     unroll: int = 1,
     matmul_dtype: str | None = None,
     resets: jax.Array | None = None,
+    precision: str | jax.lax.Precision | None = None,
 ) -> tuple[jax.Array, Model]:
     r"""The loss and its gradients by hand-derived backpropagation through time.
 
@@ -119,6 +121,16 @@ def bptt(
         and the gradients keep.
         ``chunk``, ``recompute``, ``unroll`` and ``matmul_dtype`` apply to
         the same seed path as ``truncate``.
+      precision: the precision of every matrix product, forward and backward:
+        ``"default"``, ``"high"``, ``"highest"`` (JAX's names) or a
+        ``jax.lax.Precision``. ``None``, the default, is JAX's default matmul
+        precision (the ``jax_default_matmul_precision`` config when the call
+        is traced; ``"default"`` unless set): full float32 on the CPU, TF32
+        for float32 products on NVIDIA GPUs since Ampere (about 1e-3
+        relative per product), one bfloat16 pass on a TPU. float64 products
+        are float64 on every backend. The verification (the tests,
+        ``bptt-jax check``, ``bench``'s agreement column, ``train
+        --verify-every``) compares at ``"highest"`` (``docs/performance.md``).
 
     Returns:
       ``(E, grads)``: the loss (as :func:`loss`) and its gradients, a pytree
@@ -134,6 +146,7 @@ def bptt(
         params, xs, ys, h0, lengths=lengths, mask=mask, reduction=reduction,
         activation=activation, truncate=truncate, clip_delta=clip_delta, chunk=chunk,
         recompute=recompute, unroll=unroll, matmul_dtype=matmul_dtype, resets=resets,
+        precision=precision,
     )  # fmt: skip
     return E, grads
 
@@ -156,6 +169,7 @@ def bptt_chunk(
     unroll: int = 1,
     matmul_dtype: str | None = None,
     resets: jax.Array | None = None,
+    precision: str | jax.lax.Precision | None = None,
 ) -> tuple[jax.Array, Model, jax.Array, jax.Array]:
     r"""Hand BPTT for one chunk of a longer stream: also ∂E/∂h_0 and h_T.
 
@@ -173,7 +187,8 @@ def bptt_chunk(
 
     Args:
       params, xs, ys, h0, lengths, mask, reduction, activation, truncate,
-        clip_delta, chunk, recompute, unroll, matmul_dtype, resets: as for :func:`bptt`.
+        clip_delta, chunk, recompute, unroll, matmul_dtype, resets, precision: as for
+        :func:`bptt`.
       dh_T: shaped like ``h0``: the gradient of the later chunks' loss with
         respect to this chunk's final state(s), or ``None`` (zero).
 
@@ -189,6 +204,7 @@ def bptt_chunk(
         truncate=check_truncate(truncate), clip_delta=check_clip_delta(clip_delta),
         chunk=check_chunk(chunk), recompute=check_recompute(recompute),
         unroll=check_unroll(unroll), matmul_dtype=check_matmul_dtype(matmul_dtype),
+        precision=check_precision(precision),
     )  # fmt: skip
     if is_seed(params, inp):
         E, grads, dh0, h_T = bptt_core(
@@ -239,6 +255,7 @@ def bptt_per_loss(
     reduction: str = "sum",
     activation: str = "tanh",
     truncate: int | None = None,
+    precision: str | jax.lax.Precision | None = None,
 ) -> tuple[jax.Array, Model]:
     r"""The seed's double sum: BPTT one loss :math:`E_t` at a time, :math:`O(T^2)`.
 
@@ -258,7 +275,8 @@ def bptt_per_loss(
     ``docs/math.md`` §7): :math:`T` backward passes whose sum is the gradient.
 
     Args:
-      params, xs, ys, h0, lengths, mask, reduction, activation: as for :func:`bptt`.
+      params, xs, ys, h0, lengths, mask, reduction, activation, precision: as for
+        :func:`bptt`.
       truncate: ``None`` for the exact gradient (equal to :func:`bptt` to
         round-off), or τ ≥ 1: each :math:`E_t` back-propagates through the
         last τ steps only, :math:`t - τ < k \le t` (a sliding window,
@@ -273,14 +291,17 @@ def bptt_per_loss(
     params, inp, truncate = _per_loss_inputs(
         params, xs, ys, h0, lengths, mask, reduction, activation, truncate, "bptt_per_loss"
     )
+    precision = check_precision(precision)
     if is_seed(params, inp):
         return bptt_per_loss_core(
-            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate
-        )
+            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate,
+            precision=precision,
+        )  # fmt: skip
     deep, d = as_deep(params, inp)
     E, grads = deep_bptt_per_loss_core(
-        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction
-    )
+        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction,
+        precision=precision,
+    )  # fmt: skip
     return E, grads_like(params, grads)
 
 
@@ -295,6 +316,7 @@ def per_loss_deltas(
     reduction: str = "sum",
     activation: str = "tanh",
     truncate: int | None = None,
+    precision: str | jax.lax.Precision | None = None,
 ) -> jax.Array:
     r"""All the seed's per-loss deltas :math:`\delta_k^{(t)} = \partial E_t/\partial s_k`.
 
@@ -302,8 +324,8 @@ def per_loss_deltas(
     diagnostics on short sequences.
 
     Args:
-      params, xs, ys, h0, lengths, mask, reduction, activation, truncate: as
-        for :func:`bptt_per_loss`.
+      params, xs, ys, h0, lengths, mask, reduction, activation, truncate, precision:
+        as for :func:`bptt_per_loss`.
 
     Returns:
       ``deltas[t-1, k-1]`` = :math:`\delta_k^{(t)}`, shape ``(T, T, H)`` for one
@@ -319,15 +341,18 @@ def per_loss_deltas(
         params, xs, ys, h0, lengths, mask, reduction, activation, truncate, "per_loss_deltas"
     )
     check_quadratic_size("per_loss_deltas", inp.xs, inp.h0)
+    precision = check_precision(precision)
     if is_seed(params, inp):
         deltas = per_loss_deltas_core(
-            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate
-        )  # (T, T, B, H)
-        return unbatch(inp, deltas, axis=2)
+            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate,
+            precision=precision,
+        )  # fmt: skip
+        return unbatch(inp, deltas, axis=2)  # (T, T, B, H)
     deep, d = as_deep(params, inp)
     deltas = deep_per_loss_deltas_core(
-        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction
-    )  # (T, T, L*D, B, H)
+        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction,
+        precision=precision,
+    )  # fmt: skip
     if not isinstance(params, DeepParams):  # the seed's Params, padded: no layer axis
         return unbatch(inp, deltas[:, :, 0], axis=2)
     return unbatch(inp, deltas, axis=3)

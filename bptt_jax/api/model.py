@@ -10,6 +10,7 @@ import jax
 
 from ..core.deep import deep_forward_core, deep_loss_core
 from ..core.rnn import forward_core, loss_core
+from .options import check_precision
 from .validate import Model, as_deep, is_seed, prepare, state_like, unbatch
 
 
@@ -23,6 +24,7 @@ def forward(
     activation: str = "tanh",
     return_state: bool = False,
     resets: jax.Array | None = None,
+    precision: str | jax.lax.Precision | None = None,
 ) -> tuple[jax.Array, jax.Array] | tuple[jax.Array, jax.Array, jax.Array]:
     r"""All hidden states and all logits of the RNN.
 
@@ -50,6 +52,9 @@ def forward(
         (a stream of documents, each from zero). The backward-in-time direction of a
         bidirectional layer mirrors it: a reset at t ends the previous document at
         t − 1. A reset on a padded step is a ValueError.
+      precision: the precision of every matrix product: ``"default"``,
+        ``"high"``, ``"highest"`` or a ``jax.lax.Precision``; ``None`` (the
+        default) is JAX's default matmul precision (see :func:`bptt_jax.bptt`).
 
     Returns:
       ``(hs, logits)``: the top layer's :math:`h_1..h_T` ``(T, H)`` /
@@ -67,13 +72,18 @@ def forward(
 
     params, inp = prepare(params, xs, None, h0, lengths=lengths, mask=mask,
                           activation=activation, need_ys=False, resets=resets)  # fmt: skip
+    precision = check_precision(precision)
     if is_seed(params, inp):
-        hs, z = forward_core(params, inp.xs, inp.h0, activation=inp.activation)
+        hs, z = forward_core(
+            params, inp.xs, inp.h0, activation=inp.activation, precision=precision
+        )
         h_T = hs[:, -1] if hs.shape[1] else inp.h0  # (B, H)
         h_T = unbatch(inp, h_T)
     else:
         deep, d = as_deep(params, inp)
-        hs, z, h_T = deep_forward_core(deep, d.xs, d.h0, d.mask, d.resets, activation=d.activation)
+        hs, z, h_T = deep_forward_core(
+            deep, d.xs, d.h0, d.mask, d.resets, activation=d.activation, precision=precision
+        )
         h_T = state_like(params, inp, h_T)
     hs, z = unbatch(inp, hs), unbatch(inp, z)
     return (hs, z, h_T) if return_state else (hs, z)
@@ -90,6 +100,7 @@ def loss(
     reduction: str = "sum",
     activation: str = "tanh",
     resets: jax.Array | None = None,
+    precision: str | jax.lax.Precision | None = None,
 ) -> jax.Array:
     r"""The seed's loss :math:`E = \sum_t E_t = -\sum_t y_t^\top \log \hat y_t`.
 
@@ -108,6 +119,7 @@ def loss(
       reduction: ``"sum"`` (the seed's E) or ``"mean"`` over the real steps.
       activation: ``"tanh"`` (default), ``"sigmoid"`` or ``"relu"``.
       resets: per-step restarts from ``h0``, as :func:`forward`.
+      precision: of every matrix product, as :func:`forward`.
 
     Returns:
       The scalar ``E``, in the params' dtype. An empty sequence (T = 0) gives 0.
@@ -115,9 +127,13 @@ def loss(
 
     params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
                           activation=activation, reduction=reduction, resets=resets)  # fmt: skip
+    precision = check_precision(precision)
     if is_seed(params, inp):
-        return loss_core(params, inp.xs, inp.ys, inp.h0, activation=inp.activation)
+        return loss_core(
+            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, precision=precision
+        )
     deep, d = as_deep(params, inp)
     return deep_loss_core(
-        deep, d.xs, d.ys, d.h0, d.mask, d.resets, activation=d.activation, reduction=d.reduction
-    )
+        deep, d.xs, d.ys, d.h0, d.mask, d.resets, activation=d.activation, reduction=d.reduction,
+        precision=precision,
+    )  # fmt: skip

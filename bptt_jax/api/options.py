@@ -1,6 +1,7 @@
 r"""Checks of the keyword options of the public functions.
 
-Each returns the option normalised (``int``, ``float``, ``str`` or ``None``) or
+Each returns the option normalised (``int``, ``float``, ``str``, a ``jax.lax.Precision``
+or ``None``) or
 raises a one-line ``ValueError``/``TypeError`` naming the option and what it
 accepts. Every number goes through :func:`bptt_jax.core.checks.check_number`
 (one rule: bools, NaN and infinities are refused).
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from ..core.activations import get_activation
 from ..core.checks import MATMUL_DTYPES, check_number
@@ -70,3 +72,23 @@ def check_matmul_dtype(matmul_dtype: object) -> jnp.dtype | None:
             f"{' / '.join(MATMUL_DTYPES)}, got {matmul_dtype!r}"
         )
     return dt
+
+
+#: The names ``precision=`` accepts (JAX's), besides a ``jax.lax.Precision`` and ``None``.
+PRECISIONS = ("default", "high", "highest")
+
+
+def check_precision(precision: object) -> lax.Precision | None:
+    """``None`` (JAX's default matmul precision, read when the products are traced), one of
+    :data:`PRECISIONS` or a ``jax.lax.Precision``; normalised to ``None`` or a
+    ``jax.lax.Precision`` (hashable: a static argument of the jitted cores, one cache entry
+    per level whichever way it was named)."""
+    if precision is None or isinstance(precision, lax.Precision):
+        return precision
+    if isinstance(precision, str) and precision in PRECISIONS:
+        return lax.Precision(precision)
+    error = ValueError if isinstance(precision, str) else TypeError
+    raise error(
+        f"precision must be None (JAX's default), {', '.join(map(repr, PRECISIONS))} "
+        f"or a jax.lax.Precision, got {precision!r}"
+    )

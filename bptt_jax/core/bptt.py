@@ -48,7 +48,7 @@ from .params import Params
 from .rnn import hidden_states, matmuls, output_logits, time_major
 
 
-def input_gradient(deltas: jax.Array, xs: jax.Array, K: int) -> jax.Array:
+def input_gradient(deltas: jax.Array, xs: jax.Array, K: int, precision=None) -> jax.Array:
     r""":math:`\partial E/\partial W = \sum_t \delta_t \otimes x_t`, ``(H, K)``.
 
     Args:
@@ -57,32 +57,34 @@ def input_gradient(deltas: jax.Array, xs: jax.Array, K: int) -> jax.Array:
         column :math:`x_t` (repeated ids accumulate) -- or ``(B, T, K)``
         vectors, a batched outer-product sum.
       K: the vocabulary size.
+      precision: the product's ``jax.lax.Precision`` (``None``: JAX's default).
     """
     H = deltas.shape[-1]
     if jnp.issubdtype(xs.dtype, jnp.integer):
         ids = xs.T.reshape(-1)  # (T*B,) in the order of deltas
         dWT = jnp.zeros((K, H), deltas.dtype).at[ids].add(deltas.reshape(-1, H))  # (K, H)
         return dWT.T
-    return jnp.einsum("tbh,btk->hk", deltas, xs)
+    return jnp.einsum("tbh,btk->hk", deltas, xs, precision=precision)
 
 
-def output_layer(params: Params, hs: jax.Array, ys_tm: jax.Array):
+def output_layer(params: Params, hs: jax.Array, ys_tm: jax.Array, precision=None):
     r"""Loss and output-layer gradients for all steps at once.
 
     Args:
       params: the model.
       hs: :math:`h_t`, ``(T, B, H)``.
       ys_tm: labels, time-major: ids ``(T, B)`` or probabilities ``(T, B, C)``.
+      precision: the products' ``jax.lax.Precision`` (``None``: JAX's default).
 
     Returns:
       ``(E, r, dV, dc)``: the loss, :math:`r_t = \partial E_t/\partial z_t`
       ``(T, B, C)`` (appendix 1), :math:`\sum_t r_t \otimes h_t` and
       :math:`\sum_t r_t`.
     """
-    log_yhat = log_softmax(output_logits(params, hs))  # (T, B, C)
+    log_yhat = log_softmax(output_logits(params, hs, precision))  # (T, B, C)
     E = cross_entropy(log_yhat, ys_tm)
     r = residual(log_yhat, ys_tm)  # (T, B, C): ŷ_t − y_t
-    dV = jnp.einsum("tbc,tbh->ch", r, hs)  # Σ_t r_t ⊗ h_t
+    dV = jnp.einsum("tbc,tbh->ch", r, hs, precision=precision)  # Σ_t r_t ⊗ h_t
     dc = jnp.sum(r, axis=(0, 1))  # Σ_t r_t
     return E, r, dV, dc
 
@@ -239,6 +241,7 @@ def _backward_chunk(run, step, mm, VT, V_, c, ids, unroll):
     jax.jit,
     static_argnames=(
         "activation", "truncate", "clip_delta", "chunk", "recompute", "unroll", "matmul_dtype",
+        "precision",
     ),
 )  # fmt: skip
 def bptt_core(
@@ -255,6 +258,7 @@ def bptt_core(
     recompute: bool = False,
     unroll: int = 1,
     matmul_dtype=None,
+    precision=None,
 ):
     r"""Hand BPTT on the batched layout; no checks.
 
@@ -291,6 +295,8 @@ def bptt_core(
         ``jnp.bfloat16``: every matrix product takes bf16 operands and
         accumulates in the parameters' dtype; element-wise work, the
         recursion's carry and the gradients stay in the parameters' dtype.
+      precision: every matrix product's ``jax.lax.Precision`` (forward and
+        backward), or ``None``: JAX's default matmul precision when traced.
 
     Returns:
       ``(E, grads, dh0, h_T)``: the loss, the gradients as :class:`Params`,
@@ -303,7 +309,7 @@ def bptt_core(
     H, K = W.shape
     dtype = U.dtype
     df = get_activation(activation).df_from_h
-    mm, _ = matmuls(matmul_dtype, dtype)
+    mm, _ = matmuls(matmul_dtype, dtype, precision)
     ids = jnp.issubdtype(xs.dtype, jnp.integer)
     cs = default_chunk(T, B, recompute) if chunk is None else min(chunk, max(T, 1))
     n, rem = divmod(T, cs)  # n full chunks after a first chunk of rem < cs steps
@@ -314,7 +320,13 @@ def bptt_core(
 
     def run(h, x_c):  # the h recursion over one chunk: (B, H), time-major (c, B[, K])
         return hidden_states(
-            params, time_major(x_c), h, activation, unroll=unroll, matmul_dtype=matmul_dtype
+            params,
+            time_major(x_c),
+            h,
+            activation,
+            unroll=unroll,
+            matmul_dtype=matmul_dtype,
+            precision=precision,
         )  # (B, H), (c, B, H)
 
     xs_tm, ys_tm = time_major(xs), time_major(ys)
