@@ -22,6 +22,7 @@ from .options import (
     check_recompute,
     check_truncate,
     check_unroll,
+    resolve_schedule,
 )
 from .validate import (
     Inputs,
@@ -50,7 +51,7 @@ def bptt(
     clip_delta: float | None = None,
     chunk: int | None = None,
     recompute: bool = False,
-    unroll: int = 1,
+    unroll: int | None = None,
     matmul_dtype: str | None = None,
     resets: jax.Array | None = None,
     precision: str | jax.lax.Precision | None = None,
@@ -108,13 +109,16 @@ def bptt(
       chunk: the backward pass walks the steps in chunks of this many,
         computing each chunk's logits, softmax and :math:`V^\top r_t` only
         when it gets there, so no ``(T, B, C)`` array is ever held. ``None``
-        picks about 512 rows (``chunk * B``), at most ⌈T/4⌉ steps. The
-        result does not depend on it beyond rounding.
+        picks the backend's default (``jax.default_backend()`` when traced,
+        ``docs/performance.md``): about 512 rows (``chunk * B``) on the CPU,
+        4096 on a GPU, at most ⌈T/4⌉ steps. The result does not depend on it
+        beyond rounding.
       recompute: ``True`` keeps only the state entering each chunk in the
         forward pass and recomputes the chunk's :math:`h_t` on the way back:
         memory :math:`O(\sqrt T\, B H)` instead of :math:`O(T B H)` for one
         more forward recursion (``chunk`` then defaults to ⌈√T⌉).
-      unroll: ``lax.scan``'s ``unroll`` for both recursions (1: a loop).
+      unroll: ``lax.scan``'s ``unroll`` for both recursions; ``None``: the
+        backend's default, 1 (a loop) on the CPU, 8 on a GPU.
       matmul_dtype: ``None``, or ``"bfloat16"`` for mixed precision: every
         matrix product takes bf16 operands and accumulates in the
         parameters' dtype (the master weights), which the element-wise work
@@ -166,7 +170,7 @@ def bptt_chunk(
     clip_delta: float | None = None,
     chunk: int | None = None,
     recompute: bool = False,
-    unroll: int = 1,
+    unroll: int | None = None,
     matmul_dtype: str | None = None,
     resets: jax.Array | None = None,
     precision: str | jax.lax.Precision | None = None,
@@ -206,6 +210,10 @@ def bptt_chunk(
         unroll=check_unroll(unroll), matmul_dtype=check_matmul_dtype(matmul_dtype),
         precision=check_precision(precision),
     )  # fmt: skip
+    B, T = inp.xs.shape[:2]
+    options["chunk"], options["unroll"] = resolve_schedule(
+        options["chunk"], options["unroll"], options["recompute"], B, T
+    )
     if is_seed(params, inp):
         E, grads, dh0, h_T = bptt_core(
             params, inp.xs, inp.ys, inp.h0, inp.dh_T, activation=inp.activation, **options

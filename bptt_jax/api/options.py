@@ -9,11 +9,13 @@ accepts. Every number goes through :func:`bptt_jax.core.checks.check_number`
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
 from ..core.activations import get_activation
+from ..core.bptt import default_chunk, schedule
 from ..core.checks import MATMUL_DTYPES, check_number
 from ..core.clipping import check_clip_delta as check_clip_delta
 
@@ -46,9 +48,21 @@ def check_chunk(chunk: object) -> int | None:
     return _optional_count(chunk, "chunk", "None (the default) or a positive int", True)
 
 
-def check_unroll(unroll: object) -> int:
-    """A positive int: how many steps ``lax.scan`` unrolls."""
-    return _optional_count(unroll, "unroll", "a positive int", False)
+def check_unroll(unroll: object) -> int | None:
+    """``None`` (the backend's default) or a positive int: how many steps ``lax.scan``
+    unrolls."""
+    return _optional_count(unroll, "unroll", "None (the default) or a positive int", True)
+
+
+def resolve_schedule(
+    chunk: int | None, unroll: int | None, recompute: bool, B: int, T: int
+) -> tuple[int, int]:
+    """``(chunk, unroll)`` with ``None`` replaced by the defaults of the backend the call
+    is traced for (``jax.default_backend()``, :data:`bptt_jax.core.bptt.SCHEDULES`)."""
+    backend = jax.default_backend()
+    if chunk is None:
+        chunk = default_chunk(T, B, recompute, backend)
+    return chunk, schedule(backend).unroll if unroll is None else unroll
 
 
 def check_recompute(recompute: object) -> bool:

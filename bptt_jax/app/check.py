@@ -133,8 +133,9 @@ def run_check(
 
     Enables float64 for its own duration (the finite differences need it);
     ``dtype`` picks the precision of the model under test. Every side computes at
-    ``VERIFY_PRECISION`` (``"highest"``): ``bptt`` and the referees by their argument, a
-    given ``grad_fn`` under ``jax.default_matmul_precision``.
+    ``VERIFY_PRECISION`` (``"highest"``): the referees by their ``precision`` argument,
+    ``bptt`` (or a given ``grad_fn``), whose products default to JAX's precision, under
+    ``jax.default_matmul_precision``.
     """
     if dtype not in TOLERANCES:
         raise ValueError(f"dtype must be one of {sorted(TOLERANCES)}, got {dtype!r}")
@@ -145,11 +146,8 @@ def run_check(
     tol = TOLERANCES[dtype]
     with jax.enable_x64(True):
         params, xs, ys, h0 = default_problem(**config)
-        with jax.default_matmul_precision(VERIFY_PRECISION):
-            if grad_fn is None:
-                E, grads = bptt(params, xs, ys, h0, precision=VERIFY_PRECISION)
-            else:
-                E, grads = grad_fn(params, xs, ys, h0)
+        with jax.default_matmul_precision(VERIFY_PRECISION):  # bptt's precision=None
+            E, grads = (grad_fn or bptt)(params, xs, ys, h0)
         E_ad, grads_ad = autodiff_bptt(params, xs, ys, h0, precision=VERIFY_PRECISION)
         params64, xs64, h064 = jax.tree.map(
             lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a,
