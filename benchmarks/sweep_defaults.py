@@ -49,6 +49,7 @@ QUICK_GRID = [(65, 64, 8, 32)]
 UNROLLS = (1, 2, 4, 8, 16)
 ROWS = (256, 512, 1024, 2048, 4096, 8192, 16384)
 RECOMPUTE_FACTORS = (1, 2, 4)
+KNOBS = ("unroll", "chunk_rows", "recompute")
 
 
 def chunk_for_rows(T: int, B: int, rows: int) -> int:
@@ -78,7 +79,7 @@ def knob_settings(B: int, T: int, backend: str) -> dict:
     }
 
 
-def sweep_point(K, H, B, T, repeats, backend):
+def sweep_point(K, H, B, T, repeats, backend, knobs=KNOBS):
     kp, kx, ky = jax.random.split(jax.random.key(0), 3)
     params = bptt_jax.init_params(kp, K, H)
     xs = jax.random.randint(kx, (B, T), 0, K)
@@ -86,6 +87,8 @@ def sweep_point(K, H, B, T, repeats, backend):
     args = (params, xs, ys, jnp.zeros((B, H)))
     out = {}
     for knob, settings in knob_settings(B, T, backend).items():
+        if knob not in knobs:
+            continue
         calls, compile_s = {}, {}
         for label, kw in settings.items():
             fn = lambda p, x, y, h, kw=kw: bptt_core(p, x, y, h, **kw)[:2]  # noqa: E731
@@ -100,7 +103,7 @@ def sweep_point(K, H, B, T, repeats, backend):
 
 
 def print_tables(results):
-    for knob in ("unroll", "chunk_rows", "recompute"):
+    for knob in [k for k in KNOBS if k in results[0]["sweeps"]]:
         print(f"\n{knob}: median ms of the hand BPTT (best marked *)")
         for r in results:
             sweep = r["sweeps"][knob]
@@ -116,6 +119,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per setting")
     parser.add_argument("--quick", action="store_true", help="one small point, 2 repeats")
     parser.add_argument("--json", default="sweep_defaults.json", metavar="FILE")
+    parser.add_argument(
+        "--knobs", default=",".join(KNOBS), help=f"comma-separated, of {', '.join(KNOBS)}"
+    )
     args = parser.parse_args(argv)
     grid = [tuple(int(v) for v in g.split(",")) for g in args.grid] if args.grid else GRID
     if args.quick:
@@ -130,7 +136,7 @@ def main(argv=None):
     print(" ".join(f"{k}={v}" for k, v in machine.items()), flush=True)
     results = []
     for K, H, B, T in grid:
-        results.append(sweep_point(K, H, B, T, args.repeats, backend))
+        results.append(sweep_point(K, H, B, T, args.repeats, backend, args.knobs.split(",")))
         print(f"  ({K}, {H}, {B}, {T}) done", flush=True)
         machine["load_avg_end"] = os.getloadavg()
         with open(args.json, "w") as f:  # after every point: a run cut short keeps its points
