@@ -6,10 +6,11 @@
 
 For every (K, H, B, T) it times, on the same parameters and token ids, float32:
 
-- ``bptt``        ``bptt_jax.bptt`` as a user calls it: input checks (a range
-                  check of the ids: host syncs) plus the jitted hand BPTT;
+- ``bptt``        ``bptt_jax.bptt`` as a user calls it: input checks plus the
+                  jitted hand BPTT;
 - ``hand``        the jitted hand BPTT alone (``bptt_core``; chunked output
-                  layer, every h_t stored);
+                  layer, every h_t stored; this backend's default ``chunk`` and
+                  ``unroll``, ``bptt_jax.core.bptt.SCHEDULES``, as ``bptt`` runs);
 - ``recompute``   the same with ``recompute=True`` (√T stored states);
 - ``bf16``        the same with ``matmul_dtype="bfloat16"``;
 - ``autodiff``    ``jax.jit(jax.value_and_grad(bptt_jax.loss))``: reverse-mode
@@ -24,6 +25,11 @@ For every (K, H, B, T) it times, on the same parameters and token ids, float32:
                   when torch is not installed). Loaded with the same model (embedding = Wᵀ,
                   W_ih = I, W_hh = U, b_ih = b, b_hh = 0, head = V, c), so its
                   loss and gradients are checked against ours too.
+
+All timed at JAX's default matmul precision (TF32 products on a recent GPU);
+the agreement table recompiles every method and autodiff at ``"highest"``, a
+second table gives the timed calls' error against that reference.
+With ``--large`` (the default off the CPU) issue 16's two large points are added.
 
 Each jitted method is compiled ahead (``lower().compile()``; compile seconds
 reported apart), then the JAX methods are called round-robin ``--repeats``
@@ -61,7 +67,8 @@ import numpy as np
 
 import bptt_jax
 from bptt_jax.app.bench import compiled, flops, naive_loss, round_robin
-from bptt_jax.core.bptt import bptt_core
+from bptt_jax.core.bptt import bptt_core, default_chunk, schedule
+from bptt_jax.referees.tolerances import VERIFY_PRECISION
 from bptt_jax.referees.tolerances import max_relative_error as tree_rel
 
 DEFAULT_GRID = [
@@ -72,6 +79,8 @@ DEFAULT_GRID = [
     (65, 64, 1, 1000),
     (65, 256, 32, 1024),  # a long sequence: where recompute mode is meant to be used
 ]
+#: Issue 16's two large points (run with ``--large``, and by default off the CPU).
+LARGE_GRID = [(65, 1024, 256, 256), (10000, 1024, 128, 128)]
 UNROLLS = (1, 2, 4, 8)
 
 
@@ -165,8 +174,11 @@ def bench_point(K, H, B, T, repeats, unroll_repeats, use_torch):
     ys = jax.random.randint(ky, (B, T), 0, K)
     h0 = jnp.zeros((B, H))
     args = (params, xs, ys, h0)
+    backend = jax.default_backend()
 
-    def hand(**kw):
+    def hand(recompute=False, **kw):  # at this backend's defaults, as bptt_jax.bptt runs
+        kw = dict(chunk=default_chunk(T, B, recompute, backend), recompute=recompute,
+                  unroll=schedule(backend).unroll) | kw  # fmt: skip
         return lambda p, x, y, h: bptt_core(p, x, y, h, **kw)[:2]
 
     jitted = {
@@ -193,12 +205,16 @@ def bench_point(K, H, B, T, repeats, unroll_repeats, use_torch):
         times.update(round_robin({"torch": torch_out[0]}, repeats))
         print(f"  torch baseline: {torch_out[2]}", flush=True)
 
-    # Agreement, so that a fast wrong answer cannot pass unnoticed.
-    reference = exes["autodiff"](*args)
-    errors = {
-        name: tree_rel(exes[name](*args), reference) for name in ("hand", "recompute", "bf16")
-    }
-    errors["naive AD"] = tree_rel(exes["naive AD"](*args), reference)
+    # Agreement, so that a fast wrong answer cannot pass unnoticed: every method and
+    # autodiff recompiled at precision "highest" (their products leave precision to
+    # JAX's default), so the errors mean the same on every backend; and the timed
+    # calls (JAX's default precision: TF32 products on a recent GPU) against that.
+    with jax.default_matmul_precision(VERIFY_PRECISION):
+        check = {name: jax.jit(fn) for name, fn in jitted.items()}
+        reference = check["autodiff"](*args)
+        names = ("hand", "recompute", "bf16", "naive AD")
+        errors = {name: tree_rel(check[name](*args), reference) for name in names}
+    errors_timed = {name: tree_rel(exes[name](*args), reference) for name in (*names, "autodiff")}
     if torch_out is not None:
         errors["torch"] = tree_rel(torch_out[1], reference)
 
@@ -215,7 +231,9 @@ def bench_point(K, H, B, T, repeats, unroll_repeats, use_torch):
     return {
         "K": K, "H": H, "B": B, "T": T, "flops": flops(K, H, B, T),
         "median_s": times, "compile_s": compile_s, "temp_bytes": temp,
-        "max_rel_err_vs_autodiff": errors, "unroll": unroll,
+        "max_rel_err_vs_autodiff": errors, "max_rel_err_timed_precision": errors_timed,
+        "unroll": unroll, "defaults": dict(chunk=default_chunk(T, B, False, backend),
+                                           unroll=schedule(backend).unroll),
     }  # fmt: skip
 
 
@@ -280,13 +298,21 @@ def print_tables(results, rate):
                 )
             )
 
-    print("\nmax relative error vs autodiff (loss and every gradient)")
+    print(f"\nmax relative error vs autodiff (loss and all gradients), both at {VERIFY_PRECISION}")
     errs = list(results[0]["max_rel_err_vs_autodiff"])
     print(point + " |" + "".join(f"{n:>11}" for n in errs))
     for r in results:
         e = r["max_rel_err_vs_autodiff"]
         print(f"{r['K']:>6}{r['H']:>5}{r['B']:>4}{r['T']:>6} |"
               + "".join(f"{e[n]:>11.1e}" for n in errs))  # fmt: skip
+    if "max_rel_err_timed_precision" in results[0]:
+        print(f"\nthe timed calls (JAX's default precision) vs autodiff at {VERIFY_PRECISION}")
+        errs = list(results[0]["max_rel_err_timed_precision"])
+        print(point + " |" + "".join(f"{n:>11}" for n in errs))
+        for r in results:
+            e = r["max_rel_err_timed_precision"]
+            print(f"{r['K']:>6}{r['H']:>5}{r['B']:>4}{r['T']:>6} |"
+                  + "".join(f"{e[n]:>11.1e}" for n in errs))  # fmt: skip
     return geo, worst
 
 
@@ -346,6 +372,10 @@ def main(argv=None):
     parser.add_argument("--unroll-repeats", type=int, default=5, help="0: no unroll sweep")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
     parser.add_argument("--quick", action="store_true", help="3 repeats, no unroll sweep")
+    parser.add_argument(
+        "--large", action="store_true",
+        help="add issue 16's two large points (the default off the CPU)",
+    )  # fmt: skip
     parser.add_argument("--json", default="bench_bptt.json", metavar="FILE")
     parser.add_argument("--png", default="bench_bptt.png", metavar="FILE")
     parser.add_argument(
@@ -364,6 +394,8 @@ def main(argv=None):
     if args.quick:
         args.repeats, args.unroll_repeats = 3, 0
     grid = [tuple(int(v) for v in g.split(",")) for g in args.grid] if args.grid else DEFAULT_GRID
+    if args.large or (not args.grid and jax.default_backend() != "cpu"):
+        grid = LARGE_GRID + grid  # first: a run cut short at its time limit still has them
 
     try:
         import torch
@@ -387,6 +419,11 @@ def main(argv=None):
     rate = rates["2048x2048x2048"]
     print("XLA float32 matmul GFLOP/s: " + ", ".join(f"{k}: {v:.1f}" for k, v in rates.items()))
 
+    def save(**summary):  # after every point too, so that a run cut short keeps its points
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine, "matmul_gflops": rates, **summary,
+                       "results": results}, f, indent=2)  # fmt: skip
+
     results = []
     for K, H, B, T in grid:
         t0 = time.perf_counter()
@@ -394,13 +431,9 @@ def main(argv=None):
             bench_point(K, H, B, T, args.repeats, args.unroll_repeats, not args.no_torch)
         )
         print(f"  ({K}, {H}, {B}, {T}) done in {time.perf_counter() - t0:.0f} s", flush=True)
+        save(partial=True)
     geo, worst = print_tables(results, rate)
-    with open(args.json, "w") as f:
-        json.dump(
-            {"machine": machine, "matmul_gflops": rates, "geomean_speedup": geo,
-             "worst_speedup": worst, "results": results},
-            f, indent=2,
-        )  # fmt: skip
+    save(geomean_speedup=geo, worst_speedup=worst)
     cpu = f"{machine['cpu']}, {machine['cpu_count']} cores"
     plot(results, args.png, cpu if "cpu" in machine["device"].lower() else machine["device"])
     print(f"\nwrote {args.json} and {args.png}")

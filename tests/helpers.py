@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import struct
 
 import jax
@@ -10,7 +11,12 @@ import numpy as np
 
 import bptt_jax
 from bptt_jax import Params
-from bptt_jax.referees.tolerances import AUTODIFF, FINITE_DIFF, max_relative_error
+from bptt_jax.referees.tolerances import (
+    AUTODIFF,
+    FINITE_DIFF,
+    VERIFY_PRECISION,
+    max_relative_error,
+)
 
 # Required agreement of the hand gradients with jax.grad (the project standard),
 # and with finite differences (the method's accuracy): the package's one table.
@@ -21,9 +27,11 @@ max_rel_error = max_relative_error
 #: ``jax.value_and_grad(bptt_jax.loss)``, the referee, compiled as one function:
 #: one XLA compilation per shape and dtype instead of eager autodiff's several
 #: (and shared by every test module). The same function of the same loss; the
-#: argument checks of ``loss`` run only on concrete arrays, so not in here.
+#: argument checks of ``loss`` run only on concrete arrays, so not in here. At
+#: ``VERIFY_PRECISION`` ("highest"), as every comparison (conftest.py).
 loss_value_and_grad = jax.jit(
-    jax.value_and_grad(bptt_jax.loss), static_argnames=("activation", "reduction")
+    jax.value_and_grad(functools.partial(bptt_jax.loss, precision=VERIFY_PRECISION)),
+    static_argnames=("activation", "reduction"),
 )
 
 

@@ -18,10 +18,12 @@ from .options import (
     check_chunk,
     check_clip_delta,
     check_matmul_dtype,
+    check_precision,
     check_recompute,
     check_truncate,
     check_unroll,
     kernel_option,
+    resolve_schedule,
 )
 from .validate import (
     Inputs,
@@ -50,10 +52,11 @@ def bptt(
     clip_delta: float | None = None,
     chunk: int | None = None,
     recompute: bool = False,
-    unroll: int = 1,
+    unroll: int | None = None,
     matmul_dtype: str | None = None,
     resets: jax.Array | None = None,
     kernel: str = "auto",
+    precision: str | jax.lax.Precision | None = None,
 ) -> tuple[jax.Array, Model]:
     r"""The loss and its gradients by hand-derived backpropagation through time.
 
@@ -108,13 +111,16 @@ def bptt(
       chunk: the backward pass walks the steps in chunks of this many,
         computing each chunk's logits, softmax and :math:`V^\top r_t` only
         when it gets there, so no ``(T, B, C)`` array is ever held. ``None``
-        picks about 512 rows (``chunk * B``), at most ⌈T/4⌉ steps. The
-        result does not depend on it beyond rounding.
+        picks the backend's default (``jax.default_backend()`` when traced,
+        ``docs/performance.md``): about 512 rows (``chunk * B``) on the CPU,
+        4096 on a GPU, at most ⌈T/4⌉ steps. The result does not depend on it
+        beyond rounding.
       recompute: ``True`` keeps only the state entering each chunk in the
         forward pass and recomputes the chunk's :math:`h_t` on the way back:
         memory :math:`O(\sqrt T\, B H)` instead of :math:`O(T B H)` for one
         more forward recursion (``chunk`` then defaults to ⌈√T⌉).
-      unroll: ``lax.scan``'s ``unroll`` for both recursions (1: a loop).
+      unroll: ``lax.scan``'s ``unroll`` for both recursions; ``None``: the
+        backend's default, 1 (a loop) on the CPU, 8 on a GPU.
       matmul_dtype: ``None``, or ``"bfloat16"`` for mixed precision: every
         matrix product takes bf16 operands and accumulates in the
         parameters' dtype (the master weights), which the element-wise work
@@ -129,6 +135,16 @@ def bptt(
         everywhere (``docs/performance.md``: no GPU measurement yet). A forced
         ``"pallas"`` beyond the kernels' sizes (float32 H ≤ 128, bfloat16
         H ≤ 256) is a ValueError.
+      precision: the precision of every matrix product, forward and backward:
+        ``"default"``, ``"high"``, ``"highest"`` (JAX's names) or a
+        ``jax.lax.Precision``. ``None``, the default, is JAX's default matmul
+        precision (the ``jax_default_matmul_precision`` config when the call
+        is traced; ``"default"`` unless set): full float32 on the CPU, TF32
+        for float32 products on NVIDIA GPUs since Ampere (about 1e-3
+        relative per product), one bfloat16 pass on a TPU. float64 products
+        are float64 on every backend. The verification (the tests,
+        ``bptt-jax check``, ``bench``'s agreement column, ``train
+        --verify-every``) compares at ``"highest"`` (``docs/performance.md``).
 
     Returns:
       ``(E, grads)``: the loss (as :func:`loss`) and its gradients, a pytree
@@ -145,6 +161,7 @@ def bptt(
         activation=activation, truncate=truncate, clip_delta=clip_delta, chunk=chunk,
         recompute=recompute, unroll=unroll, matmul_dtype=matmul_dtype, resets=resets,
         kernel=kernel,
+        precision=precision,
     )  # fmt: skip
     return E, grads
 
@@ -164,10 +181,11 @@ def bptt_chunk(
     clip_delta: float | None = None,
     chunk: int | None = None,
     recompute: bool = False,
-    unroll: int = 1,
+    unroll: int | None = None,
     matmul_dtype: str | None = None,
     resets: jax.Array | None = None,
     kernel: str = "auto",
+    precision: str | jax.lax.Precision | None = None,
 ) -> tuple[jax.Array, Model, jax.Array, jax.Array]:
     r"""Hand BPTT for one chunk of a longer stream: also ∂E/∂h_0 and h_T.
 
@@ -185,7 +203,7 @@ def bptt_chunk(
 
     Args:
       params, xs, ys, h0, lengths, mask, reduction, activation, truncate,
-        clip_delta, chunk, recompute, unroll, matmul_dtype, resets, kernel: as for
+        clip_delta, chunk, recompute, unroll, matmul_dtype, resets, kernel, precision: as for
         :func:`bptt`.
       dh_T: shaped like ``h0``: the gradient of the later chunks' loss with
         respect to this chunk's final state(s), or ``None`` (zero).
@@ -202,8 +220,13 @@ def bptt_chunk(
         truncate=check_truncate(truncate), clip_delta=check_clip_delta(clip_delta),
         chunk=check_chunk(chunk), recompute=check_recompute(recompute),
         unroll=check_unroll(unroll), matmul_dtype=check_matmul_dtype(matmul_dtype),
+        precision=check_precision(precision),
     )  # fmt: skip
     options["kernel"] = kernel_option(kernel, params, inp.xs, "bptt", options["matmul_dtype"])
+    B, T = inp.xs.shape[:2]
+    options["chunk"], options["unroll"] = resolve_schedule(
+        options["chunk"], options["unroll"], options["recompute"], B, T
+    )
     if is_seed(params, inp):
         E, grads, dh0, h_T = bptt_core(
             params, inp.xs, inp.ys, inp.h0, inp.dh_T, activation=inp.activation, **options
@@ -253,6 +276,7 @@ def bptt_per_loss(
     reduction: str = "sum",
     activation: str = "tanh",
     truncate: int | None = None,
+    precision: str | jax.lax.Precision | None = None,
 ) -> tuple[jax.Array, Model]:
     r"""The seed's double sum: BPTT one loss :math:`E_t` at a time, :math:`O(T^2)`.
 
@@ -272,7 +296,8 @@ def bptt_per_loss(
     ``docs/math.md`` §7): :math:`T` backward passes whose sum is the gradient.
 
     Args:
-      params, xs, ys, h0, lengths, mask, reduction, activation: as for :func:`bptt`.
+      params, xs, ys, h0, lengths, mask, reduction, activation, precision: as for
+        :func:`bptt`.
       truncate: ``None`` for the exact gradient (equal to :func:`bptt` to
         round-off), or τ ≥ 1: each :math:`E_t` back-propagates through the
         last τ steps only, :math:`t - τ < k \le t` (a sliding window,
@@ -287,14 +312,17 @@ def bptt_per_loss(
     params, inp, truncate = _per_loss_inputs(
         params, xs, ys, h0, lengths, mask, reduction, activation, truncate, "bptt_per_loss"
     )
+    precision = check_precision(precision)
     if is_seed(params, inp):
         return bptt_per_loss_core(
-            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate
-        )
+            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate,
+            precision=precision,
+        )  # fmt: skip
     deep, d = as_deep(params, inp)
     E, grads = deep_bptt_per_loss_core(
-        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction
-    )
+        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction,
+        precision=precision,
+    )  # fmt: skip
     return E, grads_like(params, grads)
 
 
@@ -309,6 +337,7 @@ def per_loss_deltas(
     reduction: str = "sum",
     activation: str = "tanh",
     truncate: int | None = None,
+    precision: str | jax.lax.Precision | None = None,
 ) -> jax.Array:
     r"""All the seed's per-loss deltas :math:`\delta_k^{(t)} = \partial E_t/\partial s_k`.
 
@@ -316,8 +345,8 @@ def per_loss_deltas(
     diagnostics on short sequences.
 
     Args:
-      params, xs, ys, h0, lengths, mask, reduction, activation, truncate: as
-        for :func:`bptt_per_loss`.
+      params, xs, ys, h0, lengths, mask, reduction, activation, truncate, precision:
+        as for :func:`bptt_per_loss`.
 
     Returns:
       ``deltas[t-1, k-1]`` = :math:`\delta_k^{(t)}`, shape ``(T, T, H)`` for one
@@ -333,15 +362,18 @@ def per_loss_deltas(
         params, xs, ys, h0, lengths, mask, reduction, activation, truncate, "per_loss_deltas"
     )
     check_quadratic_size("per_loss_deltas", inp.xs, inp.h0)
+    precision = check_precision(precision)
     if is_seed(params, inp):
         deltas = per_loss_deltas_core(
-            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate
-        )  # (T, T, B, H)
-        return unbatch(inp, deltas, axis=2)
+            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate,
+            precision=precision,
+        )  # fmt: skip
+        return unbatch(inp, deltas, axis=2)  # (T, T, B, H)
     deep, d = as_deep(params, inp)
     deltas = deep_per_loss_deltas_core(
-        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction
-    )  # (T, T, L*D, B, H)
+        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction,
+        precision=precision,
+    )  # fmt: skip
     if not isinstance(params, DeepParams):  # the seed's Params, padded: no layer axis
         return unbatch(inp, deltas[:, :, 0], axis=2)
     return unbatch(inp, deltas, axis=3)

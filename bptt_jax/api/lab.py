@@ -18,7 +18,7 @@ from ..core.params import DeepParams
 from ..lab import diagnostics, tasks
 from ..lab.diagnostics import GradientFlow, SweepRow, deep_gradient_flow_core, gradient_flow_core
 from .arrays import check_quadratic_size
-from .options import check_activation, check_clip_delta
+from .options import check_activation, check_clip_delta, check_precision
 from .validate import Model, as_deep, is_seed, prepare
 
 
@@ -32,6 +32,7 @@ def gradient_flow(
     mask: jax.Array | None = None,
     reduction: str = "sum",
     activation: str = "tanh",
+    precision: str | jax.lax.Precision | None = None,
 ) -> GradientFlow:
     r"""How the gradient signal of each loss :math:`E_t` fades with distance.
 
@@ -76,6 +77,7 @@ def gradient_flow(
         batch ``(B, T)``; ids or vectors; class ids or soft labels).
       lengths, mask, reduction: as for :func:`bptt_jax.bptt`.
       activation: ``"tanh"``, ``"sigmoid"`` or ``"relu"``.
+      precision: of every matrix product, as for :func:`bptt_jax.bptt`.
 
     Returns:
       A :class:`GradientFlow`: ``delta_norms`` ``(T, T)``, ``decay`` ``(T,)``,
@@ -95,12 +97,16 @@ def gradient_flow(
     params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
                           activation=activation, reduction=reduction)  # fmt: skip
     check_quadratic_size("gradient_flow", inp.xs, inp.h0)
+    precision = check_precision(precision)
     if is_seed(params, inp):
-        return gradient_flow_core(params, inp.xs, inp.ys, inp.h0, activation=inp.activation)
+        return gradient_flow_core(
+            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, precision=precision
+        )
     deep, d = as_deep(params, inp)
     flow = deep_gradient_flow_core(
-        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction
-    )
+        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction,
+        precision=precision,
+    )  # fmt: skip
     return flow if isinstance(params, DeepParams) else GradientFlow(*(f[0] for f in flow))
 
 
@@ -119,11 +125,13 @@ def spectral_sweep(
     batch: int = 8,
     steps: int = 40,
     tol: float = 0.05,
+    precision: str | jax.lax.Precision | None = None,
 ) -> list[SweepRow]:
     r"""The seed's §6 claim tested on real runs: sweep the scale of :math:`U`.
 
     Checks its arguments, then runs
-    :func:`bptt_jax.lab.diagnostics.spectral_sweep` (see there).
+    :func:`bptt_jax.lab.diagnostics.spectral_sweep` (see there); ``precision`` of
+    every matrix product as for :func:`bptt_jax.bptt`.
 
     Returns:
       One :class:`~bptt_jax.lab.diagnostics.SweepRow` per (activation, scale).
@@ -136,7 +144,7 @@ def spectral_sweep(
         vocab_size=_count(vocab_size, "vocab_size"),
         hidden_size=_count(hidden_size, "hidden_size"),
         batch=_count(batch, "batch"), steps=_count(steps, "steps"),
-        tol=check_number(tol, "tol", strict=False),
+        tol=check_number(tol, "tol", strict=False), precision=check_precision(precision),
     )  # fmt: skip
 
 
@@ -181,12 +189,14 @@ def train_delay(
     batch: int = 32,
     iterations: int = 400,
     learning_rate: float = 1e-2,
+    precision: str | jax.lax.Precision | None = None,
 ) -> tasks.DelayCurves:
     r"""Train one fresh RNN per delay d on the delay task; return the curves.
 
     Checks the configuration (delays in ``0..steps-1``, the remedy's
     activation, init, clipping), then runs :func:`bptt_jax.lab.tasks.train_delay`
-    (see there for the arguments and the returned ``DelayCurves``).
+    (see there for the arguments and the returned ``DelayCurves``); ``precision`` of
+    every matrix product as for :func:`bptt_jax.bptt`.
     """
     key = check_key(key)
     if not isinstance(remedy, tasks.Remedy):
@@ -199,6 +209,7 @@ def train_delay(
     check_init(remedy.init, remedy.spectral_radius)
     remedy = remedy._replace(clip_delta=check_clip_delta(remedy.clip_delta))
     make_clipper(remedy.clip, remedy.clip_value)  # raises the clear error, if any
+    precision = check_precision(precision)
     steps = _count(steps, "steps")
     delays = tuple(_count(d, "delays[i]", minimum=0) for d in delays)
     if not delays or max(delays) >= steps:
@@ -207,5 +218,5 @@ def train_delay(
         key, delays, remedy, steps=steps, vocab_size=_count(vocab_size, "vocab_size"),
         hidden_size=_count(hidden_size, "hidden_size"), batch=_count(batch, "batch"),
         iterations=_count(iterations, "iterations"),
-        learning_rate=check_number(learning_rate, "learning_rate"),
+        learning_rate=check_number(learning_rate, "learning_rate"), precision=precision,
     )  # fmt: skip

@@ -10,7 +10,7 @@ import jax
 
 from ..core.deep import deep_forward_core, deep_loss_core
 from ..core.rnn import forward_core, loss_core
-from .options import kernel_option
+from .options import check_precision, kernel_option
 from .validate import Model, as_deep, is_seed, prepare, state_like, unbatch
 
 
@@ -25,6 +25,7 @@ def forward(
     return_state: bool = False,
     resets: jax.Array | None = None,
     kernel: str = "auto",
+    precision: str | jax.lax.Precision | None = None,
 ) -> tuple[jax.Array, jax.Array] | tuple[jax.Array, jax.Array, jax.Array]:
     r"""All hidden states and all logits of the RNN.
 
@@ -54,6 +55,9 @@ def forward(
         t − 1. A reset on a padded step is a ValueError.
       kernel: ``"scan"``, ``"pallas"`` or ``"auto"``: how the h recursion runs
         (as :func:`bptt_jax.bptt`).
+      precision: the precision of every matrix product: ``"default"``,
+        ``"high"``, ``"highest"`` or a ``jax.lax.Precision``; ``None`` (the
+        default) is JAX's default matmul precision (see :func:`bptt_jax.bptt`).
 
     Returns:
       ``(hs, logits)``: the top layer's :math:`h_1..h_T` ``(T, H)`` /
@@ -72,14 +76,24 @@ def forward(
     params, inp = prepare(params, xs, None, h0, lengths=lengths, mask=mask,
                           activation=activation, need_ys=False, resets=resets)  # fmt: skip
     kernel = kernel_option(kernel, params, inp.xs, "forward")
+    precision = check_precision(precision)
     if is_seed(params, inp):
-        hs, z = forward_core(params, inp.xs, inp.h0, activation=inp.activation, kernel=kernel)
+        hs, z = forward_core(
+            params, inp.xs, inp.h0, activation=inp.activation, kernel=kernel, precision=precision
+        )
         h_T = hs[:, -1] if hs.shape[1] else inp.h0  # (B, H)
         h_T = unbatch(inp, h_T)
     else:
         deep, d = as_deep(params, inp)
         hs, z, h_T = deep_forward_core(
-            deep, d.xs, d.h0, d.mask, d.resets, activation=d.activation, kernel=kernel
+            deep,
+            d.xs,
+            d.h0,
+            d.mask,
+            d.resets,
+            activation=d.activation,
+            kernel=kernel,
+            precision=precision,
         )
         h_T = state_like(params, inp, h_T)
     hs, z = unbatch(inp, hs), unbatch(inp, z)
@@ -98,6 +112,7 @@ def loss(
     activation: str = "tanh",
     resets: jax.Array | None = None,
     kernel: str = "auto",
+    precision: str | jax.lax.Precision | None = None,
 ) -> jax.Array:
     r"""The seed's loss :math:`E = \sum_t E_t = -\sum_t y_t^\top \log \hat y_t`.
 
@@ -119,6 +134,7 @@ def loss(
       kernel: ``"scan"``, ``"pallas"`` or ``"auto"`` (as :func:`bptt_jax.bptt`). The
         Pallas kernel has no autodiff rule and ``jax.grad`` of this loss is the referee,
         so here ``"auto"`` is always the scan; a forced ``"pallas"`` gives the value only.
+      precision: of every matrix product, as :func:`forward`.
 
     Returns:
       The scalar ``E``, in the params' dtype. An empty sequence (T = 0) gives 0.
@@ -127,17 +143,14 @@ def loss(
     params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
                           activation=activation, reduction=reduction, resets=resets)  # fmt: skip
     kernel = kernel_option("scan" if kernel == "auto" else kernel, params, inp.xs, "loss")
+    precision = check_precision(precision)
     if is_seed(params, inp):
-        return loss_core(params, inp.xs, inp.ys, inp.h0, activation=inp.activation, kernel=kernel)
+        return loss_core(
+            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, kernel=kernel,
+            precision=precision,
+        )  # fmt: skip
     deep, d = as_deep(params, inp)
     return deep_loss_core(
-        deep,
-        d.xs,
-        d.ys,
-        d.h0,
-        d.mask,
-        d.resets,
-        activation=d.activation,
-        reduction=d.reduction,
-        kernel=kernel,
-    )
+        deep, d.xs, d.ys, d.h0, d.mask, d.resets, activation=d.activation, reduction=d.reduction,
+        kernel=kernel, precision=precision,
+    )  # fmt: skip

@@ -1,6 +1,7 @@
 r"""Checks of the keyword options of the public functions.
 
-Each returns the option normalised (``int``, ``float``, ``str`` or ``None``) or
+Each returns the option normalised (``int``, ``float``, ``str``, a ``jax.lax.Precision``
+or ``None``) or
 raises a one-line ``ValueError``/``TypeError`` naming the option and what it
 accepts. Every number goes through :func:`bptt_jax.core.checks.check_number`
 (one rule: bools, NaN and infinities are refused).
@@ -11,8 +12,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from ..core.activations import get_activation
+from ..core.bptt import default_chunk, schedule
 from ..core.checks import MATMUL_DTYPES, check_number
 from ..core.clipping import check_clip_delta as check_clip_delta
 from ..core.kernels import kernel_supported, unsupported_reason
@@ -46,9 +49,21 @@ def check_chunk(chunk: object) -> int | None:
     return _optional_count(chunk, "chunk", "None (the default) or a positive int", True)
 
 
-def check_unroll(unroll: object) -> int:
-    """A positive int: how many steps ``lax.scan`` unrolls."""
-    return _optional_count(unroll, "unroll", "a positive int", False)
+def check_unroll(unroll: object) -> int | None:
+    """``None`` (the backend's default) or a positive int: how many steps ``lax.scan``
+    unrolls."""
+    return _optional_count(unroll, "unroll", "None (the default) or a positive int", True)
+
+
+def resolve_schedule(
+    chunk: int | None, unroll: int | None, recompute: bool, B: int, T: int
+) -> tuple[int, int]:
+    """``(chunk, unroll)`` with ``None`` replaced by the defaults of the backend the call
+    is traced for (``jax.default_backend()``, :data:`bptt_jax.core.bptt.SCHEDULES`)."""
+    backend = jax.default_backend()
+    if chunk is None:
+        chunk = default_chunk(T, B, recompute, backend)
+    return chunk, schedule(backend).unroll if unroll is None else unroll
 
 
 def check_recompute(recompute: object) -> bool:
@@ -118,3 +133,23 @@ def kernel_option(kernel: object, params, xs, fn: str, matmul_dtype=None) -> str
     H = max(U.shape[0] for U in Us)
     dtype = Us[0].dtype if matmul_dtype is None else matmul_dtype
     return resolve_kernel(kernel, H, max(xs.shape[0], 1), dtype, fn)
+
+
+#: The names ``precision=`` accepts (JAX's), besides a ``jax.lax.Precision`` and ``None``.
+PRECISIONS = ("default", "high", "highest")
+
+
+def check_precision(precision: object) -> lax.Precision | None:
+    """``None`` (JAX's default matmul precision, read when the products are traced), one of
+    :data:`PRECISIONS` or a ``jax.lax.Precision``; normalised to ``None`` or a
+    ``jax.lax.Precision`` (hashable: a static argument of the jitted cores, one cache entry
+    per level whichever way it was named)."""
+    if precision is None or isinstance(precision, lax.Precision):
+        return precision
+    if isinstance(precision, str) and precision in PRECISIONS:
+        return lax.Precision(precision)
+    error = ValueError if isinstance(precision, str) else TypeError
+    raise error(
+        f"precision must be None (JAX's default), {', '.join(map(repr, PRECISIONS))} "
+        f"or a jax.lax.Precision, got {precision!r}"
+    )

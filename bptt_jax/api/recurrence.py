@@ -12,7 +12,7 @@ from jax.typing import ArrayLike
 
 from ..core.params import DeepParams, Params
 from ..core.recurrence import hand_loss_jit, recurrence_jit
-from .options import check_activation, kernel_option
+from .options import check_activation, check_precision, kernel_option
 from .resets import check_resets
 from .validate import check_inputs
 
@@ -32,6 +32,7 @@ def recurrence(
     lengths: ArrayLike | None = None,
     resets: ArrayLike | None = None,
     kernel: str = "auto",
+    precision: str | jax.lax.Precision | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     r"""The RNN's hidden states, as a differentiable building block with a hand VJP.
 
@@ -83,6 +84,9 @@ def recurrence(
         ValueError (checked on concrete arrays; ignored under tracing).
       kernel: ``"scan"``, ``"pallas"`` or ``"auto"`` for both recursions, the forward
         one and the hand backward's δ one (as :func:`bptt_jax.bptt`).
+      precision: of every matrix product, forward and hand backward: ``"default"``,
+        ``"high"``, ``"highest"`` or a ``jax.lax.Precision``; ``None`` (the default) is
+        JAX's default matmul precision (see :func:`bptt_jax.bptt`).
 
     Returns:
       ``(hs, h_T)``: ``hs`` ``([B,] T, D*H)`` (``D*H = H`` for Params) and the final
@@ -94,10 +98,12 @@ def recurrence(
       >>> hs.shape, h_T.shape
       ((1, 3, 3), (1, 3))
     """
-    activation = check_activation(activation)
+    activation, precision = check_activation(activation), check_precision(precision)
     params, inp, resets = _setup(params, xs, None, h0, lengths, resets, need_ys=False)
     kernel = kernel_option(kernel, params, inp.xs, "recurrence")
-    hs, h_T = recurrence_jit(params, inp.xs, inp.h0, inp.mask, resets, activation, kernel)
+    hs, h_T = recurrence_jit(
+        params, inp.xs, inp.h0, inp.mask, resets, activation, kernel, precision
+    )
     if inp.batched:
         return hs, h_T
     return hs[0], h_T[0] if isinstance(params, Params) else h_T[:, 0]
@@ -114,6 +120,7 @@ def hand_loss(
     resets: ArrayLike | None = None,
     reduction: str = "sum",
     kernel: str = "auto",
+    precision: str | jax.lax.Precision | None = None,
 ) -> jax.Array:
     r"""The seed's loss :math:`E = -\sum_t y_t^\top \log \hat y_t`, whose VJP is hand BPTT.
 
@@ -129,7 +136,7 @@ def hand_loss(
     Reverse mode only, as :func:`recurrence`.
 
     Args:
-      params, xs, h0, activation, lengths, resets: as :func:`recurrence`.
+      params, xs, h0, activation, lengths, resets, precision: as :func:`recurrence`.
       ys: class ids ``(T,)`` / ``(B, T)`` or probabilities ``(T, C)`` / ``(B, T, C)``.
       reduction: ``"sum"`` (the seed's E) or ``"mean"`` over the real steps.
       kernel: ``"scan"``, ``"pallas"`` or ``"auto"``, as :func:`recurrence`.
@@ -140,11 +147,20 @@ def hand_loss(
     Example:
       >>> grads = jax.grad(hand_loss)(params, xs, ys)  # a Params: dU, dV, dW, db, dc
     """
-    activation = check_activation(activation)
+    activation, precision = check_activation(activation), check_precision(precision)
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     params, inp, resets = _setup(params, xs, ys, h0, lengths, resets, need_ys=True)
     kernel = kernel_option(kernel, params, inp.xs, "hand_loss")
     return hand_loss_jit(
-        params, inp.xs, inp.ys, inp.h0, inp.mask, resets, activation, reduction, kernel
+        params,
+        inp.xs,
+        inp.ys,
+        inp.h0,
+        inp.mask,
+        resets,
+        activation,
+        reduction,
+        kernel,
+        precision,
     )

@@ -23,7 +23,7 @@ from ..referees.autodiff import (
     deep_value_and_grad,
 )
 from ..referees.finite_difference import finite_difference_core
-from .options import check_truncate
+from .options import check_precision, check_truncate
 from .validate import (
     Inputs,
     Model,
@@ -39,12 +39,13 @@ from .validate import (
 _TRUNCATE_WHY = "leave truncate=None (the exact gradient) for deep, padded or mean losses"
 
 
-def _deep_grad(params: Model, inp: Inputs) -> tuple[jax.Array, Model]:
+def _deep_grad(params: Model, inp: Inputs, precision) -> tuple[jax.Array, Model]:
     """``jax.value_and_grad`` of the deep loss, for any model of :func:`as_deep`."""
     deep, d = as_deep(params, inp)
     E, grads = deep_value_and_grad(
-        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction
-    )
+        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction,
+        precision=precision,
+    )  # fmt: skip
     return E, grads_like(params, grads)
 
 
@@ -59,23 +60,28 @@ def autodiff_bptt(
     reduction: str = "sum",
     activation: str = "tanh",
     truncate: int | None = None,
+    precision: str | jax.lax.Precision | None = None,
 ) -> tuple[jax.Array, Model]:
     """Reference ``(E, grads)`` by ``jax.value_and_grad`` of :func:`bptt_jax.loss`.
 
     Same arguments, checks and return value as :func:`bptt_jax.bptt`; with
     ``truncate=τ`` (the seed's Params on unpadded sequences with
     ``reduction="sum"`` only) the state is detached after every τ-th step, so
-    autodiff cuts the gradient where :func:`bptt_jax.bptt` does.
+    autodiff cuts the gradient where :func:`bptt_jax.bptt` does. ``precision``, of
+    every product of the loss and so of its autodiff transpose, as for
+    :func:`bptt_jax.bptt`: compare at ``"highest"`` for backend-independent
+    tolerances.
     """
     params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
                           activation=activation, reduction=reduction)  # fmt: skip
-    truncate = check_truncate(truncate)
+    truncate, precision = check_truncate(truncate), check_precision(precision)
     if is_seed(params, inp):
         return _chunked_grad(
-            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate
-        )
+            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate,
+            precision=precision,
+        )  # fmt: skip
     refuse("autodiff_bptt", ["truncate"] * (truncate is not None), params, inp, _TRUNCATE_WHY)
-    return _deep_grad(params, inp)
+    return _deep_grad(params, inp, precision)
 
 
 def autodiff_dh0(
@@ -89,25 +95,28 @@ def autodiff_dh0(
     reduction: str = "sum",
     activation: str = "tanh",
     truncate: int | None = None,
+    precision: str | jax.lax.Precision | None = None,
 ) -> jax.Array:
     r"""Reference :math:`\partial E/\partial h_0` by ``jax.grad``, shaped like ``h0``.
 
     ``(H,)`` / ``(B, H)`` for :class:`Params`, ``(L*D, [B,] H)`` for a
-    :class:`DeepParams`. Arguments as :func:`autodiff_bptt`.
+    :class:`DeepParams`. Arguments (``precision`` too) as :func:`autodiff_bptt`.
     """
     params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
                           activation=activation, reduction=reduction)  # fmt: skip
-    truncate = check_truncate(truncate)
+    truncate, precision = check_truncate(truncate), check_precision(precision)
     if is_seed(params, inp):
         dh0 = _h0_grad(
-            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate
-        )
+            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate,
+            precision=precision,
+        )  # fmt: skip
         return unbatch(inp, dh0)
     refuse("autodiff_dh0", ["truncate"] * (truncate is not None), params, inp, _TRUNCATE_WHY)
     deep, d = as_deep(params, inp)
     dh0 = deep_h0_grad(
-        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction
-    )
+        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction,
+        precision=precision,
+    )  # fmt: skip
     return state_like(params, inp, dh0)
 
 
@@ -122,25 +131,28 @@ def autodiff_bptt_per_loss(
     reduction: str = "sum",
     activation: str = "tanh",
     truncate: int | None = None,
+    precision: str | jax.lax.Precision | None = None,
 ) -> tuple[jax.Array, Model]:
     """Reference for :func:`bptt_jax.bptt_per_loss` by ``jax.value_and_grad``.
 
     With ``truncate=τ`` (the seed's setting only) each E_t is recomputed from
     the state τ steps back, detached, so autodiff sees exactly the sliding
-    window; without it this is :func:`autodiff_bptt`'s exact gradient.
+    window; without it this is :func:`autodiff_bptt`'s exact gradient. ``precision`` as
+    :func:`autodiff_bptt`.
     """
     params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
                           activation=activation, reduction=reduction)  # fmt: skip
-    truncate = check_truncate(truncate)
+    truncate, precision = check_truncate(truncate), check_precision(precision)
     if is_seed(params, inp):
         return _windowed_grad(
-            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate
-        )
+            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate,
+            precision=precision,
+        )  # fmt: skip
     refuse(
         "autodiff_bptt_per_loss", ["truncate"] * (truncate is not None), params, inp,
         _TRUNCATE_WHY,
     )  # fmt: skip
-    return _deep_grad(params, inp)
+    return _deep_grad(params, inp, precision)
 
 
 def finite_difference_bptt(
@@ -154,6 +166,7 @@ def finite_difference_bptt(
     reduction: str = "sum",
     activation: str = "tanh",
     eps: float = 2e-4,
+    precision: str | jax.lax.Precision | None = None,
 ) -> tuple[jax.Array, Model]:
     r"""Reference ``(E, grads)`` by central finite differences of the loss.
 
@@ -179,22 +192,25 @@ def finite_difference_bptt(
       params, xs, ys, h0, lengths, mask, reduction, activation: as for
         :func:`bptt_jax.bptt`.
       eps: the step :math:`\epsilon > 0`.
+      precision: of every matrix product of the loss evaluations (and of the
+        stencil's weighted sum), as for :func:`bptt_jax.bptt`.
 
     Returns:
       ``(E, grads)``, ``grads`` a pytree like ``params``.
     """
     params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
                           activation=activation, reduction=reduction)  # fmt: skip
-    eps = check_number(eps, "eps")
+    eps, precision = check_number(eps, "eps"), check_precision(precision)
     if is_seed(params, inp):
         loss_of = functools.partial(
-            loss_core, xs=inp.xs, ys=inp.ys, h0=inp.h0, activation=inp.activation
-        )
-        return finite_difference_core(loss_of, params, eps=eps)
+            loss_core, xs=inp.xs, ys=inp.ys, h0=inp.h0, activation=inp.activation,
+            precision=precision,
+        )  # fmt: skip
+        return finite_difference_core(loss_of, params, eps=eps, precision=precision)
     deep, d = as_deep(params, inp)
     loss_of = functools.partial(
         deep_loss_core, xs=d.xs, ys=d.ys, h0=d.h0, mask=d.mask, activation=d.activation,
-        reduction=d.reduction,
+        reduction=d.reduction, precision=precision,
     )  # fmt: skip
-    E, grads = finite_difference_core(loss_of, deep, eps=eps)
+    E, grads = finite_difference_core(loss_of, deep, eps=eps, precision=precision)
     return E, grads_like(params, grads)

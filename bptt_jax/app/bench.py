@@ -18,6 +18,7 @@ each is kept, so that a slow spell of a shared machine hits them alike.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from jax import lax
 from ..core.bptt import bptt_core
 from ..core.params import init_params
 from ..core.rnn import loss_core
-from ..referees.tolerances import AUTODIFF, max_relative_error
+from ..referees.tolerances import AUTODIFF, VERIFY_PRECISION, max_relative_error
 
 #: Agreement required of the hand BPTT with autodiff: the test suite's
 #: tolerances, and 4 bf16 ulps for bf16 products (``tests/test_fast_paths.py``).
@@ -41,15 +42,16 @@ def flops(K: int, H: int, B: int, T: int, C: int | None = None) -> int:
     return 6 * T * B * H * (H + (K if C is None else C))
 
 
-def naive_loss(params, xs, ys, h0):
+def naive_loss(params, xs, ys, h0, precision=None):
     """The seed's loss as most users write it: output layer and loss inside the scan."""
     U, V, W, b, c = params
+    mm = functools.partial(jnp.matmul, precision=precision)
 
     def step(carry, inputs):
         h_prev, E = carry
         x_t, y_t = inputs  # (B,), (B,)
-        h = jnp.tanh(h_prev @ U.T + W.T[x_t] + b)
-        log_yhat = jax.nn.log_softmax(h @ V.T + c)
+        h = jnp.tanh(mm(h_prev, U.T) + W.T[x_t] + b)
+        log_yhat = jax.nn.log_softmax(mm(h, V.T) + c)
         E = E - jnp.sum(jnp.take_along_axis(log_yhat, y_t[:, None], axis=1))
         return (h, E), None
 
@@ -107,7 +109,7 @@ class BenchReport(NamedTuple):
             f"K={K} H={H} B={B} T={T}, {self.dtype}, hand options: {self.options}; "
             f"{self.device}; median of {self.repeats} calls, compile time apart",
             f"{'method':<10}{'median ms':>11}{'GFLOP/s':>9}{'compile s':>11}"
-            f"{'temp MiB':>10}{'rel.err vs autodiff':>21}",
+            f"{'temp MiB':>10}{'rel.err vs autodiff':>21} (at precision {VERIFY_PRECISION})",
         ]
         for r in self.rows:
             err = "(reference)" if r.rel_err is None else f"{r.rel_err:.1e}"
@@ -139,9 +141,14 @@ def run_bench(
     unroll: int = 1,
     matmul_dtype: str | None = None,
     seed: int = 0,
+    precision=None,
 ) -> BenchReport:
     """Times hand BPTT, autodiff of the same loss and naive autodiff on one shape.
 
+    The timed methods run at ``precision`` (``None``: JAX's default; on a GPU TF32
+    products). The agreement column compares every method with autodiff both at
+    ``VERIFY_PRECISION`` (``"highest"``, compiled apart unless timed at it), so its
+    tolerance means the same on every backend.
     Call inside ``jax.enable_x64(True)`` for ``dtype="float64"``.
     """
     K, H, B, T = vocab_size, hidden_size, batch, steps
@@ -151,27 +158,47 @@ def run_bench(
     ys = jax.random.randint(ky, (B, T), 0, K)
     args = (params, xs, ys, jnp.zeros((B, H), dtype))
     mm = None if matmul_dtype is None else jnp.dtype(matmul_dtype)
-    methods = {
-        "hand": lambda p, x, y, h: bptt_core(
-            p, x, y, h, chunk=chunk, recompute=recompute, unroll=unroll, matmul_dtype=mm
-        )[:2],
-        "autodiff": jax.value_and_grad(lambda p, x, y, h: loss_core(p, x, y, h)),
-        "naive AD": jax.value_and_grad(naive_loss),
-    }
-    exes = {name: compiled(fn, args) for name, fn in methods.items()}
+
+    def methods(precision):
+        return {
+            "hand": lambda p, x, y, h: bptt_core(
+                p,
+                x,
+                y,
+                h,
+                chunk=chunk,
+                recompute=recompute,
+                unroll=unroll,
+                matmul_dtype=mm,
+                precision=precision,
+            )[:2],
+            "autodiff": jax.value_and_grad(functools.partial(loss_core, precision=precision)),
+            "naive AD": jax.value_and_grad(functools.partial(naive_loss, precision=precision)),
+        }
+
+    exes = {name: compiled(fn, args) for name, fn in methods(precision).items()}
     medians = round_robin(
         {name: (lambda e=e: jax.block_until_ready(e(*args))) for name, (e, _, _) in exes.items()},
         repeats,
     )
-    reference = exes["autodiff"][0](*args)
+    verify = {name: exe for name, (exe, _, _) in exes.items()}
+    if precision != lax.Precision(VERIFY_PRECISION):
+        verify = {
+            name: jax.jit(fn) for name, fn in methods(lax.Precision(VERIFY_PRECISION)).items()
+        }
+    reference = verify["autodiff"](*args)
     rows = []
-    for name, (exe, compile_s, temp) in exes.items():
-        err = None if name == "autodiff" else max_relative_error(exe(*args), reference)
+    for name, (_, compile_s, temp) in exes.items():
+        err = None if name == "autodiff" else max_relative_error(verify[name](*args), reference)
         rows.append(BenchRow(name, medians[name], compile_s, temp, err))
     options = ", ".join(
         f"{k}={v}"
         for k, v in dict(
-            chunk=chunk, recompute=recompute, unroll=unroll, matmul_dtype=matmul_dtype
+            chunk=chunk,
+            recompute=recompute,
+            unroll=unroll,
+            matmul_dtype=matmul_dtype,
+            precision=precision,
         ).items()
     )
     device = jax.devices()[0]

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from ..api.gradients import bptt
 from ..api.referees import autodiff_bptt, finite_difference_bptt
 from ..core.params import Params, init_params
-from ..referees.tolerances import AUTODIFF, FINITE_DIFF, max_relative_error
+from ..referees.tolerances import AUTODIFF, FINITE_DIFF, VERIFY_PRECISION, max_relative_error
 
 # Agreement required of the hand gradients, per dtype of the model.
 TOLERANCES = {
@@ -132,7 +132,10 @@ def run_check(
     """Runs ``grad_fn`` (default :func:`bptt_jax.bptt`) against both referees.
 
     Enables float64 for its own duration (the finite differences need it);
-    ``dtype`` picks the precision of the model under test.
+    ``dtype`` picks the precision of the model under test. Every side computes at
+    ``VERIFY_PRECISION`` (``"highest"``): the referees by their ``precision`` argument,
+    ``bptt`` (or a given ``grad_fn``), whose products default to JAX's precision, under
+    ``jax.default_matmul_precision``.
     """
     if dtype not in TOLERANCES:
         raise ValueError(f"dtype must be one of {sorted(TOLERANCES)}, got {dtype!r}")
@@ -143,13 +146,16 @@ def run_check(
     tol = TOLERANCES[dtype]
     with jax.enable_x64(True):
         params, xs, ys, h0 = default_problem(**config)
-        E, grads = (grad_fn or bptt)(params, xs, ys, h0)
-        E_ad, grads_ad = autodiff_bptt(params, xs, ys, h0)
+        with jax.default_matmul_precision(VERIFY_PRECISION):  # bptt's precision=None
+            E, grads = (grad_fn or bptt)(params, xs, ys, h0)
+        E_ad, grads_ad = autodiff_bptt(params, xs, ys, h0, precision=VERIFY_PRECISION)
         params64, xs64, h064 = jax.tree.map(
             lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a,
             (params, xs, h0),
         )
-        E_fd, grads_fd = finite_difference_bptt(params64, xs64, ys, h064)
+        E_fd, grads_fd = finite_difference_bptt(
+            params64, xs64, ys, h064, precision=VERIFY_PRECISION
+        )
         rows = []
         for name in Params._fields:
             g, g_ad, g_fd = (getattr(x, name) for x in (grads, grads_ad, grads_fd))

@@ -16,7 +16,7 @@ from ..api.referees import autodiff_bptt
 from ..core.bptt import bptt_core
 from ..core.params import Params
 from ..core.rnn import forward_core
-from ..referees.tolerances import AUTODIFF, max_relative_error
+from ..referees.tolerances import AUTODIFF, VERIFY_PRECISION, max_relative_error
 from .config import TrainingError
 from .data import TOKEN_TYPES, Corpus
 
@@ -113,10 +113,15 @@ def verify_gradients(
       TrainingError: if any error exceeds ``tol`` (default: the tolerance of
         ``bptt-jax check`` for the parameters' dtype; with bf16 products the
         caller passes ``AUTODIFF["bfloat16"]``).
+
+    Both sides compute at ``VERIFY_PRECISION`` (``"highest"``): the referee by its
+    argument, ``grad_fn`` (any function, whose products default to JAX's precision)
+    under ``jax.default_matmul_precision``, so ``tol`` means the same on every backend.
     """
     params, xs, ys, h0 = jax.tree.map(jnp.asarray, (params, xs, ys, h0))  # one device
-    E, grads, _, _ = (grad_fn or bptt_core)(params, xs, ys, h0)
-    E_ad, grads_ad = autodiff_bptt(params, xs, ys, h0)
+    with jax.default_matmul_precision(VERIFY_PRECISION):
+        E, grads, _, _ = (grad_fn or bptt_core)(params, xs, ys, h0)
+    E_ad, grads_ad = autodiff_bptt(params, xs, ys, h0, precision=VERIFY_PRECISION)
     if tol is None:
         tol = AUTODIFF[str(params.U.dtype)]
     errors = {"E": max_relative_error(E, E_ad)}

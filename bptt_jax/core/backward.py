@@ -56,6 +56,7 @@ class _Ctx(NamedTuple):
     clip_delta: float | None
     kernel: str = "scan"  # "pallas": both recursions as the kernels of .kernels
     activation: str = "tanh"  # the name of f (the kernels fuse it)
+    precision: object = None  # the kernels' products' jax.lax.Precision (mm carries its own)
 
 
 def _project(ctx: _Ctx, W, X):
@@ -71,7 +72,8 @@ def _run(ctx: _Ctx, layer: Layer, X, h_start, h0, m, e):
     UT = ctx.cast(layer.U.T)
     if ctx.kernel == "pallas":
         flags = step_flags(*a.shape[:2], real=m, reset=e)
-        hs = forward_recursion(a, h_start, UT, h0, flags, activation=ctx.activation)
+        hs = forward_recursion(a, h_start, UT, h0, flags, activation=ctx.activation,
+                               precision=ctx.precision)  # fmt: skip
         return (hs[-1] if hs.shape[0] else h_start), hs
 
     def step(h_prev, inputs):
@@ -125,7 +127,8 @@ def _cell_backward(ctx: _Ctx, layer: Layer, X_c, hs_c, h_start, h0, g, acc, G, m
         flags = step_flags(*G.shape[:2], real=m, reset=e, keep=k)
         deltas, g, acc_k = backward_recursion(G, hs_c, g, ctx.cast(layer.U), flags, acc,
                                               activation=ctx.activation,
-                                              clip_delta=ctx.clip_delta)  # fmt: skip
+                                              clip_delta=ctx.clip_delta,
+                                              precision=ctx.precision)  # fmt: skip
         acc = None if acc is None else acc_k
     else:
         step = _delta_step(ctx, ctx.cast(layer.U))

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +50,7 @@ from .params import Params
 from .rnn import hidden_states, matmuls, output_logits, time_major
 
 
-def input_gradient(deltas: jax.Array, xs: jax.Array, K: int) -> jax.Array:
+def input_gradient(deltas: jax.Array, xs: jax.Array, K: int, precision=None) -> jax.Array:
     r""":math:`\partial E/\partial W = \sum_t \delta_t \otimes x_t`, ``(H, K)``.
 
     Args:
@@ -58,32 +59,34 @@ def input_gradient(deltas: jax.Array, xs: jax.Array, K: int) -> jax.Array:
         column :math:`x_t` (repeated ids accumulate) -- or ``(B, T, K)``
         vectors, a batched outer-product sum.
       K: the vocabulary size.
+      precision: the product's ``jax.lax.Precision`` (``None``: JAX's default).
     """
     H = deltas.shape[-1]
     if jnp.issubdtype(xs.dtype, jnp.integer):
         ids = xs.T.reshape(-1)  # (T*B,) in the order of deltas
         dWT = jnp.zeros((K, H), deltas.dtype).at[ids].add(deltas.reshape(-1, H))  # (K, H)
         return dWT.T
-    return jnp.einsum("tbh,btk->hk", deltas, xs)
+    return jnp.einsum("tbh,btk->hk", deltas, xs, precision=precision)
 
 
-def output_layer(params: Params, hs: jax.Array, ys_tm: jax.Array):
+def output_layer(params: Params, hs: jax.Array, ys_tm: jax.Array, precision=None):
     r"""Loss and output-layer gradients for all steps at once.
 
     Args:
       params: the model.
       hs: :math:`h_t`, ``(T, B, H)``.
       ys_tm: labels, time-major: ids ``(T, B)`` or probabilities ``(T, B, C)``.
+      precision: the products' ``jax.lax.Precision`` (``None``: JAX's default).
 
     Returns:
       ``(E, r, dV, dc)``: the loss, :math:`r_t = \partial E_t/\partial z_t`
       ``(T, B, C)`` (appendix 1), :math:`\sum_t r_t \otimes h_t` and
       :math:`\sum_t r_t`.
     """
-    log_yhat = log_softmax(output_logits(params, hs))  # (T, B, C)
+    log_yhat = log_softmax(output_logits(params, hs, precision))  # (T, B, C)
     E = cross_entropy(log_yhat, ys_tm)
     r = residual(log_yhat, ys_tm)  # (T, B, C): ŷ_t − y_t
-    dV = jnp.einsum("tbc,tbh->ch", r, hs)  # Σ_t r_t ⊗ h_t
+    dV = jnp.einsum("tbc,tbh->ch", r, hs, precision=precision)  # Σ_t r_t ⊗ h_t
     dc = jnp.sum(r, axis=(0, 1))  # Σ_t r_t
     return E, r, dV, dc
 
@@ -101,29 +104,61 @@ def truncation_mask(T: int, truncate: int | None):
     return (t % truncate != 0) | (t == T)
 
 
-#: Rows (steps × sequences) of one backward chunk when ``chunk`` is not given.
-#: Measured on the 2-core CPU of ``benchmarks/README.md``
-#: (``benchmarks/profile_bptt.py``): XLA's ``(rows, H) @ (H, K)`` products
-#: run at 175-195 GFLOP/s from about 256 to 1024 rows and drop to ~120
-#: GFLOP/s at 8192 rows (all of T·B at the largest benchmark point), so
-#: chunks are both smaller and faster.
-CHUNK_ROWS = 512
+class Schedule(NamedTuple):
+    """The speed knobs' defaults on one backend (``docs/performance.md``)."""
+
+    #: Rows (steps × sequences) of one backward chunk when ``chunk`` is not given.
+    chunk_rows: int
+    #: ``lax.scan``'s ``unroll`` for both recursions when ``unroll`` is not given.
+    unroll: int
+    #: In recompute mode, steps per chunk as a multiple of ⌈√T⌉.
+    recompute_factor: int
 
 
-def default_chunk(T: int, B: int, recompute: bool = False) -> int:
-    """Steps per backward chunk when none is given.
+#: The defaults per ``jax.default_backend()``, chosen by the api layer (the core only
+#: reads this table). ``"cpu"``: measured on the 2-core CPU of ``benchmarks/README.md``:
+#: XLA's ``(rows, H) @ (H, K)`` products run at 175-195 GFLOP/s from about 256 to 1024
+#: rows and drop to ~120 GFLOP/s at 8192 rows (``benchmarks/profile_bptt.py``), unroll
+#: gains nothing there (``benchmarks/sweep_defaults.py``). ``"gpu"``: PROVISIONAL, from
+#: issue 16's H200 measurement (unroll 8 won at every point measured there, 6-10 µs per
+#: step against 16-21 µs at unroll 1; the 512-row chunks cut its large products into
+#: small ones), to be confirmed by ``benchmarks/gpu_check.sh``'s sweep. Any other
+#: backend (TPU) takes the GPU row: unmeasured.
+SCHEDULES = {
+    "cpu": Schedule(chunk_rows=512, unroll=1, recompute_factor=1),
+    "gpu": Schedule(chunk_rows=4096, unroll=8, recompute_factor=1),
+}
+#: The CPU's, kept under its old name.
+CHUNK_ROWS = SCHEDULES["cpu"].chunk_rows
 
-    The target is ⌈√T⌉ in recompute mode (√T stored states, √T recomputed
-    ones), otherwise ⌈CHUNK_ROWS / B⌉ steps but at most ⌈T/4⌉, so that a
-    chunk's logits and residuals are at most a quarter of the ``(T, B, C)``
-    arrays that autodiff keeps. A divisor of T within a factor 2 below the
-    target is preferred: then there is no shorter first chunk, whose code
-    XLA would compile separately.
+
+def schedule(backend: str) -> Schedule:
+    """The :data:`SCHEDULES` row of ``backend`` (``"gpu"``'s for a backend not listed)."""
+    return SCHEDULES.get(backend, SCHEDULES["gpu"])
+
+
+def default_chunk(T: int, B: int, recompute: bool = False, backend: str = "cpu") -> int:
+    """Steps per backward chunk when none is given, on ``backend``.
+
+    The target is ``recompute_factor``·⌈√T⌉ in recompute mode (√T stored
+    states, √T recomputed ones), otherwise ⌈chunk_rows / B⌉ steps but at
+    most ⌈T/4⌉, so that a chunk's logits and residuals are at most a quarter
+    of the ``(T, B, C)`` arrays that autodiff keeps (``chunk_rows`` and
+    ``recompute_factor`` from :func:`schedule`). A divisor of T within a
+    factor 2 below the target is preferred: then there is no shorter first
+    chunk, whose code XLA would compile separately.
     """
+    rows, _, factor = schedule(backend)
     if recompute:
-        target = math.isqrt(max(T - 1, 0)) + 1
+        target = min(factor * (math.isqrt(max(T - 1, 0)) + 1), max(T, 1))
     else:
-        target = min(-(-CHUNK_ROWS // max(B, 1)), -(-T // 4))
+        target = min(-(-rows // max(B, 1)), -(-T // 4))
+    return prefer_divisor(T, target)
+
+
+def prefer_divisor(T: int, target: int) -> int:
+    """``target`` steps per chunk, or the largest divisor of ``T`` within a factor 2 below
+    it (no shorter first chunk to compile separately)."""
     target = max(1, target)
     divisor = max((d for d in range(1, target + 1) if T % d == 0), default=1)
     return divisor if 2 * divisor >= target else target
@@ -246,6 +281,7 @@ def _backward_chunk(run, step, mm, VT, V_, c, ids, unroll, recursion=None):
     static_argnames=(
         "activation", "truncate", "clip_delta", "chunk", "recompute", "unroll", "matmul_dtype",
         "kernel",
+        "precision",
     ),
 )  # fmt: skip
 def bptt_core(
@@ -263,6 +299,7 @@ def bptt_core(
     unroll: int = 1,
     matmul_dtype=None,
     kernel: str = "scan",
+    precision=None,
 ):
     r"""Hand BPTT on the batched layout; no checks.
 
@@ -299,6 +336,8 @@ def bptt_core(
         ``jnp.bfloat16``: every matrix product takes bf16 operands and
         accumulates in the parameters' dtype; element-wise work, the
         recursion's carry and the gradients stay in the parameters' dtype.
+      precision: every matrix product's ``jax.lax.Precision`` (forward and
+        backward), or ``None``: JAX's default matmul precision when traced.
 
     Returns:
       ``(E, grads, dh0, h_T)``: the loss, the gradients as :class:`Params`,
@@ -311,7 +350,7 @@ def bptt_core(
     H, K = W.shape
     dtype = U.dtype
     df = get_activation(activation).df_from_h
-    mm, _ = matmuls(matmul_dtype, dtype)
+    mm, _ = matmuls(matmul_dtype, dtype, precision)
     ids = jnp.issubdtype(xs.dtype, jnp.integer)
     cs = default_chunk(T, B, recompute) if chunk is None else min(chunk, max(T, 1))
     n, rem = divmod(T, cs)  # n full chunks after a first chunk of rem < cs steps
@@ -329,6 +368,7 @@ def bptt_core(
             unroll=unroll,
             matmul_dtype=matmul_dtype,
             kernel=kernel,
+            precision=precision,
         )  # (B, H), (c, B, H)
 
     xs_tm, ys_tm = time_major(xs), time_major(ys)
@@ -353,7 +393,14 @@ def bptt_core(
             Vr, hs_c = scanned[:2]
             flags = step_flags(*Vr.shape[:2], keep=scanned[2] if len(scanned) > 2 else None)
             deltas, g, _ = backward_recursion(
-                Vr, hs_c, g, U_, flags, activation=activation, clip_delta=clip_delta
+                Vr,
+                hs_c,
+                g,
+                U_,
+                flags,
+                activation=activation,
+                clip_delta=clip_delta,
+                precision=precision,
             )
             return g, deltas
 

@@ -32,44 +32,45 @@ from .recurrence import _forward, _output_layer, _prepare, _time_major
 from .rnn import matmuls
 
 
-def _top(params: DeepParams, xs, h0, mask, resets, activation, kernel="scan"):
+def _top(params: DeepParams, xs, h0, mask, resets, activation, kernel="scan", precision=None):
     """``(m (T, B, 1) or None, finals, top (T, B, D*H))`` of :mod:`.recurrence`'s forward."""
     X, m, r = _prepare(xs, mask, resets)
     f, pallas = get_activation(activation).f, activation if kernel == "pallas" else None
-    _, _, finals, top = _forward(params.cells(), X, h0, m, r, f, pallas)
+    _, _, finals, top = _forward(params.cells(), X, h0, m, r, f, pallas, precision)
     return m, finals, top
 
 
-def cell_outputs(params: DeepParams, xs, h0, mask, activation: str):
+def cell_outputs(params: DeepParams, xs, h0, mask, activation: str, precision=None):
     """``(m (T, B), outs)``: the time-major mask and ``outs[l][d]`` ``(T, B, H)`` of every
     layer and direction (zeros at padding); batched layout, ``mask`` may be None."""
     if mask is None:
         mask = jnp.ones(xs.shape[:2], bool)
     X, m, _ = _prepare(xs, mask, None)
-    _, states, _, _ = _forward(params.cells(), X, h0, m, None, get_activation(activation).f)
+    f = get_activation(activation).f
+    _, states, _, _ = _forward(params.cells(), X, h0, m, None, f, precision=precision)
     D = params.num_directions
     L = len(states) // D
     outs = [[jnp.where(m, states[l * D + d], 0) for d in range(D)] for l in range(L)]
     return m[..., 0], outs
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "kernel"))
+@functools.partial(jax.jit, static_argnames=("activation", "kernel", "precision"))
 def deep_forward_core(params: DeepParams, xs, h0, mask=None, resets=None, *, activation="tanh",
-                      kernel="scan"):  # fmt: skip
+                      kernel="scan", precision=None):  # fmt: skip
     """``(hs (B, T, D*H), logits (B, T, C), h_final (L*D, B, H))``; no checks."""
-    m, finals, top = _top(params, xs, h0, mask, resets, activation, kernel)
-    logits = top @ params.V.T + params.c
+    m, finals, top = _top(params, xs, h0, mask, resets, activation, kernel, precision)
+    logits = jnp.matmul(top, params.V.T, precision=precision) + params.c
     logits = logits if m is None else jnp.where(m, logits, 0)
     return _time_major(top), _time_major(logits), finals
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "reduction", "kernel"))
+@functools.partial(jax.jit, static_argnames=("activation", "reduction", "kernel", "precision"))
 def deep_loss_core(params: DeepParams, xs, ys, h0, mask=None, resets=None, *,
-                   activation="tanh", reduction="sum", kernel="scan"):  # fmt: skip
+                   activation="tanh", reduction="sum", kernel="scan", precision=None):  # fmt: skip
     """The loss for the batched layout; differentiable by ``jax.grad`` (the referee) with
     ``kernel="scan"``."""
-    m, _, top = _top(params, xs, h0, mask, resets, activation, kernel)
-    return _output_layer(params, top, _time_major(ys), m, reduction)[0]
+    m, _, top = _top(params, xs, h0, mask, resets, activation, kernel, precision)
+    return _output_layer(params, top, _time_major(ys), m, reduction, precision)[0]
 
 
 def _views(T: int, mask, resets, truncate):
@@ -100,11 +101,11 @@ def _views(T: int, mask, resets, truncate):
     return views
 
 
-def _ctx(activation, matmul_dtype, dtype, unroll, clip_delta, kernel="scan") -> _Ctx:
+def _ctx(activation, matmul_dtype, dtype, unroll, clip_delta, kernel="scan", precision=None):
     act = get_activation(activation)
-    mm, _ = matmuls(matmul_dtype, dtype)
+    mm, _ = matmuls(matmul_dtype, dtype, precision)
     cast = (lambda a: a) if matmul_dtype is None else (lambda a: a.astype(matmul_dtype))
-    return _Ctx(act.f, act.df_from_h, mm, cast, unroll, clip_delta, kernel, act.name)
+    return _Ctx(act.f, act.df_from_h, mm, cast, unroll, clip_delta, kernel, act.name, precision)
 
 
 def _bidirectional(ctx, params: DeepParams, X, Y, h0, dh_final, views, scale, cs):
@@ -149,12 +150,12 @@ def _bidirectional(ctx, params: DeepParams, X, Y, h0, dh_final, views, scale, cs
 @functools.partial(
     jax.jit,
     static_argnames=("activation", "reduction", "truncate", "clip_delta", "chunk", "recompute",
-                     "unroll", "matmul_dtype", "kernel"),
+                     "unroll", "matmul_dtype", "kernel", "precision"),
 )  # fmt: skip
 def deep_bptt_core(params: DeepParams, xs, ys, h0, mask=None, dh_final=None, resets=None, *,
                    activation="tanh", reduction="sum", truncate=None, clip_delta=None,
                    chunk=None, recompute=False, unroll=1, matmul_dtype=None,
-                   kernel="scan"):  # fmt: skip
+                   kernel="scan", precision=None):  # fmt: skip
     """Hand BPTT through every layer and direction; no checks.
 
     Args:
@@ -162,14 +163,15 @@ def deep_bptt_core(params: DeepParams, xs, ys, h0, mask=None, dh_final=None, res
       xs: ``(B, T)`` ids or ``(B, T, K)``; ys: ``(B, T)`` ids or ``(B, T, C)``.
       h0: ``(L*D, B, H)``; mask, resets: ``(B, T)`` bool or None; dh_final: like h0 or None.
       activation, reduction, truncate, clip_delta, chunk, recompute, unroll,
-        matmul_dtype, kernel: as :func:`bptt_jax.bptt` (``recompute`` unidirectional only;
-        ``kernel="pallas"`` runs every cell's two recursions as the fused kernels).
+        matmul_dtype, kernel, precision: as :func:`bptt_jax.bptt` (``recompute``
+        unidirectional only; ``kernel="pallas"`` runs every cell's two recursions as the
+        fused kernels).
 
     Returns:
       ``(E, grads DeepParams, dh0 (L*D, B, H), h_final (L*D, B, H))``.
     """
     B, T = xs.shape[:2]
-    ctx = _ctx(activation, matmul_dtype, params.V.dtype, unroll, clip_delta, kernel)
+    ctx = _ctx(activation, matmul_dtype, params.V.dtype, unroll, clip_delta, kernel, precision)
     cs = default_chunk(T, B, recompute) if chunk is None else min(chunk, max(T, 1))
     X, _, _ = _prepare(xs, mask, None)  # ids at padding set in range
     Y = _time_major(ys)

@@ -39,7 +39,7 @@ from .params import Params
 from .rnn import hidden_states, time_major
 
 
-def _deltas_of_loss(t, U, Vr, fprime, truncate):
+def _deltas_of_loss(t, U, Vr, fprime, truncate, precision=None):
     r""":math:`\delta_k^{(t)}` for k = 1..T (zero outside :math:`t - τ < k \le t`).
 
     Args:
@@ -48,6 +48,7 @@ def _deltas_of_loss(t, U, Vr, fprime, truncate):
       Vr: :math:`V^\top r_k` for every step, ``(T, B, H)``.
       fprime: :math:`f'(h_k)` for every step, ``(T, B, H)``.
       truncate: τ or ``None``.
+      precision: the products' ``jax.lax.Precision`` (``None``: JAX's default).
 
     Returns:
       ``(T, B, H)``, indexed by k.
@@ -61,7 +62,8 @@ def _deltas_of_loss(t, U, Vr, fprime, truncate):
     def step(delta_next, inputs):  # δ_{k+1}^{(t)} (B, H) -> δ_k^{(t)}
         k, inside_k, fprime_k = inputs
         # δ_t^(t) = (Vᵀ r_t) ⊙ f'(h_t);  δ_k^(t) = (Uᵀ δ_{k+1}^(t)) ⊙ f'(h_k), k < t
-        delta = jnp.where(k == t, Vr[t], delta_next @ U) * fprime_k
+        delta = jnp.where(k == t, Vr[t], jnp.matmul(delta_next, U, precision=precision))
+        delta = delta * fprime_k
         delta = jnp.where(inside_k, delta, 0)
         return delta, delta
 
@@ -70,29 +72,31 @@ def _deltas_of_loss(t, U, Vr, fprime, truncate):
     return deltas
 
 
-def _prepare(params, xs, ys, h0, activation):
+def _prepare(params, xs, ys, h0, activation, precision):
     """Forward pass and the per-step quantities every per-loss recursion reuses."""
-    _, hs = hidden_states(params, xs, h0, activation)  # (T, B, H)
-    E, r, dV, dc = output_layer(params, hs, time_major(ys))
-    Vr = r @ params.V  # (T, B, H): Vᵀ r_t
+    _, hs = hidden_states(params, xs, h0, activation, precision=precision)  # (T, B, H)
+    E, r, dV, dc = output_layer(params, hs, time_major(ys), precision)
+    Vr = jnp.matmul(r, params.V, precision=precision)  # (T, B, H): Vᵀ r_t
     fprime = get_activation(activation).df_from_h(hs)  # (T, B, H): f'(h_k)
     return hs, E, r, dV, dc, Vr, fprime
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "truncate"))
-def per_loss_deltas_core(params, xs, ys, h0, *, activation="tanh", truncate=None):
+@functools.partial(jax.jit, static_argnames=("activation", "truncate", "precision"))
+def per_loss_deltas_core(params, xs, ys, h0, *, activation="tanh", truncate=None, precision=None):
     r"""Every :math:`\delta_k^{(t)}`, ``(T_t, T_k, B, H)``, batched layout; no checks."""
-    _, _, _, _, _, Vr, fprime = _prepare(params, xs, ys, h0, activation)
+    _, _, _, _, _, Vr, fprime = _prepare(params, xs, ys, h0, activation, precision)
     T = Vr.shape[0]
     if T == 0:  # no loss, no step: nothing to map over
         return jnp.zeros((0, *Vr.shape), Vr.dtype)
-    return lax.map(lambda t: _deltas_of_loss(t, params.U, Vr, fprime, truncate), jnp.arange(T))
+    return lax.map(
+        lambda t: _deltas_of_loss(t, params.U, Vr, fprime, truncate, precision), jnp.arange(T)
+    )
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "truncate"))
-def bptt_per_loss_core(params, xs, ys, h0, *, activation="tanh", truncate=None):
+@functools.partial(jax.jit, static_argnames=("activation", "truncate", "precision"))
+def bptt_per_loss_core(params, xs, ys, h0, *, activation="tanh", truncate=None, precision=None):
     """The seed's double sum on the batched layout; no checks. Returns ``(E, grads)``."""
-    hs, E, r, _, _, Vr, fprime = _prepare(params, xs, ys, h0, activation)
+    hs, E, r, _, _, Vr, fprime = _prepare(params, xs, ys, h0, activation, precision)
     T = hs.shape[0]
     if T == 0:  # E = 0 and every gradient zero, as for bptt
         return E, jax.tree.map(jnp.zeros_like, params)
@@ -101,11 +105,12 @@ def bptt_per_loss_core(params, xs, ys, h0, *, activation="tanh", truncate=None):
 
     def loss_t(grads, inputs):  # adds ∂E_t/∂θ for one loss E_t
         t, r_t, h_t = inputs
-        deltas = _deltas_of_loss(t, params.U, Vr, fprime, truncate)  # (T, B, H): δ_k^(t)
+        deltas = _deltas_of_loss(t, params.U, Vr, fprime, truncate, precision)  # δ_k^(t)
+        dU = jnp.einsum("kbi,kbj->ij", deltas, h_prev, precision=precision)
         return Params(
-            U=grads.U + jnp.einsum("kbi,kbj->ij", deltas, h_prev),  # Σ_k δ_k^(t) ⊗ h_{k−1}
-            V=grads.V + r_t.T @ h_t,  # r_t ⊗ h_t
-            W=grads.W + input_gradient(deltas, xs, K),  # Σ_k δ_k^(t) ⊗ x_k
+            U=grads.U + dU,  # Σ_k δ_k^(t) ⊗ h_{k−1}
+            V=grads.V + jnp.matmul(r_t.T, h_t, precision=precision),  # r_t ⊗ h_t
+            W=grads.W + input_gradient(deltas, xs, K, precision),  # Σ_k δ_k^(t) ⊗ x_k
             b=grads.b + jnp.sum(deltas, axis=(0, 1)),  # Σ_k δ_k^(t)
             c=grads.c + jnp.sum(r_t, axis=0),  # r_t
         ), None

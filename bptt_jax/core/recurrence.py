@@ -69,11 +69,16 @@ def _is_ids(X) -> bool:
     return jnp.issubdtype(X.dtype, jnp.integer)
 
 
-def _project(W, X):
+def _dot(a, b, precision):
+    """``a @ b`` at ``precision`` (a ``jax.lax.Precision``, or ``None``: JAX's default)."""
+    return jnp.matmul(a, b, precision=precision)
+
+
+def _project(W, X, precision=None):
     """:math:`W x_t` for all steps: ``X`` time-major ``(T, B)`` ids or ``(T, B, D_in)``."""
     if _is_ids(X):
         return jnp.take(W.T, X, axis=0, mode="fill")  # (T, B, H): a gather of columns
-    return X @ W.T  # (T, B, H)
+    return _dot(X, W.T, precision)  # (T, B, H)
 
 
 def _entry_resets(resets, mask, reverse: bool):
@@ -95,20 +100,21 @@ def _flip(a, reverse: bool):
     return jnp.flip(a, 0) if reverse and a is not None else a
 
 
-def _run(layer: Layer, X, h0, m, r, *, reverse: bool, f, pallas=None):
+def _run(layer: Layer, X, h0, m, r, *, reverse: bool, f, pallas=None, precision=None):
     """One direction: ``(h_final (B, H), hs (T, B, H))``, states frozen at padding.
     ``pallas``: the activation's name to run the recursion as the Pallas kernel."""
-    a = _project(layer.W, X) + layer.b  # (T, B, H): W x_t + b, all steps at once
+    a = _project(layer.W, X, precision) + layer.b  # (T, B, H): W x_t + b, all steps at once
     UT = layer.U.T
     if pallas is not None:
         flags = step_flags(*a.shape[:2], real=_flip(m, reverse), reset=_flip(r, reverse))
-        hs = forward_recursion(_flip(a, reverse), h0, UT, h0, flags, activation=pallas)
+        hs = forward_recursion(_flip(a, reverse), h0, UT, h0, flags, activation=pallas,
+                               precision=precision)  # fmt: skip
         return (hs[-1] if hs.shape[0] else h0), _flip(hs, reverse)
 
     def step(h_prev, inputs):  # (B, H)
         a_t, m_t, r_t = inputs
         h_in = h_prev if r_t is None else jnp.where(r_t, h0, h_prev)
-        h = f(h_in @ UT + a_t)  # h_t = f(U h_in + W x_t + b)
+        h = f(_dot(h_in, UT, precision) + a_t)  # h_t = f(U h_in + W x_t + b)
         if m_t is not None:
             h = jnp.where(m_t, h, h_in)  # padding: the state stays frozen
         return h, h
@@ -124,13 +130,15 @@ def _entering(hs, h0, r, *, reverse: bool):
     return prev if r is None else jnp.where(r, h0, prev)
 
 
-def _backprop(layer: Layer, X, h0, hs, m, r, G, dh_final, *, reverse: bool, df, pallas=None):
+def _backprop(layer: Layer, X, h0, hs, m, r, G, dh_final, *, reverse: bool, df, pallas=None,
+              precision=None):  # fmt: skip
     """The hand backward through one direction of one layer.
 
     Args:
       pallas: the activation's name to run the δ recursion as the Pallas kernel.
       G: ``(T, B, H)``, ∂L/∂(outputs), zero at padding.
       dh_final: ``(B, H)``, ∂L/∂(final state).
+      precision: every product's ``jax.lax.Precision`` (``None``: JAX's default).
 
     Returns:
       ``(grads Layer, dh0 (B, H), deltas (T, B, H))``.
@@ -144,7 +152,7 @@ def _backprop(layer: Layer, X, h0, hs, m, r, G, dh_final, *, reverse: bool, df, 
         delta = total * df(h_t)  # δ_t = (g_t + γ_{t±1}) ⊙ f'(h_t)
         if m_t is not None:
             delta = jnp.where(m_t, delta, 0)
-        g_in = delta @ U  # ∂L/∂h_in_t = Uᵀ δ_t
+        g_in = _dot(delta, U, precision)  # ∂L/∂h_in_t = Uᵀ δ_t
         if m_t is not None:
             g_in = jnp.where(m_t, g_in, total)  # padding: h_t = h_in_t, pass it through
         if r_t is not None:  # reset: h_in_t was h0
@@ -159,19 +167,19 @@ def _backprop(layer: Layer, X, h0, hs, m, r, G, dh_final, *, reverse: bool, df, 
         fl = functools.partial(_flip, reverse=reverse)
         flags = step_flags(*G.shape[:2], real=fl(m), reset=fl(r))
         deltas, g, dh0_k = backward_recursion(fl(G), fl(hs), dh_final, U, flags, carry[1],
-                                              activation=pallas)  # fmt: skip
+                                              activation=pallas, precision=precision)  # fmt: skip
         deltas, dh0 = fl(deltas), None if r is None else dh0_k
     dh0 = g if dh0 is None else dh0 + g  # the first step read h0
     h_in = _entering(hs, h0, r, reverse=reverse)
     H = deltas.shape[-1]
     d2 = deltas.reshape(-1, H)  # (T·B, H): 2-D products, faster than 3-D einsums on CPU
-    dU = d2.T @ h_in.reshape(-1, H)  # Σ_t δ_t ⊗ h_in_t
+    dU = _dot(d2.T, h_in.reshape(-1, H), precision)  # Σ_t δ_t ⊗ h_in_t
     db = jnp.sum(d2, axis=0)  # Σ_t δ_t
     if _is_ids(X):  # Σ_t δ_t ⊗ x_t for one-hot x_t: a scatter-add into column x_t
         K = layer.W.shape[1]
         dW = jnp.zeros((K, H), deltas.dtype).at[X.reshape(-1)].add(d2).T
     else:
-        dW = d2.T @ X.reshape(d2.shape[0], -1)  # Σ_t δ_t ⊗ x_t
+        dW = _dot(d2.T, X.reshape(d2.shape[0], -1), precision)  # Σ_t δ_t ⊗ x_t
     return Layer(U=dU, W=dW, b=db), dh0, deltas
 
 
@@ -195,7 +203,7 @@ def _prepare(xs, mask, resets):
     return X, m, r
 
 
-def _forward(cells, X, h0s, m, r, f, pallas=None):
+def _forward(cells, X, h0s, m, r, f, pallas=None, precision=None):
     """All layers forward: ``(layer inputs, states per cell, finals (L*D, B, H), top)``."""
     D = len(cells[0])
     inputs, states, finals = [], [], []
@@ -213,6 +221,7 @@ def _forward(cells, X, h0s, m, r, f, pallas=None):
                 reverse=rev,
                 f=f,
                 pallas=pallas,
+                precision=precision,
             )
             states.append(hs)
             finals.append(h_fin)
@@ -221,7 +230,7 @@ def _forward(cells, X, h0s, m, r, f, pallas=None):
     return inputs, states, jnp.stack(finals), X
 
 
-def _backward(cells, inputs, states, h0s, m, r, G, dfinals, df, pallas=None):
+def _backward(cells, inputs, states, h0s, m, r, G, dfinals, df, pallas=None, precision=None):
     """All layers backward, top first: ``(grads per cell, dh0 (L*D, B, H), dX or None)``."""
     D = len(cells[0])
     H = cells[0][0].U.shape[0]
@@ -236,10 +245,10 @@ def _backward(cells, inputs, states, h0s, m, r, G, dfinals, df, pallas=None):
                 G_d = jnp.where(m, G_d, 0)  # outputs at padding are constants
             grads[l][d], dh0[i], deltas = _backprop(
                 layer, inputs[l], h0s[i], states[i], m, _entry_resets(r, m, rev), G_d,
-                dfinals[i], reverse=rev, df=df, pallas=pallas,
+                dfinals[i], reverse=rev, df=df, pallas=pallas, precision=precision,
             )  # fmt: skip
             if l > 0 or not _is_ids(inputs[0]):
-                term = deltas @ layer.W  # W^{ℓ}ᵀ δ^{ℓ}_t, all steps at once
+                term = _dot(deltas, layer.W, precision)  # W^{ℓ}ᵀ δ^{ℓ}_t, all steps at once
                 G_below = term if G_below is None else G_below + term
         G = G_below
     return grads, jnp.stack(dh0), G
@@ -273,41 +282,45 @@ def _pallas(activation: str, kernel: str):
     return activation if kernel == "pallas" else None
 
 
-def _recurrence_fwd_impl(params, xs, h0, mask, resets, activation, kernel):
+def _recurrence_fwd_impl(params, xs, h0, mask, resets, activation, kernel, precision):
     f = get_activation(activation).f
     X, m, r = _prepare(xs, mask, resets)
     h0s = _stacked(params, h0)
     inputs, states, finals, top = _forward(_cells(params), X, h0s, m, r, f,
-                                           _pallas(activation, kernel))  # fmt: skip
+                                           _pallas(activation, kernel), precision)  # fmt: skip
     h_T = finals[0] if isinstance(params, Params) else finals
     return (_time_major(top), h_T), (inputs, states)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def recurrence_core(params, xs, h0, mask, resets, activation, kernel):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def recurrence_core(params, xs, h0, mask, resets, activation, kernel="scan", precision=None):
     r"""The hidden states and final states; a ``jax.custom_vjp`` with the hand backward.
 
     Batched layout, no checks: ``xs (B, T)`` ids or ``(B, T, K)`` vectors in the params'
     dtype, ``h0 (B, H)`` (``(L*D, B, H)`` for :class:`DeepParams`), ``mask`` and
     ``resets`` ``(B, T)`` bool or ``None``. Returns ``hs (B, T, D*H)`` (zeros at padding)
     and ``h_T`` like ``h0``. ``kernel``: ``"scan"`` or ``"pallas"`` (both recursions).
+    ``precision``: every product's ``jax.lax.Precision``, forward and hand backward
+    (``None``: JAX's default).
     """
-    return _recurrence_fwd_impl(params, xs, h0, mask, resets, activation, kernel)[0]
+    return _recurrence_fwd_impl(params, xs, h0, mask, resets, activation, kernel, precision)[0]
 
 
-def _recurrence_fwd(params, xs, h0, mask, resets, activation, kernel):
-    out, (inputs, states) = _recurrence_fwd_impl(params, xs, h0, mask, resets, activation, kernel)
+def _recurrence_fwd(params, xs, h0, mask, resets, activation, kernel, precision):
+    out, (inputs, states) = _recurrence_fwd_impl(
+        params, xs, h0, mask, resets, activation, kernel, precision
+    )
     return out, (params, inputs, states, h0, mask, resets)
 
 
-def _recurrence_bwd(activation, kernel, res, cts):
+def _recurrence_bwd(activation, kernel, precision, res, cts):
     params, inputs, states, h0, mask, resets = res
     d_hs, d_hT = cts  # (B, T, D*H), like h0
     df = get_activation(activation).df_from_h
     m, r = _masks(mask, resets)
     grads, dh0, dX = _backward(
         _cells(params), inputs, states, _stacked(params, h0), m, r, _time_major(d_hs),
-        _stacked(params, d_hT), df, _pallas(activation, kernel),
+        _stacked(params, d_hT), df, _pallas(activation, kernel), precision,
     )  # fmt: skip
     dparams = _as_params(params, grads, zero_output=True)
     dxs = None if dX is None else _time_major(dX)  # integer ids: no cotangent
@@ -315,16 +328,17 @@ def _recurrence_bwd(activation, kernel, res, cts):
 
 
 recurrence_core.defvjp(_recurrence_fwd, _recurrence_bwd)
-#: ``recurrence_core`` compiled (one dispatch when called eagerly); ``activation`` static.
-recurrence_jit = jax.jit(recurrence_core, static_argnums=(5, 6))
+#: ``recurrence_core`` compiled (one dispatch when called eagerly); ``activation``,
+#: ``kernel`` and ``precision`` static.
+recurrence_jit = jax.jit(recurrence_core, static_argnums=(5, 6, 7))
 
 
 # --- the loss -------------------------------------------------------------------------
 
 
-def _output_layer(params, top, Y, m, reduction):
+def _output_layer(params, top, Y, m, reduction, precision=None):
     """Loss, :math:`r_t` (masked, scaled), ∂E/∂V, ∂E/∂c, and log ŷ (time-major)."""
-    z = top @ params.V.T + params.c  # (T, B, C)
+    z = _dot(top, params.V.T, precision) + params.c  # (T, B, C)
     log_yhat = log_softmax(z)
     yhat = jnp.exp(log_yhat)
     if jnp.issubdtype(Y.dtype, jnp.floating):
@@ -344,7 +358,7 @@ def _output_layer(params, top, Y, m, reduction):
         r = jnp.where(m, r, 0)
     E = jnp.sum(e) * scale
     r = r * scale
-    dV = jnp.einsum("tbc,tbh->ch", r, top)  # Σ_t r_t ⊗ h_t
+    dV = jnp.einsum("tbc,tbh->ch", r, top, precision=precision)  # Σ_t r_t ⊗ h_t
     dc = jnp.sum(r, axis=(0, 1))  # Σ_t r_t
     return E, r, dV, dc, log_yhat, scale
 
@@ -361,17 +375,27 @@ def _fast(params, xs, ys, mask, resets, reduction) -> bool:
     )
 
 
-def _loss_general(params, xs, ys, h0, mask, resets, activation, reduction, kernel):
+def _loss_general(params, xs, ys, h0, mask, resets, activation, reduction, kernel, precision):
     """Hand forward and backward of the full model: ``(E, grads, dxs, dys, dh0)``."""
     act, pallas = get_activation(activation), _pallas(activation, kernel)
     X, m, r = _prepare(xs, mask, resets)
     cells, h0s = _cells(params), _stacked(params, h0)
-    inputs, states, _, top = _forward(cells, X, h0s, m, r, act.f, pallas)
+    inputs, states, _, top = _forward(cells, X, h0s, m, r, act.f, pallas, precision)
     Y = _time_major(ys)
-    E, r_out, dV, dc, log_yhat, scale = _output_layer(params, top, Y, m, reduction)
-    G = r_out @ params.V  # (T, B, D*H): ∂E/∂h_t = Vᵀ r_t, all steps at once
+    E, r_out, dV, dc, log_yhat, scale = _output_layer(params, top, Y, m, reduction, precision)
+    G = _dot(r_out, params.V, precision)  # (T, B, D*H): ∂E/∂h_t = Vᵀ r_t, all steps at once
     grads, dh0, dX = _backward(
-        cells, inputs, states, h0s, m, r, G, jnp.zeros_like(h0s), act.df_from_h, pallas
+        cells,
+        inputs,
+        states,
+        h0s,
+        m,
+        r,
+        G,
+        jnp.zeros_like(h0s),
+        act.df_from_h,
+        pallas,
+        precision,
     )
     dparams = _as_params(params, grads, zero_output=False, dV=dV, dc=dc)
     dxs = None if dX is None else _time_major(dX)
@@ -382,31 +406,36 @@ def _loss_general(params, xs, ys, h0, mask, resets, activation, reduction, kerne
     return E, dparams, dxs, dys, dh0[0] if isinstance(params, Params) else dh0
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def hand_loss_core(params, xs, ys, h0, mask, resets, activation, reduction, kernel):
-    """The loss ``E`` (batched layout, no checks); its VJP is the hand BPTT of the model."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def hand_loss_core(params, xs, ys, h0, mask, resets, activation, reduction, kernel="scan",
+                   precision=None):  # fmt: skip
+    """The loss ``E`` (batched layout, no checks); its VJP is the hand BPTT of the model.
+    ``precision``: every product's ``jax.lax.Precision`` (``None``: JAX's default)."""
     f, pallas = get_activation(activation).f, _pallas(activation, kernel)
     X, m, r = _prepare(xs, mask, resets)
-    _, _, _, top = _forward(_cells(params), X, _stacked(params, h0), m, r, f, pallas)
-    return _output_layer(params, top, _time_major(ys), m, reduction)[0]
+    _, _, _, top = _forward(_cells(params), X, _stacked(params, h0), m, r, f, pallas, precision)
+    return _output_layer(params, top, _time_major(ys), m, reduction, precision)[0]
 
 
-def _hand_loss_fwd(params, xs, ys, h0, mask, resets, activation, reduction, kernel):
+def _hand_loss_fwd(params, xs, ys, h0, mask, resets, activation, reduction, kernel, precision):
     if _fast(params, xs, ys, mask, resets, reduction):
-        E, grads, dh0, _ = bptt_core(params, xs, ys, h0, activation=activation, kernel=kernel)
+        E, grads, dh0, _ = bptt_core(
+            params, xs, ys, h0, activation=activation, kernel=kernel, precision=precision
+        )
         return E, (grads, None, None, dh0)
     E, grads, dxs, dys, dh0 = _loss_general(
-        params, xs, ys, h0, mask, resets, activation, reduction, kernel
+        params, xs, ys, h0, mask, resets, activation, reduction, kernel, precision
     )
     return E, (grads, dxs, dys, dh0)
 
 
-def _hand_loss_bwd(activation, reduction, kernel, res, ct):
+def _hand_loss_bwd(activation, reduction, kernel, precision, res, ct):
     grads, dxs, dys, dh0 = res
     scale = lambda a: None if a is None else ct * a  # noqa: E731
     return jax.tree.map(scale, grads), scale(dxs), scale(dys), scale(dh0), None, None
 
 
 hand_loss_core.defvjp(_hand_loss_fwd, _hand_loss_bwd)
-#: ``hand_loss_core`` compiled; ``activation``, ``reduction`` and ``kernel`` static.
-hand_loss_jit = jax.jit(hand_loss_core, static_argnums=(6, 7, 8))
+#: ``hand_loss_core`` compiled; ``activation``, ``reduction``, ``kernel`` and ``precision``
+#: static.
+hand_loss_jit = jax.jit(hand_loss_core, static_argnums=(6, 7, 8, 9))

@@ -31,26 +31,33 @@ from .losses import cross_entropy, log_softmax
 from .params import Params
 
 
-def matmuls(matmul_dtype, acc_dtype):
+def matmuls(matmul_dtype, acc_dtype, precision=None):
     """``(mm, einsum)``: plain, or with operands cast to ``matmul_dtype`` and accumulated in
-    ``acc_dtype`` (mixed precision: ``matmul_dtype=jnp.bfloat16``)."""
+    ``acc_dtype`` (mixed precision: ``matmul_dtype=jnp.bfloat16``); every product at
+    ``precision`` (a ``jax.lax.Precision``, or ``None``: JAX's default matmul precision,
+    the ``jax_default_matmul_precision`` config when the product is traced)."""
     if matmul_dtype is None:
-        return jnp.matmul, jnp.einsum
+        return (
+            functools.partial(jnp.matmul, precision=precision),
+            functools.partial(jnp.einsum, precision=precision),
+        )
 
     def mm(a, b):
         return jnp.matmul(
-            a.astype(matmul_dtype), b.astype(matmul_dtype), preferred_element_type=acc_dtype
-        )
+            a.astype(matmul_dtype), b.astype(matmul_dtype), precision=precision,
+            preferred_element_type=acc_dtype,
+        )  # fmt: skip
 
     def einsum(spec, a, b):
         return jnp.einsum(
-            spec, a.astype(matmul_dtype), b.astype(matmul_dtype), preferred_element_type=acc_dtype
-        )
+            spec, a.astype(matmul_dtype), b.astype(matmul_dtype), precision=precision,
+            preferred_element_type=acc_dtype,
+        )  # fmt: skip
 
     return mm, einsum
 
 
-def input_projection(W: jax.Array, xs: jax.Array, matmul_dtype=None) -> jax.Array:
+def input_projection(W: jax.Array, xs: jax.Array, matmul_dtype=None, precision=None) -> jax.Array:
     r"""Returns :math:`W x_t` for every step, time-major ``(T, B, H)``.
 
     Args:
@@ -60,12 +67,13 @@ def input_projection(W: jax.Array, xs: jax.Array, matmul_dtype=None) -> jax.Arra
         dense vectors, then a matrix product.
       matmul_dtype: ``None``, or the dtype of that product's operands (see
         :func:`matmuls`).
+      precision: that product's ``jax.lax.Precision`` (see :func:`matmuls`).
     """
     if jnp.issubdtype(xs.dtype, jnp.integer):
         # mode="fill": an id out of range (only possible when validation was
         # skipped under tracing) gives NaN instead of a silently clamped column.
         return jnp.take(W.T, xs.T, axis=0, mode="fill")  # (T, B, H)
-    return matmuls(matmul_dtype, W.dtype)[1]("btk,hk->tbh", xs, W)  # (T, B, H)
+    return matmuls(matmul_dtype, W.dtype, precision)[1]("btk,hk->tbh", xs, W)  # (T, B, H)
 
 
 def hidden_states(
@@ -77,6 +85,7 @@ def hidden_states(
     unroll: int = 1,
     matmul_dtype=None,
     kernel: str = "scan",
+    precision=None,
 ) -> tuple[jax.Array, jax.Array]:
     r"""Runs :math:`h_t = f(U h_{t-1} + W x_t + b)` for t = 1..T.
 
@@ -90,17 +99,18 @@ def hidden_states(
         :func:`matmuls`).
       kernel: ``"scan"`` (a ``lax.scan``) or ``"pallas"`` (the fused kernel of
         :mod:`bptt_jax.core.kernels`; ``unroll`` then unused).
+      precision: every product's ``jax.lax.Precision`` (see :func:`matmuls`).
 
     Returns:
       ``(h_T, hs)``: the final state ``(B, H)`` (``h0`` when T = 0) and
       :math:`h_1 \ldots h_T`, time-major ``(T, B, H)``.
     """
     f = get_activation(activation).f
-    mm, _ = matmuls(matmul_dtype, params.U.dtype)
-    a = input_projection(params.W, xs, matmul_dtype) + params.b  # (T, B, H): W x_t + b
+    mm, _ = matmuls(matmul_dtype, params.U.dtype, precision)
+    a = input_projection(params.W, xs, matmul_dtype, precision) + params.b  # (T, B, H): W x_t + b
     UT = params.U.T if matmul_dtype is None else params.U.T.astype(matmul_dtype)  # (H, H)
     if kernel == "pallas":
-        hs = forward_recursion(a, h0, UT, activation=activation)  # (T, B, H)
+        hs = forward_recursion(a, h0, UT, activation=activation, precision=precision)
         return (hs[-1] if hs.shape[0] else h0), hs
 
     def step(h_prev, a_t):  # (B, H), (B, H)
@@ -111,9 +121,9 @@ def hidden_states(
     return h_T, hs
 
 
-def output_logits(params: Params, hs: jax.Array) -> jax.Array:
+def output_logits(params: Params, hs: jax.Array, precision=None) -> jax.Array:
     r""":math:`z_t = V h_t + c` for all steps at once: ``(T, B, H) -> (T, B, C)``."""
-    return hs @ params.V.T + params.c
+    return jnp.matmul(hs, params.V.T, precision=precision) + params.c
 
 
 def time_major(a: jax.Array) -> jax.Array:
@@ -121,26 +131,23 @@ def time_major(a: jax.Array) -> jax.Array:
     return jnp.swapaxes(a, 0, 1)
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "kernel"))
+@functools.partial(jax.jit, static_argnames=("activation", "kernel", "precision"))
 def forward_core(
-    params: Params, xs: jax.Array, h0: jax.Array, *, activation: str = "tanh", kernel="scan"
-):
+    params: Params, xs: jax.Array, h0: jax.Array, *, activation: str = "tanh", kernel="scan",
+    precision=None,
+):  # fmt: skip
     """``(B, T[, K]), (B, H) -> hs (B, T, H), logits (B, T, C)``; no checks."""
-    _, hs = hidden_states(params, xs, h0, activation, kernel=kernel)  # (T, B, H)
-    z = output_logits(params, hs)  # (T, B, C)
+    _, hs = hidden_states(params, xs, h0, activation, kernel=kernel, precision=precision)
+    z = output_logits(params, hs, precision)  # (T, B, C)
     return time_major(hs), time_major(z)
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "kernel"))
+@functools.partial(jax.jit, static_argnames=("activation", "kernel", "precision"))
 def loss_core(
-    params: Params,
-    xs: jax.Array,
-    ys: jax.Array,
-    h0: jax.Array,
-    *,
-    activation: str = "tanh",
-    kernel: str = "scan",
-) -> jax.Array:
+    params: Params, xs: jax.Array, ys: jax.Array, h0: jax.Array, *, activation: str = "tanh",
+    kernel: str = "scan", precision=None,
+) -> jax.Array:  # fmt: skip
     """``E`` for the batched layout (``ys`` ids ``(B, T)`` or probabilities ``(B, T, C)``)."""
-    _, hs = hidden_states(params, xs, h0, activation, kernel=kernel)  # (T, B, H)
-    return cross_entropy(log_softmax(output_logits(params, hs)), time_major(ys))
+    _, hs = hidden_states(params, xs, h0, activation, kernel=kernel, precision=precision)
+    z = output_logits(params, hs, precision)
+    return cross_entropy(log_softmax(z), time_major(ys))

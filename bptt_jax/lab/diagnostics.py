@@ -137,17 +137,22 @@ def _spectral_norm(U: jax.Array) -> jax.Array:
     return jnp.linalg.norm(U, 2) if U.size else jnp.zeros((), U.dtype)
 
 
-@functools.partial(jax.jit, static_argnames="activation")
-def gradient_flow_core(params: Params, xs, ys, h0, *, activation: str = "tanh") -> GradientFlow:
-    """:func:`bptt_jax.gradient_flow` on the batched layout; no checks."""
+@functools.partial(jax.jit, static_argnames=("activation", "precision"))
+def gradient_flow_core(
+    params: Params, xs, ys, h0, *, activation: str = "tanh", precision=None
+) -> GradientFlow:
+    """:func:`bptt_jax.gradient_flow` on the batched layout; no checks. ``precision``:
+    every matrix product's ``jax.lax.Precision`` (``None``: JAX's default)."""
     act = get_activation(activation)
     T, (B, H) = xs.shape[1], h0.shape
     if T == 0:  # per_loss_deltas_core cannot index an empty sequence
         deltas = jnp.zeros((0, 0, B, H), h0.dtype)
     else:
-        deltas = per_loss_deltas_core(params, xs, ys, h0, activation=activation)  # (T, T, B, H)
+        deltas = per_loss_deltas_core(
+            params, xs, ys, h0, activation=activation, precision=precision
+        )  # (T, T, B, H)
     delta_norms = jnp.mean(jnp.linalg.norm(deltas, axis=-1), axis=-1)  # (T, T)
-    _, hs = hidden_states(params, xs, h0, activation)  # (T, B, H)
+    _, hs = hidden_states(params, xs, h0, activation, precision=precision)  # (T, B, H)
     max_slopes = jnp.max(jnp.abs(act.df_from_h(hs)), axis=(1, 2), initial=0)  # (T,)
     return _flow(delta_norms, max_slopes, _spectral_norm(params.U), act.max_slope)
 
@@ -161,10 +166,11 @@ def _flip_time(flow: GradientFlow) -> GradientFlow:
     )  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "reduction"))
+@functools.partial(jax.jit, static_argnames=("activation", "reduction", "precision"))
 def deep_gradient_flow_core(
-    params: DeepParams, xs, ys, h0, mask=None, *, activation: str = "tanh", reduction: str = "sum"
-) -> GradientFlow:
+    params: DeepParams, xs, ys, h0, mask=None, *, activation: str = "tanh", reduction: str = "sum",
+    precision=None,
+) -> GradientFlow:  # fmt: skip
     r""":func:`bptt_jax.gradient_flow` for a :class:`DeepParams`; every field ``(L*D, ...)``.
 
     Per cell (layer l, direction d): the norms of the hand per-loss deltas
@@ -186,10 +192,17 @@ def deep_gradient_flow_core(
         deltas = jnp.zeros((0, 0, LD, B, H), h0.dtype)
     else:
         deltas = deep_per_loss_deltas_core(
-            params, xs, ys, h0, mask, activation=activation, reduction=reduction
+            params,
+            xs,
+            ys,
+            h0,
+            mask,
+            activation=activation,
+            reduction=reduction,
+            precision=precision,
         )  # (T, T, L*D, B, H)
     norms = jnp.mean(jnp.linalg.norm(deltas, axis=-1), axis=-1)  # (T, T, L*D)
-    m, outs = cell_outputs(params, xs, h0, mask, activation)  # (T, B), [l][d] (T, B, H)
+    m, outs = cell_outputs(params, xs, h0, mask, activation, precision)  # (T, B), [l][d] (T, B, H)
     D = params.num_directions
     flows = []
     for l, cell in enumerate(params.cells()):
@@ -242,6 +255,7 @@ def spectral_sweep(
     batch: int = 8,
     steps: int = 40,
     tol: float = 0.05,
+    precision=None,
 ) -> list[SweepRow]:
     r"""The seed's claim tested on real runs: sweep the scale of :math:`U`.
 
@@ -252,7 +266,8 @@ def spectral_sweep(
     :func:`gradient_flow` measures the per-step decay ρ. Each row sets what was
     measured (``classify_rate(ρ)``) beside what γ predicts (``gamma_verdict``).
     The same key draws every model, so rows differ only in σ and :math:`f`.
-    Runs in the current default float dtype.
+    Runs in the current default float dtype, every matrix product at ``precision``
+    (a ``jax.lax.Precision``, or ``None``: JAX's default).
 
     Unchecked; :func:`bptt_jax.spectral_sweep` checks the arguments first.
 
@@ -270,7 +285,7 @@ def spectral_sweep(
                 kp, vocab_size, hidden_size, init=init, spectral_radius=s, dtype=dtype
             )
             h0 = jnp.zeros((batch, hidden_size), dtype)
-            flow = gradient_flow_core(params, xs, ys, h0, activation=a)
+            flow = gradient_flow_core(params, xs, ys, h0, activation=a, precision=precision)
             rate, gamma = float(flow.decay_rate), float(flow.gamma)
             rows.append(
                 SweepRow(

@@ -108,14 +108,16 @@ class DelayCurves(NamedTuple):
     jax.jit,
     static_argnames=(
         "batch", "steps", "vocab_size", "iterations", "learning_rate", "activation", "clip",
-        "clip_value", "clip_delta",
+        "clip_value", "clip_delta", "precision",
     ),
 )  # fmt: skip
 def _train(params, key, delays, *, batch, steps, vocab_size, iterations, learning_rate,
-           activation, clip, clip_value, clip_delta):  # fmt: skip
+           activation, clip, clip_value, clip_delta, precision=None):  # fmt: skip
     """Per delay: loss, accuracy, gradient norm ``(N,)`` each; vmapped over delays."""
     opt = optax.chain(make_clipper(clip, clip_value), optax.adam(learning_rate))
-    grad_fn = functools.partial(bptt_core, activation=activation, clip_delta=clip_delta)
+    grad_fn = functools.partial(
+        bptt_core, activation=activation, clip_delta=clip_delta, precision=precision
+    )
     h0 = jnp.zeros((batch, params.U.shape[0]), params.U.dtype)
     t = jnp.arange(steps)
 
@@ -131,8 +133,8 @@ def _train(params, key, delays, *, batch, steps, vocab_size, iterations, learnin
                              skip_nonfinite=False)  # fmt: skip
             gnorm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(new.grads)))
             # Metrics on the labelled steps, t > d, of this batch before the update.
-            _, hs = hidden_states(params, xs, h0, activation)  # (T, B, H)
-            log_p = log_softmax(output_logits(params, hs))  # (T, B, K)
+            _, hs = hidden_states(params, xs, h0, activation, precision=precision)  # (T, B, H)
+            log_p = log_softmax(output_logits(params, hs, precision))  # (T, B, K)
             labelled = (t >= d)[:, None]  # (T, 1)
             target = jnp.swapaxes(jnp.argmax(ys, -1), 0, 1)  # (T, B)
             n = jnp.maximum(jnp.sum(labelled) * batch, 1).astype(h0.dtype)
@@ -160,6 +162,7 @@ def train_delay(
     batch: int = 32,
     iterations: int = 400,
     learning_rate: float = 1e-2,
+    precision=None,
 ) -> DelayCurves:
     r"""Train one fresh RNN per delay d on the delay task; return the curves.
 
@@ -175,6 +178,7 @@ def train_delay(
       steps, vocab_size, hidden_size, batch: T, K, H, B.
       iterations: Adam steps N.
       learning_rate: Adam's step size.
+      precision: every matrix product's ``jax.lax.Precision`` (``None``: JAX's default).
 
     Returns:
       :class:`DelayCurves` with ``loss`` and ``accuracy`` ``(D, N)`` and
@@ -199,10 +203,13 @@ def train_delay(
         clip=remedy.clip,
         clip_value=remedy.clip_value,
         clip_delta=clip_delta,
+        precision=precision,
     )
     xs, ys = delay_task(kf, batch=batch, steps=steps, delay=0, vocab_size=vocab_size)
     h0 = jnp.zeros((batch, hidden_size), params.U.dtype)
-    flow = gradient_flow_core(params, xs, ys, h0, activation=remedy.activation)
+    flow = gradient_flow_core(
+        params, xs, ys, h0, activation=remedy.activation, precision=precision
+    )
     decay = np.asarray(flow.decay)  # (T,): by distance d
     return DelayCurves(
         remedy=remedy,

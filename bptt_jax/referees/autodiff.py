@@ -19,37 +19,42 @@ from ..core.losses import cross_entropy, log_softmax
 from ..core.rnn import hidden_states, input_projection, loss_core, time_major
 
 
-def chunked_loss(params, xs, ys, h0, *, activation="tanh", truncate=None):
+def _dot(a, b, precision):
+    return jnp.matmul(a, b, precision=precision)
+
+
+def chunked_loss(params, xs, ys, h0, *, activation="tanh", truncate=None, precision=None):
     """The loss, with the carried state detached (``stop_gradient``) after every
     τ-th step: its autodiff gradient is BPTT cut every τ steps. Same value as
-    :func:`bptt_jax.loss`. Batched layout, no checks."""
+    :func:`bptt_jax.loss`. Batched layout, no checks. Every product at ``precision``
+    (``jax.grad``'s transposed products too: JAX keeps a product's precision)."""
     if truncate is None:
-        return loss_core(params, xs, ys, h0, activation=activation)
+        return loss_core(params, xs, ys, h0, activation=activation, precision=precision)
     f = get_activation(activation).f
-    a = input_projection(params.W, xs) + params.b  # (T, B, H)
+    a = input_projection(params.W, xs, precision=precision) + params.b  # (T, B, H)
 
     def step(h_prev, inputs):
         t, a_t = inputs  # t is 1-based
-        h = f(h_prev @ params.U.T + a_t)
+        h = f(_dot(h_prev, params.U.T, precision) + a_t)
         carried = jnp.where(t % truncate == 0, lax.stop_gradient(h), h)
         return carried, h
 
     _, hs = lax.scan(step, h0, (jnp.arange(1, a.shape[0] + 1), a))
-    z = hs @ params.V.T + params.c
+    z = _dot(hs, params.V.T, precision) + params.c
     return cross_entropy(log_softmax(z), time_major(ys))
 
 
-def windowed_loss(params, xs, ys, h0, *, activation="tanh", truncate=None):
+def windowed_loss(params, xs, ys, h0, *, activation="tanh", truncate=None, precision=None):
     """The loss as a sum of E_t, each recomputed from a detached state τ steps
     back: its autodiff gradient is the sliding-window truncation of
     :func:`bptt_jax.bptt_per_loss`. Same value as :func:`bptt_jax.loss`.
-    Batched layout, no checks."""
+    Batched layout, no checks; every product at ``precision``."""
     if truncate is None:
-        return loss_core(params, xs, ys, h0, activation=activation)
+        return loss_core(params, xs, ys, h0, activation=activation, precision=precision)
     f = get_activation(activation).f
-    _, hs = hidden_states(params, xs, h0, activation)
+    _, hs = hidden_states(params, xs, h0, activation, precision=precision)
     states = lax.stop_gradient(jnp.concatenate([h0[None], hs]))  # (T+1, B, H): h_0..h_T
-    a = input_projection(params.W, xs) + params.b  # (T, B, H), differentiable
+    a = input_projection(params.W, xs, precision=precision) + params.b  # (T, B, H)
     ys_tm = time_major(ys)
 
     def E_t(t):  # 0-based loss index; the window is steps t-τ+1 .. t
@@ -57,31 +62,28 @@ def windowed_loss(params, xs, ys, h0, *, activation="tanh", truncate=None):
 
         def step(h, i):
             j = start + i
-            h_new = f(h @ params.U.T + a[jnp.maximum(j, 0)])
+            h_new = f(_dot(h, params.U.T, precision) + a[jnp.maximum(j, 0)])
             return jnp.where(j >= 0, h_new, h), None
 
         h, _ = lax.scan(step, states[jnp.maximum(start, 0)], jnp.arange(truncate))
-        z = h @ params.V.T + params.c  # (B, C)
+        z = _dot(h, params.V.T, precision) + params.c  # (B, C)
         return cross_entropy(log_softmax(z), ys_tm[t])
 
     return jnp.sum(jax.vmap(E_t)(jnp.arange(xs.shape[1])))
 
 
-_chunked_grad = jax.jit(
-    jax.value_and_grad(chunked_loss), static_argnames=("activation", "truncate")
-)
-_windowed_grad = jax.jit(
-    jax.value_and_grad(windowed_loss), static_argnames=("activation", "truncate")
-)
-_h0_grad = jax.jit(jax.grad(chunked_loss, argnums=3), static_argnames=("activation", "truncate"))
+_STATIC = ("activation", "truncate", "precision")
+_chunked_grad = jax.jit(jax.value_and_grad(chunked_loss), static_argnames=_STATIC)
+_windowed_grad = jax.jit(jax.value_and_grad(windowed_loss), static_argnames=_STATIC)
+_h0_grad = jax.jit(jax.grad(chunked_loss, argnums=3), static_argnames=_STATIC)
 
 #: ``(E, grads)`` of :func:`bptt_jax.core.deep.deep_loss_core` (stacked,
 #: bidirectional, padded, ``reduction="mean"``; the seed's Params as a one-layer
 #: DeepParams) by ``jax.value_and_grad``. Batched layout, no checks.
 deep_value_and_grad = jax.jit(
-    jax.value_and_grad(deep_loss_core), static_argnames=("activation", "reduction")
+    jax.value_and_grad(deep_loss_core), static_argnames=("activation", "reduction", "precision")
 )
 #: ∂E/∂h_0 ``(L*D, B, H)`` of the same loss by ``jax.grad``.
 deep_h0_grad = jax.jit(
-    jax.grad(deep_loss_core, argnums=3), static_argnames=("activation", "reduction")
+    jax.grad(deep_loss_core, argnums=3), static_argnames=("activation", "reduction", "precision")
 )

@@ -12,12 +12,14 @@ PyTree = object
 
 
 def finite_difference_core(
-    loss_of: Callable[[PyTree], jax.Array], params: PyTree, *, eps: float = 2e-4
+    loss_of: Callable[[PyTree], jax.Array], params: PyTree, *, eps: float = 2e-4, precision=None
 ) -> tuple[jax.Array, PyTree]:
     """``(E, grads)`` of ``loss_of`` at ``params`` (any pytree of float arrays); no checks.
 
     :func:`bptt_jax.finite_difference_bptt` passes the loss of the model it was
-    given (the seed's, or the deep / padded one) with the data bound in.
+    given (the seed's, or the deep / padded one) with the data bound in, its products at
+    the same ``precision`` as the stencil's weighted sum here (a ``jax.lax.Precision``, or
+    ``None``: JAX's default).
     """
     flat, unravel = ravel_pytree(params)
 
@@ -31,7 +33,7 @@ def finite_difference_core(
     def partials(flat):
         def one(i):  # the partial derivative along coordinate i
             Es = jax.vmap(lambda s: loss_at(flat.at[i].add(s)))(steps)  # (6,)
-            return Es @ weights
+            return jnp.matmul(Es, weights, precision=precision)
 
         return jax.lax.map(one, jnp.arange(flat.size), batch_size=64)  # (P,)
 

@@ -10,6 +10,11 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+#: The matmul precision every comparison is made at, on both sides (the hand gradient
+#: and its referee): full float32 products on every backend (a GPU's default, TF32,
+#: rounds each product to about 1e-3 relative, which the float32 bound is not for).
+VERIFY_PRECISION = "highest"
+
 #: Hand vs ``jax.grad`` of the same loss, by the parameters' dtype. ``"bfloat16"``
 #: is the ``matmul_dtype="bfloat16"`` mode: four bf16 ulps (2**-8 each).
 AUTODIFF = {"float64": 1e-10, "float32": 1e-4, "bfloat16": 4 * 2.0**-8}
