@@ -56,14 +56,23 @@ def _check_against_jax_grad(params, xs, ys, lengths, activation, dtype):
     leaves_close(grads, grads_ref, RTOL[dtype])
 
 
+# float64 for every model; float32 for every model with tanh: the float32 run
+# exercises the same code at another dtype (a compile of its own), and
+# tests/core/test_backward.py draws float32 with every activation.
+RAGGED_CASES = [(m, "float64") for m in MATRIX]
+RAGGED_CASES += [(m, "float32") for m in MATRIX if m[2] == "tanh"]
+
+
 @pytest.mark.parametrize(
-    ("L", "bidirectional", "activation"),
+    ("L", "bidirectional", "activation", "dtype"),
     [
-        pytest.param(*m, id=i, marks=() if m == FAST_MODEL else pytest.mark.slow)
-        for m, i in zip(MATRIX, IDS, strict=True)
+        pytest.param(*m, dt, id=f"{dt}-{i}",
+                     marks=() if (m, dt) == (FAST_MODEL, "float64") else pytest.mark.slow)
+        for (m, dt), i in zip(RAGGED_CASES, [IDS[MATRIX.index(c[0])] for c in RAGGED_CASES],
+                              strict=True)
     ],
-)
-def test_hand_gradients_match_jax_grad_ragged_and_not(L, bidirectional, activation, dtype):
+)  # fmt: skip
+def test_hand_gradients_match_jax_grad_ragged_and_not(L, bidirectional, activation, dtype, x64):
     # Ragged: a full-length sequence, a length-1 one and one in between; then the
     # same batch with every sequence at full length (same shapes: one compile).
     params = make_deep(L, bidirectional, dtype=dtype)
@@ -74,11 +83,12 @@ def test_hand_gradients_match_jax_grad_ragged_and_not(L, bidirectional, activati
 
 @pytest.mark.slow  # a compilation per model and dtype
 @pytest.mark.parametrize(
-    ("L", "bidirectional"),
-    list(itertools.product([1, 2, 3], [False, True])),
-    ids=["L1-uni", "L1-bi", "L2-uni", "L2-bi", "L3-uni", "L3-bi"],
+    ("L", "bidirectional", "dtype"),
+    [(L, bi, "float64") for L, bi in itertools.product([1, 2, 3], [False, True])]
+    + [(3, True, "float32")],  # float32: the deepest model (B = 1 is about shapes, not dtype)
+    ids=["L1-uni", "L1-bi", "L2-uni", "L2-bi", "L3-uni", "L3-bi", "float32-L3-bi"],
 )
-def test_hand_gradients_match_jax_grad_batch_of_one(L, bidirectional, dtype):
+def test_hand_gradients_match_jax_grad_batch_of_one(L, bidirectional, dtype, x64):
     params = make_deep(L, bidirectional, dtype=dtype)
     xs, ys = make_batch(1, T)
     _check_against_jax_grad(params, xs, ys, None, "tanh", dtype)
