@@ -115,7 +115,7 @@ def verify_gradients(
         caller passes ``AUTODIFF["bfloat16"]``).
     """
     params, xs, ys, h0 = jax.tree.map(jnp.asarray, (params, xs, ys, h0))  # one device
-    E, grads, _, _ = (grad_fn or bptt_core)(params, xs, ys, h0)
+    E, grads, _, _ = (grad_fn or bptt_core)(params, xs, ys, h0, None)
     E_ad, grads_ad = autodiff_bptt(params, xs, ys, h0)
     if tol is None:
         tol = AUTODIFF[str(params.U.dtype)]
