@@ -1,10 +1,12 @@
 """``bptt-jax eval CHECKPOINT PATH...``, in process: reports, --json, and bad input."""
 
+import csv
 import json
 import math
 
 import pytest
 
+from bptt_jax.app.checkpoint import load_checkpoint
 from bptt_jax.app.cli import main
 from bptt_jax.app.config import TrainConfig
 from bptt_jax.app.loop import train
@@ -24,8 +26,8 @@ def runs(tmp_path_factory):
         (text / f"m{i}.py").write_text(SOURCE.replace("add", f"add{i}") * 3)
     out = {}
     for task in ("lm", "tag"):
-        config = TrainConfig(task=task, text=(str(text),), steps=2, batch_size=2, seq_len=8,
-                             hidden_size=8, eval_every=0, save_every=0,
+        config = TrainConfig(task=task, text=(str(text),), steps=3, batch_size=2, seq_len=8,
+                             hidden_size=8, eval_every=1, save_every=0, log_every=1, lr=0.03,
                              out=str(root / task))  # fmt: skip
         out[task] = str(train(config, progress=False, echo=lambda s: None).checkpoint)
     return root, out
@@ -78,3 +80,16 @@ def test_bad_input_is_one_line_and_status_1(runs, capsys, tmp_path, case):
     status, out, err = _run(capsys, *extra, ckpt["lm"], target)
     assert status == 1 and out == ""
     assert err.count("\n") == 1 and err.startswith("bptt-jax eval: error: ") and expected in err
+
+
+def test_training_logs_metrics_rows_and_keeps_the_best_checkpoint(runs):
+    root, _ = runs
+    with open(root / "lm" / "metrics.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]  # one row per step: eval + log
+    assert all(r["val_bits"] for r in rows) and rows[0]["train_bits"] == ""
+    assert all(float(r["grad_norm"]) > 0 and float(r["steps_per_s"]) > 0 for r in rows[2:])
+    header, _ = load_checkpoint(root / "lm" / "best.bptt")
+    val = {int(r["step"]): float(r["val_bits"]) for r in rows[1:]}
+    best = min(val, key=val.get)
+    assert header["step"] == best and header["history"]["best_step"] == best
