@@ -60,7 +60,7 @@ class TrainConfig:
     batch_size: int = 64  # B parallel streams
     seq_len: int = 64  # T characters per chunk (the truncation length)
     hidden_size: int = 256  # H
-    lr: float = 3e-3
+    lr: float = 4e-3
     optimizer: str = "adam"
     schedule: str = "cosine"  # of the learning rate: constant, cosine or linear decay to 0
     warmup: int | None = None  # steps of linear warm-up from 0 to lr; None: warmup_steps()
@@ -68,7 +68,7 @@ class TrainConfig:
     clip_value: float = 0.0  # element-wise clip to [-v, v]; 0 = off
     seed: int = 0
     out: str = "runs"
-    eval_every: int = 1250
+    eval_every: int = 2500
     save_every: int = 1000
     verify_every: int = 0  # 0 = never
     log_every: int = 100  # a row of OUT/metrics.csv every N steps (and at each evaluation)
