@@ -26,7 +26,10 @@ from .evaluate import Evaluation
 from .loop import CHECKPOINT_NAME, train
 from .preflight import UsageError, check_writable_folder, require_memory, rnn_bytes
 from .sample import format_tags, legend, predict_tags, sample
+from .score import eval_command
 from .signals import signal_name
+
+__all__ = ["eval_command"]  # bptt-jax eval (bptt_jax.app.score), with the other handlers
 
 
 def error(command: str, message: str) -> int:

@@ -1,8 +1,9 @@
 r"""The app's jitted training step: the optimizer of a configuration, the gradient
 function of its options, and the mesh it runs on.
 
-The step itself is :func:`bptt_jax.core.step.train_step` (hand BPTT, mean per
-character, optax update, non-finite steps skipped), jitted once per setting.
+The step itself is :func:`bptt_jax.core.step.train_step` (hand BPTT of any model,
+:func:`bptt_jax.core.step.hand_bptt`, with the streams' per-step resets to zero; mean
+per character, optax update, non-finite steps skipped), jitted once per setting.
 On ``N > 1`` devices the gradient function is the data-parallel twin of the
 hand BPTT (:func:`bptt_jax.app.parallel.data_parallel_bptt_core`).
 """
@@ -18,13 +19,21 @@ import optax
 from jax.sharding import Mesh
 
 from ..api.options import resolve_kernel
-from ..core.bptt import bptt_core
-from ..core.step import train_step
-from .config import OPTIMIZERS, TrainConfig, TrainingError, check_optimizer
+from ..core.params import DeepParams
+from ..core.step import hand_bptt, train_step
+from .config import (
+    OPTIMIZERS,
+    TrainConfig,
+    TrainingError,
+    check_optimizer,
+    learning_rate,
+    warmup_steps,
+)
 from .parallel import AXIS, check_batch_divides, data_parallel_bptt_core, make_mesh
 
 __all__ = [
     "cached_step",
+    "check_parallel_model",
     "data_parallel_grad_fn",
     "hand_grad_fn",
     "make_optimizer",
@@ -46,7 +55,10 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
         parts.append(optax.clip(config.clip_value))
     if config.clip > 0:
         parts.append(optax.clip_by_global_norm(config.clip))
-    parts.append(OPTIMIZERS[config.optimizer](config.lr))
+    constant = config.schedule == "constant" and warmup_steps(config) == 0
+    # A constant rate stays a float: the optimizer state of the first checkpoints (no
+    # schedule count) reads back as it was written.
+    parts.append(OPTIMIZERS[config.optimizer](config.lr if constant else learning_rate(config)))
     return optax.chain(*parts)
 
 
@@ -55,33 +67,51 @@ def make_train_step(tx: optax.GradientTransformation, grad_fn: Callable | None =
 
     Args:
       tx: the optax transformation (clipping and optimizer).
-      grad_fn: ``(params, xs, ys, h0) -> (E, grads, dh0, h_T)``; the hand
-        :func:`bptt_jax.core.bptt.bptt_core` by default.
+      grad_fn: ``(params, xs, ys, h0, resets) -> (E, grads, dh0, h_T)``; the hand
+        :func:`bptt_jax.core.step.hand_bptt` by default (any model; resets to zero).
 
     Returns:
-      ``step(params, opt_state, xs (B, T), ys (B, T), h0 (B, H)) ->
-      (params, opt_state, h_T (B, H), loss, finite)`` where ``loss = E/(B T)``
-      in nats per character; when ``finite`` is False the returned params and
-      optimizer state are the ones passed in and ``h_T`` is zeros.
+      ``step(params, opt_state, xs (B, T), ys (B, T), h0, resets=None) ->
+      (params, opt_state, h_T, loss, finite, gnorm)`` where ``h0``, ``h_T`` are
+      ``(B, H)`` (``(L*D, B, H)`` for a DeepParams), ``resets`` ``(B, T)`` bool
+      (True where a document starts: the state entering that step is zero) or
+      ``None``, ``loss = E/(B T)`` in nats per character and ``gnorm`` the global
+      norm of the mean gradient before clipping; when ``finite`` is False the
+      returned params and optimizer state are the ones passed in and ``h_T`` is zeros.
     """
-    grad_fn = grad_fn or bptt_core
+    grad_fn = grad_fn or hand_bptt
 
     @jax.jit
-    def step(params, opt_state, xs, ys, h0):
+    def step(params, opt_state, xs, ys, h0, resets=None):
         n = xs.shape[0] * xs.shape[1]  # B T characters
-        new = train_step(grad_fn, tx, params, opt_state, xs, ys, h0, n=n)
-        return new.params, new.opt_state, new.h_T, new.loss, new.finite
+        new = train_step(grad_fn, tx, params, opt_state, xs, ys, h0, resets, n=n)
+        return (
+            new.params,
+            new.opt_state,
+            new.h_T,
+            new.loss,
+            new.finite,
+            optax.tree.norm(new.grads),
+        )
 
     return step
 
 
 @functools.cache
 def cached_step(
-    optimizer: str, lr: float, clip: float, clip_value: float, grad_fn: Callable | None = None
+    optimizer: str,
+    lr: float,
+    clip: float,
+    clip_value: float,
+    grad_fn: Callable | None = None,
+    schedule: str = "constant",
+    warmup: int | None = 0,
+    steps: int = 1,
 ) -> tuple[optax.GradientTransformation, Callable]:
     """``(tx, step)`` of a setting, cached: runs in one process (tests, a resume) reuse
     its compilation."""
-    config = TrainConfig(optimizer=optimizer, lr=lr, clip=clip, clip_value=clip_value)
+    config = TrainConfig(optimizer=optimizer, lr=lr, clip=clip, clip_value=clip_value,
+                         schedule=schedule, warmup=warmup, steps=steps)  # fmt: skip
     tx = make_optimizer(config)
     return tx, make_train_step(tx, grad_fn)
 
@@ -90,12 +120,12 @@ def cached_step(
 def hand_grad_fn(
     matmul_dtype: str | None = None, recompute: bool = False, kernel: str = "scan"
 ) -> Callable:
-    """The hand ``bptt_core`` with the run's speed/memory options (cached: one per setting);
-    ``kernel`` already resolved (``"scan"`` or ``"pallas"``)."""
+    """The hand :func:`~bptt_jax.core.step.hand_bptt` with the run's speed/memory options
+    (cached: one per setting); ``kernel`` already resolved (``"scan"`` or ``"pallas"``)."""
     if matmul_dtype is None and not recompute and kernel == "scan":
-        return bptt_core
+        return hand_bptt
     mm = None if matmul_dtype is None else jnp.dtype(matmul_dtype)
-    return functools.partial(bptt_core, matmul_dtype=mm, recompute=recompute, kernel=kernel)
+    return functools.partial(hand_bptt, matmul_dtype=mm, recompute=recompute, kernel=kernel)
 
 
 @functools.cache
@@ -132,6 +162,20 @@ def step_grad_fn(
     if options != (None, False, "scan"):
         return hand_grad_fn(*options)
     return None
+
+
+def check_parallel_model(params, mesh: Mesh) -> None:
+    """Refuses data-parallel training of a :class:`DeepParams` (its states are
+    ``(L*D, B, H)``; the data-parallel step shards ``(B, H)`` states only).
+
+    Raises:
+      TrainingError: a DeepParams on a mesh of more than one device.
+    """
+    if isinstance(params, DeepParams) and mesh.shape[AXIS] > 1:
+        raise TrainingError(
+            f"--devices {mesh.shape[AXIS]}: data-parallel training supports the one-layer "
+            "model only; use --devices 1 with --num-layers > 1"
+        )
 
 
 def training_mesh(devices: int | None, batch_size: int) -> Mesh:
