@@ -169,9 +169,9 @@ def deep_bptt_core(params: DeepParams, xs, ys, h0, mask=None, dh_final=None, res
         unidirectional only; ``kernel="pallas"`` runs every cell's two recursions as the
         fused kernels).
       zero_resets: ``False``: a reset restores ``h0`` (the API's ``resets``); ``True``: it
-        restores zeros, :math:`h^{\mathrm{in}}_t = 0` (a document starts from the zero
+        restores zeros, :math:`h^{\\mathrm{in}}_t = 0` (a document starts from the zero
         state while the chunk's first step continues ``h0``, the training streams' case),
-        and ``dh0`` is then :math:`U^\top\delta_1` only.
+        and ``dh0`` is then :math:`U^\\top\\delta_1` only.
 
     Returns:
       ``(E, grads DeepParams, dh0 (L*D, B, H), h_final (L*D, B, H))``.

@@ -5,7 +5,7 @@ import pytest
 from bptt_jax.app.checkpoint_schema import config_for_resume
 from bptt_jax.app.config import TrainConfig, TrainingError, check_config
 from bptt_jax.app.step import hand_grad_fn, run_kernel, step_grad_fn, training_mesh
-from bptt_jax.core.bptt import bptt_core
+from bptt_jax.core.step import hand_bptt
 
 
 def test_unknown_kernel_is_a_clear_error():
@@ -24,12 +24,12 @@ def test_forced_pallas_beyond_the_kernels_sizes_is_a_training_error():
 def test_auto_trains_with_the_scan_and_pallas_reaches_the_step():
     config = TrainConfig(kernel="auto", batch_size=4, hidden_size=64)
     assert run_kernel(config) == "scan"
-    assert step_grad_fn(config, training_mesh(1, 4)) is None  # the plain bptt_core
+    assert step_grad_fn(config, training_mesh(1, 4)) is None  # the plain hand_bptt
     fn = step_grad_fn(
         TrainConfig(kernel="pallas", batch_size=4, hidden_size=64), training_mesh(1, 4)
     )
     assert fn is hand_grad_fn(None, False, "pallas")
-    assert fn.func is bptt_core and fn.keywords["kernel"] == "pallas"
+    assert fn.func is hand_bptt and fn.keywords["kernel"] == "pallas"
 
 
 def test_checkpoints_without_a_kernel_resume_with_the_scan_and_may_switch():
