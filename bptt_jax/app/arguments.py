@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Callable
 
 from ..core.checks import MATMUL_DTYPES, check_number
-from .config import DTYPES, OPTIMIZERS, SEED_RANGE, TASKS, TrainConfig
+from .config import ACTIVATION_NAMES, DTYPES, OPTIMIZERS, SEED_RANGE, TASKS, TrainConfig
 
 
 def number(*, integer: bool, minimum: float, strict: bool) -> Callable[[str], int | float]:
@@ -80,7 +80,8 @@ integer_list = _list_of(nonnegative)  # "0,2,5,10": >= 0
 
 #: The ``train`` flags that are fields of :class:`TrainConfig` (the rest: how to run it).
 TRAIN_OPTIONS = (
-    "task", "text", "max_files", "steps", "batch_size", "seq_len", "hidden_size", "lr",
+    "task", "text", "max_files", "steps", "batch_size", "seq_len", "hidden_size", "num_layers",
+    "activation", "bidirectional", "lr",
     "optimizer", "clip", "clip_value", "seed", "out", "eval_every", "save_every",
     "verify_every", "val_chars", "dtype", "matmul_dtype", "recompute",
 )  # fmt: skip
@@ -157,6 +158,7 @@ def add_train_parser(commands) -> None:
         metavar="H",
         help=f"H hidden units (default {d.hidden_size})",
     )
+    _add_model_flags(a, d)
     a("--lr", type=positive_float, default=None, help=f"learning rate λ (default {d.lr})")
     a(
         "--optimizer",
@@ -293,3 +295,30 @@ def add_train_parser(commands) -> None:
     )
     a("--no-progress", action="store_true",
       help="no progress bar (default: shown on stderr when it is a terminal)")  # fmt: skip
+
+
+def _add_model_flags(a, d: TrainConfig) -> None:
+    """``--num-layers``, ``--activation``, ``--bidirectional``: the model's shape."""
+    a(
+        "--num-layers",
+        type=positive,
+        default=None,
+        metavar="L",
+        help="L stacked hidden layers, each reading the one below (seed §2.4); 1 is the "
+        f"seed's model (default {d.num_layers})",
+    )
+    a(
+        "--activation",
+        choices=ACTIVATION_NAMES,
+        default=None,
+        help=f"f of every hidden layer, h = f(U h + W x + b) (default {d.activation})",
+    )
+    a(
+        "--bidirectional",
+        action="store_const",
+        const=True,
+        default=None,
+        help="--task tag only: every layer also reads the text right to left, so a "
+        "character's label may depend on the characters after it (default: left to right "
+        "only, each label from the characters up to it)",
+    )

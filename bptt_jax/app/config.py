@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import optax
 
+from ..core.activations import ACTIVATIONS
 from ..core.checks import MATMUL_DTYPES
 
 #: ``TrainConfig.optimizer``: name -> optax constructor taking the learning rate.
@@ -31,6 +32,13 @@ DTYPES = ("float32", "float64")
 
 #: ``TrainConfig.task``: "lm" predicts the next character, "tag" its token type.
 TASKS = ("lm", "tag")
+
+#: ``TrainConfig.activation``: the hidden units' f (``bptt_jax.core.activations``).
+ACTIVATION_NAMES = tuple(ACTIVATIONS)
+
+#: The model fields added after checkpoints were first written, with the value an
+#: older checkpoint (which lacks them) was trained with: the seed's one tanh layer.
+MODEL_DEFAULTS = {"num_layers": 1, "activation": "tanh", "bidirectional": False}
 
 # Options that may differ between a run and its --resume: they do not change
 # the parameters a given step produces.
@@ -52,6 +60,9 @@ class TrainConfig:
     batch_size: int = 64  # B parallel streams
     seq_len: int = 64  # T characters per chunk (the truncation length)
     hidden_size: int = 256  # H
+    num_layers: int = 1  # L stacked hidden layers (1: the seed's model)
+    activation: str = "tanh"  # f of every hidden layer
+    bidirectional: bool = False  # tag only: every layer also reads right to left
     lr: float = 3e-3
     optimizer: str = "adam"
     clip: float = 1.0  # global-norm clip of the mean gradient; 0 = off
@@ -81,6 +92,7 @@ class TrainConfig:
         if not isinstance(d, dict):
             raise TrainingError(f"the configuration must be a JSON object, not {_kind(d)}")
         known = {f.name for f in dataclasses.fields(cls)}
+        d = MODEL_DEFAULTS | d  # a checkpoint written before these fields existed
         missing = sorted(known - set(d))
         if missing:
             raise TrainingError(f"the configuration lacks {', '.join(missing)}")
@@ -96,7 +108,8 @@ class TrainConfig:
 _NUMBERS = (
     ("max_files", True, 1, False, True), ("steps", True, 1, False, False),
     ("batch_size", True, 1, False, False), ("seq_len", True, 1, False, False),
-    ("hidden_size", True, 1, False, False), ("lr", False, 0, True, False),
+    ("hidden_size", True, 1, False, False), ("num_layers", True, 1, False, False),
+    ("lr", False, 0, True, False),
     ("clip", False, 0, False, False), ("clip_value", False, 0, False, False),
     ("eval_every", True, 0, False, False), ("save_every", True, 0, False, False),
     ("verify_every", True, 0, False, False), ("val_chars", True, 1, False, False),
@@ -143,6 +156,38 @@ def check_config(config: TrainConfig) -> None:
     if not isinstance(config.recompute, bool):
         raise TrainingError(f"recompute must be true or false, got {config.recompute!r}")
     check_names(config)
+    check_model(config)
+
+
+def check_model(config: TrainConfig) -> None:
+    """Refuses a model no run can train: an unknown activation, a bidirectional
+    language model (it would read the character it must predict), or ``recompute``
+    with a bidirectional one (the hand BPTT keeps every state there).
+
+    Raises:
+      TrainingError: naming the option and what is accepted.
+    """
+    if not isinstance(config.activation, str) or config.activation not in ACTIVATION_NAMES:
+        raise TrainingError(
+            f"unknown activation {config.activation!r}; choose one of "
+            + ", ".join(ACTIVATION_NAMES)
+        )
+    if not isinstance(config.bidirectional, bool):
+        raise TrainingError(f"bidirectional must be true or false, got {config.bidirectional!r}")
+    if config.bidirectional and config.task != "tag":
+        raise TrainingError(
+            f"--bidirectional is for --task tag only: a language model (--task {config.task}) "
+            "must not read the characters it predicts"
+        )
+    if config.bidirectional and config.recompute:
+        raise TrainingError(
+            "--recompute is for models that read left to right only; drop it or --bidirectional"
+        )
+
+
+def is_deep(config: TrainConfig) -> bool:
+    """Whether the run's model is a ``DeepParams`` (L > 1 or bidirectional), not ``Params``."""
+    return config.num_layers > 1 or bool(config.bidirectional)
 
 
 def check_names(config: TrainConfig) -> None:

@@ -3,6 +3,7 @@ and the ``--verify-every`` referee (hand gradients against ``jax.grad``)."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,17 +15,16 @@ from jax.typing import ArrayLike
 
 from ..api.referees import autodiff_bptt
 from ..core.bptt import bptt_core
-from ..core.params import Params
-from ..core.rnn import forward_core
+from ..core.params import DeepParams, Params
 from ..referees.tolerances import AUTODIFF, max_relative_error
 from .config import TrainingError
 from .data import TOKEN_TYPES, Corpus
+from .models import logits_core
 
 
-@jax.jit
-def _evaluate_core(params: Params, xs: jax.Array, ys: jax.Array):
-    h0 = jnp.zeros((xs.shape[0], params.U.shape[0]), params.U.dtype)  # (S, H)
-    _, z = forward_core(params, xs, h0)  # (S, L, C)
+@functools.partial(jax.jit, static_argnames=("activation",))
+def _evaluate_core(params: Params | DeepParams, xs: jax.Array, ys: jax.Array, activation: str):
+    z = logits_core(params, xs, activation)  # (S, L, C), every row from a zero state
     log_yhat = jax.nn.log_softmax(z, axis=-1)
     nll = -jnp.take_along_axis(log_yhat, ys[..., None], axis=-1)[..., 0]  # (S, L)
     return jnp.mean(nll), jnp.argmax(z, axis=-1)
@@ -56,9 +56,12 @@ class Evaluation:
         return line
 
 
-def evaluate(params: Params, xs: np.ndarray, ys: np.ndarray, task: str) -> Evaluation:
+def evaluate(
+    params: Params | DeepParams, xs: np.ndarray, ys: np.ndarray, task: str,
+    activation: str = "tanh",
+) -> Evaluation:  # fmt: skip
     """Validation loss (and, for ``tag``, accuracy per class) of ``params``."""
-    loss, pred = _evaluate_core(params, xs, ys)
+    loss, pred = _evaluate_core(params, xs, ys, activation)
     if task != "tag":
         return Evaluation(loss=float(loss))
     pred, ys = np.asarray(pred), np.asarray(ys)
@@ -99,13 +102,14 @@ def baselines(corpus: Corpus, ys_val: np.ndarray, xs_val: np.ndarray) -> dict[st
 
 
 def verify_gradients(
-    params: Params,
+    params: Params | DeepParams,
     xs: ArrayLike,
     ys: ArrayLike,
     h0: ArrayLike,
     grad_fn: Callable | None = None,
     *,
     tol: float | None = None,
+    activation: str = "tanh",
 ) -> dict[str, float]:
     """Hand gradients vs ``jax.grad`` on one batch: max relative error per parameter.
 
@@ -116,13 +120,14 @@ def verify_gradients(
     """
     params, xs, ys, h0 = jax.tree.map(jnp.asarray, (params, xs, ys, h0))  # one device
     E, grads, _, _ = (grad_fn or bptt_core)(params, xs, ys, h0)
-    E_ad, grads_ad = autodiff_bptt(params, xs, ys, h0)
+    E_ad, grads_ad = autodiff_bptt(params, xs, ys, h0, activation=activation)
     if tol is None:
-        tol = AUTODIFF[str(params.U.dtype)]
+        tol = AUTODIFF[str(params.V.dtype)]
     errors = {"E": max_relative_error(E, E_ad)}
-    errors |= {
-        n: max_relative_error(getattr(grads, n), getattr(grads_ad, n)) for n in Params._fields
-    }
+    for (path, g), g_ad in zip(jax.tree_util.tree_flatten_with_path(grads)[0],
+                               jax.tree.leaves(grads_ad), strict=True):  # fmt: skip
+        name = jax.tree_util.keystr(path, simple=True, separator="/")  # "U", "layers/0/W"
+        errors[name] = max_relative_error(g, g_ad)
     bad = {k: v for k, v in errors.items() if not v <= tol}
     if bad:
         raise TrainingError(

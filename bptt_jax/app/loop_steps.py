@@ -28,6 +28,7 @@ from .config import TrainConfig, TrainingError
 from .data import Corpus
 from .divergence import NONFINITE_IN_A_ROW, divergence
 from .evaluate import Evaluation, evaluate, verify_gradients
+from .models import zero_state
 from .parallel import local_rows, shard_batch
 from .state import History, TrainState
 from .streams import Streams
@@ -77,9 +78,10 @@ class Loop(NamedTuple):
 
 
 def zeros_h(s: Session) -> jax.Array:
-    """``(B, H)`` zeros, this process's rows on its devices."""
+    """``(B, H)`` zeros (``(L*D, B, H)`` for a deep model), this process's rows on its
+    devices."""
     rows = s.config.batch_size // jax.process_count()
-    return shard_batch(np.zeros((rows, s.config.hidden_size), s.config.dtype), s.mesh)
+    return shard_batch(zero_state(s.config, rows), s.mesh)
 
 
 def one_step(s: Session, loop: Loop) -> Loop:
@@ -88,8 +90,9 @@ def one_step(s: Session, loop: Loop) -> Loop:
     xs, ys = s.streams.chunk(state.chunk)
     if c.verify_every and state.step % c.verify_every == 0:
         errors = verify_gradients(
-            host_params(state), xs, ys, local_rows(state.h), s.verify_fn, tol=s.verify_tol
-        )
+            host_params(state), xs, ys, local_rows(state.h), s.verify_fn, tol=s.verify_tol,
+            activation=c.activation,
+        )  # fmt: skip
         history = dataclasses.replace(
             history, verified=history.verified + 1,
             verify_error=max(history.verify_error, *errors.values()),
@@ -150,7 +153,7 @@ def host_params(state: TrainState):
 
 
 def evaluate_and_log(s: Session, loop: Loop) -> Loop:
-    ev = evaluate(host_params(loop.state), s.xs_val, s.ys_val, s.config.task)
+    ev = evaluate(host_params(loop.state), s.xs_val, s.ys_val, s.config.task, s.config.activation)
     h = loop.history
     history = dataclasses.replace(h, val=(*h.val, [loop.state.step, ev.loss, ev.accuracy]))
     if s.lead:

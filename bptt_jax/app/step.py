@@ -18,8 +18,9 @@ import optax
 from jax.sharding import Mesh
 
 from ..core.bptt import bptt_core
+from ..core.deep import deep_bptt_core
 from ..core.step import train_step
-from .config import OPTIMIZERS, TrainConfig, TrainingError, check_optimizer
+from .config import OPTIMIZERS, TrainConfig, TrainingError, check_optimizer, is_deep
 from .parallel import AXIS, check_batch_divides, data_parallel_bptt_core, make_mesh
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "hand_grad_fn",
     "make_optimizer",
     "make_train_step",
+    "model_grad_fn",
     "step_grad_fn",
     "training_mesh",
 ]
@@ -95,12 +97,47 @@ def hand_grad_fn(matmul_dtype: str | None = None, recompute: bool = False) -> Ca
 
 
 @functools.cache
-def data_parallel_grad_fn(
-    mesh: Mesh, matmul_dtype: str | None = None, recompute: bool = False
+def model_grad_fn(
+    activation: str,
+    deep: bool,
+    bidirectional: bool,
+    matmul_dtype: str | None = None,
+    recompute: bool = False,
 ) -> Callable:
+    """The hand BPTT of a model other than the seed's tanh layer (cached: one per setting).
+
+    ``deep``: :func:`bptt_jax.core.deep.deep_bptt_core` on a ``DeepParams``, its state
+    ``(L*D, B, H)``; a bidirectional model carries only the left-to-right cells' final
+    states into the next chunk (the right-to-left ones start every chunk from zero:
+    they have not read the text after it).
+    """
+    mm = None if matmul_dtype is None else jnp.dtype(matmul_dtype)
+    if not deep:
+        return functools.partial(
+            bptt_core, activation=activation, matmul_dtype=mm, recompute=recompute
+        )
+
+    def grad_fn(params, xs, ys, h0):
+        E, grads, dh0, h_T = deep_bptt_core(
+            params, xs, ys, h0, activation=activation, matmul_dtype=mm, recompute=recompute
+        )
+        if bidirectional:
+            h_T = h_T.at[1::2].set(0)  # cell l*2 + 1 reads right to left
+        return E, grads, dh0, h_T
+
+    return grad_fn
+
+
+@functools.cache
+def data_parallel_grad_fn(
+    mesh: Mesh, matmul_dtype: str | None = None, recompute: bool = False,
+    activation: str = "tanh",
+) -> Callable:  # fmt: skip
     """The data-parallel hand BPTT on ``mesh`` (cached, so :func:`cached_step` reuses it)."""
     mm = None if matmul_dtype is None else jnp.dtype(matmul_dtype)
-    return data_parallel_bptt_core(mesh, matmul_dtype=mm, recompute=recompute)
+    return data_parallel_bptt_core(
+        mesh, matmul_dtype=mm, recompute=recompute, activation=activation
+    )
 
 
 def step_grad_fn(
@@ -112,8 +149,12 @@ def step_grad_fn(
     options = (config.matmul_dtype, bool(config.recompute))
     if grad_fn is not None:
         return grad_fn
-    if mesh.shape[AXIS] > 1:
-        return data_parallel_grad_fn(mesh, *options)
+    if mesh.shape[AXIS] > 1:  # the seed's model only (deep ones train on one device)
+        return data_parallel_grad_fn(mesh, *options, config.activation)
+    if is_deep(config) or config.activation != "tanh":
+        return model_grad_fn(
+            config.activation, is_deep(config), bool(config.bidirectional), *options
+        )
     if options != (None, False):
         return hand_grad_fn(*options)
     return None
