@@ -14,8 +14,8 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from ..api.referees import autodiff_bptt
-from ..core.bptt import bptt_core
 from ..core.params import DeepParams, Params
+from ..core.step import hand_bptt
 from ..referees.tolerances import AUTODIFF, max_relative_error
 from .config import TrainingError
 from .data import TOKEN_TYPES, Corpus
@@ -119,7 +119,7 @@ def verify_gradients(
         caller passes ``AUTODIFF["bfloat16"]``).
     """
     params, xs, ys, h0 = jax.tree.map(jnp.asarray, (params, xs, ys, h0))  # one device
-    E, grads, _, _ = (grad_fn or bptt_core)(params, xs, ys, h0)
+    E, grads, _, _ = (grad_fn or hand_bptt)(params, xs, ys, h0, None)
     E_ad, grads_ad = autodiff_bptt(params, xs, ys, h0, activation=activation)
     if tol is None:
         tol = AUTODIFF[str(params.V.dtype)]

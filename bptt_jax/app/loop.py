@@ -196,9 +196,7 @@ def _verify_fn(config: TrainConfig) -> Callable:
     """The single-device hand BPTT ``--verify-every`` checks against ``jax.grad``."""
     options = (config.matmul_dtype, bool(config.recompute))
     if is_deep(config) or config.activation != "tanh":
-        return model_grad_fn(
-            config.activation, is_deep(config), bool(config.bidirectional), *options
-        )
+        return model_grad_fn(config.activation, bool(config.bidirectional), *options)
     return hand_grad_fn(*options)
 
 

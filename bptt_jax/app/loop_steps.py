@@ -97,7 +97,7 @@ def one_step(s: Session, loop: Loop) -> Loop:
             history, verified=history.verified + 1,
             verify_error=max(history.verify_error, *errors.values()),
         )  # fmt: skip
-    params, opt_state, h, loss, finite = s.step_fn(
+    params, opt_state, h, loss, finite, _ = s.step_fn(
         state.params, state.opt_state, shard_batch(xs, s.mesh), shard_batch(ys, s.mesh), state.h
     )
     chunk, epoch = state.chunk + 1, state.epoch

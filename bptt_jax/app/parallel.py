@@ -28,7 +28,7 @@ from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ..core.bptt import bptt_core
+from ..core.step import hand_bptt
 
 AXIS = "batch"
 
@@ -74,7 +74,8 @@ def data_parallel_bptt_core(
     matmul_dtype=None,
     recompute: bool = False,
 ):
-    r"""A jitted ``fn(params, xs, ys, h0) -> (E, grads, dh0, h_T)`` split over ``mesh``.
+    r"""A jitted ``fn(params, xs, ys, h0, resets=None) -> (E, grads, dh0, h_T)`` split
+    over ``mesh``.
 
     The data-parallel twin of :func:`bptt_jax.core.bptt.bptt_core`, with the same
     signature and outputs, so that it can be the ``grad_fn`` of the training
@@ -87,7 +88,9 @@ def data_parallel_bptt_core(
 
     by ``lax.psum`` over the mesh axis; ``E`` and ``grads`` come back
     replicated, ``dh0 (B, H)`` = ∂E/∂h_0 and ``h_T (B, H)`` sharded like ``h0``
-    (they are per sequence, nothing to sum).
+    (they are per sequence, nothing to sum). ``resets`` ``(B, T)`` bool (a reset
+    restores the zero state, :func:`bptt_jax.core.step.hand_bptt`) is sharded like
+    ``xs``. The seed's :class:`~bptt_jax.core.params.Params` only (``h0 (B, H)``).
 
     Args:
       mesh: from :func:`make_mesh`.
@@ -95,20 +98,29 @@ def data_parallel_bptt_core(
         (``matmul_dtype`` a dtype or ``None``).
     """
 
-    def local(params, xs, ys, h0):  # one device's shard of the batch
-        E, grads, dh0, h_T = bptt_core(
-            params, xs, ys, h0, activation=activation, truncate=truncate,
+    def local(params, xs, ys, h0, resets=None):  # one device's shard of the batch
+        E, grads, dh0, h_T = hand_bptt(
+            params, xs, ys, h0, resets, activation=activation, truncate=truncate,
             matmul_dtype=matmul_dtype, recompute=recompute,
         )  # fmt: skip
         return lax.psum(E, AXIS), jax.tree.map(lambda g: lax.psum(g, AXIS), grads), dh0, h_T
 
-    sharded = jax.shard_map(
-        local,
-        mesh=mesh,
-        in_specs=(P(), P(AXIS), P(AXIS), P(AXIS)),
-        out_specs=(P(), P(), P(AXIS), P(AXIS)),
+    out_specs = (P(), P(), P(AXIS), P(AXIS))
+    plain = jax.shard_map(
+        local, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(AXIS)), out_specs=out_specs
     )
-    return jax.jit(sharded)
+    with_resets = jax.shard_map(
+        local, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(AXIS), P(AXIS)),
+        out_specs=out_specs,
+    )  # fmt: skip
+
+    @jax.jit
+    def fn(params, xs, ys, h0, resets=None):
+        if resets is None:
+            return plain(params, xs, ys, h0)
+        return with_resets(params, xs, ys, h0, resets)
+
+    return fn
 
 
 def data_parallel_bptt(mesh: Mesh, *, activation: str = "tanh", truncate: int | None = None):

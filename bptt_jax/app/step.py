@@ -1,8 +1,9 @@
 r"""The app's jitted training step: the optimizer of a configuration, the gradient
 function of its options, and the mesh it runs on.
 
-The step itself is :func:`bptt_jax.core.step.train_step` (hand BPTT, mean per
-character, optax update, non-finite steps skipped), jitted once per setting.
+The step itself is :func:`bptt_jax.core.step.train_step` (hand BPTT of any model,
+:func:`bptt_jax.core.step.hand_bptt`, with the streams' per-step resets to zero; mean
+per character, optax update, non-finite steps skipped), jitted once per setting.
 On ``N > 1`` devices the gradient function is the data-parallel twin of the
 hand BPTT (:func:`bptt_jax.app.parallel.data_parallel_bptt_core`).
 """
@@ -17,14 +18,14 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from ..core.bptt import bptt_core
-from ..core.deep import deep_bptt_core
-from ..core.step import train_step
+from ..core.params import DeepParams
+from ..core.step import hand_bptt, train_step
 from .config import OPTIMIZERS, TrainConfig, TrainingError, check_optimizer, is_deep
 from .parallel import AXIS, check_batch_divides, data_parallel_bptt_core, make_mesh
 
 __all__ = [
     "cached_step",
+    "check_parallel_model",
     "data_parallel_grad_fn",
     "hand_grad_fn",
     "make_optimizer",
@@ -56,22 +57,32 @@ def make_train_step(tx: optax.GradientTransformation, grad_fn: Callable | None =
 
     Args:
       tx: the optax transformation (clipping and optimizer).
-      grad_fn: ``(params, xs, ys, h0) -> (E, grads, dh0, h_T)``; the hand
-        :func:`bptt_jax.core.bptt.bptt_core` by default.
+      grad_fn: ``(params, xs, ys, h0, resets) -> (E, grads, dh0, h_T)``; the hand
+        :func:`bptt_jax.core.step.hand_bptt` by default (any model; resets to zero).
 
     Returns:
-      ``step(params, opt_state, xs (B, T), ys (B, T), h0 (B, H)) ->
-      (params, opt_state, h_T (B, H), loss, finite)`` where ``loss = E/(B T)``
-      in nats per character; when ``finite`` is False the returned params and
-      optimizer state are the ones passed in and ``h_T`` is zeros.
+      ``step(params, opt_state, xs (B, T), ys (B, T), h0, resets=None) ->
+      (params, opt_state, h_T, loss, finite, gnorm)`` where ``h0``, ``h_T`` are
+      ``(B, H)`` (``(L*D, B, H)`` for a DeepParams), ``resets`` ``(B, T)`` bool
+      (True where a document starts: the state entering that step is zero) or
+      ``None``, ``loss = E/(B T)`` in nats per character and ``gnorm`` the global
+      norm of the mean gradient before clipping; when ``finite`` is False the
+      returned params and optimizer state are the ones passed in and ``h_T`` is zeros.
     """
-    grad_fn = grad_fn or bptt_core
+    grad_fn = grad_fn or hand_bptt
 
     @jax.jit
-    def step(params, opt_state, xs, ys, h0):
+    def step(params, opt_state, xs, ys, h0, resets=None):
         n = xs.shape[0] * xs.shape[1]  # B T characters
-        new = train_step(grad_fn, tx, params, opt_state, xs, ys, h0, n=n)
-        return new.params, new.opt_state, new.h_T, new.loss, new.finite
+        new = train_step(grad_fn, tx, params, opt_state, xs, ys, h0, resets, n=n)
+        return (
+            new.params,
+            new.opt_state,
+            new.h_T,
+            new.loss,
+            new.finite,
+            optax.global_norm(new.grads),
+        )
 
     return step
 
@@ -89,38 +100,33 @@ def cached_step(
 
 @functools.cache
 def hand_grad_fn(matmul_dtype: str | None = None, recompute: bool = False) -> Callable:
-    """The hand ``bptt_core`` with the run's speed/memory options (cached: one per setting)."""
+    """The hand :func:`~bptt_jax.core.step.hand_bptt` with the run's speed/memory options
+    (cached: one per setting)."""
     if matmul_dtype is None and not recompute:
-        return bptt_core
+        return hand_bptt
     mm = None if matmul_dtype is None else jnp.dtype(matmul_dtype)
-    return functools.partial(bptt_core, matmul_dtype=mm, recompute=recompute)
+    return functools.partial(hand_bptt, matmul_dtype=mm, recompute=recompute)
 
 
 @functools.cache
 def model_grad_fn(
-    activation: str,
-    deep: bool,
-    bidirectional: bool,
-    matmul_dtype: str | None = None,
+    activation: str, bidirectional: bool, matmul_dtype: str | None = None,
     recompute: bool = False,
-) -> Callable:
+) -> Callable:  # fmt: skip
     """The hand BPTT of a model other than the seed's tanh layer (cached: one per setting).
 
-    ``deep``: :func:`bptt_jax.core.deep.deep_bptt_core` on a ``DeepParams``, its state
-    ``(L*D, B, H)``; a bidirectional model carries only the left-to-right cells' final
-    states into the next chunk (the right-to-left ones start every chunk from zero:
-    they have not read the text after it).
+    :func:`~bptt_jax.core.step.hand_bptt` with ``activation``; a bidirectional
+    ``DeepParams`` carries only its left-to-right cells' final states into the next
+    chunk: the right-to-left cells (``h_T[1::2]``) start every chunk from zero, since
+    they have not read the text after it.
     """
     mm = None if matmul_dtype is None else jnp.dtype(matmul_dtype)
-    if not deep:
-        return functools.partial(
-            bptt_core, activation=activation, matmul_dtype=mm, recompute=recompute
-        )
 
-    def grad_fn(params, xs, ys, h0):
-        E, grads, dh0, h_T = deep_bptt_core(
-            params, xs, ys, h0, activation=activation, matmul_dtype=mm, recompute=recompute
-        )
+    def grad_fn(params, xs, ys, h0, resets=None):
+        E, grads, dh0, h_T = hand_bptt(
+            params, xs, ys, h0, resets, activation=activation, matmul_dtype=mm,
+            recompute=recompute,
+        )  # fmt: skip
         if bidirectional:
             h_T = h_T.at[1::2].set(0)  # cell l*2 + 1 reads right to left
         return E, grads, dh0, h_T
@@ -149,15 +155,27 @@ def step_grad_fn(
     options = (config.matmul_dtype, bool(config.recompute))
     if grad_fn is not None:
         return grad_fn
-    if mesh.shape[AXIS] > 1:  # the seed's model only (deep ones train on one device)
+    if mesh.shape[AXIS] > 1:  # the seed's model only (check_parallel_model)
         return data_parallel_grad_fn(mesh, *options, config.activation)
     if is_deep(config) or config.activation != "tanh":
-        return model_grad_fn(
-            config.activation, is_deep(config), bool(config.bidirectional), *options
-        )
+        return model_grad_fn(config.activation, bool(config.bidirectional), *options)
     if options != (None, False):
         return hand_grad_fn(*options)
     return None
+
+
+def check_parallel_model(params, mesh: Mesh) -> None:
+    """Refuses data-parallel training of a :class:`DeepParams` (its states are
+    ``(L*D, B, H)``; the data-parallel step shards ``(B, H)`` states only).
+
+    Raises:
+      TrainingError: a DeepParams on a mesh of more than one device.
+    """
+    if isinstance(params, DeepParams) and mesh.shape[AXIS] > 1:
+        raise TrainingError(
+            f"--devices {mesh.shape[AXIS]}: data-parallel training supports the one-layer "
+            "model only; use --devices 1 with --num-layers > 1"
+        )
 
 
 def training_mesh(devices: int | None, batch_size: int) -> Mesh:

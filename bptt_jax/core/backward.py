@@ -157,8 +157,10 @@ class _Out(NamedTuple):
     extra: tuple[int, int] | None
 
 
-def _chunk_body(ctx: _Ctx, cells, h0s, out: _Out | None, emit_below: bool):
+def _chunk_body(ctx: _Ctx, cells, r0s, out: _Out | None, emit_below: bool):
     """One chunk of a sweep, top cell first: ``(carry, (starts, data)) -> (carry, emitted)``.
+
+    ``r0s``: per cell, the state a reset restores.
 
     ``data = (X, hs, y, m, e, k, top, G)``: the bottom cell's input, the cells' states
     (``None``: recompute them from ``starts``), labels, mask, entry resets, truncation
@@ -171,8 +173,8 @@ def _chunk_body(ctx: _Ctx, cells, h0s, out: _Out | None, emit_below: bool):
         starts, (X_c, hs_c, y_c, m_c, e_c, k_c, top_c, G_c) = chunk_data
         if hs_c is None:  # recompute the chunk's states, layer by layer
             hs_c, inp = [], X_c
-            for cell, start, h0 in zip(cells, starts, h0s, strict=True):
-                hs_c.append(_run(ctx, cell, inp, start, h0, m_c, e_c)[1])
+            for cell, start, r0 in zip(cells, starts, r0s, strict=True):
+                hs_c.append(_run(ctx, cell, inp, start, r0, m_c, e_c)[1])
                 inp = _masked(hs_c[-1], m_c)
         extra = None
         if out is not None:
@@ -185,7 +187,7 @@ def _chunk_body(ctx: _Ctx, cells, h0s, out: _Out | None, emit_below: bool):
         for i in reversed(range(len(cells))):
             X_i = X_c if i == 0 else _masked(hs_c[i - 1], m_c)
             gs[i], accs[i], (dU, dW, db), deltas = _cell_backward(
-                ctx, cells[i], X_i, hs_c[i], starts[i], h0s[i], gs[i], accs[i], G_c, m_c,
+                ctx, cells[i], X_i, hs_c[i], starts[i], r0s[i], gs[i], accs[i], G_c, m_c,
                 e_c, k_c,
             )  # fmt: skip
             gU, gW, gb = grads[i]
@@ -229,12 +231,13 @@ def _stored_starts(hs, h0s, split, n, rem):
     )
 
 
-def _forward(ctx: _Ctx, cells, h0s, X, m, e, split, n, rem, recompute):
-    """A stack's forward pass in its view: ``(finals, hs per cell or None, body starts)``."""
+def _forward(ctx: _Ctx, cells, h0s, r0s, X, m, e, split, n, rem, recompute):
+    """A stack's forward pass in its view: ``(finals, hs per cell or None, body starts)``;
+    ``r0s``: the states a reset restores (``h0s``, or zeros)."""
     if not recompute:
         hs, finals, inp = [], [], X
-        for cell, h0 in zip(cells, h0s, strict=True):
-            h_fin, states = _run(ctx, cell, inp, h0, h0, m, e)  # (T, B, H): carried states
+        for cell, h0, r0 in zip(cells, h0s, r0s, strict=True):
+            h_fin, states = _run(ctx, cell, inp, h0, r0, m, e)  # (T, B, H): carried states
             hs.append(states)
             finals.append(h_fin)
             inp = _masked(states, m)
@@ -243,8 +246,8 @@ def _forward(ctx: _Ctx, cells, h0s, X, m, e, split, n, rem, recompute):
     def run_stack(states, data):  # the chunk through every layer: the states leaving it
         X_c, m_c, e_c = data
         new, inp = [], X_c
-        for cell, start, h0 in zip(cells, states, h0s, strict=True):
-            h_end, hs_c = _run(ctx, cell, inp, start, h0, m_c, e_c)
+        for cell, start, r0 in zip(cells, states, r0s, strict=True):
+            h_end, hs_c = _run(ctx, cell, inp, start, r0, m_c, e_c)
             new.append(h_end)
             inp = _masked(hs_c, m_c)
         return tuple(new), states
@@ -256,19 +259,23 @@ def _forward(ctx: _Ctx, cells, h0s, X, m, e, split, n, rem, recompute):
 
 
 def _sweep(ctx: _Ctx, cells, h0s, g0s, view, cs: int, recompute: bool, out, emit_below,
-           stored=None):  # fmt: skip
+           stored=None, r0s=None):  # fmt: skip
     """One chunked backward sweep of a stack of cells (same view), last chunk first.
 
     ``view = (X, y, m, e, k, top, G)``, time-major in the stack's view. Returns
     ``(E, grads per cell (dU, dW, db), dV, dc, dh0s, finals, emitted)`` with
     ``emitted = (G below (T, B, D_in) or None, extra Vᵀr columns or None)``.
     ``stored``: ``(finals, hs)`` of a forward pass already run, or ``None``.
+    ``r0s``: the states a reset restores, or ``None`` for ``h0s`` (then the gradient
+    that reaches a reset is part of ``dh0s``; with ``r0s`` given it is not).
     """
     X, y, m, e, k, top, G = view
     T, ids = X.shape[0], jnp.issubdtype(X.dtype, jnp.integer)
     n, rem, split, join = _splitter(T, cs)
+    own_r0s = r0s is not None
+    r0s = tuple(h0s) if r0s is None else tuple(r0s)
     if stored is None:
-        finals, hs, starts = _forward(ctx, cells, h0s, X, m, e, split, n, rem, recompute)
+        finals, hs, starts = _forward(ctx, cells, h0s, r0s, X, m, e, split, n, rem, recompute)
     else:
         finals, hs = stored
         starts = _stored_starts(hs, h0s, split, n, rem)
@@ -282,7 +289,7 @@ def _sweep(ctx: _Ctx, cells, h0s, g0s, view, cs: int, recompute: bool, out, emit
     V_shape = (1, 1) if out is None else out.V.shape
     carry = (tuple(g0s), accs, zeros(shape=()), grads, zeros(shape=V_shape),
              zeros(shape=V_shape[:1]))  # fmt: skip
-    body = _chunk_body(ctx, cells, h0s, out, emit_below)
+    body = _chunk_body(ctx, cells, r0s, out, emit_below)
     data_head, data_body = split((X, hs, y, m, e, k, top, G))
     emitted_body = emitted_head = None
     if n:
@@ -297,7 +304,7 @@ def _sweep(ctx: _Ctx, cells, h0s, g0s, view, cs: int, recompute: bool, out, emit
     elif emitted_head is not None:
         emitted = emitted_head
     gs, accs, E, grads, dV, dc = carry
-    dh0s = tuple(g if a is None else g + a for g, a in zip(gs, accs, strict=True))
+    dh0s = tuple(g if a is None or own_r0s else g + a for g, a in zip(gs, accs, strict=True))
     grads = tuple((dU, dW.T if i == 0 and ids else dW, db)
                   for i, (dU, dW, db) in enumerate(grads))  # fmt: skip
     return E, grads, dV, dc, dh0s, finals, emitted

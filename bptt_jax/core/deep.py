@@ -105,8 +105,9 @@ def _ctx(activation, matmul_dtype, dtype, unroll, clip_delta) -> _Ctx:
     return _Ctx(act.f, act.df_from_h, mm, cast, unroll, clip_delta)
 
 
-def _bidirectional(ctx, params: DeepParams, X, Y, h0, dh_final, views, scale, cs):
-    """Per cell sweeps, top layer first; ``(E, grads[l][d], dV, dc, dh0s, finals)``."""
+def _bidirectional(ctx, params: DeepParams, X, Y, h0, dh_final, views, scale, cs, r0):
+    """Per cell sweeps, top layer first; ``(E, grads[l][d], dV, dc, dh0s, finals)``;
+    ``r0``: the states resets restore (``h0``, or zeros), like ``h0``."""
     cells, H = params.cells(), params.layers[0].U.shape[0]
     flips = (lambda a: a, lambda a: jnp.flip(a, 0))
     inputs, hs, finals, inp = [], {}, {}, X  # the forward pass, every cell stored
@@ -116,7 +117,7 @@ def _bidirectional(ctx, params: DeepParams, X, Y, h0, dh_final, views, scale, cs
         for d, layer in enumerate(cell):
             m, e, _ = views[d]
             i = 2 * l + d
-            finals[i], hs[i] = _run(ctx, layer, flips[d](inp), h0[i], h0[i], m, e)
+            finals[i], hs[i] = _run(ctx, layer, flips[d](inp), h0[i], r0[i], m, e)
             outs.append(flips[d](_masked(hs[i], m)))
         inp = jnp.concatenate(outs, axis=-1)  # (T, B, 2H)
     grads = [[None, None] for _ in cells]
@@ -132,7 +133,8 @@ def _bidirectional(ctx, params: DeepParams, X, Y, h0, dh_final, views, scale, cs
                 G = fl(extra if l == len(cells) - 1 else G_buf[..., d * H : (d + 1) * H])
             res = _sweep(ctx, (layer,), (h0[i],), (dh_final[i],),
                          (fl(inputs[l]), Y if out else None, m, e, k, top, G), cs, False,
-                         out, l > 0, stored=((finals[i],), (hs[i],)))  # fmt: skip
+                         out, l > 0, stored=((finals[i],), (hs[i],)),
+                         r0s=None if r0 is h0 else (r0[i],))  # fmt: skip
             E_i, (g,), dV_i, dc_i, (dh0s[i],), _, (below, ex) = res
             if out is not None:
                 E, dV, dc, extra = E_i, dV_i, dc_i, ex
@@ -147,11 +149,12 @@ def _bidirectional(ctx, params: DeepParams, X, Y, h0, dh_final, views, scale, cs
 @functools.partial(
     jax.jit,
     static_argnames=("activation", "reduction", "truncate", "clip_delta", "chunk", "recompute",
-                     "unroll", "matmul_dtype"),
+                     "unroll", "matmul_dtype", "zero_resets"),
 )  # fmt: skip
 def deep_bptt_core(params: DeepParams, xs, ys, h0, mask=None, dh_final=None, resets=None, *,
                    activation="tanh", reduction="sum", truncate=None, clip_delta=None,
-                   chunk=None, recompute=False, unroll=1, matmul_dtype=None):  # fmt: skip
+                   chunk=None, recompute=False, unroll=1, matmul_dtype=None,
+                   zero_resets=False):  # fmt: skip
     """Hand BPTT through every layer and direction; no checks.
 
     Args:
@@ -160,6 +163,10 @@ def deep_bptt_core(params: DeepParams, xs, ys, h0, mask=None, dh_final=None, res
       h0: ``(L*D, B, H)``; mask, resets: ``(B, T)`` bool or None; dh_final: like h0 or None.
       activation, reduction, truncate, clip_delta, chunk, recompute, unroll,
         matmul_dtype: as :func:`bptt_jax.bptt` (``recompute`` unidirectional only).
+      zero_resets: ``False``: a reset restores ``h0`` (the API's ``resets``); ``True``: it
+        restores zeros, :math:`h^{\\mathrm{in}}_t = 0` (a document starts from the zero
+        state while the chunk's first step continues ``h0``, the training streams' case),
+        and ``dh0`` is then :math:`U^\top\\delta_1` only.
 
     Returns:
       ``(E, grads DeepParams, dh0 (L*D, B, H), h_final (L*D, B, H))``.
@@ -175,9 +182,10 @@ def deep_bptt_core(params: DeepParams, xs, ys, h0, mask=None, dh_final=None, res
     if reduction == "mean":
         scale = 1 / jnp.maximum(n_real, 1).astype(params.V.dtype)
     views = _views(T, mask, resets, truncate)
+    r0 = jnp.zeros_like(h0) if zero_resets else h0  # what a reset restores
     if params.bidirectional:
         E, grads, dV, dc, dh0, finals = _bidirectional(
-            ctx, params, X, Y, h0, dh_final, views, scale, cs
+            ctx, params, X, Y, h0, dh_final, views, scale, cs, r0
         )
         layers, reverse = tuple(g[0] for g in grads), tuple(g[1] for g in grads)
     else:
@@ -186,7 +194,7 @@ def deep_bptt_core(params: DeepParams, xs, ys, h0, mask=None, dh_final=None, res
         out = _Out(params.V, params.c, scale, 0, H, None)
         E, grads, dV, dc, dh0, finals, _ = _sweep(
             ctx, params.layers, tuple(h0), tuple(dh_final), (X, Y, m, e, k, None, None), cs,
-            recompute, out, False,
+            recompute, out, False, r0s=tuple(r0) if zero_resets else None,
         )  # fmt: skip
         layers, reverse = tuple(Layer(*g) for g in grads), ()
         dh0, finals = jnp.stack(dh0), jnp.stack(finals)

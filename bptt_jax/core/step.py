@@ -2,12 +2,14 @@ r"""One training step with the hand gradients: the update every trainer in the p
 
 .. math::
 
-    E, \nabla E, h_T = \mathrm{grad\_fn}(\theta, x, y, h_0),\qquad
+    E, \nabla E, h_T = \mathrm{grad\_fn}(\theta, x, y, h_0, \mathrm{resets}),\qquad
     g = \nabla E / n,\qquad
     \theta := \theta + \mathrm{tx}(g)
 
-``grad_fn`` is the hand BPTT (:func:`bptt_jax.core.bptt.bptt_core`, possibly with
-options bound, or its data-parallel twin), never ``jax.grad``; ``tx`` is an optax
+``grad_fn`` is the hand BPTT (:func:`hand_bptt`: :func:`bptt_jax.core.bptt.bptt_core`
+for the seed's :class:`Params`, :func:`bptt_jax.core.deep.deep_bptt_core` for a
+:class:`DeepParams` or when a stream restarts inside the chunk; possibly with options
+bound, or its data-parallel twin), never ``jax.grad``; ``tx`` is an optax
 transformation (clipping chained before the optimizer); ``n`` is what the loss
 is a mean over (``B T`` characters for the language model, ``B`` sequences for
 the delay task). Pure: no I/O, no globals; the callers jit it (the app's loop
@@ -23,15 +25,52 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .params import Params
+from .bptt import bptt_core
+from .deep import deep_bptt_core
+from .params import DeepParams, Params, from_deep, to_deep
+
+
+def hand_bptt(params: Params | DeepParams, xs, ys, h0, resets=None, **options):
+    r"""The hand BPTT of any model, with per-step resets *to the zero state*.
+
+    .. math::
+
+        h^{\mathrm{in}}_t = \begin{cases} h_0 & t = 1 \\
+            0 & \mathrm{resets}[b, t] \\ h_{t-1} & \text{otherwise} \end{cases}
+
+    so a document that starts inside the chunk starts from zero while the rest of
+    the row continues the carried state ``h0`` (the training streams' case; the
+    public ``bptt(resets=)`` restores ``h0`` instead).
+
+    Args:
+      params: :class:`Params` (``h0``, ``h_T``, ``dh0`` ``(B, H)``) or
+        :class:`DeepParams` (``(L*D, B, H)``).
+      xs, ys: ``(B, T)`` ids (``ys`` may be ``(B, T, C)`` probabilities).
+      resets: ``(B, T)`` bool or ``None`` (no resets: the seed's ``bptt_core`` for
+        :class:`Params`).
+      options: keyword options both cores take (``activation``, ``matmul_dtype``,
+        ``recompute``, ``truncate``, ...).
+
+    Returns:
+      ``(E, grads like params, dh0, h_T)``; ``dh0`` = :math:`U^\top\delta_1` (no
+      gradient flows into the zero a reset restores).
+    """
+    if isinstance(params, Params):
+        if resets is None:
+            return bptt_core(params, xs, ys, h0, **options)
+        E, grads, dh0, h_T = deep_bptt_core(
+            to_deep(params), xs, ys, h0[None], resets=resets, zero_resets=True, **options
+        )
+        return E, from_deep(grads), dh0[0], h_T[0]
+    return deep_bptt_core(params, xs, ys, h0, resets=resets, zero_resets=True, **options)
 
 
 class StepResult(NamedTuple):
-    params: Params  # θ after the update (the old θ if skipped)
+    params: Params | DeepParams  # θ after the update (the old θ if skipped)
     opt_state: Any  # the optimizer state after it (the old one if skipped)
-    h_T: jax.Array  # (B, H) the final hidden state (zeros if skipped)
+    h_T: jax.Array  # (B, H) / (L*D, B, H) the final hidden state (zeros if skipped)
     loss: jax.Array  # () E / n
-    grads: Params  # ∇E / n, before clipping
+    grads: Params | DeepParams  # ∇E / n, before clipping
     finite: jax.Array  # () bool: loss, gradients and new θ all finite
 
 
@@ -48,6 +87,7 @@ def train_step(
     xs: jax.Array,
     ys: jax.Array,
     h0: jax.Array,
+    resets: jax.Array | None = None,
     *,
     n: int,
     skip_nonfinite: bool = True,
@@ -55,11 +95,14 @@ def train_step(
     r"""Hand gradients, their mean over ``n``, then ``tx``'s update.
 
     Args:
-      grad_fn: ``(params, xs, ys, h0) -> (E, grads, dh0, h_T)``, the hand BPTT.
+      grad_fn: ``(params, xs, ys, h0, resets) -> (E, grads, dh0, h_T)``, the hand
+        BPTT (:func:`hand_bptt` or a partial of it).
       tx: the optax transformation (clipping, then the optimizer).
       params, opt_state: the current parameters and ``tx``'s state.
       xs: ``(B, T)`` ids; ys: ``(B, T)`` ids or ``(B, T, C)`` soft labels.
-      h0: ``(B, H)`` the state the chunk starts from.
+      h0: ``(B, H)`` (``(L*D, B, H)`` for a DeepParams) the state the chunk starts from.
+      resets: ``(B, T)`` bool, True where a document starts (the state entering
+        that step is zero), or ``None``.
       n: the loss and gradients are divided by it (a Python int).
       skip_nonfinite: when the loss, a gradient or a new parameter is not
         finite, return the old parameters and optimizer state and zeros for
@@ -68,7 +111,7 @@ def train_step(
     Returns:
       :class:`StepResult`.
     """
-    E, grads, _, h_T = grad_fn(params, xs, ys, h0)
+    E, grads, _, h_T = grad_fn(params, xs, ys, h0, resets)
     loss = E / n
     grads = jax.tree.map(lambda g: g / n, grads)
     # optax mixes Python floats with its int32 step count (Adam's bias

@@ -30,12 +30,11 @@ import numpy as np
 import optax
 from jax import lax
 
-from ..core.bptt import bptt_core
 from ..core.clipping import make_clipper
 from ..core.losses import log_softmax
 from ..core.params import init_params
 from ..core.rnn import hidden_states, output_logits
-from ..core.step import train_step
+from ..core.step import hand_bptt, train_step
 from .diagnostics import gradient_flow_core
 
 
@@ -115,7 +114,7 @@ def _train(params, key, delays, *, batch, steps, vocab_size, iterations, learnin
            activation, clip, clip_value, clip_delta):  # fmt: skip
     """Per delay: loss, accuracy, gradient norm ``(N,)`` each; vmapped over delays."""
     opt = optax.chain(make_clipper(clip, clip_value), optax.adam(learning_rate))
-    grad_fn = functools.partial(bptt_core, activation=activation, clip_delta=clip_delta)
+    grad_fn = functools.partial(hand_bptt, activation=activation, clip_delta=clip_delta)
     h0 = jnp.zeros((batch, params.U.shape[0]), params.U.dtype)
     t = jnp.arange(steps)
 

@@ -11,7 +11,6 @@ import pytest
 
 from bptt_jax.app.checkpoint import save_checkpoint
 from bptt_jax.app.checkpoint_schema import (
-    load_model,
     read_training_checkpoint,
     training_arrays,
     training_header,
@@ -25,7 +24,7 @@ from bptt_jax.app.state import History, TrainState
 from bptt_jax.app.step import make_optimizer
 from bptt_jax.app.tagging import format_tags, predict_tags, tag_json
 from bptt_jax.app.train import Model
-from bptt_jax.core.params import DeepParams, Layer, Params
+from bptt_jax.core.params import DeepParams, Params
 
 SOURCE = "def f(x):\n    return x + 1\n\n\nclass A:\n    pass\n"
 CHARS = "".join(sorted(set(SOURCE)))
