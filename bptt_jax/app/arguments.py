@@ -11,7 +11,15 @@ import argparse
 from collections.abc import Callable
 
 from ..core.checks import MATMUL_DTYPES, check_number
-from .config import ACTIVATION_NAMES, DTYPES, OPTIMIZERS, SEED_RANGE, TASKS, TrainConfig
+from .config import (
+    ACTIVATION_NAMES,
+    BIDIRECTIONAL_DEFAULTS,
+    DTYPES,
+    OPTIMIZERS,
+    SEED_RANGE,
+    TASKS,
+    TrainConfig,
+)
 
 
 def number(*, integer: bool, minimum: float, strict: bool) -> Callable[[str], int | float]:
@@ -319,6 +327,7 @@ def _add_model_flags(a, d: TrainConfig) -> None:
         const=True,
         default=None,
         help="--task tag only: every layer also reads the text right to left, so a "
-        "character's label may depend on the characters after it (default: left to right "
-        "only, each label from the characters up to it)",
+        "character's label may depend on the characters after it; its defaults: "
+        + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in BIDIRECTIONAL_DEFAULTS.items())
+        + " (default: left to right only, each label from the characters up to it)",
     )

@@ -8,7 +8,6 @@ Errors the user must act on (:class:`DataError`, :class:`CheckpointError`,
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import pathlib
 import sys
@@ -20,7 +19,7 @@ from .arguments import TRAIN_OPTIONS
 from .bench import run_bench
 from .check import run_check
 from .checkpoint_schema import config_for_resume, load_model, read_training_checkpoint
-from .config import TrainConfig, TrainingError
+from .config import TrainConfig, TrainingError, default_config
 from .data import DataError, read_text, token_labels
 from .distributed import cluster_from, initialize
 from .evaluate import Evaluation
@@ -117,7 +116,7 @@ def train_command(args: argparse.Namespace) -> int:
     if "text" in given:
         given["text"] = tuple(given["text"])
     if args.resume is None:
-        config, resume = dataclasses.replace(TrainConfig(), **given), None
+        config, resume = default_config(given), None
     else:
         config, resume = _resumed(args.resume, given)
     progress = not args.no_progress and sys.stderr.isatty()

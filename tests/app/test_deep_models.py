@@ -16,7 +16,13 @@ from bptt_jax.app.checkpoint_schema import (
     training_header,
 )
 from bptt_jax.app.cli import main
-from bptt_jax.app.config import TrainConfig, TrainingError, check_config
+from bptt_jax.app.config import (
+    BIDIRECTIONAL_DEFAULTS,
+    TrainConfig,
+    TrainingError,
+    check_config,
+    default_config,
+)
 from bptt_jax.app.data import TOKEN_TYPES, Vocab, load_corpus, token_labels
 from bptt_jax.app.models import init_model, logits_core, param_arrays, params_from_arrays
 from bptt_jax.app.sample import CHUNK, generate, sample
@@ -276,3 +282,12 @@ def test_sample_streams_each_sample_from_the_zero_state(tmp_path):
     first, second = lines[1], lines[lines.index("--- sample 2 of 2 ---") + 1]
     assert first == second and len(first) == len("def ") + 70  # greedy from zero twice
     assert len(out.seen) >= 2 * 3  # flushed per chunk of characters, as generated
+
+
+def test_a_bidirectional_tagger_has_its_own_defaults_and_the_flags_win():
+    config = default_config({"task": "tag", "bidirectional": True, "steps": 7})
+    assert config.steps == 7 and config.bidirectional
+    for name, value in BIDIRECTIONAL_DEFAULTS.items():
+        if name != "steps":
+            assert getattr(config, name) == value != getattr(TrainConfig(), name)
+    assert default_config({"task": "tag"}) == TrainConfig(task="tag")
