@@ -13,9 +13,12 @@ from collections.abc import Callable
 from ..core.checks import MATMUL_DTYPES, check_number
 from .config import (
     ACTIVATION_NAMES,
+    AUTO_WARMUP_FRACTION,
     BIDIRECTIONAL_DEFAULTS,
     DTYPES,
+    MAX_AUTO_WARMUP,
     OPTIMIZERS,
+    SCHEDULES,
     SEED_RANGE,
     TASKS,
     TrainConfig,
@@ -91,7 +94,8 @@ TRAIN_OPTIONS = (
     "task", "text", "max_files", "steps", "batch_size", "seq_len", "hidden_size", "num_layers",
     "activation", "bidirectional", "lr",
     "optimizer", "clip", "clip_value", "seed", "out", "eval_every", "save_every",
-    "verify_every", "val_chars", "dtype", "matmul_dtype", "recompute",
+    "verify_every", "val_chars", "dtype", "matmul_dtype", "recompute", "schedule", "warmup",
+    "log_every",
 )  # fmt: skip
 
 
@@ -176,6 +180,21 @@ def add_train_parser(commands) -> None:
         f"others are optax's (default {d.optimizer})",
     )
     a(
+        "--schedule",
+        choices=SCHEDULES,
+        default=None,
+        help="the learning rate after the warm-up: --lr throughout (constant), or a cosine "
+        f"or linear decay to 0 at --steps (default {d.schedule})",
+    )
+    a(
+        "--warmup",
+        type=nonnegative,
+        default=None,
+        metavar="STEPS",
+        help="STEPS of linear warm-up from 0 to --lr, at most --steps (default "
+        f"{AUTO_WARMUP_FRACTION:.0%} of --steps, at most {MAX_AUTO_WARMUP})",
+    )
+    a(
         "--clip",
         type=nonnegative_float,
         default=None,
@@ -227,6 +246,15 @@ def add_train_parser(commands) -> None:
         help=f"write the checkpoint every N steps, 0 = only at the end (default {d.save_every})",
     )
     a(
+        "--log-every",
+        type=positive,
+        default=None,
+        metavar="N",
+        help="append a row to OUT/metrics.csv every N steps and at every validation: step, "
+        "training and validation bits/char, learning rate, gradient norm before clipping, "
+        f"steps/s and tokens/s without compilation (default {d.log_every})",
+    )
+    a(
         "--verify-every",
         type=nonnegative,
         default=None,
@@ -239,7 +267,9 @@ def add_train_parser(commands) -> None:
         type=positive,
         default=None,
         metavar="N",
-        help=f"validate on the first N held-out characters (default {d.val_chars})",
+        help="cap on the held-out characters validation scores: whole held-out files, "
+        f"each from a zero state, up to N characters (default {d.val_chars:,}; printed "
+        "when it cuts the held-out set)",
     )
     a(
         "--dtype",

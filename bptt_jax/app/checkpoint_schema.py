@@ -185,9 +185,9 @@ def _check_history(history: Any, step: int) -> None:
             for r in rows
         ):
             raise CheckpointError(f"history.{name} must be a list of [step, loss, ...] rows")
-    for name in ("nonfinite", "nonfinite_run", "verified"):
+    for name in ("nonfinite", "nonfinite_run", "verified", "best_step"):
         _integer(history.get(name, 0), f"history.{name}")
-    for name in ("seconds", "verify_error"):
+    for name in ("seconds", "verify_error", "best_loss"):
         if not _is_number(history.get(name, 0.0)):
             raise CheckpointError(f"history.{name} must be a number")
 

@@ -33,7 +33,7 @@ from .arguments import (
 )
 from .check import INPUTS, TOLERANCES
 from .checkpoint import CheckpointError
-from .config import DTYPES, TrainingError
+from .config import DTYPES, TASKS, TrainingError
 from .data import DataError
 from .distributed import ClusterError
 from .preflight import UsageError
@@ -197,12 +197,34 @@ def _add_use_parsers(commands_) -> None:
       "spans, accuracy and disagreements (null when tokenize cannot read the file)")  # fmt: skip
 
 
+def _add_eval_parser(commands_) -> None:
+    ev = commands_.add_parser(
+        "eval",
+        help="score a checkpoint on files: bits/char (lm) or accuracy (tag)",
+        description=(
+            "Scores the model of CHECKPOINT on the files PATH... (folders are read "
+            "recursively), each file from a zero state with the state carried through the "
+            "whole file. lm: bits/char, nats/char, perplexity; tag: accuracy, per class and "
+            "the confusion table against tokenize. Characters outside the model's "
+            "vocabulary are counted and reported."
+        ),
+    )
+    a = ev.add_argument
+    a("checkpoint", metavar="CHECKPOINT", help="a checkpoint written by bptt-jax train")
+    a("paths", metavar="PATH", nargs="+", help="UTF-8 text files or folders")
+    a("--task", choices=TASKS, default=None,
+      help="refuse a checkpoint of the other task (default: the checkpoint's)")  # fmt: skip
+    a("--json", action="store_true",
+      help="print one JSON object (lm: bits_per_char, chars, ...; tag: accuracy, "
+      "chars, ...)")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every ``bptt-jax`` command."""
     parser = Parser(
         prog="bptt-jax",
         description="Backpropagation through time derived by hand, checked against jax.grad. "
-        "Commands: train (the main job), sample, tag, check, diagnose, bench.",
+        "Commands: train (the main job), sample, tag, eval, check, diagnose, bench.",
     )
     parser.add_argument(
         "--debug",
@@ -215,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_parser(commands_)
     add_train_parser(commands_)
     _add_use_parsers(commands_)
+    _add_eval_parser(commands_)
     return parser
 
 
@@ -225,6 +248,7 @@ _HANDLERS = {
     "train": commands.train_command,
     "sample": commands.sample_command,
     "tag": commands.tag,
+    "eval": commands.eval_command,
 }
 
 # The errors a user can cause: their message is the whole report.

@@ -26,8 +26,11 @@ from .evaluate import Evaluation
 from .loop import CHECKPOINT_NAME, train
 from .preflight import UsageError, check_writable_folder, require_memory, rnn_bytes
 from .sample import check_request, generate
+from .score import eval_command
 from .signals import signal_name
 from .tagging import format_tags, legend, predict_tags, tag_json
+
+__all__ = ["eval_command"]  # bptt-jax eval (bptt_jax.app.score), with the other handlers
 
 
 def error(command: str, message: str) -> int:

@@ -40,9 +40,17 @@ ACTIVATION_NAMES = tuple(ACTIVATIONS)
 #: older checkpoint (which lacks them) was trained with: the seed's one tanh layer.
 MODEL_DEFAULTS = {"num_layers": 1, "activation": "tanh", "bidirectional": False}
 
+#: ``TrainConfig.schedule``: the learning rate after ``warmup`` steps of linear warm-up
+#: from 0: ``lr`` throughout, a cosine decay to 0 at ``steps``, or a linear one.
+SCHEDULES = ("constant", "cosine", "linear")
+
+#: Fields added after the first checkpoints were written, with the value that
+#: reproduces what those runs did (a checkpoint without them reads as these).
+LEGACY = {"schedule": "constant", "warmup": 0, "log_every": 100}
+
 # Options that may differ between a run and its --resume: they do not change
 # the parameters a given step produces.
-RESUMABLE = ("steps", "out", "eval_every", "save_every", "verify_every")
+RESUMABLE = ("steps", "out", "eval_every", "save_every", "verify_every", "log_every")
 
 
 #: The defaults of a ``--bidirectional`` tagger that differ from :class:`TrainConfig`'s:
@@ -78,6 +86,8 @@ class TrainConfig:
     bidirectional: bool = False  # tag only: every layer also reads right to left
     lr: float = 3e-3
     optimizer: str = "adam"
+    schedule: str = "cosine"  # of the learning rate: constant, cosine or linear decay to 0
+    warmup: int | None = None  # steps of linear warm-up from 0 to lr; None: warmup_steps()
     clip: float = 1.0  # global-norm clip of the mean gradient; 0 = off
     clip_value: float = 0.0  # element-wise clip to [-v, v]; 0 = off
     seed: int = 0
@@ -85,7 +95,8 @@ class TrainConfig:
     eval_every: int = 250
     save_every: int = 1000
     verify_every: int = 0  # 0 = never
-    val_chars: int = 65536
+    log_every: int = 100  # a row of OUT/metrics.csv every N steps (and at each evaluation)
+    val_chars: int = 1_000_000  # cap on the held-out characters validation scores
     dtype: str = "float32"  # of the parameters and the computation: float32 or float64
     matmul_dtype: str | None = None  # "bfloat16": bf16 matrix products, dtype accumulation
     recompute: bool = False  # keep h_t every ~sqrt(T) steps only, recompute the rest
@@ -105,7 +116,7 @@ class TrainConfig:
         if not isinstance(d, dict):
             raise TrainingError(f"the configuration must be a JSON object, not {_kind(d)}")
         known = {f.name for f in dataclasses.fields(cls)}
-        d = MODEL_DEFAULTS | d  # a checkpoint written before these fields existed
+        d = {**LEGACY, **MODEL_DEFAULTS, **d}  # a checkpoint written before these fields
         missing = sorted(known - set(d))
         if missing:
             raise TrainingError(f"the configuration lacks {', '.join(missing)}")
@@ -126,6 +137,7 @@ _NUMBERS = (
     ("clip", False, 0, False, False), ("clip_value", False, 0, False, False),
     ("eval_every", True, 0, False, False), ("save_every", True, 0, False, False),
     ("verify_every", True, 0, False, False), ("val_chars", True, 1, False, False),
+    ("warmup", True, 0, False, True), ("log_every", True, 1, False, False),
 )  # fmt: skip
 #: ``--seed`` and ``TrainConfig.seed``: what ``jax.random.key`` takes without overflow.
 SEED_RANGE = (-(2**63), 2**63 - 1)
@@ -168,6 +180,11 @@ def check_config(config: TrainConfig) -> None:
         raise TrainingError(f"out must be a folder name, got {config.out!r}")
     if not isinstance(config.recompute, bool):
         raise TrainingError(f"recompute must be true or false, got {config.recompute!r}")
+    if config.warmup is not None and config.warmup > config.steps:
+        raise TrainingError(
+            f"warmup must be at most steps ({config.steps}), got {config.warmup}: the learning "
+            "rate would never reach --lr"
+        )
     check_names(config)
     check_model(config)
 
@@ -203,6 +220,41 @@ def is_deep(config: TrainConfig) -> bool:
     return config.num_layers > 1 or bool(config.bidirectional)
 
 
+#: The warm-up of a run that does not set ``--warmup``: this fraction of its steps,
+#: at most :data:`MAX_AUTO_WARMUP`.
+AUTO_WARMUP_FRACTION, MAX_AUTO_WARMUP = 0.05, 100
+
+
+def warmup_steps(config: TrainConfig) -> int:
+    """The steps of linear warm-up: ``config.warmup``, or 5% of the steps (at most 100)."""
+    if config.warmup is not None:
+        return config.warmup
+    return min(MAX_AUTO_WARMUP, int(AUTO_WARMUP_FRACTION * config.steps))
+
+
+def learning_rate(config: TrainConfig) -> optax.Schedule:
+    r"""The learning rate at each step: linear warm-up from 0 to ``lr`` over ``w`` steps,
+    then ``config.schedule`` over the remaining ``S - w`` steps:
+
+    .. math::
+
+        \eta_k = \begin{cases} \lambda k / w & k < w \\
+            \lambda & \text{constant} \\
+            \lambda \tfrac12 (1 + \cos(\pi (k - w)/(S - w))) & \text{cosine} \\
+            \lambda (1 - (k - w)/(S - w)) & \text{linear} \end{cases}
+    """
+    lr, S, w = config.lr, config.steps, warmup_steps(config)
+    decay = max(S - w, 1)
+    main = {
+        "constant": optax.constant_schedule(lr),
+        "cosine": optax.cosine_decay_schedule(lr, decay),
+        "linear": optax.linear_schedule(lr, 0.0, decay),
+    }[config.schedule]
+    if w == 0:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, w), main], [w])
+
+
 def check_names(config: TrainConfig) -> None:
     """Refuses an unknown dtype, optimizer or matmul dtype.
 
@@ -212,6 +264,10 @@ def check_names(config: TrainConfig) -> None:
     if not isinstance(config.dtype, str) or config.dtype not in DTYPES:
         raise TrainingError(f"unknown dtype {config.dtype!r}; choose one of {', '.join(DTYPES)}")
     check_optimizer(config.optimizer)
+    if not isinstance(config.schedule, str) or config.schedule not in SCHEDULES:
+        raise TrainingError(
+            f"unknown schedule {config.schedule!r}; choose one of {', '.join(SCHEDULES)}"
+        )
     if not isinstance(config.matmul_dtype, str | None) or config.matmul_dtype not in (
         None,
         *MATMUL_DTYPES,

@@ -234,6 +234,8 @@ class Corpus:
     train_files: tuple[str, ...]
     val_files: tuple[str, ...]
     skipped: tuple[str, ...]  # files left out (tag: tokenize could not read them)
+    train_starts: tuple[int, ...] = (0,)  # where each training file starts in train_ids
+    val_starts: tuple[int, ...] = (0,)  # where each held-out file starts in val_ids
 
     @property
     def num_classes(self) -> int:
@@ -285,7 +287,20 @@ def load_corpus(
         train_files=tuple(train.names),
         val_files=tuple(val.names),
         skipped=tuple(skipped),
+        train_starts=_starts(train.texts),
+        val_starts=_starts(val.texts),
     )
+
+
+def _starts(texts: list[str]) -> tuple[int, ...]:
+    """The offset of each text in their concatenation (empty texts are never read)."""
+    return tuple(int(x) for x in np.cumsum([0] + [len(t) for t in texts[:-1]]))
+
+
+def file_spans(starts: tuple[int, ...], total: int) -> list[tuple[int, int]]:
+    """``[(start, end), ...]`` of each file in a concatenation of ``total`` characters."""
+    ends = (*starts[1:], total)
+    return [(a, b) for a, b in zip(starts, ends, strict=True) if b > a]
 
 
 class _Group(NamedTuple):

@@ -11,7 +11,8 @@ last checkpoint written before kept as it is) as soon as any of these holds:
    the uniform guess an untrained model starts from (``--lr 1e3`` is caught
    here within ten steps).
 3. **Worse than the unigram after warm-up:** once :func:`warmup` steps are
-   done (10% of ``--steps``, at least :data:`MIN_WARMUP_STEPS`), a validation
+   done (10% of ``--steps``, at least :data:`MIN_WARMUP_STEPS`, and at least the
+   learning rate's ``--warmup``), a validation
    loss above the unigram baseline + :data:`MARGIN_BITS` bits per character
    (the baseline of a model without memory, ``baselines["unigram_bits"]``).
 """
@@ -39,6 +40,7 @@ def divergence(
     steps: int,
     num_classes: int,
     unigram_bits: float | None,
+    lr_warmup: int = 0,
 ) -> str | None:
     """Why a loss of ``bits`` bits/char at ``step`` means divergence, or ``None``.
 
@@ -49,6 +51,7 @@ def divergence(
       step, steps: the step reached and the run's total.
       num_classes: C.
       unigram_bits: the baseline of rule 3 (``None``: no rule 3).
+      lr_warmup: the learning rate's warm-up steps; rule 3 waits for them too.
     """
     uniform = math.log2(num_classes) + MARGIN_BITS
     if not math.isfinite(bits) or bits > uniform:
@@ -56,7 +59,8 @@ def divergence(
             f"{what} loss {bits:.4g} bits/char is above {uniform:.2f} "
             f"(log2 C + {MARGIN_BITS:g}: worse than guessing uniformly among {num_classes})"
         )
-    if what == "validation" and unigram_bits is not None and step >= warmup(steps):
+    after = max(warmup(steps), lr_warmup)
+    if what == "validation" and unigram_bits is not None and step >= after:
         limit = unigram_bits + MARGIN_BITS
         if bits > limit:
             return (

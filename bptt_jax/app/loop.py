@@ -41,13 +41,14 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from tqdm import tqdm
 
 from ..referees.tolerances import AUTODIFF
 from .checkpoint_schema import data_fingerprint, read_training_checkpoint, restore
 from .config import TrainConfig, TrainingError, check_config, is_deep
 from .data import Corpus, DataError, load_corpus
-from .evaluate import baselines
+from .evaluate import baselines, held_out
 from .loop_steps import (
     CHECKPOINT_NAME,
     Loop,
@@ -57,6 +58,7 @@ from .loop_steps import (
     flush,
     one_step,
     save,
+    write_metrics,
     zeros_h,
 )
 from .models import init_model
@@ -65,7 +67,7 @@ from .preflight import check_writable_folder, require_memory, rnn_bytes
 from .signals import Interrupted, Interrupts, signal_name
 from .state import History, Result, TrainState
 from .step import cached_step, hand_grad_fn, model_grad_fn, step_grad_fn, training_mesh
-from .streams import Streams, eval_arrays
+from .streams import Streams
 
 __all__ = ["CHECKPOINT_NAME", "PLOT_NAME", "train"]
 
@@ -170,21 +172,23 @@ def _session(config, corpus, progress, echo, grad_fn, devices) -> Session:
     streams = Streams(
         corpus.train_ids, corpus.train_labels if labels else None, config.batch_size,
         config.seq_len, num_processes=jax.process_count(), process_id=jax.process_index(),
+        starts=corpus.train_starts,
     )  # fmt: skip
-    xs_val, ys_val = eval_arrays(
-        corpus.val_ids, corpus.val_labels if labels else None, config.batch_size,
-        config.val_chars,
-    )  # fmt: skip
+    held = held_out(corpus.val_ids, corpus.val_labels if labels else None, corpus.val_starts,
+                    corpus.val_files, config.val_chars)  # fmt: skip
+    if held.capped and jax.process_index() == 0:
+        echo(f"validation: {held.describe()}")
+    ys_val, xs_val = np.concatenate(held.ys), np.concatenate(held.xs)
     K, C = corpus.vocab.size, corpus.num_classes
     for name, a, n in (("input ids", streams.xs, K), ("labels", streams.ys, C)):
         if a.size and (a.min() < 0 or a.max() >= n):  # JAX would clamp silently
             raise DataError(f"training {name} outside 0..{n - 1}")
     tx, step_fn = cached_step(
         config.optimizer, config.lr, config.clip, config.clip_value,
-        step_grad_fn(config, mesh, grad_fn),
+        step_grad_fn(config, mesh, grad_fn), config.schedule, config.warmup, config.steps,
     )  # fmt: skip
     return Session(
-        config, corpus, streams, xs_val, ys_val, baselines(corpus, ys_val, xs_val),
+        config, corpus, streams, held, baselines(corpus, ys_val, xs_val),
         data_fingerprint(corpus), mesh, tx,
         step_fn, verify_fn=grad_fn or _verify_fn(config),
         verify_tol=AUTODIFF["bfloat16"] if config.matmul_dtype else None,
@@ -230,7 +234,15 @@ def _open_bar(s: Session, loop: Loop) -> tuple[Session, Loop]:
     s = dataclasses.replace(s, bar=bar, first_step=loop.state.step)
     if s.config.eval_every and loop.state.step == 0:
         loop = evaluate_and_log(s, loop)  # where the curve starts: about log2(C) bits/char
-    return dataclasses.replace(s, t_start=time.perf_counter()), loop
+        loop = write_metrics(s, loop, loop.evaluation)
+    t_start = time.perf_counter()
+    s.clock.other, s.clock.mark, s.clock.mark_step, s.clock.mark_other = (
+        0.0,
+        t_start,
+        loop.state.step,
+        0.0,
+    )
+    return dataclasses.replace(s, t_start=t_start), loop
 
 
 def _steps(s: Session, loop: Loop, on_step) -> tuple[Loop, bool, float]:
@@ -251,6 +263,7 @@ def _steps(s: Session, loop: Loop, on_step) -> tuple[Loop, bool, float]:
         interrupted = True
     finally:
         seconds = time.perf_counter() - s.t_start
+        s.clock.end = seconds - s.clock.other  # the steps' own time
         s.bar.close()
     return loop, interrupted, seconds
 
@@ -266,6 +279,7 @@ def _finish(s: Session, loop: Loop, interrupted: bool, seconds: float) -> Result
     else:
         if loop.evaluation is None or loop.history.val[-1][0] != loop.state.step:
             loop = evaluate_and_log(s, loop)
+            loop = write_metrics(s, loop, loop.evaluation)
         loop = save(s, loop)
         if loop.history.train and s.lead:
             plot = _plot(s, loop.history)
@@ -275,6 +289,7 @@ def _finish(s: Session, loop: Loop, interrupted: bool, seconds: float) -> Result
     return Result(
         s.config, loop.state, loop.history, loop.evaluation, s.baselines, s.checkpoint, plot,
         interrupted, seconds, loop.state.step - s.first_step, s.mesh.shape[AXIS], signum,
+        s.clock.end,
     )  # fmt: skip
 
 

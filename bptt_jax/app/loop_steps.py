@@ -24,17 +24,37 @@ import numpy as np
 
 from .checkpoint import save_checkpoint
 from .checkpoint_schema import training_arrays, training_header
-from .config import TrainConfig, TrainingError
+from .config import TrainConfig, TrainingError, learning_rate, warmup_steps
 from .data import Corpus
 from .divergence import NONFINITE_IN_A_ROW, divergence
-from .evaluate import Evaluation, evaluate, verify_gradients
+from .evaluate import Evaluation, HeldOut, evaluate, verify_gradients
 from .models import zero_state
 from .parallel import local_rows, shard_batch
 from .state import History, TrainState
 from .streams import Streams
 
 CHECKPOINT_NAME = "checkpoint.bptt"
+BEST_NAME = "best.bptt"  # the checkpoint with the best validation loss so far
+METRICS_NAME = "metrics.csv"
+METRICS_COLUMNS = ("step", "train_bits", "val_bits", "lr", "grad_norm", "steps_per_s",
+                   "tokens_per_s")  # fmt: skip
 _SYNC_EVERY = 10  # fetch losses from the device every this many steps
+
+
+@dataclass
+class Clock:
+    """This session's time, split into the steps' own and the rest (compilation of the
+    first step, validation, saving), for rates that measure the steps alone."""
+
+    other: float = 0.0  # seconds of compilation, validation and saving
+    mark: float = 0.0  # perf_counter() at the last metrics row
+    mark_step: int = 0  # the step of the last metrics row
+    mark_other: float = 0.0  # ``other`` then
+    first_step: bool = True  # the session's first step (it compiles) not yet taken
+    end: float | None = None  # at the end of the steps: their own seconds
+
+    def steps_seconds(self, now: float, t_start: float) -> float:
+        return max(now - t_start - self.other, 1e-9)
 
 
 @dataclass(frozen=True)
@@ -44,8 +64,7 @@ class Session:
     config: TrainConfig
     corpus: Corpus
     streams: Streams
-    xs_val: np.ndarray  # (S, L) validation inputs
-    ys_val: np.ndarray  # (S, L) validation targets
+    held: HeldOut  # the held-out files validation scores
     baselines: dict
     fingerprint: dict  # of the training data, saved in every checkpoint
     mesh: Any
@@ -61,6 +80,7 @@ class Session:
     bar: Any = None  # the tqdm bar, once the loop starts
     t_start: float = 0.0  # time.perf_counter() when the loop started
     first_step: int = 0  # the step this session started from
+    clock: Clock = dataclasses.field(default_factory=Clock)
 
     @property
     def checkpoint(self) -> pathlib.Path:
@@ -72,9 +92,10 @@ class Loop(NamedTuple):
 
     state: TrainState
     history: History
-    pending: tuple = ()  # ((step, loss, finite), ...) still on the device
+    pending: tuple = ()  # ((step, loss, finite, grad norm), ...) still on the device
     evaluation: Evaluation | None = None  # the last one of this session
     saved_step: int | None = None  # the step of the last checkpoint this session wrote
+    window: tuple = ()  # ((loss, finite, grad norm), ...) since the last metrics row
 
 
 def zeros_h(s: Session) -> jax.Array:
@@ -88,6 +109,7 @@ def one_step(s: Session, loop: Loop) -> Loop:
     """The next chunk: (every --verify-every steps, the referee, then) one training step."""
     state, history, c = loop.state, loop.history, s.config
     xs, ys = s.streams.chunk(state.chunk)
+    resets = shard_batch(s.streams.resets(state.chunk), s.mesh)  # documents start from zero
     if c.verify_every and state.step % c.verify_every == 0:
         errors = verify_gradients(
             host_params(state), xs, ys, local_rows(state.h), s.verify_fn, tol=s.verify_tol,
@@ -97,14 +119,25 @@ def one_step(s: Session, loop: Loop) -> Loop:
             history, verified=history.verified + 1,
             verify_error=max(history.verify_error, *errors.values()),
         )  # fmt: skip
-    params, opt_state, h, loss, finite, _ = s.step_fn(
-        state.params, state.opt_state, shard_batch(xs, s.mesh), shard_batch(ys, s.mesh), state.h
+    t0 = time.perf_counter()
+    params, opt_state, h, loss, finite, gnorm = s.step_fn(
+        state.params,
+        state.opt_state,
+        shard_batch(xs, s.mesh),
+        shard_batch(ys, s.mesh),
+        state.h,
+        resets,
     )
+    if s.clock.first_step:  # compilation: not the steps' own time
+        jax.block_until_ready(loss)
+        s.clock.other += time.perf_counter() - t0
+        s.clock.first_step = False
     chunk, epoch = state.chunk + 1, state.epoch
     if chunk == s.streams.num_chunks:  # the streams wrap round: start from zeros
         chunk, epoch, h = 0, epoch + 1, zeros_h(s)
     state = TrainState(params, opt_state, h, state.key, state.step + 1, chunk, epoch)
-    return Loop(state, history, (*loop.pending, (state.step - 1, loss, finite)), loop.evaluation)
+    pending = (*loop.pending, (state.step - 1, loss, finite, gnorm))
+    return loop._replace(state=state, history=history, pending=pending)
 
 
 def after_step(s: Session, loop: Loop) -> Loop:
@@ -115,8 +148,11 @@ def after_step(s: Session, loop: Loop) -> Loop:
         if loop.history.nonfinite_run >= NONFINITE_IN_A_ROW:
             save(s, loop)  # no step was applied since the last finite one
             raise TrainingError(nonfinite_message(c) + f"; checkpoint {s.checkpoint}")
-    if c.eval_every and step % c.eval_every == 0:
+    evaluated = bool(c.eval_every and step % c.eval_every == 0)
+    if evaluated:
         loop = evaluate_and_log(s, flush(s, loop))
+    if evaluated or step % c.log_every == 0:
+        loop = write_metrics(s, flush(s, loop), loop.evaluation if evaluated else None)
     if c.save_every and step % c.save_every == 0:
         loop = save(s, flush(s, loop))
     return loop
@@ -126,25 +162,26 @@ def flush(s: Session, loop: Loop) -> Loop:
     """Moves the pending losses from the device into the history; updates the bar."""
     if not loop.pending:
         return loop
-    values = jax.device_get([(loss, finite) for _, loss, finite in loop.pending])
+    values = jax.device_get([p[1:] for p in loop.pending])
     h = loop.history
-    rows, nonfinite, run = [], h.nonfinite, h.nonfinite_run
-    for (step, _, _), (loss, finite) in zip(loop.pending, values, strict=True):
+    rows, nonfinite, run, window = [], h.nonfinite, h.nonfinite_run, list(loop.window)
+    for (step, *_), (loss, finite, gnorm) in zip(loop.pending, values, strict=True):
         rows.append([step, float(loss), bool(finite)])
+        window.append((float(loss), bool(finite), float(gnorm)))
         nonfinite, run = (nonfinite, 0) if finite else (nonfinite + 1, run + 1)
     h = dataclasses.replace(h, train=(*h.train, *rows), nonfinite=nonfinite, nonfinite_run=run)
     finite = [loss for _, loss, ok in rows if ok]
     if finite:
         check_divergence(s, loop, float(np.mean(finite)) / math.log(2), "training")
     done = loop.state.step - s.first_step
-    tokens = done * s.config.batch_size * s.config.seq_len
+    tokens = max(done - 1, 0) * s.config.batch_size * s.config.seq_len  # the first compiles
     s.bar.set_postfix_str(
         f"loss {rows[-1][1] / math.log(2):.3f} bits/char, "
-        f"{tokens / max(time.perf_counter() - s.t_start, 1e-9):,.0f} tokens/s"
+        f"{tokens / s.clock.steps_seconds(time.perf_counter(), s.t_start):,.0f} tokens/s"
         + (f", {nonfinite} skipped" if nonfinite else ""),
         refresh=False,
     )
-    return loop._replace(history=h, pending=())
+    return loop._replace(history=h, pending=(), window=tuple(window))
 
 
 def host_params(state: TrainState):
@@ -153,21 +190,53 @@ def host_params(state: TrainState):
 
 
 def evaluate_and_log(s: Session, loop: Loop) -> Loop:
-    ev = evaluate(host_params(loop.state), s.xs_val, s.ys_val, s.config.task, s.config.activation)
-    h = loop.history
-    history = dataclasses.replace(h, val=(*h.val, [loop.state.step, ev.loss, ev.accuracy]))
+    """Scores all the held-out text; saves OUT/best.bptt when the loss is the best yet."""
+    t0 = time.perf_counter()
+    ev = evaluate(host_params(loop.state), s.held, s.config.task, s.config.activation)
+    h, step = loop.history, loop.state.step
+    history = dataclasses.replace(h, val=(*h.val, [step, ev.loss, ev.accuracy]))
     if s.lead:
-        line = ev.line(loop.state.step)
+        line = ev.line(step)
         s.bar.write(line) if s.progress else s.echo(line)
+    s.clock.other += time.perf_counter() - t0
     check_divergence(s, loop, ev.bits, "validation")
-    return loop._replace(history=history, evaluation=ev)
+    loop = loop._replace(history=history, evaluation=ev)
+    if step > 0 and (not h.best_step or ev.loss < h.best_loss):
+        history = dataclasses.replace(history, best_step=step, best_loss=ev.loss)
+        loop = save(s, loop._replace(history=history), best=True)
+    return loop
+
+
+def write_metrics(s: Session, loop: Loop, ev: Evaluation | None) -> Loop:
+    """Appends a row to OUT/metrics.csv (:data:`METRICS_COLUMNS`): the means of the steps
+    since the last row, their rate without compilation and validation, ``ev``'s loss."""
+    now, c, k = time.perf_counter(), s.config, s.clock
+    step = loop.state.step
+    finite = [(loss, g) for loss, ok, g in loop.window if ok]
+    train = f"{np.mean([x for x, _ in finite]) / math.log(2):.4f}" if finite else ""
+    gnorm = f"{np.mean([g for _, g in finite]):.4g}" if finite else ""
+    spent = (now - k.mark) - (k.other - k.mark_other) if k.mark else 0.0
+    n = step - k.mark_step if k.mark else 0
+    rate = n / spent if spent > 0 and n > 0 else math.nan
+    lr = float(learning_rate(c)(max(step - 1, 0)))
+    row = [step, train, "" if ev is None else f"{ev.bits:.4f}", f"{lr:.4g}", gnorm,
+           f"{rate:.3f}", f"{rate * c.batch_size * c.seq_len:.0f}"]  # fmt: skip
+    if s.lead:
+        path = pathlib.Path(c.out) / METRICS_NAME
+        new = not path.exists() or step == 0
+        with open(path, "w" if new else "a", encoding="utf-8") as f:
+            if new:
+                f.write(",".join(METRICS_COLUMNS) + "\n")
+            f.write(",".join(str(x) for x in row).replace("nan", "") + "\n")
+    k.mark, k.mark_step, k.mark_other = now, step, k.other
+    return loop._replace(window=())
 
 
 def check_divergence(s: Session, loop: Loop, bits: float, what: str) -> None:
     """Stops a diverged run (:mod:`bptt_jax.app.divergence`) without saving its model."""
     c = s.config
     why = divergence(
-        bits, what=what, step=loop.state.step, steps=c.steps,
+        bits, what=what, step=loop.state.step, steps=c.steps, lr_warmup=warmup_steps(c),
         num_classes=s.corpus.num_classes, unigram_bits=s.baselines.get("unigram_bits"),
     )  # fmt: skip
     if why is None:
@@ -177,6 +246,10 @@ def check_divergence(s: Session, loop: Loop, bits: float, what: str) -> None:
         if loop.saved_step is not None
         else "no checkpoint of this run was saved"
     )
+    if loop.history.best_step:
+        kept += (f"; the best, step {loop.history.best_step} at "
+                 f"{loop.history.best_loss / math.log(2):.3f} bits/char, is in "
+                 f"{pathlib.Path(c.out) / BEST_NAME}")  # fmt: skip
     raise TrainingError(
         f"training diverged at step {loop.state.step}: {why}; try a lower --lr (now {c.lr:g})"
         + ("" if c.clip > 0 else " or --clip 1")
@@ -184,18 +257,22 @@ def check_divergence(s: Session, loop: Loop, bits: float, what: str) -> None:
     )
 
 
-def save(s: Session, loop: Loop) -> Loop:
+def save(s: Session, loop: Loop, *, best: bool = False) -> Loop:
+    """Writes OUT/checkpoint.bptt (``best``: OUT/best.bptt)."""
+    t0 = time.perf_counter()
+    path = pathlib.Path(s.config.out) / BEST_NAME if best else s.checkpoint
     arrays = training_arrays(loop.state)  # every process: gathering h is collective
     if s.lead:
         header = training_header(s.config, s.corpus, loop.state, loop.history, s.fingerprint)
         if s.signals is not None:
-            s.signals.saving = str(s.checkpoint)
+            s.signals.saving = str(path)
         try:
-            save_checkpoint(s.checkpoint, header, arrays)
+            save_checkpoint(path, header, arrays)
         finally:
             if s.signals is not None:
                 s.signals.saving = None
-    return loop._replace(saved_step=loop.state.step)
+    s.clock.other += time.perf_counter() - t0
+    return loop if best else loop._replace(saved_step=loop.state.step)
 
 
 def nonfinite_message(config: TrainConfig) -> str:

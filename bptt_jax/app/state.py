@@ -3,6 +3,7 @@ what :func:`bptt_jax.app.loop.train` returns."""
 
 from __future__ import annotations
 
+import math
 import pathlib
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -37,6 +38,8 @@ class History:
     seconds: float = 0.0  # training time over all sessions
     verified: int = 0  # --verify-every checks passed
     verify_error: float = 0.0  # the largest relative error they saw
+    best_step: int = 0  # the step of OUT/best.bptt (0: none saved yet)
+    best_loss: float = 0.0  # its validation loss, nats/char
 
     def to_json(self) -> dict:
         return {
@@ -47,6 +50,8 @@ class History:
             "seconds": self.seconds,
             "verified": self.verified,
             "verify_error": self.verify_error,
+            "best_step": self.best_step,
+            "best_loss": self.best_loss,
         }
 
     @classmethod
@@ -69,10 +74,11 @@ class Result:
     steps_run: int  # steps this session ran
     devices: int = 1  # the mesh the steps ran on (all processes)
     signum: int | None = None  # the signal that interrupted the run (SIGINT 2, SIGTERM 15)
+    step_seconds: float | None = None  # the steps' own time: no compilation, validation, saving
 
     def summary(self) -> str:
         c, ev = self.config, self.evaluation
-        rate = self.steps_run / self.seconds if self.seconds > 0 else float("nan")
+        rate = self.steps_per_second
         parts = [
             f"{c.task} H={c.hidden_size}"
             + (f" L={c.num_layers}" if c.num_layers > 1 else "")
@@ -86,7 +92,8 @@ class Result:
             f"step {self.state.step}/{c.steps}"
             + (" (interrupted)" if self.interrupted else "")
             + f" in {self.history.seconds:.0f} s ({rate:.1f} steps/s, "
-            f"{rate * c.batch_size * c.seq_len:,.0f} tokens/s)",
+            f"{rate * c.batch_size * c.seq_len:,.0f} tokens/s"
+            + (", compilation and validation excluded)" if self.step_seconds else ")"),
         ]
         if ev is not None:
             parts.append(self._validation())
@@ -99,9 +106,22 @@ class Result:
         parts.append(f"checkpoint {self.checkpoint}")
         return "bptt-jax train: " + "; ".join(parts)
 
+    @property
+    def steps_per_second(self) -> float:
+        """This session's steps per second of their own time (compilation, validation and
+        saving excluded; the first step, which compiles, is not counted)."""
+        if self.step_seconds:
+            return max(self.steps_run - 1, 0) / self.step_seconds
+        return self.steps_run / self.seconds if self.seconds > 0 else float("nan")
+
     def _validation(self) -> str:
         ev, b = self.evaluation, self.baselines
         val = f"val {ev.bits:.3f} bits/char, ppl {ev.perplexity:.2f}"
+        if ev.chars:
+            val += f" over {ev.chars:,} held-out chars"
+        if self.history.best_step:
+            val += (f" (best {self.history.best_loss / math.log(2):.3f} at step "
+                    f"{self.history.best_step})")  # fmt: skip
         if self.config.task == "lm":
             return val + f" (unigram {b['unigram_bits']:.3f} bits/char)"
         return val + (

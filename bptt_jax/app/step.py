@@ -20,7 +20,15 @@ from jax.sharding import Mesh
 
 from ..core.params import DeepParams
 from ..core.step import hand_bptt, train_step
-from .config import OPTIMIZERS, TrainConfig, TrainingError, check_optimizer, is_deep
+from .config import (
+    OPTIMIZERS,
+    TrainConfig,
+    TrainingError,
+    check_optimizer,
+    is_deep,
+    learning_rate,
+    warmup_steps,
+)
 from .parallel import AXIS, check_batch_divides, data_parallel_bptt_core, make_mesh
 
 __all__ = [
@@ -48,7 +56,10 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
         parts.append(optax.clip(config.clip_value))
     if config.clip > 0:
         parts.append(optax.clip_by_global_norm(config.clip))
-    parts.append(OPTIMIZERS[config.optimizer](config.lr))
+    constant = config.schedule == "constant" and warmup_steps(config) == 0
+    # A constant rate stays a float: the optimizer state of the first checkpoints (no
+    # schedule count) reads back as it was written.
+    parts.append(OPTIMIZERS[config.optimizer](config.lr if constant else learning_rate(config)))
     return optax.chain(*parts)
 
 
@@ -81,7 +92,7 @@ def make_train_step(tx: optax.GradientTransformation, grad_fn: Callable | None =
             new.h_T,
             new.loss,
             new.finite,
-            optax.global_norm(new.grads),
+            optax.tree.norm(new.grads),
         )
 
     return step
@@ -89,11 +100,19 @@ def make_train_step(tx: optax.GradientTransformation, grad_fn: Callable | None =
 
 @functools.cache
 def cached_step(
-    optimizer: str, lr: float, clip: float, clip_value: float, grad_fn: Callable | None = None
+    optimizer: str,
+    lr: float,
+    clip: float,
+    clip_value: float,
+    grad_fn: Callable | None = None,
+    schedule: str = "constant",
+    warmup: int | None = 0,
+    steps: int = 1,
 ) -> tuple[optax.GradientTransformation, Callable]:
     """``(tx, step)`` of a setting, cached: runs in one process (tests, a resume) reuse
     its compilation."""
-    config = TrainConfig(optimizer=optimizer, lr=lr, clip=clip, clip_value=clip_value)
+    config = TrainConfig(optimizer=optimizer, lr=lr, clip=clip, clip_value=clip_value,
+                         schedule=schedule, warmup=warmup, steps=steps)  # fmt: skip
     tx = make_optimizer(config)
     return tx, make_train_step(tx, grad_fn)
 

@@ -24,6 +24,12 @@ class Streams:
     For ``lm`` the label of character t is character t + 1; for ``tag`` it
     is the token type of character t.
 
+    Documents start from the zero state: where a file starts (``starts``, offsets
+    into ``ids``) the stream's ``resets`` (:meth:`resets`) is True, and the training
+    step makes the state entering that step zero, inside the chunk where the
+    boundary falls (:func:`bptt_jax.core.step.hand_bptt`). So the model learns to
+    read a document from the state ``sample``, ``tag`` and ``eval`` start from.
+
     In a run of ``P`` processes (multi-host), process ``p`` holds only the
     streams :func:`process_streams` gives it, ``p, p + P, p + 2P, ...``:
     ``B / P`` rows, the same segments a single process would read at those
@@ -39,6 +45,7 @@ class Streams:
         *,
         num_processes: int = 1,
         process_id: int = 0,
+        starts: tuple[int, ...] | None = None,
     ) -> None:
         B, T = batch_size, seq_len
         rows = process_streams(B, num_processes, process_id)
@@ -56,11 +63,21 @@ class Streams:
         else:
             self.ys = np.ascontiguousarray(labels[: B * L].reshape(B, L)[rows])  # (B / P, L)
         self.seq_len = T
+        first = np.zeros(len(ids), bool)  # (N,): True where a document starts
+        if starts is not None:
+            first[np.asarray(starts, np.int64)] = True
+        self.starts = np.ascontiguousarray(first[: B * L].reshape(B, L)[rows])  # (B / P, L)
 
     def chunk(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Chunk ``k`` (``0 <= k < num_chunks``): ``xs, ys`` each ``(B / P, T)`` int32."""
         T = self.seq_len
         return self.xs[:, k * T : (k + 1) * T], self.ys[:, k * T : (k + 1) * T]
+
+    def resets(self, k: int) -> np.ndarray:
+        """Chunk ``k``'s ``(B / P, T)`` bool: True where a document (file) starts, so the
+        state entering that step is zero."""
+        T = self.seq_len
+        return self.starts[:, k * T : (k + 1) * T]
 
 
 def process_streams(num_streams: int, num_processes: int, process_id: int) -> np.ndarray:
