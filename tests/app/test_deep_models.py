@@ -181,13 +181,18 @@ def _greedy_by_loop(model, prime, length):
     return model.vocab.decode(out)
 
 
+def _lm():
+    """The language model of every sampling test here (one shape: one compilation)."""
+    return _model("lm", layers=2, activation="relu", scale=2.0)
+
+
 def test_a_deep_relu_language_model_samples_by_its_equations():
-    model = _model("lm", layers=2, activation="relu", scale=2.0)
+    model = _lm()
     assert sample(model, "def", 40, temperature=0.0) == _greedy_by_loop(model, "def", 40)
 
 
 def test_top_p_draws_only_from_the_nucleus():
-    model = _model("lm", layers=1, scale=1.5)
+    model = _lm()
     text = sample(model, "d", 60, temperature=1.0, top_p=0.6, seed=2)
     ids = model.vocab.encode("d" + text)
     z = _logits(model, "d" + text)[:-1]
@@ -201,10 +206,11 @@ def test_top_p_draws_only_from_the_nucleus():
 
 
 def test_generate_yields_chunks_that_make_the_sample():
-    model = _model("lm", layers=2)
-    pieces = list(generate(model, "de", 2 * CHUNK + 5, seed=1))
+    model = _lm()
+    pieces = list(generate(model, "d", 2 * CHUNK + 5, temperature=1.0, top_p=0.6, seed=1))
     assert [len(p) for p in pieces] == [CHUNK, CHUNK, 5]
-    assert "".join(pieces) == sample(model, "de", 2 * CHUNK + 5, seed=1)
+    assert "".join(pieces) == sample(model, "d", 2 * CHUNK + 5, temperature=1.0, top_p=0.6,
+                                     seed=1)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- tag output
@@ -272,15 +278,16 @@ class _Flushes(io.StringIO):
 
 
 def test_sample_streams_each_sample_from_the_zero_state(tmp_path):
-    path, _ = _checkpoint(tmp_path, num_layers=2)
+    path, _ = _checkpoint(tmp_path, num_layers=2, activation="relu")  # _lm()'s shapes
     out = _Flushes()
-    argv = ["sample", str(path), "--length", "70", "--num-samples", "2", "--temperature", "0"]
+    argv = ["sample", str(path), "--length", "70", "--num-samples", "2", "--temperature", "0",
+            "--prime", "def"]  # fmt: skip
     with contextlib.redirect_stdout(out):
         assert main(argv) == 0
     lines = out.getvalue().split("\n")
     assert lines[0] == "--- sample 1 of 2 ---" and "--- sample 2 of 2 ---" in lines
     first, second = lines[1], lines[lines.index("--- sample 2 of 2 ---") + 1]
-    assert first == second and len(first) == len("def ") + 70  # greedy from zero twice
+    assert first == second and len(first) == len("def") + 70  # greedy from zero twice
     assert len(out.seen) >= 2 * 3  # flushed per chunk of characters, as generated
 
 
