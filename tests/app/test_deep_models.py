@@ -11,6 +11,7 @@ import pytest
 
 from bptt_jax.app.checkpoint import save_checkpoint
 from bptt_jax.app.checkpoint_schema import (
+    load_model,
     read_training_checkpoint,
     training_arrays,
     training_header,
@@ -256,6 +257,14 @@ def test_tag_and_its_errors_from_the_cli(tmp_path, capsys):
     assert json.loads(out)["chars"] == len(SOURCE)
     status, out = _run(["tag", str(path), str(src), "--diff", "--color", "never"])
     assert status == 0 and "disagree)" in out
+    status, out = _run(["eval", str(path), str(tmp_path / "src"), "--json"])  # reads it too
+    model, right, chars = load_model(path), 0, 0
+    for f in sorted((tmp_path / "src").iterdir()):
+        text = f.read_text()
+        right += int(np.sum(predict_tags(model, text) == token_labels(text)))
+        chars += len(text)
+    assert status == 0 and json.loads(out)["chars"] == chars
+    assert json.loads(out)["accuracy"] == pytest.approx(right / chars)
     (tmp_path / "bin.py").write_bytes(b"\xff\xfe\x00")
     for argv, message in (
         (["tag", str(path), str(tmp_path / "missing.py")], "cannot read"),
