@@ -191,10 +191,11 @@ def _add_use_parsers(commands_) -> None:
       help="colour the output: auto = only when stdout is a terminal (default auto)")  # fmt: skip
     a("--diff", action="store_true",
       help="mark the characters whose predicted type differs from Python's tokenize "
-      "(underlined in colour, else a line of ^ under them)")  # fmt: skip
+      "(underlined in colour, else a line of ^ under them) (default: tags only)")  # fmt: skip
     a("--json", action="store_true",
       help="print one JSON object: file, chars, labels, tags (a letter per character), "
-      "spans, accuracy and disagreements (null when tokenize cannot read the file)")  # fmt: skip
+      "spans, accuracy and disagreements (null when tokenize cannot read the file) "
+      "(default: text)")  # fmt: skip
 
 
 def _add_eval_parser(commands_) -> None:
