@@ -217,7 +217,7 @@ def _add_eval_parser(commands_) -> None:
       help="refuse a checkpoint of the other task (default: the checkpoint's)")  # fmt: skip
     a("--json", action="store_true",
       help="print one JSON object (lm: bits_per_char, chars, ...; tag: accuracy, "
-      "chars, ...)")  # fmt: skip
+      "chars, ...) (default: a text report)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

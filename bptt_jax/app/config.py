@@ -77,7 +77,7 @@ class TrainConfig:
     task: str = "lm"  # "lm": next character; "tag": token type
     text: tuple[str, ...] = ()  # --text paths; () = the standard library
     max_files: int | None = None  # only the first N files of the corpus
-    steps: int = 3000  # total optimizer steps
+    steps: int = 5000  # total optimizer steps
     batch_size: int = 64  # B parallel streams
     seq_len: int = 64  # T characters per chunk (the truncation length)
     hidden_size: int = 256  # H
@@ -92,7 +92,7 @@ class TrainConfig:
     clip_value: float = 0.0  # element-wise clip to [-v, v]; 0 = off
     seed: int = 0
     out: str = "runs"
-    eval_every: int = 250
+    eval_every: int = 1250
     save_every: int = 1000
     verify_every: int = 0  # 0 = never
     log_every: int = 100  # a row of OUT/metrics.csv every N steps (and at each evaluation)

@@ -1,4 +1,5 @@
-r"""The training streams: B parallel streams over the corpus, and the validation rows.
+r"""The training streams: B parallel streams over the corpus, with per-step resets where
+a file starts (validation reads whole files: :mod:`bptt_jax.app.evaluate`).
 
 The corpus they read (files, vocabulary, token-type labels, :class:`Corpus`)
 is :mod:`bptt_jax.app.data`; a multi-process run splits the streams between
@@ -113,26 +114,3 @@ def streams_in_order(blocks) -> np.ndarray:
     blocks = np.asarray(blocks)
     P_, n = blocks.shape[:2]
     return np.swapaxes(blocks, 0, 1).reshape(P_ * n, *blocks.shape[2:])
-
-
-def eval_arrays(
-    ids: np.ndarray, labels: np.ndarray | None, streams: int, max_chars: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The validation text as ``streams`` rows: ``xs, ys`` each ``(S, L)`` int32.
-
-    Uses at most ``max_chars`` characters from the start of the validation
-    text, fewer streams if it is short; each row is run from a zero state in
-    one pass.
-    """
-    shift = 1 if labels is None else 0
-    n = min(len(ids), max_chars + shift)
-    S = max(1, min(streams, (n - shift) // 16))
-    L = (n - shift) // S
-    if L < 1:
-        raise DataError(f"the validation text has {len(ids)} characters: too few to evaluate")
-    xs = np.stack([ids[s * L : (s + 1) * L] for s in range(S)]).astype(np.int32)
-    if labels is None:
-        ys = np.stack([ids[s * L + 1 : (s + 1) * L + 1] for s in range(S)]).astype(np.int32)
-    else:
-        ys = np.stack([labels[s * L : (s + 1) * L] for s in range(S)]).astype(np.int32)
-    return xs, ys

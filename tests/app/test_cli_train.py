@@ -179,7 +179,7 @@ def test_train_on_an_empty_corpus_says_so(tmp_path, capsys):
                 "empty corpus")  # fmt: skip
 
 
-@pytest.mark.parametrize("command", ["train", "sample", "tag", "check", "bench"])
+@pytest.mark.parametrize("command", ["train", "sample", "tag", "check", "bench", "eval"])
 def test_every_flag_documents_its_default(command):
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     parser = sub.choices[command]

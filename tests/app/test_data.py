@@ -15,7 +15,7 @@ from bptt_jax.app.data import (
     stdlib_root,
     token_labels,
 )
-from bptt_jax.app.streams import Streams, eval_arrays
+from bptt_jax.app.streams import Streams
 
 # Known snippets and, per character, the token type tokenize gives it
 # (_ whitespace, n name, k keyword, o operator, d number, s string, c comment, ? other).
@@ -129,14 +129,6 @@ def test_tag_streams_label_the_character_itself():
 def test_streams_too_short_is_a_data_error():
     with pytest.raises(DataError, match="too few"):
         Streams(np.arange(50, dtype=np.int32), None, batch_size=8, seq_len=10)
-
-
-def test_eval_arrays_cover_the_validation_text():
-    ids = np.arange(500, dtype=np.int32)
-    xs, ys = eval_arrays(ids, None, streams=4, max_chars=400)
-    assert xs.shape == (4, 100)
-    np.testing.assert_array_equal(xs.reshape(-1), np.arange(400))
-    np.testing.assert_array_equal(ys, xs + 1)
 
 
 def test_stdlib_corpus_is_found_and_has_no_tests():

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.xdist_group("test_loop")
 
 # A handful of standard-library files: the embedded corpus, small enough for seconds.
 TINY = dict(max_files=12, batch_size=16, seq_len=32, hidden_size=48, eval_every=0,
-            save_every=0, val_chars=8192)  # fmt: skip
+            save_every=0, val_chars=8192, schedule="constant", warmup=0)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +66,14 @@ def uninterrupted(corpus, tmp_path_factory):
     return train(config, corpus=corpus, progress=False, echo=lambda s: None)
 
 
-@pytest.mark.slow  # three trainings
-@pytest.mark.parametrize("how", ["stop_at_6", "ctrl_c_at_5"])
+@pytest.mark.slow  # three trainings (four with the cosine schedule)
+@pytest.mark.parametrize("how", ["stop_at_6", "ctrl_c_at_5", "ctrl_c_at_5_cosine"])
 def test_resume_is_bitwise_identical(corpus, uninterrupted, tmp_path, how):
     config = dataclasses.replace(uninterrupted.config, out=str(tmp_path))
+    if how.endswith("cosine"):  # the resumed run continues the schedule where it was
+        config = dataclasses.replace(config, schedule="cosine", warmup=3)
+        uninterrupted = train(dataclasses.replace(config, out=str(tmp_path / "full")),
+                              corpus=corpus, progress=False, echo=lambda s: None)  # fmt: skip
     if how == "stop_at_6":
         first = train(dataclasses.replace(config, steps=6), corpus=corpus, progress=False,
                       echo=lambda s: None)  # fmt: skip
@@ -93,7 +97,7 @@ def test_resume_is_bitwise_identical(corpus, uninterrupted, tmp_path, how):
 
 @pytest.mark.slow  # compiles a training step
 def test_sgd_is_the_seeds_update_on_the_hand_gradients(corpus):
-    config = TrainConfig(optimizer="sgd", lr=0.5, clip=0.0)
+    config = TrainConfig(optimizer="sgd", lr=0.5, clip=0.0, schedule="constant", warmup=0)
     tx = make_optimizer(config)
     step = make_train_step(tx)
     params = jax.tree.map(
