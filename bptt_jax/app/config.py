@@ -56,7 +56,9 @@ RESUMABLE = ("steps", "out", "eval_every", "save_every", "verify_every", "log_ev
 #: The defaults of a ``--bidirectional`` tagger that differ from :class:`TrainConfig`'s:
 #: it costs about four one-layer models a character, and reads longer chunks (the
 #: right-to-left cells start every chunk from zero), measured in ``docs/training.md``.
-BIDIRECTIONAL_DEFAULTS = {"hidden_size": 128, "batch_size": 16, "seq_len": 256, "steps": 1500}
+BIDIRECTIONAL_DEFAULTS = {
+    "hidden_size": 128, "batch_size": 16, "seq_len": 256, "steps": 1500, "eval_every": 500,
+}  # fmt: skip
 
 
 def default_config(given: dict) -> TrainConfig:
