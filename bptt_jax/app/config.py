@@ -57,7 +57,8 @@ RESUMABLE = ("steps", "out", "eval_every", "save_every", "verify_every", "log_ev
 #: it costs about four one-layer models a character, and reads longer chunks (the
 #: right-to-left cells start every chunk from zero), measured in ``docs/training.md``.
 BIDIRECTIONAL_DEFAULTS = {
-    "hidden_size": 128, "batch_size": 16, "seq_len": 256, "steps": 1500, "eval_every": 500,
+    "hidden_size": 128, "batch_size": 16, "seq_len": 256, "steps": 1500, "lr": 3e-3,
+    "eval_every": 500,
 }  # fmt: skip
 
 
@@ -86,7 +87,7 @@ class TrainConfig:
     num_layers: int = 1  # L stacked hidden layers (1: the seed's model)
     activation: str = "tanh"  # f of every hidden layer
     bidirectional: bool = False  # tag only: every layer also reads right to left
-    lr: float = 3e-3
+    lr: float = 4e-3
     optimizer: str = "adam"
     schedule: str = "cosine"  # of the learning rate: constant, cosine or linear decay to 0
     warmup: int | None = None  # steps of linear warm-up from 0 to lr; None: warmup_steps()
@@ -94,7 +95,7 @@ class TrainConfig:
     clip_value: float = 0.0  # element-wise clip to [-v, v]; 0 = off
     seed: int = 0
     out: str = "runs"
-    eval_every: int = 1250
+    eval_every: int = 2500
     save_every: int = 1000
     verify_every: int = 0  # 0 = never
     log_every: int = 100  # a row of OUT/metrics.csv every N steps (and at each evaluation)

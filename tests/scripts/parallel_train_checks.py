@@ -25,8 +25,11 @@ from bptt_jax.app.data import load_corpus  # noqa: E402
 from bptt_jax.app.train import TrainConfig, TrainingError, train  # noqa: E402
 
 STEPS = 8
+# A constant rate: the resume checks stop at STEPS / 2 by --steps, which would reshape
+# a cosine schedule (a schedule's resume is tested in tests/app/test_loop.py).
 TINY = dict(max_files=12, batch_size=16, seq_len=32, hidden_size=48, eval_every=0,
-            save_every=0, val_chars=8192, steps=STEPS)  # fmt: skip
+            save_every=0, val_chars=8192, steps=STEPS, schedule="constant",
+            warmup=0)  # fmt: skip
 CLI_TINY = ["--max-files", "12", "--hidden-size", "48", "--seq-len", "32", "--val-chars",
             "8192", "--no-progress", "--eval-every", "0", "--save-every", "0"]  # fmt: skip
 
