@@ -13,7 +13,9 @@ from collections.abc import Callable
 from ..api.options import KERNELS
 from ..core.checks import MATMUL_DTYPES, check_number
 from .config import (
+    ACTIVATION_NAMES,
     AUTO_WARMUP_FRACTION,
+    BIDIRECTIONAL_DEFAULTS,
     DTYPES,
     MAX_AUTO_WARMUP,
     OPTIMIZERS,
@@ -90,7 +92,8 @@ integer_list = _list_of(nonnegative)  # "0,2,5,10": >= 0
 
 #: The ``train`` flags that are fields of :class:`TrainConfig` (the rest: how to run it).
 TRAIN_OPTIONS = (
-    "task", "text", "max_files", "steps", "batch_size", "seq_len", "hidden_size", "lr",
+    "task", "text", "max_files", "steps", "batch_size", "seq_len", "hidden_size", "num_layers",
+    "activation", "bidirectional", "lr",
     "optimizer", "clip", "clip_value", "seed", "out", "eval_every", "save_every",
     "verify_every", "val_chars", "dtype", "matmul_dtype", "recompute", "kernel", "schedule",
     "warmup", "log_every",
@@ -168,6 +171,7 @@ def add_train_parser(commands) -> None:
         metavar="H",
         help=f"H hidden units (default {d.hidden_size})",
     )
+    _add_model_flags(a, d)
     a("--lr", type=positive_float, default=None, help=f"learning rate λ (default {d.lr})")
     a(
         "--optimizer",
@@ -338,3 +342,31 @@ def add_train_parser(commands) -> None:
     )
     a("--no-progress", action="store_true",
       help="no progress bar (default: shown on stderr when it is a terminal)")  # fmt: skip
+
+
+def _add_model_flags(a, d: TrainConfig) -> None:
+    """``--num-layers``, ``--activation``, ``--bidirectional``: the model's shape."""
+    a(
+        "--num-layers",
+        type=positive,
+        default=None,
+        metavar="L",
+        help="L stacked hidden layers, each reading the one below (seed §2.4); 1 is the "
+        f"seed's model (default {d.num_layers})",
+    )
+    a(
+        "--activation",
+        choices=ACTIVATION_NAMES,
+        default=None,
+        help=f"f of every hidden layer, h = f(U h + W x + b) (default {d.activation})",
+    )
+    a(
+        "--bidirectional",
+        action="store_const",
+        const=True,
+        default=None,
+        help="--task tag only: every layer also reads the text right to left, so a "
+        "character's label may depend on the characters after it; its defaults: "
+        + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in BIDIRECTIONAL_DEFAULTS.items())
+        + " (default: left to right only, each label from the characters up to it)",
+    )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import pathlib
 import re
 from dataclasses import dataclass
@@ -32,10 +33,11 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from ..core.params import Params
+from ..core.params import DeepParams, Params
 from .checkpoint import CheckpointError, PathLike, load_checkpoint
 from .config import RESUMABLE, TrainConfig, TrainingError
 from .data import TOKEN_TYPES, Corpus, Vocab
+from .models import param_arrays, param_shapes, params_from_arrays, state_shape
 from .parallel import local_rows
 from .state import History, TrainState
 from .streams import streams_in_order
@@ -50,7 +52,7 @@ class TrainingCheckpoint(NamedTuple):
     header: dict
     arrays: dict[str, np.ndarray]
     config: TrainConfig
-    params: Params  # on the default device
+    params: Params | DeepParams  # on the default device
     vocab: Vocab
     step: int
 
@@ -74,11 +76,10 @@ def read_training_checkpoint(path: PathLike) -> TrainingCheckpoint:
     dtype = np.dtype(config.dtype)
     K, H, C = (header["dims"][k] for k in "KHC")
     B = config.batch_size
-    expected = {
-        "params/U": ((H, H), dtype), "params/V": ((C, H), dtype), "params/W": ((H, K), dtype),
-        "params/b": ((H,), dtype), "params/c": ((C,), dtype), "h": ((B, H), dtype),
-        "key": ((2,), np.dtype(np.uint32)),
-    }  # fmt: skip
+    expected = {name: (shape, dtype) for name, shape in param_shapes(config, K, H, C).items()}
+    expected["h"] = (state_shape(config), dtype)
+    expected["key"] = ((2,), np.dtype(np.uint32))
+    biggest = max(math.prod(shape) for shape, _ in expected.values())
     for name, (shape, dt) in expected.items():
         a = arrays.get(name)
         if a is None:
@@ -86,18 +87,20 @@ def read_training_checkpoint(path: PathLike) -> TrainingCheckpoint:
         if a.shape != shape or a.dtype != dt:
             raise CheckpointError(
                 f"{path}: {name} is {a.dtype} {a.shape}, but the checkpoint's model "
-                f"(K={K} H={H} C={C} B={B} {config.dtype}) needs {dt} {shape}"
+                f"(K={K} H={H} C={C} B={B} L={config.num_layers}"
+                f"{' bidirectional' if config.bidirectional else ''} {config.dtype}) "
+                f"needs {dt} {shape}"
             )
     for name, a in arrays.items():
         if name in expected:
             pass
         elif not re.fullmatch(r"opt/\d+", name):
             raise CheckpointError(f"{path}: unexpected array {name!r}")
-        elif a.dtype not in (dtype, np.dtype(np.int32)) or a.size > H * max(H, K, C):
+        elif a.dtype not in (dtype, np.dtype(np.int32)) or a.size > biggest:
             raise CheckpointError(f"{path}: optimizer state {name} is {a.dtype} {a.shape}")
         if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
             raise CheckpointError(f"{path}: {name} holds NaN or infinity; not loaded")
-    params = Params(*(jnp.asarray(arrays[f"params/{n}"]) for n in Params._fields))
+    params = params_from_arrays(config, arrays)
     vocab = Vocab(header["vocab"])
     return TrainingCheckpoint(path, header, arrays, config, params, vocab, header["step"])
 
@@ -167,8 +170,8 @@ def check_training_header(header: Any) -> int:
     if not (isinstance(data, dict) and isinstance(data.get("sha256"), str)):
         raise CheckpointError("data must be an object holding the sha256 of the training data")
     item = np.dtype(config.dtype).itemsize
-    params = H * H + C * H + H * K + H + C
-    return item * (4 * params + config.batch_size * H) + 64 * 16
+    params = sum(math.prod(s) for s in param_shapes(config, K, H, C).values())
+    return item * (4 * params + math.prod(state_shape(config))) + 64 * 16
 
 
 def _check_history(history: Any, step: int) -> None:
@@ -249,8 +252,8 @@ def restore(
 ) -> tuple[TrainState, History]:
     """The :class:`TrainState` and :class:`History` to resume ``config`` on ``corpus`` from.
 
-    ``h`` comes back as the host array ``(B, H)`` in stream order; the caller
-    places its rows on its devices.
+    ``h`` comes back as the host array ``(B, H)`` (``(L*D, B, H)`` for a deep
+    model) in stream order; the caller places its rows on its devices.
 
     Raises:
       CheckpointError: the corpus, the model's sizes, the optimizer or the
@@ -279,9 +282,7 @@ def restore(
     ):
         raise CheckpointError(f"{where}: model size {dims} does not match the configuration")
     h = ckpt.arrays.get("h")
-    if h is None or h.shape != (config.batch_size, config.hidden_size) or (
-        h.dtype != ckpt.params.U.dtype
-    ):  # fmt: skip
+    if h is None or h.shape != state_shape(config) or h.dtype != ckpt.params.V.dtype:
         shape, dtype = (None, None) if h is None else (h.shape, h.dtype)
         raise CheckpointError(f"{where}: hidden state has shape {shape} and dtype {dtype}")
     try:
@@ -336,7 +337,7 @@ def training_arrays(state: TrainState) -> dict[str, np.ndarray]:
     device's copy), ``h`` is gathered in stream order, so the file does not
     depend on the device count that wrote it.
     """
-    arrays = {f"params/{n}": np.asarray(getattr(state.params, n)) for n in Params._fields}
+    arrays = param_arrays(jax.device_get(state.params))
     for i, leaf in enumerate(jax.tree.leaves(state.opt_state)):
         arrays[f"opt/{i}"] = np.asarray(leaf)
     arrays["h"] = _host_h(state.h)
@@ -359,7 +360,7 @@ def _host_h(h: jax.Array) -> np.ndarray:
 class Model:
     """A trained model read from a checkpoint, for ``sample`` and ``tag``."""
 
-    params: Params
+    params: Params | DeepParams
     vocab: Vocab
     task: str
     config: TrainConfig

@@ -37,7 +37,7 @@ from .config import DTYPES, TASKS, TrainingError
 from .data import DataError
 from .distributed import ClusterError
 from .preflight import UsageError
-from .sample import MAX_LENGTH
+from .sample import MAX_LENGTH, MAX_SAMPLES
 from .signals import Interrupted, owns_process
 
 
@@ -140,13 +140,17 @@ def _add_use_parsers(commands_) -> None:
         help="generate text with a trained language model",
         description=(
             "Generates --length characters after --prime with the language model of "
-            "CHECKPOINT, as one jitted lax.scan. The same --seed gives the same text; "
-            "--temperature 0 gives the greedy (argmax) sequence."
+            "CHECKPOINT and prints them as they are generated (a jitted lax.scan per chunk "
+            "of characters). Every sample starts from the zero state and reads --prime. "
+            "The same --seed gives the same text; --temperature 0 gives the greedy "
+            "(argmax) sequence."
         ),
     )
     a = sample.add_argument
     a("checkpoint", metavar="CHECKPOINT", help="a checkpoint written by bptt-jax train")
-    a("--prime", default="def ", help="text to start from (default 'def ')")
+    a("--prime", default="def ",
+      help="text read from the zero state before generating; '' starts from the zero state "
+      "itself (default 'def ')")  # fmt: skip
     a(
         "--length",
         type=integer_range(1, MAX_LENGTH),
@@ -161,6 +165,12 @@ def _add_use_parsers(commands_) -> None:
     )
     a("--top-k", type=positive, default=None, metavar="K",
       help="sample only among the K most likely characters (default: all)")  # fmt: skip
+    a("--top-p", type=positive_float, default=1.0, metavar="P",
+      help="nucleus sampling: only among the most likely characters whose probabilities "
+      "add up to at least P, in (0, 1] (default 1: all)")  # fmt: skip
+    a("--num-samples", type=integer_range(1, MAX_SAMPLES), default=1, metavar="N",
+      help=f"N independent samples, each from the zero state, 1..{MAX_SAMPLES:,} "
+      "(default 1)")  # fmt: skip
     a("--seed", type=seed, default=0, help="random seed of the sampling (default 0)")
 
     tag = commands_.add_parser(
@@ -170,7 +180,8 @@ def _add_use_parsers(commands_) -> None:
             "Runs the tagging model of CHECKPOINT (trained with --task tag) over FILE and "
             "prints it with each character's predicted token type: coloured in a terminal, "
             "otherwise with a line of one-letter codes under each line. When tokenize can "
-            "read FILE, also prints the accuracy against its token types."
+            "read FILE, also prints the accuracy against its token types; --diff marks the "
+            "characters where they disagree; --json prints one JSON object instead."
         ),
     )
     a = tag.add_argument
@@ -178,6 +189,13 @@ def _add_use_parsers(commands_) -> None:
     a("file", metavar="FILE.py", help="a UTF-8 Python source file")
     a("--color", choices=("auto", "always", "never"), default="auto",
       help="colour the output: auto = only when stdout is a terminal (default auto)")  # fmt: skip
+    a("--diff", action="store_true",
+      help="mark the characters whose predicted type differs from Python's tokenize "
+      "(underlined in colour, else a line of ^ under them) (default: tags only)")  # fmt: skip
+    a("--json", action="store_true",
+      help="print one JSON object: file, chars, labels, tags (a letter per character), "
+      "spans, accuracy and disagreements (null when tokenize cannot read the file) "
+      "(default: text)")  # fmt: skip
 
 
 def _add_eval_parser(commands_) -> None:

@@ -8,7 +8,7 @@ Errors the user must act on (:class:`DataError`, :class:`CheckpointError`,
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
 import pathlib
 import sys
 
@@ -19,15 +19,16 @@ from .arguments import TRAIN_OPTIONS
 from .bench import run_bench
 from .check import run_check
 from .checkpoint_schema import config_for_resume, load_model, read_training_checkpoint
-from .config import TrainConfig, TrainingError
+from .config import TrainConfig, TrainingError, default_config
 from .data import DataError, read_text, token_labels
 from .distributed import cluster_from, initialize
 from .evaluate import Evaluation
 from .loop import CHECKPOINT_NAME, train
 from .preflight import UsageError, check_writable_folder, require_memory, rnn_bytes
-from .sample import format_tags, legend, predict_tags, sample
+from .sample import check_request, generate
 from .score import eval_command
 from .signals import signal_name
+from .tagging import format_tags, legend, predict_tags, tag_json
 
 __all__ = ["eval_command"]  # bptt-jax eval (bptt_jax.app.score), with the other handlers
 
@@ -118,7 +119,7 @@ def train_command(args: argparse.Namespace) -> int:
     if "text" in given:
         given["text"] = tuple(given["text"])
     if args.resume is None:
-        config, resume = dataclasses.replace(TrainConfig(), **given), None
+        config, resume = default_config(given), None
     else:
         config, resume = _resumed(args.resume, given)
     progress = not args.no_progress and sys.stderr.isatty()
@@ -171,26 +172,52 @@ def per_class_table(ev: Evaluation) -> str:
 
 
 def sample_command(args: argparse.Namespace) -> int:
+    """Streams ``--num-samples`` samples to stdout, flushed every chunk of characters."""
     model = load_model(args.checkpoint)
-    text = sample(
-        model, args.prime, args.length, temperature=args.temperature, top_k=args.top_k,
-        seed=args.seed,
-    )  # fmt: skip
-    sys.stdout.write(args.prime + text + "\n")
+    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    check_request(model, args.prime, args.length, num_samples=args.num_samples, **options)
+    out = sys.stdout
+    for i in range(args.num_samples):
+        if args.num_samples > 1:
+            out.write(f"{'' if i == 0 else chr(10)}--- sample {i + 1} of {args.num_samples} ---\n")
+        out.write(args.prime)
+        for piece in generate(model, args.prime, args.length, seed=args.seed, index=i, **options):
+            out.write(piece)
+            out.flush()
+        out.write("\n")
+        out.flush()
     return 0
 
 
 def tag(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint)
+    if model.task != "tag":
+        raise DataError(
+            f"{args.checkpoint} is a '{model.task}' model; tagging needs one trained with "
+            "--task tag"
+        )
     text = read_text(pathlib.Path(args.file))
     tags = predict_tags(model, text)
-    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
-    sys.stdout.write(legend(color) + "\n" + format_tags(text, tags, color=color))
     try:
         truth = token_labels(text)
-    except DataError:
-        print("(tokenize cannot read this file: no accuracy to report)")
+    except DataError as e:
+        if args.diff:
+            raise DataError(
+                f"{args.file}: --diff compares with tokenize, which fails: {e}"
+            ) from None
+        truth = None
+    if args.json:
+        print(json.dumps(tag_json(args.file, text, tags, truth)))
         return 0
-    if len(truth):
-        print(f"accuracy against tokenize: {np.mean(tags == truth):.1%} of {len(truth)} chars")
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+    shown = format_tags(text, tags, color=color, truth=truth if args.diff else None)
+    sys.stdout.write(legend(color, args.diff) + "\n" + shown)
+    if truth is None:
+        print("(tokenize cannot read this file: no accuracy to report)")
+    elif len(truth):
+        wrong = int(np.sum(tags != truth))
+        print(
+            f"accuracy against tokenize: {1 - wrong / len(truth):.1%} of {len(truth)} chars"
+            + (f" ({wrong} disagree)" if args.diff else "")
+        )
     return 0

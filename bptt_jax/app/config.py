@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import optax
 
 from ..api.options import KERNELS
+from ..core.activations import ACTIVATIONS
 from ..core.checks import MATMUL_DTYPES
 
 #: ``TrainConfig.optimizer``: name -> optax constructor taking the learning rate.
@@ -33,6 +34,13 @@ DTYPES = ("float32", "float64")
 #: ``TrainConfig.task``: "lm" predicts the next character, "tag" its token type.
 TASKS = ("lm", "tag")
 
+#: ``TrainConfig.activation``: the hidden units' f (``bptt_jax.core.activations``).
+ACTIVATION_NAMES = tuple(ACTIVATIONS)
+
+#: The model fields added after checkpoints were first written, with the value an
+#: older checkpoint (which lacks them) was trained with: the seed's one tanh layer.
+MODEL_DEFAULTS = {"num_layers": 1, "activation": "tanh", "bidirectional": False}
+
 #: ``TrainConfig.schedule``: the learning rate after ``warmup`` steps of linear warm-up
 #: from 0: ``lr`` throughout, a cosine decay to 0 at ``steps``, or a linear one.
 SCHEDULES = ("constant", "cosine", "linear")
@@ -44,6 +52,22 @@ LEGACY = {"schedule": "constant", "warmup": 0, "log_every": 100, "kernel": "scan
 # Options that may differ between a run and its --resume: they do not change
 # the parameters a given step produces.
 RESUMABLE = ("steps", "out", "eval_every", "save_every", "verify_every", "kernel", "log_every")
+
+
+#: The defaults of a ``--bidirectional`` tagger that differ from :class:`TrainConfig`'s:
+#: it costs about four one-layer models a character, and reads longer chunks (the
+#: right-to-left cells start every chunk from zero), measured in ``docs/training.md``.
+BIDIRECTIONAL_DEFAULTS = {
+    "hidden_size": 128, "batch_size": 16, "seq_len": 256, "steps": 1500, "lr": 3e-3,
+    "eval_every": 500,
+}  # fmt: skip
+
+
+def default_config(given: dict) -> TrainConfig:
+    """The configuration of ``train`` with the options ``given`` and defaults for the rest:
+    :class:`TrainConfig`'s, or :data:`BIDIRECTIONAL_DEFAULTS` with ``--bidirectional``."""
+    base = BIDIRECTIONAL_DEFAULTS if given.get("bidirectional") else {}
+    return dataclasses.replace(TrainConfig(), **(base | given))
 
 
 class TrainingError(Exception):
@@ -61,6 +85,9 @@ class TrainConfig:
     batch_size: int = 64  # B parallel streams
     seq_len: int = 64  # T characters per chunk (the truncation length)
     hidden_size: int = 256  # H
+    num_layers: int = 1  # L stacked hidden layers (1: the seed's model)
+    activation: str = "tanh"  # f of every hidden layer
+    bidirectional: bool = False  # tag only: every layer also reads right to left
     lr: float = 4e-3
     optimizer: str = "adam"
     schedule: str = "cosine"  # of the learning rate: constant, cosine or linear decay to 0
@@ -94,7 +121,7 @@ class TrainConfig:
         if not isinstance(d, dict):
             raise TrainingError(f"the configuration must be a JSON object, not {_kind(d)}")
         known = {f.name for f in dataclasses.fields(cls)}
-        d = {**LEGACY, **d}  # written before these fields existed: their past values
+        d = {**LEGACY, **MODEL_DEFAULTS, **d}  # written before these fields: their past values
         missing = sorted(known - set(d))
         if missing:
             raise TrainingError(f"the configuration lacks {', '.join(missing)}")
@@ -110,7 +137,8 @@ class TrainConfig:
 _NUMBERS = (
     ("max_files", True, 1, False, True), ("steps", True, 1, False, False),
     ("batch_size", True, 1, False, False), ("seq_len", True, 1, False, False),
-    ("hidden_size", True, 1, False, False), ("lr", False, 0, True, False),
+    ("hidden_size", True, 1, False, False), ("num_layers", True, 1, False, False),
+    ("lr", False, 0, True, False),
     ("clip", False, 0, False, False), ("clip_value", False, 0, False, False),
     ("eval_every", True, 0, False, False), ("save_every", True, 0, False, False),
     ("verify_every", True, 0, False, False), ("val_chars", True, 1, False, False),
@@ -163,6 +191,38 @@ def check_config(config: TrainConfig) -> None:
             "rate would never reach --lr"
         )
     check_names(config)
+    check_model(config)
+
+
+def check_model(config: TrainConfig) -> None:
+    """Refuses a model no run can train: an unknown activation, a bidirectional
+    language model (it would read the character it must predict), or ``recompute``
+    with a bidirectional one (the hand BPTT keeps every state there).
+
+    Raises:
+      TrainingError: naming the option and what is accepted.
+    """
+    if not isinstance(config.activation, str) or config.activation not in ACTIVATION_NAMES:
+        raise TrainingError(
+            f"unknown activation {config.activation!r}; choose one of "
+            + ", ".join(ACTIVATION_NAMES)
+        )
+    if not isinstance(config.bidirectional, bool):
+        raise TrainingError(f"bidirectional must be true or false, got {config.bidirectional!r}")
+    if config.bidirectional and config.task != "tag":
+        raise TrainingError(
+            f"--bidirectional is for --task tag only: a language model (--task {config.task}) "
+            "must not read the characters it predicts"
+        )
+    if config.bidirectional and config.recompute:
+        raise TrainingError(
+            "--recompute is for models that read left to right only; drop it or --bidirectional"
+        )
+
+
+def is_deep(config: TrainConfig) -> bool:
+    """Whether the run's model is a ``DeepParams`` (L > 1 or bidirectional), not ``Params``."""
+    return config.num_layers > 1 or bool(config.bidirectional)
 
 
 #: The warm-up of a run that does not set ``--warmup``: this fraction of its steps,

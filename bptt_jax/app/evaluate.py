@@ -31,10 +31,10 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from ..api.referees import autodiff_bptt
-from ..core.bptt import bptt_core
 from ..core.deep import deep_forward_core
 from ..core.losses import log_softmax
 from ..core.params import DeepParams, Params, to_deep
+from ..core.step import hand_bptt
 from ..referees.tolerances import AUTODIFF, VERIFY_PRECISION, max_relative_error
 from .config import TrainingError
 from .data import TOKEN_TYPES, Corpus, file_spans
@@ -273,13 +273,14 @@ def baselines(corpus: Corpus, ys_val: np.ndarray, xs_val: np.ndarray) -> dict[st
 
 
 def verify_gradients(
-    params: Params,
+    params: Params | DeepParams,
     xs: ArrayLike,
     ys: ArrayLike,
     h0: ArrayLike,
     grad_fn: Callable | None = None,
     *,
     tol: float | None = None,
+    activation: str = "tanh",
 ) -> dict[str, float]:
     """Hand gradients vs ``jax.grad`` on one batch: max relative error per parameter.
 
@@ -294,14 +295,17 @@ def verify_gradients(
     """
     params, xs, ys, h0 = jax.tree.map(jnp.asarray, (params, xs, ys, h0))  # one device
     with jax.default_matmul_precision(VERIFY_PRECISION):
-        E, grads, _, _ = (grad_fn or bptt_core)(params, xs, ys, h0, None)
-    E_ad, grads_ad = autodiff_bptt(params, xs, ys, h0, precision=VERIFY_PRECISION)
+        E, grads, _, _ = (grad_fn or hand_bptt)(params, xs, ys, h0, None)
+    E_ad, grads_ad = autodiff_bptt(
+        params, xs, ys, h0, activation=activation, precision=VERIFY_PRECISION
+    )
     if tol is None:
-        tol = AUTODIFF[str(params.U.dtype)]
+        tol = AUTODIFF[str(params.V.dtype)]
     errors = {"E": max_relative_error(E, E_ad)}
-    errors |= {
-        n: max_relative_error(getattr(grads, n), getattr(grads_ad, n)) for n in Params._fields
-    }
+    for (path, g), g_ad in zip(jax.tree_util.tree_flatten_with_path(grads)[0],
+                               jax.tree.leaves(grads_ad), strict=True):  # fmt: skip
+        name = jax.tree_util.keystr(path, simple=True, separator="/")  # "U", "layers/0/W"
+        errors[name] = max_relative_error(g, g_ad)
     bad = {k: v for k, v in errors.items() if not v <= tol}
     if bad:
         raise TrainingError(

@@ -44,10 +44,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from ..core.params import init_params
 from ..referees.tolerances import AUTODIFF
 from .checkpoint_schema import data_fingerprint, read_training_checkpoint, restore
-from .config import TrainConfig, check_config
+from .config import TrainConfig, TrainingError, check_config, is_deep
 from .data import Corpus, DataError, load_corpus
 from .evaluate import baselines, held_out
 from .loop_steps import (
@@ -62,11 +61,19 @@ from .loop_steps import (
     write_metrics,
     zeros_h,
 )
+from .models import init_model
 from .parallel import AXIS, replicate, shard_batch
 from .preflight import check_writable_folder, require_memory, rnn_bytes
 from .signals import Interrupted, Interrupts, signal_name
 from .state import History, Result, TrainState
-from .step import cached_step, hand_grad_fn, run_kernel, step_grad_fn, training_mesh
+from .step import (
+    cached_step,
+    hand_grad_fn,
+    model_grad_fn,
+    run_kernel,
+    step_grad_fn,
+    training_mesh,
+)
 from .streams import Streams
 
 __all__ = ["CHECKPOINT_NAME", "PLOT_NAME", "train"]
@@ -162,6 +169,10 @@ def _stop_before_start(signals: Interrupts, where: str) -> None:
 
 def _session(config, corpus, progress, echo, grad_fn, devices) -> Session:
     mesh = training_mesh(devices, config.batch_size)
+    if is_deep(config) and mesh.shape[AXIS] > 1:
+        raise TrainingError(
+            "--num-layers > 1 and --bidirectional train on one device; give --devices 1"
+        )
     if corpus is None:
         corpus = load_corpus(config.text, task=config.task, max_files=config.max_files)
     labels = config.task == "tag"
@@ -186,11 +197,18 @@ def _session(config, corpus, progress, echo, grad_fn, devices) -> Session:
     return Session(
         config, corpus, streams, held, baselines(corpus, ys_val, xs_val),
         data_fingerprint(corpus), mesh, tx,
-        step_fn, verify_fn=grad_fn or hand_grad_fn(config.matmul_dtype, bool(config.recompute),
-                                                   run_kernel(config)),
+        step_fn, verify_fn=grad_fn or _verify_fn(config),
         verify_tol=AUTODIFF["bfloat16"] if config.matmul_dtype else None,
         lead=jax.process_index() == 0, progress=progress, echo=echo,
     )  # fmt: skip
+
+
+def _verify_fn(config: TrainConfig) -> Callable:
+    """The single-device hand BPTT ``--verify-every`` checks against ``jax.grad``."""
+    options = (config.matmul_dtype, bool(config.recompute), run_kernel(config))
+    if is_deep(config) or config.activation != "tanh":
+        return model_grad_fn(config.activation, bool(config.bidirectional), *options)
+    return hand_grad_fn(*options)
 
 
 def _start(s: Session, resume) -> Loop:
@@ -201,15 +219,13 @@ def _start(s: Session, resume) -> Loop:
             fingerprint=s.fingerprint, allow_data_change=s.allow_data_change,
         )  # fmt: skip
         n_proc, proc = jax.process_count(), jax.process_index()
-        h = shard_batch(state.h[proc::n_proc], s.mesh)  # this process's streams p, p + P, ...
+        # this process's streams p, p + P, ... (axis -2 of (B, H) and (L*D, B, H))
+        h = shard_batch(state.h[..., proc::n_proc, :], s.mesh)
         params, opt_state = replicate(state.params, s.mesh), replicate(state.opt_state, s.mesh)
         return Loop(state._replace(params=params, opt_state=opt_state, h=h), history)
     c = s.config
     key, init_key = jax.random.split(jax.random.key(c.seed))
-    params = init_params(
-        init_key, s.corpus.vocab.size, c.hidden_size, num_classes=s.corpus.num_classes,
-        dtype=jnp.dtype(c.dtype),
-    )  # fmt: skip
+    params = init_model(c, init_key, s.corpus.vocab.size, s.corpus.num_classes)
     params = replicate(params, s.mesh)
     opt_state = replicate(s.tx.init(params), s.mesh)
     return Loop(TrainState(params, opt_state, zeros_h(s), key, 0, 0, 0), History())

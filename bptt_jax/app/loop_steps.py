@@ -28,6 +28,7 @@ from .config import TrainConfig, TrainingError, learning_rate, warmup_steps
 from .data import Corpus
 from .divergence import NONFINITE_IN_A_ROW, divergence
 from .evaluate import Evaluation, HeldOut, evaluate, verify_gradients
+from .models import zero_state
 from .parallel import local_rows, shard_batch
 from .state import History, TrainState
 from .streams import Streams
@@ -98,9 +99,10 @@ class Loop(NamedTuple):
 
 
 def zeros_h(s: Session) -> jax.Array:
-    """``(B, H)`` zeros, this process's rows on its devices."""
+    """``(B, H)`` zeros (``(L*D, B, H)`` for a deep model), this process's rows on its
+    devices."""
     rows = s.config.batch_size // jax.process_count()
-    return shard_batch(np.zeros((rows, s.config.hidden_size), s.config.dtype), s.mesh)
+    return shard_batch(zero_state(s.config, rows), s.mesh)
 
 
 def one_step(s: Session, loop: Loop) -> Loop:
@@ -110,8 +112,9 @@ def one_step(s: Session, loop: Loop) -> Loop:
     resets = shard_batch(s.streams.resets(state.chunk), s.mesh)  # documents start from zero
     if c.verify_every and state.step % c.verify_every == 0:
         errors = verify_gradients(
-            host_params(state), xs, ys, local_rows(state.h), s.verify_fn, tol=s.verify_tol
-        )
+            host_params(state), xs, ys, local_rows(state.h), s.verify_fn, tol=s.verify_tol,
+            activation=c.activation,
+        )  # fmt: skip
         history = dataclasses.replace(
             history, verified=history.verified + 1,
             verify_error=max(history.verify_error, *errors.values()),
@@ -189,7 +192,7 @@ def host_params(state: TrainState):
 def evaluate_and_log(s: Session, loop: Loop) -> Loop:
     """Scores all the held-out text; saves OUT/best.bptt when the loss is the best yet."""
     t0 = time.perf_counter()
-    ev = evaluate(host_params(loop.state), s.held, s.config.task)
+    ev = evaluate(host_params(loop.state), s.held, s.config.task, s.config.activation)
     h, step = loop.history, loop.state.step
     history = dataclasses.replace(h, val=(*h.val, [step, ev.loss, ev.accuracy]))
     if s.lead:

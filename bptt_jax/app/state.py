@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-from ..core.params import Params
+from ..core.params import DeepParams, Params
 from .config import TrainConfig
 from .evaluate import Evaluation
 
@@ -18,7 +18,7 @@ from .evaluate import Evaluation
 class TrainState(NamedTuple):
     """What a step changes; replaced as a whole, so Ctrl-C never sees half an update."""
 
-    params: Params
+    params: Params | DeepParams
     opt_state: Any
     h: jax.Array  # (B, H) the state carried into the next chunk
     key: jax.Array  # the run's RNG key (used for the initialisation)
@@ -80,7 +80,11 @@ class Result:
         c, ev = self.config, self.evaluation
         rate = self.steps_per_second
         parts = [
-            f"{c.task} H={c.hidden_size} B={c.batch_size} T={c.seq_len} {c.optimizer} lr={c.lr}"
+            f"{c.task} H={c.hidden_size}"
+            + (f" L={c.num_layers}" if c.num_layers > 1 else "")
+            + (" bidirectional" if c.bidirectional else "")
+            + (f" {c.activation}" if c.activation != "tanh" else "")
+            + f" B={c.batch_size} T={c.seq_len} {c.optimizer} lr={c.lr}"
             + (f" {c.dtype}" if c.dtype != "float32" else "")
             + (f" {c.matmul_dtype} products" if c.matmul_dtype else "")
             + (" recompute" if c.recompute else "")

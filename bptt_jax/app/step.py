@@ -26,6 +26,7 @@ from .config import (
     TrainConfig,
     TrainingError,
     check_optimizer,
+    is_deep,
     learning_rate,
     warmup_steps,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "hand_grad_fn",
     "make_optimizer",
     "make_train_step",
+    "model_grad_fn",
     "step_grad_fn",
     "training_mesh",
 ]
@@ -129,12 +131,41 @@ def hand_grad_fn(
 
 
 @functools.cache
+def model_grad_fn(
+    activation: str, bidirectional: bool, matmul_dtype: str | None = None,
+    recompute: bool = False, kernel: str = "scan",
+) -> Callable:  # fmt: skip
+    """The hand BPTT of a model other than the seed's tanh layer (cached: one per setting).
+
+    :func:`~bptt_jax.core.step.hand_bptt` with ``activation``; a bidirectional
+    ``DeepParams`` carries only its left-to-right cells' final states into the next
+    chunk: the right-to-left cells (``h_T[1::2]``) start every chunk from zero, since
+    they have not read the text after it.
+    """
+    mm = None if matmul_dtype is None else jnp.dtype(matmul_dtype)
+
+    def grad_fn(params, xs, ys, h0, resets=None):
+        E, grads, dh0, h_T = hand_bptt(
+            params, xs, ys, h0, resets, activation=activation, matmul_dtype=mm,
+            recompute=recompute, kernel=kernel,
+        )  # fmt: skip
+        if bidirectional:
+            h_T = h_T.at[1::2].set(0)  # cell l*2 + 1 reads right to left
+        return E, grads, dh0, h_T
+
+    return grad_fn
+
+
+@functools.cache
 def data_parallel_grad_fn(
-    mesh: Mesh, matmul_dtype: str | None = None, recompute: bool = False, kernel: str = "scan"
-) -> Callable:
+    mesh: Mesh, matmul_dtype: str | None = None, recompute: bool = False, kernel: str = "scan",
+    activation: str = "tanh",
+) -> Callable:  # fmt: skip
     """The data-parallel hand BPTT on ``mesh`` (cached, so :func:`cached_step` reuses it)."""
     mm = None if matmul_dtype is None else jnp.dtype(matmul_dtype)
-    return data_parallel_bptt_core(mesh, matmul_dtype=mm, recompute=recompute, kernel=kernel)
+    return data_parallel_bptt_core(
+        mesh, matmul_dtype=mm, recompute=recompute, kernel=kernel, activation=activation
+    )
 
 
 def run_kernel(config: TrainConfig, devices: int = 1) -> str:
@@ -157,8 +188,10 @@ def step_grad_fn(
     if grad_fn is not None:
         return grad_fn
     options = (config.matmul_dtype, bool(config.recompute), run_kernel(config, mesh.shape[AXIS]))
-    if mesh.shape[AXIS] > 1:
-        return data_parallel_grad_fn(mesh, *options)
+    if mesh.shape[AXIS] > 1:  # the seed's model only (check_parallel_model)
+        return data_parallel_grad_fn(mesh, *options, config.activation)
+    if is_deep(config) or config.activation != "tanh":
+        return model_grad_fn(config.activation, bool(config.bidirectional), *options)
     if options != (None, False, "scan"):
         return hand_grad_fn(*options)
     return None

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from bptt_jax.app.data import TOKEN_LETTERS, TOKEN_TYPES, DataError, Vocab
-from bptt_jax.app.sample import format_tags, predict_tags, sample
+from bptt_jax.app.sample import sample
+from bptt_jax.app.tagging import format_tags, predict_tags
 from bptt_jax.app.train import Model, TrainConfig
 from bptt_jax.core.params import Params, init_params
 from bptt_jax.core.rnn import forward_core
@@ -91,12 +92,13 @@ def test_top_k_draws_only_among_the_k_most_likely():
         (dict(prime="a", length=0), "--length must be a positive"),
         (dict(prime="a", length=-3), "--length must be a positive"),
         (dict(prime="aéb€", length=5), r"2 character\(s\) not in the model's vocabulary: 'é'"),
-        (dict(prime="", length=5), "at least one character"),
+        (dict(prime="a", length=5, top_p=0.0), r"--top-p must be in \(0, 1\]"),
+        (dict(prime="a", length=5, top_p=1.5), r"--top-p must be in \(0, 1\]"),
         (dict(prime="a", length=5, top_k=99), "--top-k must be between 1 and"),
         (dict(prime="a", length=5, temperature=-1.0), "--temperature must be >= 0"),
     ],
-    ids=["length_zero", "length_negative", "prime_outside_vocab", "empty_prime", "top_k",
-         "negative_temperature"],
+    ids=["length_zero", "length_negative", "prime_outside_vocab", "top_p_zero", "top_p_above_one",
+         "top_k", "negative_temperature"],
 )  # fmt: skip
 def test_bad_sampling_requests_are_data_errors(kwargs, message):
     with pytest.raises(DataError, match=message):
@@ -118,6 +120,11 @@ def test_predict_tags_is_the_argmax_of_the_forward_pass():
     assert ids[4] == model.vocab.unknown
     _, z = forward_core(model.params, jnp.asarray(ids)[None], jnp.zeros((1, 16), jnp.float32))
     np.testing.assert_array_equal(tags, np.argmax(np.asarray(z[0]), axis=-1))
+
+
+def test_an_empty_prime_starts_from_the_zero_state():
+    model = _model()
+    assert sample(model, "", 30, temperature=0.0) == _greedy_by_loop(model, "", 30)
 
 
 def test_format_tags_puts_letters_under_each_line():
