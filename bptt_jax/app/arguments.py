@@ -193,7 +193,7 @@ def add_train_parser(commands) -> None:
         default=None,
         metavar="STEPS",
         help="STEPS of linear warm-up from 0 to --lr, at most --steps (default "
-        f"{AUTO_WARMUP_FRACTION:.0%} of --steps, at most {MAX_AUTO_WARMUP})",
+        f"{AUTO_WARMUP_FRACTION:.0%}% of --steps, at most {MAX_AUTO_WARMUP})",
     )
     a(
         "--clip",

@@ -188,6 +188,18 @@ def test_every_flag_documents_its_default(command):
             assert "default" in (action.help or ""), f"{command} {action.option_strings}"
 
 
+COMMANDS = ("train", "sample", "tag", "eval", "check", "diagnose", "bench")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_prints_its_help(command, capsys):
+    # argparse %-formats every help string: a stray "%" is a traceback at --help.
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: bptt-jax {command}")
+
+
 def test_top_level_help_lists_the_commands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
