@@ -12,6 +12,7 @@ directly on the same problem. Both are timed as a user calls them, jitted once
 - ``grad eager`` ``jax.value_and_grad(bptt_jax.hand_loss)`` unjitted (value checks,
                 then one compiled call), for reference.
 
+Wall and process-CPU medians (all threads; a shared machine disturbs the latter less).
 Points: the seed's ``Params`` and a 2-layer ``DeepParams`` at the issue's sizes.
 """
 
@@ -19,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import time
 
 import jax
 import jax.numpy as jnp
 
 import bptt_jax
-from bptt_jax.app.bench import compiled, round_robin
+from bptt_jax.app.bench import compiled
 
 # (K, H, B, T, layers, bidirectional); layers 0: the seed's Params
 POINTS = [
@@ -36,6 +39,21 @@ POINTS = [
 ]
 
 
+def round_robin(fns: dict, repeats: int) -> dict:
+    """``{name: (median wall s, median process CPU s)}``, all called in turn."""
+    for fn in fns.values():
+        fn()
+    wall = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn()
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return {n: (statistics.median(wall[n]), statistics.median(cpu[n])) for n in fns}
+
+
 def _model(K, H, L, bi):
     key = jax.random.key(0)
     if L == 0:
@@ -44,7 +62,7 @@ def _model(K, H, L, bi):
 
 
 def run_point(K, H, B, T, L, bi, repeats):
-    """``{method: median seconds}`` and the largest relative gradient difference."""
+    """``{method: (median wall s, median CPU s)}`` and the largest relative difference."""
     params = _model(K, H, L, bi)
     xs = jax.random.randint(jax.random.key(1), (B, T), 0, K)
     ys = jax.random.randint(jax.random.key(2), (B, T), 0, K)
@@ -78,13 +96,16 @@ def main():
     repeats = parser.parse_args().repeats
     print(f"load average before: {os.getloadavg()}, cpus: {os.cpu_count()}")
     print(f"{'model':>10} {'K':>6} {'H':>4} {'B':>3} {'T':>4} | {'bptt ms':>8} {'grad ms':>8} "
-          f"{'eager ms':>8} | grad/bptt  rel diff")  # fmt: skip
+          f"{'eager ms':>8} {'grad/bptt':>9} | {'bptt cpu':>8} {'grad cpu':>8} {'grad/bptt':>9} "
+          f"| rel diff")  # fmt: skip
     for K, H, B, T, L, bi in POINTS:
         times, diff = run_point(K, H, B, T, L, bi, repeats)
         name = "Params" if L == 0 else f"{L}-layer{' bi' if bi else ''}"
-        ms = {k: 1e3 * v for k, v in times.items()}
+        ms = {k: 1e3 * v[0] for k, v in times.items()}
+        cpu = {k: 1e3 * v[1] for k, v in times.items()}
         print(f"{name:>10} {K:>6} {H:>4} {B:>3} {T:>4} | {ms['bptt']:8.2f} {ms['grad']:8.2f} "
-              f"{ms['grad eager']:8.2f} | {ms['grad'] / ms['bptt']:9.2f}  {diff:.1e}",
+              f"{ms['grad eager']:8.2f} {ms['grad'] / ms['bptt']:9.2f} | {cpu['bptt']:8.2f} "
+              f"{cpu['grad']:8.2f} {cpu['grad'] / cpu['bptt']:9.2f} | {diff:.1e}",
               flush=True)  # fmt: skip
     print(f"load average after: {os.getloadavg()}")
 
