@@ -212,6 +212,17 @@ def test_bptt_chunk_with_truncate_lengths_and_dh_T_matches_jax_grad(x64, bi):
     assert_tree_close((g, dh0), (g_ref, dh0_ref), rtol=1e-10)
 
 
+def test_an_empty_sequence_gives_zero_loss_and_gradients_in_a_bidirectional_model():
+    p = deep_params(1, True, "float32")
+    xs, ys = jnp.zeros((B, 0), int), jnp.zeros((B, 0), int)
+    dh_T = jnp.ones((2, B, H))
+    E, g, dh0, h_T = bptt_jax.bptt_chunk(p, xs, ys, 0.5 * dh_T, dh_T=dh_T)
+    E2, g2 = jax.value_and_grad(bptt_jax.hand_loss)(p, xs, ys)
+    assert float(E) == float(E2) == 0.0
+    assert all(float(jnp.max(jnp.abs(a))) == 0.0 for a in jax.tree.leaves((g, g2)))
+    assert_tree_close((dh0, h_T), (dh_T, 0.5 * dh_T), rtol=0)
+
+
 def test_recompute_with_a_bidirectional_layer_is_refused():
     p = deep_params(1, True, "float32")
     xs, ys, _, _ = problem("float32", False, False, False, False)
