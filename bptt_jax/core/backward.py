@@ -112,10 +112,20 @@ def _delta_step(ctx: _Ctx, U_):
     return step
 
 
+#: Widest operand whose transpose :func:`_transposed` copies (see there).
+_COPY_TRANSPOSE_MAX = 1024
+
+
 def _transposed(a):
-    """``aᵀ`` materialized: XLA would fold the transpose into the product
-    ``aᵀ @ b``, which its CPU backend then runs off its fast matmul path
-    (``benchmarks/README.md``, deep models); copying ``aᵀ`` first is cheaper."""
+    """``aᵀ`` for a product ``aᵀ @ b``, ``a`` ``(rows, n)``: materialized when n is small.
+
+    XLA folds a plain transpose into the product as a transposed-operand dot, which
+    its CPU backend runs off its fast matmul path: for n = 65 to 512 (δ_t rows, or
+    r_t at a small vocabulary) copying ``aᵀ`` first is 10-35% faster per product;
+    for n = 10000 (r_t at a large vocabulary) the copy costs more than it saves
+    (``benchmarks/README.md``, deep models)."""
+    if a.shape[1] > _COPY_TRANSPOSE_MAX:
+        return a.T
     return lax.optimization_barrier(a.T)
 
 
