@@ -1,8 +1,9 @@
 r"""Public, composable pieces with hand-derived VJPs: :func:`recurrence` and :func:`hand_loss`.
 
 Both are ``jax.custom_vjp`` functions whose backward rule is the hand recursion of
-:mod:`bptt_jax.core.recurrence` (``docs/math.md`` §4, §7), so ``jax.grad`` of a user's
-program that calls them runs no autodiff through the recurrence.
+:mod:`bptt_jax.core.recurrence` and :mod:`bptt_jax.core.hand_loss` (``docs/math.md`` §4,
+§7), so ``jax.grad`` of a user's program that calls them runs no autodiff through the
+recurrence.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import jax
 from jax.typing import ArrayLike
 
+from ..core.hand_loss import hand_loss_jit
 from ..core.params import DeepParams, Params
-from ..core.recurrence import hand_loss_jit, recurrence_jit
+from ..core.recurrence import recurrence_jit
 from .options import check_activation, check_precision, kernel_option
 from .resets import check_resets
 from .validate import check_inputs
@@ -129,10 +131,11 @@ def hand_loss(
     included (:math:`r_t = \hat y_t - y_t`, :math:`\partial E/\partial V = \sum_t r_t
     \otimes h_t`, :math:`\partial E/\partial c = \sum_t r_t`, then the δ recursion with
     :math:`g_t = V^\top r_t`), computed in the forward pass and scaled by the cotangent.
-    For the seed's :class:`Params` with ids in and out, no ``lengths``/``resets`` and
-    ``reduction="sum"`` that is one call of the fast chunked BPTT
-    (:func:`bptt_jax.bptt`'s core). Dense inputs get :math:`W^\top\delta_t`, soft labels
-    :math:`-\log\hat y_t`, ``h0`` :math:`U^\top\delta_1` (plus the reset steps' terms).
+    With token ids in and class ids out (any model, ``lengths``, ``resets``, either
+    reduction) that is one call of the chunked hand BPTT that :func:`bptt_jax.bptt` runs,
+    at its cost and with no ``(T, B, C)`` array. Dense inputs get
+    :math:`W^\top\delta_t`, soft labels :math:`-\log\hat y_t`, ``h0``
+    :math:`U^\top\delta_1` (plus the reset steps' terms).
     Reverse mode only, as :func:`recurrence`.
 
     Args:

@@ -121,6 +121,23 @@ def _delta_step(ctx: _Ctx, U_):
     return step
 
 
+#: Widest operand whose transpose :func:`_transposed` copies (see there).
+_COPY_TRANSPOSE_MAX = 1024
+
+
+def _transposed(a):
+    """``aᵀ`` for a product ``aᵀ @ b``, ``a`` ``(rows, n)``: materialized when n is small.
+
+    XLA folds a plain transpose into the product as a transposed-operand dot, which
+    its CPU backend runs off its fast matmul path: for n = 65 to 512 (δ_t rows, or
+    r_t at a small vocabulary) copying ``aᵀ`` first is 10-35% faster per product;
+    for n = 10000 (r_t at a large vocabulary) the copy costs more than it saves
+    (``benchmarks/README.md``, deep models)."""
+    if a.shape[1] > _COPY_TRANSPOSE_MAX:
+        return a.T
+    return lax.optimization_barrier(a.T)
+
+
 def _cell_backward(ctx: _Ctx, layer: Layer, X_c, hs_c, h_start, h0, g, acc, G, m, e, k):
     """A cell's part of one chunk: ``(γ, dh0 acc, (dU, dW rows, db), δ (c, B, H))``."""
     if ctx.kernel == "pallas":
@@ -137,9 +154,10 @@ def _cell_backward(ctx: _Ctx, layer: Layer, X_c, hs_c, h_start, h0, g, acc, G, m
     h_prev = jnp.concatenate([h_start[None], hs_c[:-1]])  # h_{t-1} in the view
     h_in = h_prev if e is None else jnp.where(e, h0, h_prev)
     d2 = _rows(deltas)
-    dU = ctx.mm(d2.T, _rows(h_in))  # Σ_t δ_t ⊗ h_in_t
+    d2T = _transposed(d2)
+    dU = ctx.mm(d2T, _rows(h_in))  # Σ_t δ_t ⊗ h_in_t
     ids = jnp.issubdtype(X_c.dtype, jnp.integer)
-    dW = d2 if ids else ctx.mm(d2.T, _rows(X_c))  # ids: rows to scatter into dWᵀ
+    dW = d2 if ids else ctx.mm(d2T, _rows(X_c))  # ids: rows to scatter into dWᵀ
     return g, acc, (dU, dW, jnp.sum(d2, axis=0)), deltas
 
 
@@ -159,7 +177,7 @@ def _output_chunk(ctx: _Ctx, V, c, top_c, y_c, m_c, scale):
         E_c = E_c * scale
         r = jnp.where(m2, r, 0) * scale
     Vr = ctx.mm(r, ctx.cast(V)).reshape(*top_c.shape[:2], -1)  # Vᵀ r_t
-    return E_c, ctx.mm(r.T, h2), jnp.sum(r, axis=0), Vr
+    return E_c, ctx.mm(_transposed(r), h2), jnp.sum(r, axis=0), Vr
 
 
 class _Out(NamedTuple):

@@ -182,6 +182,9 @@ def deep_bptt_core(params: DeepParams, xs, ys, h0, mask=None, dh_final=None, res
     X, _, _ = _prepare(xs, mask, None)  # ids at padding set in range
     Y = _time_major(ys)
     dh_final = jnp.zeros_like(h0) if dh_final is None else dh_final
+    if T == 0:  # no steps: E = 0, zero gradients, dh0 = dh_final, h_final = h0
+        zero = jax.tree.map(jnp.zeros_like, params)
+        return jnp.zeros((), params.V.dtype), zero, dh_final, h0
     n_real = B * T if mask is None else jnp.sum(mask)
     scale = jnp.ones((), params.V.dtype)
     if reduction == "mean":

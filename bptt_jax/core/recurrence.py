@@ -1,4 +1,5 @@
-r"""A composable recurrence with a hand-derived VJP, and a loss whose VJP is hand BPTT.
+r"""A composable recurrence with a hand-derived VJP (the loss whose VJP is hand BPTT:
+:mod:`bptt_jax.core.hand_loss`).
 
 The recurrence of one direction of one layer (``docs/math.md`` §4; §7 for deep models):
 
@@ -52,7 +53,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from .activations import get_activation
-from .bptt import bptt_core
 from .kernels import backward_recursion, forward_recursion, step_flags
 from .losses import log_softmax
 from .params import DeepParams, Layer, Params
@@ -333,7 +333,7 @@ recurrence_core.defvjp(_recurrence_fwd, _recurrence_bwd)
 recurrence_jit = jax.jit(recurrence_core, static_argnums=(5, 6, 7))
 
 
-# --- the loss -------------------------------------------------------------------------
+# --- the output layer of the loss (:mod:`.hand_loss`, :mod:`.deep`) -------------------
 
 
 def _output_layer(params, top, Y, m, reduction, precision=None):
@@ -361,81 +361,3 @@ def _output_layer(params, top, Y, m, reduction, precision=None):
     dV = jnp.einsum("tbc,tbh->ch", r, top, precision=precision)  # Σ_t r_t ⊗ h_t
     dc = jnp.sum(r, axis=(0, 1))  # Σ_t r_t
     return E, r, dV, dc, log_yhat, scale
-
-
-def _fast(params, xs, ys, mask, resets, reduction) -> bool:
-    """The seed's case that ``bptt_core`` computes in one call."""
-    return (
-        isinstance(params, Params)
-        and _is_ids(xs)
-        and _is_ids(ys)
-        and mask is None
-        and resets is None
-        and reduction == "sum"
-    )
-
-
-def _loss_general(params, xs, ys, h0, mask, resets, activation, reduction, kernel, precision):
-    """Hand forward and backward of the full model: ``(E, grads, dxs, dys, dh0)``."""
-    act, pallas = get_activation(activation), _pallas(activation, kernel)
-    X, m, r = _prepare(xs, mask, resets)
-    cells, h0s = _cells(params), _stacked(params, h0)
-    inputs, states, _, top = _forward(cells, X, h0s, m, r, act.f, pallas, precision)
-    Y = _time_major(ys)
-    E, r_out, dV, dc, log_yhat, scale = _output_layer(params, top, Y, m, reduction, precision)
-    G = _dot(r_out, params.V, precision)  # (T, B, D*H): ∂E/∂h_t = Vᵀ r_t, all steps at once
-    grads, dh0, dX = _backward(
-        cells,
-        inputs,
-        states,
-        h0s,
-        m,
-        r,
-        G,
-        jnp.zeros_like(h0s),
-        act.df_from_h,
-        pallas,
-        precision,
-    )
-    dparams = _as_params(params, grads, zero_output=False, dV=dV, dc=dc)
-    dxs = None if dX is None else _time_major(dX)
-    dys = None
-    if jnp.issubdtype(ys.dtype, jnp.floating):  # ∂E/∂y_t = −log ŷ_t
-        dY = -log_yhat * scale
-        dys = _time_major(dY if m is None else jnp.where(m, dY, 0))
-    return E, dparams, dxs, dys, dh0[0] if isinstance(params, Params) else dh0
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
-def hand_loss_core(params, xs, ys, h0, mask, resets, activation, reduction, kernel="scan",
-                   precision=None):  # fmt: skip
-    """The loss ``E`` (batched layout, no checks); its VJP is the hand BPTT of the model.
-    ``precision``: every product's ``jax.lax.Precision`` (``None``: JAX's default)."""
-    f, pallas = get_activation(activation).f, _pallas(activation, kernel)
-    X, m, r = _prepare(xs, mask, resets)
-    _, _, _, top = _forward(_cells(params), X, _stacked(params, h0), m, r, f, pallas, precision)
-    return _output_layer(params, top, _time_major(ys), m, reduction, precision)[0]
-
-
-def _hand_loss_fwd(params, xs, ys, h0, mask, resets, activation, reduction, kernel, precision):
-    if _fast(params, xs, ys, mask, resets, reduction):
-        E, grads, dh0, _ = bptt_core(
-            params, xs, ys, h0, activation=activation, kernel=kernel, precision=precision
-        )
-        return E, (grads, None, None, dh0)
-    E, grads, dxs, dys, dh0 = _loss_general(
-        params, xs, ys, h0, mask, resets, activation, reduction, kernel, precision
-    )
-    return E, (grads, dxs, dys, dh0)
-
-
-def _hand_loss_bwd(activation, reduction, kernel, precision, res, ct):
-    grads, dxs, dys, dh0 = res
-    scale = lambda a: None if a is None else ct * a  # noqa: E731
-    return jax.tree.map(scale, grads), scale(dxs), scale(dys), scale(dh0), None, None
-
-
-hand_loss_core.defvjp(_hand_loss_fwd, _hand_loss_bwd)
-#: ``hand_loss_core`` compiled; ``activation``, ``reduction``, ``kernel`` and ``precision``
-#: static.
-hand_loss_jit = jax.jit(hand_loss_core, static_argnums=(6, 7, 8, 9))

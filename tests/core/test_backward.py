@@ -38,13 +38,18 @@ def deep_params(L, bidirectional, dtype, seed=0):
     return DeepParams(layers=layers, reverse_layers=reverse, V=V, c=c)
 
 
-def reference_loss(p, xs, ys, h0, mask, resets, truncate, reduction, activation):
-    """Plain JAX, a Python loop over steps; ``jax.grad`` of it is the referee."""
+def reference_loss(p, xs, ys, h0, mask, resets, truncate, reduction, activation, dh_T=None):
+    """Plain JAX, a Python loop over steps; ``jax.grad`` of it is the referee.
+
+    ``dh_T`` (like ``h0``): adds ``Σ dh_T ⊙ h_T`` of the final states (each sequence's own
+    end), whose gradient is what ``bptt_chunk(dh_T=...)`` carries in.
+    """
     f = get_activation(activation).f
     X = jax.nn.one_hot(xs.T, K, dtype=p.V.dtype) if xs.ndim == 2 else jnp.swapaxes(xs, 0, 1)
     m = jnp.ones((T, B, 1), bool) if mask is None else mask.T[..., None]
     r = jnp.zeros((T, B, 1), bool) if resets is None else resets.T[..., None] & m
     D = p.num_directions
+    extra = 0.0
     for l, cell in enumerate(p.cells()):
         outs = []
         for d, layer in enumerate(cell):
@@ -59,6 +64,8 @@ def reference_loss(p, xs, ys, h0, mask, resets, truncate, reduction, activation)
                 h_new = f(h_in @ layer.U.T + X[t] @ layer.W.T + layer.b)
                 h = jnp.where(m[t], h_new, h_in)
                 hs[t] = jnp.where(m[t], h_new, 0)
+            if dh_T is not None:
+                extra = extra + jnp.sum(dh_T[l * D + d] * h)
             outs.append(jnp.stack(hs))
         X = jnp.concatenate(outs, axis=-1)
     log_yhat = jax.nn.log_softmax(X @ p.V.T + p.c)
@@ -67,7 +74,7 @@ def reference_loss(p, xs, ys, h0, mask, resets, truncate, reduction, activation)
         Y = jax.nn.one_hot(Y, C, dtype=log_yhat.dtype)
     e = jnp.where(m[..., 0], -jnp.sum(Y * log_yhat, axis=-1), 0)
     n = jnp.sum(m) if reduction == "mean" else 1
-    return jnp.sum(e) / jnp.asarray(n, e.dtype)
+    return jnp.sum(e) / jnp.asarray(n, e.dtype) + extra
 
 
 def problem(dtype, ragged, with_resets, dense, soft, seed=1):
@@ -184,6 +191,36 @@ def test_bptt_chunk_carries_dh_T_and_h0_through_deep_models(x64):
         p, xs[:, :4], ys[:, :4], h0, dh_T=dh_mid, resets=resets[:, :4], recompute=True
     )
     assert_tree_close((E1 + E2, jax.tree.map(jnp.add, g1, g2)), whole, rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "bi", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["stacked", "bidirectional"]
+)
+def test_bptt_chunk_with_truncate_lengths_and_dh_T_matches_jax_grad(x64, bi):
+    # dh_T enters at each sequence's own last real step, uncut by the truncation windows
+    # (T = 7, τ = 3: windows 1-3, 4-6, 7; lengths 7, 4, 2 end inside and at window ends).
+    p = deep_params(2, bi, "float64")
+    xs, ys, lengths, _ = problem("float64", True, False, False, False)
+    mask = jnp.arange(T)[None] < lengths[:, None]
+    shape = (2 * p.num_directions, B, H)
+    h0 = 0.3 * jax.random.normal(jax.random.key(5), shape, "float64")
+    dh_T = 0.5 * jax.random.normal(jax.random.key(6), shape, "float64")
+    referee = jax.jit(jax.value_and_grad(reference_loss, argnums=(0, 3)), static_argnums=(6, 7, 8))
+    E_ref, (g_ref, dh0_ref) = referee(p, xs, ys, h0, mask, None, 3, "sum", "tanh", dh_T)
+    E, g, dh0, h_T = bptt_jax.bptt_chunk(p, xs, ys, h0, dh_T=dh_T, lengths=lengths, truncate=3)
+    assert max_rel_error(E + jnp.sum(dh_T * h_T), E_ref) <= 1e-10  # E without Σ dh_T ⊙ h_T
+    assert_tree_close((g, dh0), (g_ref, dh0_ref), rtol=1e-10)
+
+
+def test_an_empty_sequence_gives_zero_loss_and_gradients_in_a_bidirectional_model():
+    p = deep_params(1, True, "float32")
+    xs, ys = jnp.zeros((B, 0), int), jnp.zeros((B, 0), int)
+    dh_T = jnp.ones((2, B, H))
+    E, g, dh0, h_T = bptt_jax.bptt_chunk(p, xs, ys, 0.5 * dh_T, dh_T=dh_T)
+    E2, g2 = jax.value_and_grad(bptt_jax.hand_loss)(p, xs, ys)
+    assert float(E) == float(E2) == 0.0
+    assert all(float(jnp.max(jnp.abs(a))) == 0.0 for a in jax.tree.leaves((g, g2)))
+    assert_tree_close((dh0, h_T), (dh_T, 0.5 * dh_T), rtol=0)
 
 
 def test_recompute_with_a_bidirectional_layer_is_refused():

@@ -1,0 +1,124 @@
+r"""A loss whose VJP is the hand BPTT of the whole model (``docs/math.md`` §3, §4, §7).
+
+``hand_loss_core`` returns the seed's loss :math:`E` (``reduction="sum"``) or its mean
+over the real steps; it is a ``jax.custom_vjp`` whose forward rule runs the hand BPTT
+and keeps the gradients, and whose backward rule scales them by the cotangent:
+
+.. math::
+
+    \bar\theta = \bar E\,\partial E/\partial\theta,\qquad
+    \partial E/\partial V = \textstyle\sum_t r_t \otimes h_t,\ \ r_t = \hat y_t - y_t,
+    \qquad \delta_t = (V^\top r_t + U^\top\delta_{t+1}) \odot f'(h_t),\ \ldots
+
+Which hand BPTT runs (all give the same gradients up to rounding):
+
+- token ids in and class ids out: the chunked backward of :func:`bptt_jax.bptt` --
+  :func:`~bptt_jax.core.bptt.bptt_core` for the seed's :class:`Params` without padding,
+  resets or mean, else :func:`~bptt_jax.core.deep.deep_bptt_core` (the seed's Params as
+  a one-layer :class:`DeepParams`). No ``(T, B, C)`` array, the same cost as ``bptt``;
+- dense inputs or soft labels: :mod:`.recurrence`'s unchunked hand backward, which also
+  returns :math:`\partial E/\partial x_t = W^\top\delta_t` and
+  :math:`\partial E/\partial y_t = -\log\hat y_t` (scaled as ``E``).
+
+Everything here is the hand recursion; ``jax.custom_vjp`` only registers it with JAX.
+No ``jax.grad``/``vjp``/``jvp``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from .activations import get_activation
+from .bptt import bptt_core
+from .deep import deep_bptt_core
+from .params import Params, from_deep, to_deep
+from .recurrence import (
+    _as_params,
+    _backward,
+    _cells,
+    _dot,
+    _forward,
+    _is_ids,
+    _output_layer,
+    _pallas,
+    _prepare,
+    _stacked,
+    _time_major,
+)
+
+
+def _seed_fast(params, mask, resets, reduction) -> bool:
+    """The seed's case that ``bptt_core`` computes in one call (ids in and out)."""
+    return isinstance(params, Params) and mask is None and resets is None and reduction == "sum"
+
+
+def _loss_chunked(params, xs, ys, h0, mask, resets, activation, reduction, kernel, precision):
+    """Ids in and out: ``(E, grads, dh0)`` of the chunked hand BPTT, as ``bptt`` runs it."""
+    options = dict(activation=activation, kernel=kernel, precision=precision)
+    if _seed_fast(params, mask, resets, reduction):
+        E, grads, dh0, _ = bptt_core(params, xs, ys, h0, **options)
+        return E, grads, dh0
+    seed = isinstance(params, Params)
+    deep = to_deep(params) if seed else params
+    E, grads, dh0, _ = deep_bptt_core(
+        deep, xs, ys, _stacked(params, h0), mask, None, resets, reduction=reduction, **options
+    )
+    return E, (from_deep(grads) if seed else grads), (dh0[0] if seed else dh0)
+
+
+def _loss_general(params, xs, ys, h0, mask, resets, activation, reduction, kernel, precision):
+    """Hand forward and backward of the full model: ``(E, grads, dxs, dys, dh0)``."""
+    act, pallas = get_activation(activation), _pallas(activation, kernel)
+    X, m, r = _prepare(xs, mask, resets)
+    cells, h0s = _cells(params), _stacked(params, h0)
+    inputs, states, _, top = _forward(cells, X, h0s, m, r, act.f, pallas, precision)
+    Y = _time_major(ys)
+    E, r_out, dV, dc, log_yhat, scale = _output_layer(params, top, Y, m, reduction, precision)
+    G = _dot(r_out, params.V, precision)  # (T, B, D*H): ∂E/∂h_t = Vᵀ r_t, all steps at once
+    grads, dh0, dX = _backward(
+        cells, inputs, states, h0s, m, r, G, jnp.zeros_like(h0s), act.df_from_h, pallas,
+        precision,
+    )  # fmt: skip
+    dparams = _as_params(params, grads, zero_output=False, dV=dV, dc=dc)
+    dxs = None if dX is None else _time_major(dX)
+    dys = None
+    if jnp.issubdtype(ys.dtype, jnp.floating):  # ∂E/∂y_t = −log ŷ_t
+        dY = -log_yhat * scale
+        dys = _time_major(dY if m is None else jnp.where(m, dY, 0))
+    return E, dparams, dxs, dys, dh0[0] if isinstance(params, Params) else dh0
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def hand_loss_core(params, xs, ys, h0, mask, resets, activation, reduction, kernel="scan",
+                   precision=None):  # fmt: skip
+    """The loss ``E`` (batched layout, no checks); its VJP is the hand BPTT of the model.
+    ``kernel``: ``"scan"`` or ``"pallas"``; ``precision``: every product's
+    ``jax.lax.Precision`` (``None``: JAX's default)."""
+    f, pallas = get_activation(activation).f, _pallas(activation, kernel)
+    X, m, r = _prepare(xs, mask, resets)
+    _, _, _, top = _forward(_cells(params), X, _stacked(params, h0), m, r, f, pallas, precision)
+    return _output_layer(params, top, _time_major(ys), m, reduction, precision)[0]
+
+
+def _hand_loss_fwd(params, xs, ys, h0, mask, resets, activation, reduction, kernel, precision):
+    args = (params, xs, ys, h0, mask, resets, activation, reduction, kernel, precision)
+    if _is_ids(xs) and _is_ids(ys):  # the chunked backward of bptt: no (T, B, C) array
+        E, grads, dh0 = _loss_chunked(*args)
+        return E, (grads, None, None, dh0)
+    E, grads, dxs, dys, dh0 = _loss_general(*args)
+    return E, (grads, dxs, dys, dh0)
+
+
+def _hand_loss_bwd(activation, reduction, kernel, precision, res, ct):
+    grads, dxs, dys, dh0 = res
+    scale = lambda a: None if a is None else ct * a  # noqa: E731
+    return jax.tree.map(scale, grads), scale(dxs), scale(dys), scale(dh0), None, None
+
+
+hand_loss_core.defvjp(_hand_loss_fwd, _hand_loss_bwd)
+#: ``hand_loss_core`` compiled; ``activation``, ``reduction``, ``kernel`` and ``precision``
+#: static.
+hand_loss_jit = jax.jit(hand_loss_core, static_argnums=(6, 7, 8, 9))
