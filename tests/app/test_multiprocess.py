@@ -30,7 +30,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+# session scope: under xdist a worker may run this module's tests between
+# other modules' tests, and a module-scoped fixture is then built again.
+@pytest.fixture(scope="session")
 def two_processes(tmp_path_factory):
     out = tmp_path_factory.mktemp("multi")
     argv = ["train", "--no-progress"]
