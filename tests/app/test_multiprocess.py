@@ -30,9 +30,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# session scope: under xdist a worker may run this module's tests between
-# other modules' tests, and a module-scoped fixture is then built again.
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
     out = tmp_path_factory.mktemp("multi")
     argv = ["train", "--no-progress"]

@@ -13,9 +13,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_parallel")]
 SCRIPT = pathlib.Path(__file__).parent.parent / "scripts" / "parallel_checks.py"
 
 
-# session scope: under xdist a worker may run this module's tests between
-# other modules' tests, and a module-scoped fixture is then built again.
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def results():
     return run_on_simulated_devices(SCRIPT, timeout=300)
 

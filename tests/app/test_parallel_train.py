@@ -24,9 +24,7 @@ SCRIPT = pathlib.Path(__file__).parent.parent / "scripts" / "parallel_train_chec
 TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
 
 
-# session scope: under xdist a worker may run this module's tests between
-# other modules' tests, and a module-scoped fixture is then built again.
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def results():
     return run_on_simulated_devices(SCRIPT, timeout=600)
 
