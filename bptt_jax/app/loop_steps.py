@@ -105,11 +105,22 @@ def zeros_h(s: Session) -> jax.Array:
     return shard_batch(zero_state(s.config, rows), s.mesh)
 
 
+def _chunk_resets(s: Session, chunk: int) -> jax.Array | None:
+    """The chunk's ``(B, T)`` resets (documents start from zero), or ``None`` when no
+    document starts in it (most chunks): the step then runs the seed's ``bptt_core``
+    instead of the general core, the same gradient for about 7 % less time. One process
+    only: several must run the same program."""
+    resets = s.streams.resets(chunk)
+    if jax.process_count() == 1 and not resets.any():
+        return None
+    return shard_batch(resets, s.mesh)
+
+
 def one_step(s: Session, loop: Loop) -> Loop:
     """The next chunk: (every --verify-every steps, the referee, then) one training step."""
     state, history, c = loop.state, loop.history, s.config
     xs, ys = s.streams.chunk(state.chunk)
-    resets = shard_batch(s.streams.resets(state.chunk), s.mesh)  # documents start from zero
+    resets = _chunk_resets(s, state.chunk)
     if c.verify_every and state.step % c.verify_every == 0:
         errors = verify_gradients(
             host_params(state), xs, ys, local_rows(state.h), s.verify_fn, tol=s.verify_tol,
