@@ -81,7 +81,7 @@ class TrainConfig:
     task: str = "lm"  # "lm": next character; "tag": token type
     text: tuple[str, ...] = ()  # --text paths; () = the standard library
     max_files: int | None = None  # only the first N files of the corpus
-    steps: int = 5000  # total optimizer steps
+    steps: int = 5200  # total optimizer steps
     batch_size: int = 64  # B parallel streams
     seq_len: int = 64  # T characters per chunk (the truncation length)
     hidden_size: int = 256  # H
