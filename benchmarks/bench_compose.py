@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
+from bench_deep import round_robin  # a sibling script: wall and CPU medians
 
 import bptt_jax
 from bptt_jax.app.bench import compiled
@@ -37,21 +36,6 @@ POINTS = [
     (10000, 256, 32, 35, 2, False),
     (65, 256, 32, 128, 2, True),
 ]
-
-
-def round_robin(fns: dict, repeats: int) -> dict:
-    """``{name: (median wall s, median process CPU s)}``, all called in turn."""
-    for fn in fns.values():
-        fn()
-    wall = {name: [] for name in fns}
-    cpu = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            c0, t0 = time.process_time(), time.perf_counter()
-            fn()
-            wall[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
-    return {n: (statistics.median(wall[n]), statistics.median(cpu[n])) for n in fns}
 
 
 def _model(K, H, L, bi):
