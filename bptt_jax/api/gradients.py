@@ -118,7 +118,11 @@ def bptt(
       recompute: ``True`` keeps only the state entering each chunk in the
         forward pass and recomputes the chunk's :math:`h_t` on the way back:
         memory :math:`O(\sqrt T\, B H)` instead of :math:`O(T B H)` for one
-        more forward recursion (``chunk`` then defaults to ⌈√T⌉).
+        more forward recursion (``chunk`` then defaults to ⌈√T⌉). In a
+        bidirectional :class:`DeepParams` the layer below needs both
+        directions' δ at every step, so one ``(T, B, 2H)`` gradient and the top
+        layer's input and output stay whole; each middle layer's input is run
+        again from ``xs`` when its backward pass begins.
       unroll: ``lax.scan``'s ``unroll`` for both recursions; ``None``: the
         backend's default, 1 (a loop) on the CPU, 8 on a GPU.
       matmul_dtype: ``None``, or ``"bfloat16"`` for mixed precision: every
@@ -232,12 +236,6 @@ def bptt_chunk(
             params, inp.xs, inp.ys, inp.h0, inp.dh_T, activation=inp.activation, **options
         )
         return E, grads, unbatch(inp, dh0), unbatch(inp, h_T)
-    if options["recompute"] and isinstance(params, DeepParams) and params.bidirectional:
-        raise ValueError(
-            "bptt: recompute=True with a bidirectional DeepParams: its two directions run "
-            "their δ recursions in opposite time orders, so every layer's states are needed "
-            "at once; use recompute=False (or a unidirectional model)"
-        )
     deep, d = as_deep(params, inp)
     E, grads, dh0, h_T = deep_bptt_core(
         deep, d.xs, d.ys, d.h0, d.mask, d.dh_T, d.resets, activation=d.activation,

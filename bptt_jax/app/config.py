@@ -196,8 +196,7 @@ def check_config(config: TrainConfig) -> None:
 
 def check_model(config: TrainConfig) -> None:
     """Refuses a model no run can train: an unknown activation, a bidirectional
-    language model (it would read the character it must predict), or ``recompute``
-    with a bidirectional one (the hand BPTT keeps every state there).
+    language model (it would read the character it must predict).
 
     Raises:
       TrainingError: naming the option and what is accepted.
@@ -213,10 +212,6 @@ def check_model(config: TrainConfig) -> None:
         raise TrainingError(
             f"--bidirectional is for --task tag only: a language model (--task {config.task}) "
             "must not read the characters it predicts"
-        )
-    if config.bidirectional and config.recompute:
-        raise TrainingError(
-            "--recompute is for models that read left to right only; drop it or --bidirectional"
         )
 
 

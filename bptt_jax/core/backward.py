@@ -27,7 +27,8 @@ first, so of size ``T·B·H`` only each layer's :math:`h_t` are kept (with
 directions run their δ recursions in opposite time orders, so the layer below needs
 both directions' δ at every step: there each cell runs its own chunked sweep and
 hands :math:`\sum_d W^{\ell,d\top}\delta^{\ell,d}_t` down in one ``(T, B, D·H)``
-buffer per layer boundary (and ``recompute`` is refused). No autodiff.
+buffer per layer boundary (with ``recompute`` each cell keeps only the states entering
+its chunks, and a middle layer's input is run again when its sweeps begin). No autodiff.
 """
 
 from __future__ import annotations
@@ -300,7 +301,9 @@ def _sweep(ctx: _Ctx, cells, h0s, g0s, view, cs: int, recompute: bool, out, emit
     ``view = (X, y, m, e, k, top, G)``, time-major in the stack's view. Returns
     ``(E, grads per cell (dU, dW, db), dV, dc, dh0s, finals, emitted)`` with
     ``emitted = (G below (T, B, D_in) or None, extra Vᵀr columns or None)``.
-    ``stored``: ``(finals, hs)`` of a forward pass already run, or ``None``.
+    ``stored``: ``(finals, hs, starts)`` of a forward pass already run (``hs`` ``None``:
+    recompute each chunk's states from ``starts``; ``starts`` ``None``: from ``hs``), or
+    ``None``.
     ``r0s``: the states a reset restores, or ``None`` for ``h0s`` (then the gradient
     that reaches a reset is part of ``dh0s``; with ``r0s`` given it is not).
     """
@@ -312,8 +315,8 @@ def _sweep(ctx: _Ctx, cells, h0s, g0s, view, cs: int, recompute: bool, out, emit
     if stored is None:
         finals, hs, starts = _forward(ctx, cells, h0s, r0s, X, m, e, split, n, rem, recompute)
     else:
-        finals, hs = stored
-        starts = _stored_starts(hs, h0s, split, n, rem)
+        finals, hs, starts = stored
+        starts = _stored_starts(hs, h0s, split, n, rem) if starts is None else starts
     zeros = functools.partial(jnp.zeros_like, h0s[0])
     grads = tuple(
         (zeros(shape=c.U.shape), zeros(shape=c.W.shape[::-1] if i == 0 and ids else

@@ -23,9 +23,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from .activations import get_activation
-from .backward import _Ctx, _masked, _Out, _run, _sweep
+from .backward import _Ctx, _masked, _Out, _run, _splitter, _stored_starts, _sweep
 from .bptt import default_chunk
 from .params import DeepParams, Layer
 from .recurrence import _forward, _output_layer, _prepare, _time_major
@@ -108,36 +109,65 @@ def _ctx(activation, matmul_dtype, dtype, unroll, clip_delta, kernel="scan", pre
     return _Ctx(act.f, act.df_from_h, mm, cast, unroll, clip_delta, kernel, act.name, precision)
 
 
-def _bidirectional(ctx, params: DeepParams, X, Y, h0, dh_final, views, scale, cs, r0):
-    """Per cell sweeps, top layer first; ``(E, grads[l][d], dV, dc, dh0s, finals)``;
-    ``r0``: the states resets restore (``h0``, or zeros), like ``h0``."""
-    cells, H = params.cells(), params.layers[0].U.shape[0]
+def _layer(ctx, cell, inp, h0, r0, views, l):
+    """Layer ``l``'s two cells over its input ``inp`` ``(T, B, D_in)``, each in its view:
+    ``(finals, states, outputs (T, B, 2H))``."""
     flips = (lambda a: a, lambda a: jnp.flip(a, 0))
-    inputs, hs, finals, inp = [], {}, {}, X  # the forward pass, every cell stored
+    finals, states, outs = [], [], []
+    for d, layer in enumerate(cell):
+        m, e, _ = views[d]
+        h_fin, hs = _run(ctx, layer, flips[d](inp), h0[2 * l + d], r0[2 * l + d], m, e)
+        finals.append(h_fin)
+        states.append(hs)
+        outs.append(flips[d](_masked(hs, m)))
+    return finals, states, jnp.concatenate(outs, axis=-1)
+
+
+def _input_again(ctx, cells, X, after, h0, r0, views, l):
+    """Layer ``l``'s input run again from ``X`` (``recompute``), once ``after`` exists: the
+    barrier keeps XLA from holding or merging the first forward pass's copy."""
+    inp, _ = lax.optimization_barrier((X, after))
+    for k in range(l):
+        inp = _layer(ctx, cells[k], inp, h0, r0, views, k)[2]
+    return inp
+
+
+def _bidirectional(ctx, params: DeepParams, X, Y, h0, dh_final, views, scale, cs, r0,
+                   recompute=False):  # fmt: skip
+    """Per cell sweeps, top layer first; ``(E, grads[l][d], dV, dc, dh0s, finals)``;
+    ``r0``: the states resets restore (``h0``, or zeros), like ``h0``.
+
+    ``recompute``: each cell keeps only the states entering its chunks (its sweep runs
+    the rest again), and a middle layer's input is run again from ``X`` when its sweeps
+    begin; what stays of size ``T·B·H`` is the top layer's input and outputs and the
+    gradient handed down one layer boundary (both directions' δ at every step)."""
+    cells, H = params.cells(), params.layers[0].U.shape[0]
+    L, flips = len(cells), (lambda a: a, lambda a: jnp.flip(a, 0))
+    n, rem, split, _ = _splitter(X.shape[0], cs)
+    inputs, stored, inp = [], {}, X  # the forward pass
     for l, cell in enumerate(cells):
         inputs.append(inp)
-        outs = []
-        for d, layer in enumerate(cell):
-            m, e, _ = views[d]
+        fins, states, inp = _layer(ctx, cell, inp, h0, r0, views, l)
+        for d, (h_fin, hs) in enumerate(zip(fins, states, strict=True)):
             i = 2 * l + d
-            finals[i], hs[i] = _run(ctx, layer, flips[d](inp), h0[i], r0[i], m, e)
-            outs.append(flips[d](_masked(hs[i], m)))
-        inp = jnp.concatenate(outs, axis=-1)  # (T, B, 2H)
+            starts = _stored_starts((hs,), (h0[i],), split, n, rem) if recompute else None
+            stored[i] = ((h_fin,), None if recompute else (hs,), starts)
     grads = [[None, None] for _ in cells]
     dh0s, G_buf, extra = {}, None, None
-    for l in reversed(range(len(cells))):
-        G_next = None
+    for l in reversed(range(L)):
+        G_next, layer_in = None, inputs[l]
+        if recompute and 0 < l < L - 1:
+            layer_in = _input_again(ctx, cells, X, G_buf, h0, r0, views, l)
         for d, layer in enumerate(cells[l]):
             i, fl, (m, e, k) = 2 * l + d, flips[d], views[d]
             top = out = G = None
-            if l == len(cells) - 1 and d == 0:  # the output layer, once: V columns of both
+            if l == L - 1 and d == 0:  # the output layer, once: V columns of both
                 out, top = _Out(params.V, params.c, scale, 0, H, (H, 2 * H)), inp
             else:
-                G = fl(extra if l == len(cells) - 1 else G_buf[..., d * H : (d + 1) * H])
-            res = _sweep(ctx, (layer,), (h0[i],), (dh_final[i],),
-                         (fl(inputs[l]), Y if out else None, m, e, k, top, G), cs, False,
-                         out, l > 0, stored=((finals[i],), (hs[i],)),
-                         r0s=None if r0 is h0 else (r0[i],))  # fmt: skip
+                G = fl(extra if l == L - 1 else G_buf[..., d * H : (d + 1) * H])
+            view = (fl(layer_in), Y if out else None, m, e, k, top, G)
+            res = _sweep(ctx, (layer,), (h0[i],), (dh_final[i],), view, cs, recompute, out,
+                         l > 0, stored=stored[i], r0s=None if r0 is h0 else (r0[i],))  # fmt: skip
             E_i, (g,), dV_i, dc_i, (dh0s[i],), _, (below, ex) = res
             if out is not None:
                 E, dV, dc, extra = E_i, dV_i, dc_i, ex
@@ -145,8 +175,8 @@ def _bidirectional(ctx, params: DeepParams, X, Y, h0, dh_final, views, scale, cs
             if l > 0:
                 G_next = fl(below) if G_next is None else G_next + fl(below)
         G_buf = G_next
-    finals = jnp.stack([finals[i] for i in range(2 * len(cells))])
-    return E, grads, dV, dc, jnp.stack([dh0s[i] for i in range(2 * len(cells))]), finals
+    finals = jnp.stack([stored[i][0][0] for i in range(2 * L)])
+    return E, grads, dV, dc, jnp.stack([dh0s[i] for i in range(2 * L)]), finals
 
 
 @functools.partial(
@@ -165,9 +195,8 @@ def deep_bptt_core(params: DeepParams, xs, ys, h0, mask=None, dh_final=None, res
       xs: ``(B, T)`` ids or ``(B, T, K)``; ys: ``(B, T)`` ids or ``(B, T, C)``.
       h0: ``(L*D, B, H)``; mask, resets: ``(B, T)`` bool or None; dh_final: like h0 or None.
       activation, reduction, truncate, clip_delta, chunk, recompute, unroll,
-        matmul_dtype, kernel, precision: as :func:`bptt_jax.bptt` (``recompute``
-        unidirectional only; ``kernel="pallas"`` runs every cell's two recursions as the
-        fused kernels).
+        matmul_dtype, kernel, precision: as :func:`bptt_jax.bptt` (``kernel="pallas"``
+        runs every cell's two recursions as the fused kernels).
       zero_resets: ``False``: a reset restores ``h0`` (the API's ``resets``); ``True``: it
         restores zeros, :math:`h^{\\mathrm{in}}_t = 0` (a document starts from the zero
         state while the chunk's first step continues ``h0``, the training streams' case),
@@ -193,7 +222,7 @@ def deep_bptt_core(params: DeepParams, xs, ys, h0, mask=None, dh_final=None, res
     r0 = jnp.zeros_like(h0) if zero_resets else h0  # what a reset restores
     if params.bidirectional:
         E, grads, dV, dc, dh0, finals = _bidirectional(
-            ctx, params, X, Y, h0, dh_final, views, scale, cs, r0
+            ctx, params, X, Y, h0, dh_final, views, scale, cs, r0, recompute
         )
         layers, reverse = tuple(g[0] for g in grads), tuple(g[1] for g in grads)
     else:

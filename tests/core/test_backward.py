@@ -6,6 +6,8 @@ option; the referee is ``jax.grad`` of a plain-JAX loss written here (truncation
 Shapes are fixed per tier so that compiles are shared.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -116,8 +118,6 @@ combos = st.tuples(
 def check_combo(combo, dtype):
     L, bi, activation, ragged, with_resets, option = combo
     kwargs = dict(OPTIONS[option])
-    if bi and kwargs.get("recompute"):
-        kwargs.pop("recompute")
     reduction = "mean" if option == "mean" else "sum"
     xs, ys, lengths, resets = problem(dtype, ragged, with_resets, option == "dense_unroll",
                                       option == "soft")  # fmt: skip
@@ -223,11 +223,36 @@ def test_an_empty_sequence_gives_zero_loss_and_gradients_in_a_bidirectional_mode
     assert_tree_close((dh0, h_T), (dh_T, 0.5 * dh_T), rtol=0)
 
 
-def test_recompute_with_a_bidirectional_layer_is_refused():
-    p = deep_params(1, True, "float32")
-    xs, ys, _, _ = problem("float32", False, False, False, False)
-    with pytest.raises(ValueError, match="recompute=True with a bidirectional"):
-        bptt_jax.bptt(p, xs, ys, recompute=True)
+@pytest.mark.slow  # compiles a 3-layer bidirectional backward twice
+def test_recompute_in_a_three_layer_bidirectional_model_matches_jax_grad(x64):
+    # L = 3: the middle layer's input is run again from xs when its sweeps begin
+    # (the top layer keeps its input); chunk 3 of T = 7 leaves a first chunk of 1 step.
+    p = deep_params(3, True, "float64")
+    xs, ys, lengths, resets = problem("float64", True, True, False, False)
+    h0 = (0.3 * jax.random.normal(jax.random.key(5), (6, B, H))).astype("float64")
+    mask = jnp.arange(T)[None] < lengths[:, None]
+    ref = jax.value_and_grad(reference_loss)(p, xs, ys, h0, mask, resets, None, "sum", "tanh")
+    got = bptt_jax.bptt(p, xs, ys, h0, lengths=lengths, resets=resets, recompute=True, chunk=3)
+    assert_tree_close(got, ref, rtol=1e-10)
+    stored = bptt_jax.bptt(p, xs, ys, h0, lengths=lengths, resets=resets, chunk=3)
+    assert_tree_close(got, stored, rtol=1e-12)
+
+
+@pytest.mark.slow  # compiles two 3-layer bidirectional backwards at T = 256
+def test_recompute_lowers_the_memory_of_a_bidirectional_model():
+    # XLA's temp bytes: the cells' stored states go; the (T, B, 2H) gradient handed
+    # down and the top layer's input and output stay (docs/performance.md).
+    Tm, Bm, Hm, L = 256, 4, 32, 3
+    p = bptt_jax.init_params(jax.random.key(0), 5, Hm, num_layers=L, bidirectional=True)
+    xs = jnp.zeros((Bm, Tm), int)
+    h0 = jnp.zeros((2 * L, Bm, Hm))
+
+    def temp_bytes(recompute):
+        fn = functools.partial(deep_bptt_core, recompute=recompute, chunk=16)
+        return jax.jit(fn).lower(p, xs, xs, h0).compile().memory_analysis().temp_size_in_bytes
+
+    TBH = Tm * Bm * Hm * 4
+    assert temp_bytes(True) <= temp_bytes(False) - 2 * TBH
 
 
 @pytest.mark.parametrize("bi", [False, True], ids=["stacked", "bidirectional"])

@@ -287,8 +287,6 @@ BAD = {
     "h0_seed_shape": (dict(h0=jnp.zeros((2, H))), ValueError,
                       r"expected \(4, 2, 3\) \(\(L\*D, B, H\)"),
     "dh_T_wrong": (dict(dh_T=jnp.zeros((4, 3, H))), ValueError, "dh_T has shape"),
-    "recompute": (dict(recompute=True, chunk=2), ValueError,
-                  "recompute=True with a bidirectional DeepParams"),
     "reduction": (dict(reduction="avg"), ValueError, "reduction must be 'sum' or 'mean'"),
 }  # fmt: skip
 
