@@ -26,9 +26,6 @@ from bptt_jax.app.config import TrainConfig
 from bptt_jax.app.data import Vocab
 from bptt_jax.app.loop import train
 
-# One worker runs this module, so its module-scoped fixtures are built once.
-pytestmark = pytest.mark.xdist_group("test_checkpoint_fuzz")
-
 FUZZ = settings(max_examples=25, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
 

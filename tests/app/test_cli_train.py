@@ -12,9 +12,6 @@ import pytest
 from bptt_jax.app.checkpoint import load_checkpoint
 from bptt_jax.app.cli import build_parser, main
 
-# One worker runs this module, so its module-scoped fixtures are built once.
-pytestmark = pytest.mark.xdist_group("test_cli_train")
-
 # The shapes of test_train.py's runs, so that the jitted steps are compiled once.
 TINY = ["--max-files", "12", "--hidden-size", "48", "--batch-size", "16", "--seq-len", "32",
         "--val-chars", "8192", "--no-progress"]  # fmt: skip

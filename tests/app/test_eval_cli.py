@@ -13,9 +13,6 @@ from bptt_jax.app.loop import train
 
 SOURCE = "def add(a, b):\n    # sum\n    return a + b  # done\n\n\nx = add(1, 2)\n"
 
-# One worker builds both checkpoints once.
-pytestmark = pytest.mark.xdist_group("test_eval_cli")
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):

@@ -31,6 +31,7 @@ def test_streams_reset_exactly_where_a_file_starts():
     assert s.resets(1).shape == (2, 5) and s.resets(1)[0, 2]  # 7 = chunk 1, step 2
 
 
+@pytest.mark.slow  # compiles a training step in float64; tests/core/test_step.py is the fast one
 def test_the_training_step_with_resets_equals_the_segments_alone(x64):
     # SGD with lr 1 and no clipping: θ' = θ − ∇E/n, ∇E the sum over the segments,
     # the first from the carried state, the next ones from zero.

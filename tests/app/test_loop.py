@@ -23,9 +23,6 @@ from bptt_jax.core.bptt import bptt_core
 from bptt_jax.core.params import Params, init_params
 from bptt_jax.core.step import hand_bptt
 
-# One worker runs this module, so its module-scoped fixtures are built once.
-pytestmark = pytest.mark.xdist_group("test_loop")
-
 # A handful of standard-library files: the embedded corpus, small enough for seconds.
 TINY = dict(max_files=12, batch_size=16, seq_len=32, hidden_size=48, eval_every=0,
             save_every=0, val_chars=8192, schedule="constant", warmup=0)  # fmt: skip

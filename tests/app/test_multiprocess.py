@@ -17,8 +17,7 @@ from bptt_jax.app.data import load_corpus
 from bptt_jax.app.train import TrainConfig, train
 
 # Two training subprocesses joined over gloo, plus a reference training: slow tier.
-# One worker runs this module, so its module-scoped fixtures are built once.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_multiprocess")]
+pytestmark = pytest.mark.slow
 
 ARGS = dict(max_files=12, batch_size=16, seq_len=32, hidden_size=48, eval_every=0,
             save_every=0, val_chars=8192, steps=4, dtype="float64")  # fmt: skip

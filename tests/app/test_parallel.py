@@ -7,8 +7,7 @@ import pytest
 from helpers import run_on_simulated_devices
 
 # One subprocess with 8 simulated devices, compiling every check anew: slow tier.
-# One worker runs this module, so its module-scoped fixtures are built once.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_parallel")]
+pytestmark = pytest.mark.slow
 
 SCRIPT = pathlib.Path(__file__).parent.parent / "scripts" / "parallel_checks.py"
 

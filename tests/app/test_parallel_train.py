@@ -9,8 +9,7 @@ from helpers import run_on_simulated_devices
 
 # One subprocess with 8 simulated devices running several trainings and the
 # command line: slow tier.
-# One worker runs this module, so its module-scoped fixtures are built once.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_parallel_train")]
+pytestmark = pytest.mark.slow
 
 SCRIPT = pathlib.Path(__file__).parent.parent / "scripts" / "parallel_train_checks.py"
 

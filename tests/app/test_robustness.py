@@ -191,6 +191,7 @@ def test_lr_1e3_is_caught_keeps_no_broken_checkpoint_and_exits_1(tmp_path, capsy
 # --------------------------------------------------------------------------- data change
 
 
+@pytest.mark.slow  # two trainings and a resume
 def test_resume_on_permuted_lines_is_refused_unless_allowed(tmp_path, capsys):
     data = _text(tmp_path / "data.txt")
     out = tmp_path / "run"

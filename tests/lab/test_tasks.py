@@ -11,9 +11,6 @@ from bptt_jax import delay_task, train_delay
 from bptt_jax.app.plots import plot_delay, plot_delay_grad_norm
 from bptt_jax.lab.tasks import REMEDIES, Remedy
 
-# One worker runs this module, so its module-scoped fixtures are built once.
-pytestmark = pytest.mark.xdist_group("test_tasks")
-
 
 @pytest.mark.parametrize("delay", [0, 1, 4, 5])  # delay = steps is refused: test_misuse
 def test_delay_task_labels_are_the_input_d_steps_back(delay):
