@@ -10,7 +10,7 @@ For every (K, H, B, T) it times, on the same parameters and token ids, float32:
                   jitted hand BPTT;
 - ``hand``        the jitted hand BPTT alone (``bptt_core``; chunked output
                   layer, every h_t stored; this backend's default ``chunk`` and
-                  ``unroll``, ``bptt_jax.core.bptt.SCHEDULES``, as ``bptt`` runs);
+                  ``unroll``, ``bptt_jax.core.schedule.SCHEDULES``, as ``bptt`` runs);
 - ``recompute``   the same with ``recompute=True`` (√T stored states);
 - ``bf16``        the same with ``matmul_dtype="bfloat16"``;
 - ``autodiff``    ``jax.jit(jax.value_and_grad(bptt_jax.loss))``: reverse-mode
@@ -67,7 +67,8 @@ import numpy as np
 
 import bptt_jax
 from bptt_jax.app.bench import compiled, flops, naive_loss, round_robin
-from bptt_jax.core.bptt import bptt_core, default_chunk, schedule
+from bptt_jax.core.bptt import bptt_core
+from bptt_jax.core.schedule import default_chunk, schedule
 from bptt_jax.referees.tolerances import VERIFY_PRECISION
 from bptt_jax.referees.tolerances import max_relative_error as tree_rel
 

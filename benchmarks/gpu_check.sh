@@ -16,7 +16,7 @@
 #      (--large; timed at JAX's default precision, agreement at "highest"):
 #      $OUT/bench_bptt.json;
 #   4. benchmarks/sweep_defaults.py, the unroll / chunk-rows / recompute-chunk sweep
-#      behind bptt_jax.core.bptt.SCHEDULES["gpu"]: $OUT/sweep_defaults.json;
+#      behind bptt_jax.core.schedule.SCHEDULES["gpu"]: $OUT/sweep_defaults.json;
 #   5. the Pallas kernel checks (another branch adds them: the marked place below).
 # At most 8 files come back from $OUT; this script writes 5.
 set -u -o pipefail
@@ -87,7 +87,7 @@ for name in ('jax', 'jaxlib', 'jax-cuda13-plugin', 'jax-cuda12-plugin', 'numpy',
         pass
 print('backend', jax.default_backend(), 'devices', jax.devices())
 print('device_kind', jax.devices()[0].device_kind)
-from bptt_jax.core.bptt import SCHEDULES
+from bptt_jax.core.schedule import SCHEDULES
 print('bptt_jax defaults', {k: v._asdict() for k, v in SCHEDULES.items()})
 EOF"
 

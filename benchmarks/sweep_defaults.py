@@ -4,7 +4,7 @@
     python benchmarks/sweep_defaults.py --grid 65,256,32,64 --repeats 5 --json sweep.json
     python benchmarks/sweep_defaults.py --quick               # one small point, 2 repeats
 
-``bptt_jax.core.bptt.SCHEDULES`` holds, per backend, the rows of a backward chunk
+``bptt_jax.core.schedule.SCHEDULES`` holds, per backend, the rows of a backward chunk
 (``chunk_rows``), ``lax.scan``'s ``unroll`` and the recompute chunk as a multiple of
 ⌈√T⌉; the api picks the row of ``jax.default_backend()``. For every (K, H, B, T)
 this times the jitted hand BPTT (``bptt_core``, float32, the default precision)
@@ -33,7 +33,8 @@ import jax.numpy as jnp
 
 import bptt_jax
 from bptt_jax.app.bench import compiled, round_robin
-from bptt_jax.core.bptt import bptt_core, default_chunk, prefer_divisor, schedule
+from bptt_jax.core.bptt import bptt_core
+from bptt_jax.core.schedule import default_chunk, prefer_divisor, schedule
 
 GRID = [
     (65, 256, 32, 64),

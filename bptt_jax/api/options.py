@@ -15,10 +15,10 @@ import numpy as np
 from jax import lax
 
 from ..core.activations import get_activation
-from ..core.bptt import default_chunk, schedule
 from ..core.checks import MATMUL_DTYPES, check_number
 from ..core.clipping import check_clip_delta as check_clip_delta
 from ..core.kernels import kernel_supported, unsupported_reason
+from ..core.schedule import default_chunk, schedule
 
 
 def check_activation(activation: object) -> str:
@@ -59,7 +59,7 @@ def resolve_schedule(
     chunk: int | None, unroll: int | None, recompute: bool, B: int, T: int
 ) -> tuple[int, int]:
     """``(chunk, unroll)`` with ``None`` replaced by the defaults of the backend the call
-    is traced for (``jax.default_backend()``, :data:`bptt_jax.core.bptt.SCHEDULES`)."""
+    is traced for (``jax.default_backend()``, :data:`bptt_jax.core.schedule.SCHEDULES`)."""
     backend = jax.default_backend()
     if chunk is None:
         chunk = default_chunk(T, B, recompute, backend)

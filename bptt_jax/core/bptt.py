@@ -36,8 +36,6 @@ of τ steps back-propagates within itself only.
 from __future__ import annotations
 
 import functools
-import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +46,7 @@ from .kernels import backward_recursion, step_flags
 from .losses import cross_entropy, log_softmax, residual, softmax_cross_entropy
 from .params import Params
 from .rnn import hidden_states, matmuls, output_logits, time_major
+from .schedule import default_chunk
 
 
 def input_gradient(deltas: jax.Array, xs: jax.Array, K: int, precision=None) -> jax.Array:
@@ -102,66 +101,6 @@ def truncation_mask(T: int, truncate: int | None):
         return None
     t = jnp.arange(1, T + 1)
     return (t % truncate != 0) | (t == T)
-
-
-class Schedule(NamedTuple):
-    """The speed knobs' defaults on one backend (``docs/performance.md``)."""
-
-    #: Rows (steps × sequences) of one backward chunk when ``chunk`` is not given.
-    chunk_rows: int
-    #: ``lax.scan``'s ``unroll`` for both recursions when ``unroll`` is not given.
-    unroll: int
-    #: In recompute mode, steps per chunk as a multiple of ⌈√T⌉.
-    recompute_factor: int
-
-
-#: The defaults per ``jax.default_backend()``, chosen by the api layer (the core only
-#: reads this table). ``"cpu"``: measured on the 2-core CPU of ``benchmarks/README.md``:
-#: XLA's ``(rows, H) @ (H, K)`` products run at 175-195 GFLOP/s from about 256 to 1024
-#: rows and drop to ~120 GFLOP/s at 8192 rows (``benchmarks/profile_bptt.py``), unroll
-#: gains nothing there (``benchmarks/sweep_defaults.py``). ``"gpu"``: PROVISIONAL, from
-#: issue 16's H200 measurement (unroll 8 won at every point measured there, 6-10 µs per
-#: step against 16-21 µs at unroll 1; the 512-row chunks cut its large products into
-#: small ones), to be confirmed by ``benchmarks/gpu_check.sh``'s sweep. Any other
-#: backend (TPU) takes the GPU row: unmeasured.
-SCHEDULES = {
-    "cpu": Schedule(chunk_rows=512, unroll=1, recompute_factor=1),
-    "gpu": Schedule(chunk_rows=4096, unroll=8, recompute_factor=1),
-}
-#: The CPU's, kept under its old name.
-CHUNK_ROWS = SCHEDULES["cpu"].chunk_rows
-
-
-def schedule(backend: str) -> Schedule:
-    """The :data:`SCHEDULES` row of ``backend`` (``"gpu"``'s for a backend not listed)."""
-    return SCHEDULES.get(backend, SCHEDULES["gpu"])
-
-
-def default_chunk(T: int, B: int, recompute: bool = False, backend: str = "cpu") -> int:
-    """Steps per backward chunk when none is given, on ``backend``.
-
-    The target is ``recompute_factor``·⌈√T⌉ in recompute mode (√T stored
-    states, √T recomputed ones), otherwise ⌈chunk_rows / B⌉ steps but at
-    most ⌈T/4⌉, so that a chunk's logits and residuals are at most a quarter
-    of the ``(T, B, C)`` arrays that autodiff keeps (``chunk_rows`` and
-    ``recompute_factor`` from :func:`schedule`). A divisor of T within a
-    factor 2 below the target is preferred: then there is no shorter first
-    chunk, whose code XLA would compile separately.
-    """
-    rows, _, factor = schedule(backend)
-    if recompute:
-        target = min(factor * (math.isqrt(max(T - 1, 0)) + 1), max(T, 1))
-    else:
-        target = min(-(-rows // max(B, 1)), -(-T // 4))
-    return prefer_divisor(T, target)
-
-
-def prefer_divisor(T: int, target: int) -> int:
-    """``target`` steps per chunk, or the largest divisor of ``T`` within a factor 2 below
-    it (no shorter first chunk to compile separately)."""
-    target = max(1, target)
-    divisor = max((d for d in range(1, target + 1) if T % d == 0), default=1)
-    return divisor if 2 * divisor >= target else target
 
 
 def _delta_step(df, mm, U_, keep, clip_delta):
@@ -243,6 +182,20 @@ def _chunk_recurrent_grads(mm, ids, h_start, hs_c, x_c, deltas):
     dU = mm(d2.T, _rows(h_prev))  # Σ_t δ_t ⊗ h_{t−1}
     dW = d2 if ids else mm(d2.T, _rows(x_c))  # Σ_t δ_t ⊗ x_t
     return dU, dW, jnp.sum(d2, axis=0)
+
+
+def _kernel_recursion(U_, activation, clip_delta, precision):
+    """A chunk's δ recursion as one kernel (:func:`.kernels.backward_recursion`):
+    ``(g, (Vᵀr (c, B, H), hs (c, B, H)[, keep])) -> (g, δ (c, B, H))``."""
+
+    def recursion(g, scanned):
+        Vr, hs_c = scanned[:2]
+        flags = step_flags(*Vr.shape[:2], keep=scanned[2] if len(scanned) > 2 else None)
+        deltas, g, _ = backward_recursion(Vr, hs_c, g, U_, flags, activation=activation,
+                                          clip_delta=clip_delta, precision=precision)  # fmt: skip
+        return g, deltas
+
+    return recursion
 
 
 def _backward_chunk(run, step, mm, VT, V_, c, ids, unroll, recursion=None):
@@ -360,16 +313,9 @@ def bptt_core(
     U_, VT, V_ = cast(U), cast(V.T), cast(V)
 
     def run(h, x_c):  # the h recursion over one chunk: (B, H), time-major (c, B[, K])
-        return hidden_states(
-            params,
-            time_major(x_c),
-            h,
-            activation,
-            unroll=unroll,
-            matmul_dtype=matmul_dtype,
-            kernel=kernel,
-            precision=precision,
-        )  # (B, H), (c, B, H)
+        return hidden_states(params, time_major(x_c), h, activation, unroll=unroll,
+                             matmul_dtype=matmul_dtype, kernel=kernel,
+                             precision=precision)  # fmt: skip
 
     xs_tm, ys_tm = time_major(xs), time_major(ys)
     keep = truncation_mask(T, truncate)
@@ -388,22 +334,7 @@ def bptt_core(
     step = _delta_step(df, mm, U_, keep, clip_delta)
     recursion = None
     if kernel == "pallas":
-
-        def recursion(g, scanned):  # the δ recursion of a chunk as one kernel
-            Vr, hs_c = scanned[:2]
-            flags = step_flags(*Vr.shape[:2], keep=scanned[2] if len(scanned) > 2 else None)
-            deltas, g, _ = backward_recursion(
-                Vr,
-                hs_c,
-                g,
-                U_,
-                flags,
-                activation=activation,
-                clip_delta=clip_delta,
-                precision=precision,
-            )
-            return g, deltas
-
+        recursion = _kernel_recursion(U_, activation, clip_delta, precision)
     backward_chunk = _backward_chunk(run, step, mm, VT, V_, c, ids, unroll, recursion)
 
     def zeros(shape):  # like h0: under shard_map, varying over the same mesh axes

@@ -27,10 +27,10 @@ from jax import lax
 
 from .activations import get_activation
 from .backward import _Ctx, _masked, _Out, _run, _splitter, _stored_starts, _sweep
-from .bptt import default_chunk
 from .params import DeepParams, Layer
 from .recurrence import _forward, _output_layer, _prepare, _time_major
 from .rnn import matmuls
+from .schedule import default_chunk
 
 
 def _top(params: DeepParams, xs, h0, mask, resets, activation, kernel="scan", precision=None):

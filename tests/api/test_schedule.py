@@ -1,7 +1,7 @@
 """Backend-aware defaults (issue 16): ``chunk``, ``unroll`` and recompute chunking per backend.
 
 The api reads ``jax.default_backend()`` when a call is traced and takes that backend's
-row of ``bptt_jax.core.bptt.SCHEDULES``; the core only reads the table. Here the
+row of ``bptt_jax.core.schedule.SCHEDULES``; the core only reads the table. Here the
 backend is replaced (monkeypatch) to see the GPU row chosen; the jaxpr shows what
 reached ``lax.scan`` (no compilation).
 """
@@ -16,7 +16,7 @@ import pytest
 
 import bptt_jax
 from bptt_jax.api import options
-from bptt_jax.core.bptt import SCHEDULES, default_chunk, schedule
+from bptt_jax.core.schedule import SCHEDULES, default_chunk, schedule
 
 K, H, B, T = 5, 4, 2, 64
 

@@ -21,7 +21,8 @@ from helpers import (
 from jax import lax
 
 import bptt_jax
-from bptt_jax.core.bptt import bptt_core, default_chunk
+from bptt_jax.core.bptt import bptt_core
+from bptt_jax.core.schedule import default_chunk
 
 T = 11  # a prime: most chunk sizes leave a first, shorter chunk
 
