@@ -10,7 +10,7 @@ read an array back from the device (no hidden device-to-host transfer):
   0 -- and a bad value is a ``ValueError`` naming it, its index and the range;
 - a ``jax.Array`` (concrete or traced) is checked on the device, folded into
   the computation: a bad value at a real step makes the whole call's loss,
-  gradients, outputs and final state NaN (:func:`bptt_jax.api.validate.poison`), and an
+  gradients, outputs and final state NaN (:func:`bptt_jax.api.validate.device_checks`), and an
   out-of-range id is mapped to the value K (C for labels) that the cores'
   ``mode="fill"`` gathers read as NaN, so it can never wrap round to a valid
   id (JAX reads -1 as K-1).
@@ -138,20 +138,23 @@ def _check_prefix_mask(mask, steps_shape, batched: bool) -> Steps:
     return Steps(device if batched else device[None], mask, True, None)
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _fold_ids(x: jax.Array, n: int, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-    """Out-of-range ids -> ``n`` at real steps (read as NaN), 0 at padding; any at real?"""
+def fold_ids(x: jax.Array, n: int, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """Out-of-range ids -> ``n`` at real steps (read as NaN), 0 at padding; any at real?
+
+    Traced inside :func:`bptt_jax.api.validate.device_checks`, with the call's other
+    device checks, in one dispatch."""
     out = (x < 0) | (x >= n)
     real = out if mask is None else out & mask
     return jnp.where(real, n, jnp.where(out, 0, x)), jnp.any(real)
 
 
 def check_ids(x, n: int, name: str, what: str, steps: Steps, batched: bool):
-    """Integer ids in ``0..n-1`` -> ``(ids (B, T) on the device, device flag or None)``.
+    """Integer ids in ``0..n-1`` -> ``(ids (B, T), n or None)``.
 
     A host ``x`` is checked on the host (a ``ValueError`` for a bad id at a
-    real step) when the real steps are known there; a ``jax.Array`` on the
-    device (this module's NaN rule).
+    real step) when the real steps are known there, and comes back with
+    ``None``; a ``jax.Array`` comes back with ``n``: its ids are still to be
+    checked on the device (:func:`fold_ids`, this module's NaN rule).
     """
     if is_host(x):
         out = (x < 0) | (x >= n)
@@ -166,15 +169,15 @@ def check_ids(x, n: int, name: str, what: str, steps: Steps, batched: bool):
         x = jnp.asarray(np.where(out, -1, x) if np.any(out) else x)
         if steps.on_host:
             return (x if batched else x[None]), None
-    x = x if batched else x[None]
-    return _fold_ids(x, n, steps.mask)
+    return (x if batched else x[None]), n
 
 
 def check_labels(ys, steps_shape, xs_shape, C: int, dtype, steps: Steps, batched: bool):
     """Class ids ``steps_shape`` in 0..C-1, or probability rows ``(*steps_shape, C)``.
 
-    Returns ``(ys, flag)``: ``ys`` batched on the device, ``flag`` a device
-    flag of a bad value (checked there) or None.
+    Returns ``(ys, n, flag)``: ``ys`` batched on the device; ``n`` (= C) when
+    they are class ids still to be checked on the device (:func:`check_ids`),
+    else None; ``flag`` a device flag of a bad soft label, or None.
     """
     if ys is None:
         raise TypeError(
@@ -188,7 +191,8 @@ def check_labels(ys, steps_shape, xs_shape, C: int, dtype, steps: Steps, batched
                 f"ys has shape {ys.shape}, expected {steps_shape}: one class id per step of xs "
                 f"(xs has shape {xs_shape})"
             )
-        return check_ids(ys, C, "ys", f"class ids for C = V.shape[0] = {C}", steps, batched)
+        return (*check_ids(ys, C, "ys", f"class ids for C = V.shape[0] = {C}", steps, batched),
+                None)  # fmt: skip
     if not jnp.issubdtype(ys.dtype, jnp.floating):
         raise TypeError(
             f"ys must be integer class ids or floating probability vectors, got dtype {ys.dtype}"
@@ -205,7 +209,7 @@ def check_labels(ys, steps_shape, xs_shape, C: int, dtype, steps: Steps, batched
         _check_soft_on_host(ys.astype(dtype), steps.host, tol)
     ys = as_array(ys, "ys").astype(dtype)
     ys = ys if batched else ys[None]
-    return ys, (None if checked else _soft_flag(ys, steps.mask, tol))
+    return ys, None, (None if checked else _soft_flag(ys, steps.mask, tol))
 
 
 def _check_soft_on_host(ys: np.ndarray, mask: np.ndarray | None, tol: float) -> None:

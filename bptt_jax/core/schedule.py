@@ -5,6 +5,7 @@ from ``jax.default_backend()``; pure, no JAX.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -40,6 +41,7 @@ def schedule(backend: str) -> Schedule:
     return SCHEDULES.get(backend, SCHEDULES["gpu"])
 
 
+@functools.lru_cache(maxsize=256)
 def default_chunk(T: int, B: int, recompute: bool = False, backend: str = "cpu") -> int:
     """Steps per backward chunk when none is given, on ``backend``.
 
