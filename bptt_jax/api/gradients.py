@@ -6,6 +6,8 @@ Each checks its arguments once and runs a jitted core of :mod:`bptt_jax.core`
 
 from __future__ import annotations
 
+import functools
+
 import jax
 
 from ..core.bptt import bptt_core
@@ -29,6 +31,8 @@ from .validate import (
     Inputs,
     Model,
     as_deep,
+    checked,
+    device_checks,
     grads_like,
     is_seed,
     prepare,
@@ -170,6 +174,15 @@ def bptt(
     return E, grads
 
 
+@functools.partial(jax.jit, static_argnames=("folds", "options"))
+def _checked_bptt_core(params, xs, ys, h0, dh_T, mask, flags, folds, options):
+    """The call's device checks (:func:`.validate.device_checks`) and ``bptt_core`` in
+    one executable: separate, the small checks' dispatch and the core waiting on it
+    cost about 0.2 ms a call on the CPU (``docs/performance.md``)."""
+    params, xs, ys, h0 = device_checks(params, xs, ys, h0, mask, flags, *folds)
+    return bptt_core(params, xs, ys, h0, dh_T, **dict(options))
+
+
 def bptt_chunk(
     params: Model,
     xs: jax.Array,
@@ -219,7 +232,8 @@ def bptt_chunk(
     """
 
     params, inp = prepare(params, xs, ys, h0, dh_T=dh_T, lengths=lengths, mask=mask,
-                          activation=activation, reduction=reduction, resets=resets)  # fmt: skip
+                          activation=activation, reduction=reduction, resets=resets,
+                          defer=True)  # fmt: skip
     options = dict(
         truncate=check_truncate(truncate), clip_delta=check_clip_delta(clip_delta),
         chunk=check_chunk(chunk), recompute=check_recompute(recompute),
@@ -232,10 +246,13 @@ def bptt_chunk(
         options["chunk"], options["unroll"], options["recompute"], B, T
     )
     if is_seed(params, inp):
-        E, grads, dh0, h_T = bptt_core(
-            params, inp.xs, inp.ys, inp.h0, inp.dh_T, activation=inp.activation, **options
-        )
+        options = tuple(dict(options, activation=inp.activation).items())
+        E, grads, dh0, h_T = _checked_bptt_core(
+            params, inp.xs, inp.ys, inp.h0, inp.dh_T, inp.mask, inp.pending.flags,
+            tuple(inp.pending[1:]), options,
+        )  # fmt: skip
         return E, grads, unbatch(inp, dh0), unbatch(inp, h_T)
+    params, inp = checked(params, inp)
     deep, d = as_deep(params, inp)
     E, grads, dh0, h_T = deep_bptt_core(
         deep, d.xs, d.ys, d.h0, d.mask, d.dh_T, d.resets, activation=d.activation,

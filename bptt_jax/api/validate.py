@@ -41,6 +41,15 @@ class Dims(NamedTuple):
     C: int  # output classes: rows of V
 
 
+class Pending(NamedTuple):
+    """The device checks of a call, to be made by :func:`device_checks` (see there)."""
+
+    flags: tuple[jax.Array, ...]  # device flags of bad values found so far
+    fold_x: int | None  # K when xs are device ids still to be checked
+    fold_y: int | None  # C when ys are device ids still to be checked
+    h0_shape: tuple[int, ...]  # of the zero h0 when h0 was not given
+
+
 class Inputs(NamedTuple):
     """Inputs normalised to the batched layout that the jitted cores take."""
 
@@ -53,6 +62,7 @@ class Inputs(NamedTuple):
     activation: str = "tanh"  # a name of bptt_jax.activations
     reduction: str = "sum"  # "sum" (the seed's E) or "mean" over the real steps
     resets: jax.Array | None = None  # (B, T) bool: where the state entering a step is h0
+    pending: Pending | None = None  # device checks not yet made (check_inputs(defer=True))
 
 
 def prepare(
@@ -68,17 +78,19 @@ def prepare(
     reduction: object = "sum",
     need_ys: bool = True,
     resets: object = None,
+    defer: bool = False,
 ) -> tuple[Model, Inputs]:
     """Checks a public call's model, arrays, ``activation`` and ``reduction``.
 
     Returns the params and the :class:`Inputs` of :func:`check_inputs`, with
-    the checked ``activation`` and ``reduction`` in them.
+    the checked ``activation`` and ``reduction`` in them (``defer``: as there).
     """
     activation = check_activation(activation)
     reduction = check_reduction(reduction)
     params, inp = check_inputs(
-        params, xs, ys, h0, dh_T=dh_T, lengths=lengths, mask=mask, need_ys=need_ys
-    )
+        params, xs, ys, h0, dh_T=dh_T, lengths=lengths, mask=mask, need_ys=need_ys,
+        defer=defer,
+    )  # fmt: skip
     steps_shape = inp.xs.shape[:2] if inp.batched else inp.xs.shape[1:2]
     resets = check_resets(resets, steps_shape, inp.mask)
     return params, inp._replace(activation=activation, reduction=reduction, resets=resets)
@@ -322,7 +334,7 @@ def _nan_b(params: Model, bad: jax.Array) -> Model:
 
 
 @functools.partial(jax.jit, static_argnames=("fold_x", "fold_y", "h0_shape"))
-def device_checks(params: Model, xs, ys, h0, mask, flags, *, fold_x, fold_y, h0_shape):
+def device_checks(params: Model, xs, ys, h0, mask, flags, fold_x, fold_y, h0_shape):
     """Every check of a call that is made on the device, in one dispatch.
 
     Folds the ids of ``xs`` (``fold_x`` = K) and ``ys`` (``fold_y`` = C) when they
@@ -360,8 +372,13 @@ def check_inputs(
     lengths: object = None,
     mask: object = None,
     need_ys: bool,
+    defer: bool = False,
 ) -> tuple[Model, Inputs]:
     """Validates the arguments of ``forward``/``loss``/``bptt`` and batches them.
+
+    ``defer``: the checks made on the device are left to the caller, listed in
+    ``Inputs.pending`` (``h0`` then ``None`` when not given): a public call whose
+    core runs them in its own executable (:func:`checked` runs them alone).
 
     ``params`` is the seed's :class:`Params` or a :class:`DeepParams`. Returns
     the params and the inputs in the layout of the jitted cores: ``xs (B, T)``
@@ -397,9 +414,17 @@ def check_inputs(
     B = steps_shape[0] if batched else 1
     h0 = check_state(h0, "h0", B, H, batched, dtype, stack)
     dh_T = check_state(dh_T, "dh_T", B, H, batched, dtype, stack)
-    params, xs, ys, h0 = device_checks(
-        params, xs, ys, h0, steps.mask, tuple(f for f in flags if f is not None),
-        fold_x=fold_x, fold_y=fold_y, h0_shape=(B, H) if stack is None else (stack, B, H),
-    )  # fmt: skip
-    inp = Inputs(xs=xs, ys=ys, h0=h0, dh_T=dh_T, mask=steps.mask, batched=batched)
-    return params, inp
+    pending = Pending(tuple(f for f in flags if f is not None), fold_x, fold_y,
+                      (B, H) if stack is None else (stack, B, H))  # fmt: skip
+    inp = Inputs(xs=xs, ys=ys, h0=h0, dh_T=dh_T, mask=steps.mask, batched=batched,
+                 pending=pending)  # fmt: skip
+    return (params, inp) if defer else checked(params, inp)
+
+
+def checked(params: Model, inp: Inputs) -> tuple[Model, Inputs]:
+    """``(params, inp)`` after :func:`device_checks` of what ``inp.pending`` lists."""
+    if inp.pending is None:
+        return params, inp
+    params, xs, ys, h0 = device_checks(params, inp.xs, inp.ys, inp.h0, inp.mask,
+                                       *inp.pending)  # fmt: skip
+    return params, inp._replace(xs=xs, ys=ys, h0=h0, pending=None)
