@@ -10,7 +10,7 @@ read an array back from the device (no hidden device-to-host transfer):
   0 -- and a bad value is a ``ValueError`` naming it, its index and the range;
 - a ``jax.Array`` (concrete or traced) is checked on the device, folded into
   the computation: a bad value at a real step makes the whole call's loss,
-  gradients, outputs and final state NaN (:func:`bptt_jax.api.validate.device_checks`), and an
+  gradients, outputs and final state NaN (:func:`bptt_jax.api.device.device_checks`), and an
   out-of-range id is mapped to the value K (C for labels) that the cores'
   ``mode="fill"`` gathers read as NaN, so it can never wrap round to a valid
   id (JAX reads -1 as K-1).
@@ -141,7 +141,7 @@ def _check_prefix_mask(mask, steps_shape, batched: bool) -> Steps:
 def fold_ids(x: jax.Array, n: int, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
     """Out-of-range ids -> ``n`` at real steps (read as NaN), 0 at padding; any at real?
 
-    Traced inside :func:`bptt_jax.api.validate.device_checks`, with the call's other
+    Traced inside :func:`bptt_jax.api.device.device_checks`, with the call's other
     device checks, in one dispatch."""
     out = (x < 0) | (x >= n)
     real = out if mask is None else out & mask

@@ -16,6 +16,7 @@ from ..core.deep_per_loss import deep_bptt_per_loss_core, deep_per_loss_deltas_c
 from ..core.params import DeepParams
 from ..core.per_loss import bptt_per_loss_core, per_loss_deltas_core
 from .arrays import check_quadratic_size
+from .device import device_checks
 from .options import (
     check_chunk,
     check_clip_delta,
@@ -32,7 +33,6 @@ from .validate import (
     Model,
     as_deep,
     checked,
-    device_checks,
     grads_like,
     is_seed,
     prepare,
@@ -176,7 +176,7 @@ def bptt(
 
 @functools.partial(jax.jit, static_argnames=("folds", "options"))
 def _checked_bptt_core(params, xs, ys, h0, dh_T, mask, flags, folds, options):
-    """The call's device checks (:func:`.validate.device_checks`) and ``bptt_core`` in
+    """The call's device checks (:func:`.device.device_checks`) and ``bptt_core`` in
     one executable: separate, the small checks' dispatch and the core waiting on it
     cost about 0.2 ms a call on the CPU (``docs/performance.md``)."""
     params, xs, ys, h0 = device_checks(params, xs, ys, h0, mask, flags, *folds)

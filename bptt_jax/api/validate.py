@@ -11,7 +11,6 @@ model and options. The cores assume well-formed inputs and contain no checks.
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -24,9 +23,9 @@ from .arrays import (
     check_labels,
     check_mask,
     check_state,
-    fold_ids,
     host_or_device,
 )
+from .device import Pending, device_checks
 from .options import check_activation, check_reduction
 from .resets import check_resets
 
@@ -39,15 +38,6 @@ class Dims(NamedTuple):
     K: int  # vocabulary size: columns of W
     H: int  # hidden units
     C: int  # output classes: rows of V
-
-
-class Pending(NamedTuple):
-    """The device checks of a call, to be made by :func:`device_checks` (see there)."""
-
-    flags: tuple[jax.Array, ...]  # device flags of bad values found so far
-    fold_x: int | None  # K when xs are device ids still to be checked
-    fold_y: int | None  # C when ys are device ids still to be checked
-    h0_shape: tuple[int, ...]  # of the zero h0 when h0 was not given
 
 
 class Inputs(NamedTuple):
@@ -320,46 +310,6 @@ def _check_xs(xs: object, K: int, dtype: jnp.dtype) -> tuple[object, bool, bool]
             f"xs must be integer token ids or floating input vectors, got dtype {xs.dtype}"
         )
     return xs, ids, batched
-
-
-def _nan_b(params: Model, bad: jax.Array) -> Model:
-    """``params`` with every bias ``b`` NaN where ``bad`` (a scalar flag) is set."""
-    nan_b = lambda layer: layer._replace(b=jnp.where(bad, jnp.nan, layer.b))  # noqa: E731
-    if isinstance(params, DeepParams):
-        return params._replace(
-            layers=tuple(map(nan_b, params.layers)),
-            reverse_layers=tuple(map(nan_b, params.reverse_layers)),
-        )
-    return nan_b(params)
-
-
-@functools.partial(jax.jit, static_argnames=("fold_x", "fold_y", "h0_shape"))
-def device_checks(params: Model, xs, ys, h0, mask, flags, fold_x, fold_y, h0_shape):
-    """Every check of a call that is made on the device, in one dispatch.
-
-    Folds the ids of ``xs`` (``fold_x`` = K) and ``ys`` (``fold_y`` = C) when they
-    are still to be checked (:func:`.arrays.fold_ids`: out of range at a real step
-    -> a NaN-reading id), and makes every bias ``b`` NaN when any of those or of
-    ``flags`` (bad lengths, masks, soft labels) is set: ``b`` enters every state at
-    every step, so the loss, every gradient, the outputs and the final state all
-    come out NaN, without reading anything back to the host. ``h0`` ``None``:
-    zeros of ``h0_shape`` in the params' dtype. One call instead of one per check
-    (each small dispatch, and the core waiting on its result, cost the CPU about
-    0.1 ms: ``bptt`` at (K, H, B, T) = (65, 64, 1, 1000) took 2.3 ms against its
-    core's 1.7).
-    """
-    flags = list(flags)
-    if fold_x is not None:
-        xs, flag = fold_ids(xs, fold_x, mask)
-        flags.append(flag)
-    if fold_y is not None:
-        ys, flag = fold_ids(ys, fold_y, mask)
-        flags.append(flag)
-    if flags:
-        params = _nan_b(params, jnp.any(jnp.stack(flags)))
-    if h0 is None:
-        h0 = jnp.zeros(h0_shape, jax.tree.leaves(params)[0].dtype)
-    return params, xs, ys, h0
 
 
 def check_inputs(
