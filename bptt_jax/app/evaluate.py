@@ -33,8 +33,9 @@ from jax.typing import ArrayLike
 from ..api.referees import autodiff_bptt
 from ..core.deep import deep_forward_core
 from ..core.losses import log_softmax
-from ..core.params import DeepParams, Params, to_deep
+from ..core.params import DeepParams, Params, from_deep, to_deep
 from ..core.step import hand_bptt
+from ..referees.autodiff import zero_reset_value_and_grad
 from ..referees.tolerances import AUTODIFF, VERIFY_PRECISION, max_relative_error
 from .config import TrainingError
 from .data import TOKEN_TYPES, Corpus, file_spans
@@ -272,6 +273,16 @@ def baselines(corpus: Corpus, ys_val: np.ndarray, xs_val: np.ndarray) -> dict[st
     }
 
 
+def _zero_reset_referee(params, xs, ys, h0, resets, activation: str):
+    """``(E, grads like params)`` by ``jax.grad`` of the chunk's loss with documents
+    starting from zero (:func:`bptt_jax.referees.autodiff.zero_reset_loss`)."""
+    seed = isinstance(params, Params)
+    deep, h0 = (to_deep(params), h0[None]) if seed else (params, h0)
+    E, grads = zero_reset_value_and_grad(deep, xs, ys, h0, resets, activation=activation,
+                                         precision=VERIFY_PRECISION)  # fmt: skip
+    return E, (from_deep(grads) if seed else grads)
+
+
 def verify_gradients(
     params: Params | DeepParams,
     xs: ArrayLike,
@@ -281,8 +292,14 @@ def verify_gradients(
     *,
     tol: float | None = None,
     activation: str = "tanh",
+    resets: ArrayLike | None = None,
 ) -> dict[str, float]:
     """Hand gradients vs ``jax.grad`` on one batch: max relative error per parameter.
+
+    ``resets``: the chunk's ``(B, T)`` document starts, where the state restarts from
+    zero; both sides then take them (the referee:
+    :func:`bptt_jax.referees.autodiff.zero_reset_loss`), so the check covers the
+    step the training runs. ``None`` or none set: no resets.
 
     Raises:
       TrainingError: if any error exceeds ``tol`` (default: the tolerance of
@@ -294,11 +311,15 @@ def verify_gradients(
     under ``jax.default_matmul_precision``, so ``tol`` means the same on every backend.
     """
     params, xs, ys, h0 = jax.tree.map(jnp.asarray, (params, xs, ys, h0))  # one device
+    resets = None if resets is None or not np.any(resets) else jnp.asarray(resets)
     with jax.default_matmul_precision(VERIFY_PRECISION):
-        E, grads, _, _ = (grad_fn or hand_bptt)(params, xs, ys, h0, None)
-    E_ad, grads_ad = autodiff_bptt(
-        params, xs, ys, h0, activation=activation, precision=VERIFY_PRECISION
-    )
+        E, grads, _, _ = (grad_fn or hand_bptt)(params, xs, ys, h0, resets)
+    if resets is None:
+        E_ad, grads_ad = autodiff_bptt(
+            params, xs, ys, h0, activation=activation, precision=VERIFY_PRECISION
+        )
+    else:
+        E_ad, grads_ad = _zero_reset_referee(params, xs, ys, h0, resets, activation)
     if tol is None:
         tol = AUTODIFF[str(params.V.dtype)]
     errors = {"E": max_relative_error(E, E_ad)}

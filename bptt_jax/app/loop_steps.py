@@ -124,7 +124,7 @@ def one_step(s: Session, loop: Loop) -> Loop:
     if c.verify_every and state.step % c.verify_every == 0:
         errors = verify_gradients(
             host_params(state), xs, ys, local_rows(state.h), s.verify_fn, tol=s.verify_tol,
-            activation=c.activation,
+            activation=c.activation, resets=s.streams.resets(state.chunk),
         )  # fmt: skip
         history = dataclasses.replace(
             history, verified=history.verified + 1,

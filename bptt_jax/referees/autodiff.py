@@ -87,3 +87,39 @@ deep_value_and_grad = jax.jit(
 deep_h0_grad = jax.jit(
     jax.grad(deep_loss_core, argnums=3), static_argnames=("activation", "reduction", "precision")
 )
+
+
+def zero_reset_loss(params, xs, ys, h0, resets, *, activation="tanh", precision=None):
+    r"""The loss of a training chunk whose documents start from zero: a reset at
+    ``t`` makes the state entering step t zero, the row's first step reads ``h0``
+    (:func:`bptt_jax.core.step.hand_bptt`'s rule), written with the public loss's
+    own rule (a reset restores ``h0``) so as not to share the hand path's code.
+
+    Each row is cut at its first reset: the part before it is a padded sequence
+    from ``h0`` (``lengths`` = the first reset), the rest is shifted to the front
+    and run from zeros with its resets (every later document then starts from
+    zero too). The chunk's loss is the sum of the two. For a bidirectional model
+    the right-to-left cells' rows of ``h0`` must be zero (as in training).
+
+    Args:
+      params: :class:`DeepParams`; xs, ys: ``(B, T)`` ids (ys may be ``(B, T, C)``);
+      h0: ``(L*D, B, H)``; resets: ``(B, T)`` bool.
+    """
+    T = xs.shape[1]
+    t = jnp.arange(T)
+    first = jnp.where(jnp.any(resets, axis=1), jnp.argmax(resets, axis=1), T)  # (B,)
+    head = deep_loss_core(params, xs, ys, h0, t < first[:, None], None,
+                          activation=activation, precision=precision)  # fmt: skip
+    idx = jnp.minimum(t + first[:, None], T - 1)  # (B, T): the rest, shifted to the front
+    shift = lambda a: jnp.take_along_axis(a, idx.reshape(idx.shape + (1,) * (a.ndim - 2)), 1)  # noqa: E731
+    real = t < (T - first)[:, None]
+    rest = deep_loss_core(params, shift(xs), shift(ys), jnp.zeros_like(h0), real,
+                          shift(resets) & real, activation=activation,
+                          precision=precision)  # fmt: skip
+    return head + rest
+
+
+#: ``(E, grads)`` of :func:`zero_reset_loss` by ``jax.value_and_grad``.
+zero_reset_value_and_grad = jax.jit(
+    jax.value_and_grad(zero_reset_loss), static_argnames=("activation", "precision")
+)

@@ -9,14 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import assert_tree_close
+from helpers import assert_tree_close, slow_except
 
 import bptt_jax
 from bptt_jax.app.config import LEGACY, TrainConfig, TrainingError, check_config, learning_rate
-from bptt_jax.app.evaluate import evaluation, held_out, score
-from bptt_jax.app.step import make_train_step
+from bptt_jax.app.evaluate import evaluation, held_out, score, verify_gradients
+from bptt_jax.app.step import make_train_step, model_grad_fn
 from bptt_jax.app.streams import Streams
 from bptt_jax.core.params import init_params
+from bptt_jax.core.step import hand_bptt
 
 K = 7
 
@@ -125,3 +126,32 @@ def test_a_configuration_saved_before_schedules_reads_as_a_constant_rate():
     config = TrainConfig.from_json(saved)
     assert (config.schedule, config.warmup) == ("constant", 0)
     assert math.isclose(float(learning_rate(config)(1234)), config.lr)
+
+
+@pytest.mark.parametrize("kind", slow_except(["seed", "stacked", "bidirectional"], fast={"seed"}))
+def test_verify_every_checks_the_step_with_its_document_starts(kind, x64):
+    # --verify-every passes the chunk's resets to both sides: the referee is jax.grad
+    # of the chunk's loss written from the public loss (each row cut at its first
+    # reset), so a step that ignored the resets is caught. Row 0: a document starts
+    # at step 0 and at 4; row 1 at 6; row 2 none.
+    L, bi = {"seed": (1, False), "stacked": (2, False), "bidirectional": (2, True)}[kind]
+    params = init_params(jax.random.key(0), K, 4, num_layers=L, bidirectional=bi,
+                         dtype="float64")  # fmt: skip
+    params = jax.tree.map(lambda a: 2 * a + 0.1, params)
+    rng = np.random.default_rng(0)
+    xs, ys = rng.integers(0, K, (3, 9)), rng.integers(0, K, (3, 9))
+    resets = np.zeros((3, 9), bool)
+    resets[0, [0, 4]] = resets[1, 6] = True
+    shape = (3, 4) if kind == "seed" else (2 * (2 if bi else 1), 3, 4)
+    h0 = 0.5 * jax.random.normal(jax.random.key(1), shape, jnp.float64)
+    if bi:
+        h0 = h0.at[1::2].set(0)  # right-to-left cells start every chunk from zero
+    step = None if kind == "seed" else model_grad_fn("tanh", bi)
+    errors = verify_gradients(params, xs, ys, h0, step, resets=resets)
+    assert max(errors.values()) <= 1e-10
+
+    def ignores_resets(p, x, y, h, r):
+        return hand_bptt(p, x, y, h, None)
+
+    with pytest.raises(TrainingError, match=r"disagrees with jax\.grad"):
+        verify_gradients(params, xs, ys, h0, ignores_resets, resets=resets)
