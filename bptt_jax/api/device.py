@@ -51,10 +51,9 @@ def device_checks(params: Model, xs, ys, h0, mask, flags, fold_x, fold_y, h0_sha
     ``flags`` (bad lengths, masks, soft labels) is set: ``b`` enters every state at
     every step, so the loss, every gradient, the outputs and the final state all
     come out NaN, without reading anything back to the host. ``h0`` ``None``:
-    zeros of ``h0_shape`` in the params' dtype. One call instead of one per check
-    (each small dispatch, and the core waiting on its result, cost the CPU about
-    0.1 ms: ``bptt`` at (K, H, B, T) = (65, 64, 1, 1000) took 2.3 ms against its
-    core's 1.7).
+    zeros of ``h0_shape`` in the params' dtype. One call instead of one per check:
+    each small dispatch, and the core waiting on its result, cost the CPU about
+    0.1 ms (``docs/performance.md``, the public call's checks).
     """
     flags = list(flags)
     if fold_x is not None:

@@ -109,17 +109,20 @@ def _ctx(activation, matmul_dtype, dtype, unroll, clip_delta, kernel="scan", pre
     return _Ctx(act.f, act.df_from_h, mm, cast, unroll, clip_delta, kernel, act.name, precision)
 
 
+#: Per direction, its view of time: as is (left to right), or reversed.
+_FLIPS = (lambda a: a, lambda a: jnp.flip(a, 0))
+
+
 def _layer(ctx, cell, inp, h0, r0, views, l):
     """Layer ``l``'s two cells over its input ``inp`` ``(T, B, D_in)``, each in its view:
     ``(finals, states, outputs (T, B, 2H))``."""
-    flips = (lambda a: a, lambda a: jnp.flip(a, 0))
     finals, states, outs = [], [], []
     for d, layer in enumerate(cell):
         m, e, _ = views[d]
-        h_fin, hs = _run(ctx, layer, flips[d](inp), h0[2 * l + d], r0[2 * l + d], m, e)
+        h_fin, hs = _run(ctx, layer, _FLIPS[d](inp), h0[2 * l + d], r0[2 * l + d], m, e)
         finals.append(h_fin)
         states.append(hs)
-        outs.append(flips[d](_masked(hs, m)))
+        outs.append(_FLIPS[d](_masked(hs, m)))
     return finals, states, jnp.concatenate(outs, axis=-1)
 
 
@@ -142,7 +145,7 @@ def _bidirectional(ctx, params: DeepParams, X, Y, h0, dh_final, views, scale, cs
     begin; what stays of size ``T·B·H`` is the top layer's input and outputs and the
     gradient handed down one layer boundary (both directions' δ at every step)."""
     cells, H = params.cells(), params.layers[0].U.shape[0]
-    L, flips = len(cells), (lambda a: a, lambda a: jnp.flip(a, 0))
+    L = len(cells)
     n, rem, split, _ = _splitter(X.shape[0], cs)
     inputs, stored, inp = [], {}, X  # the forward pass
     for l, cell in enumerate(cells):
@@ -159,7 +162,7 @@ def _bidirectional(ctx, params: DeepParams, X, Y, h0, dh_final, views, scale, cs
         if recompute and 0 < l < L - 1:
             layer_in = _input_again(ctx, cells, X, G_buf, h0, r0, views, l)
         for d, layer in enumerate(cells[l]):
-            i, fl, (m, e, k) = 2 * l + d, flips[d], views[d]
+            i, fl, (m, e, k) = 2 * l + d, _FLIPS[d], views[d]
             top = out = G = None
             if l == L - 1 and d == 0:  # the output layer, once: V columns of both
                 out, top = _Out(params.V, params.c, scale, 0, H, (H, 2 * H)), inp
