@@ -68,6 +68,7 @@ import numpy as np
 import bptt_jax
 from bptt_jax.app.bench import compiled, flops, naive_loss, round_robin
 from bptt_jax.core.bptt import bptt_core
+from bptt_jax.core.options import Options
 from bptt_jax.core.schedule import default_chunk, schedule
 from bptt_jax.referees.tolerances import VERIFY_PRECISION
 from bptt_jax.referees.tolerances import max_relative_error as tree_rel
@@ -180,7 +181,7 @@ def bench_point(K, H, B, T, repeats, unroll_repeats, use_torch):
     def hand(recompute=False, **kw):  # at this backend's defaults, as bptt_jax.bptt runs
         kw = dict(chunk=default_chunk(T, B, recompute, backend), recompute=recompute,
                   unroll=schedule(backend).unroll) | kw  # fmt: skip
-        return lambda p, x, y, h: bptt_core(p, x, y, h, **kw)[:2]
+        return lambda p, x, y, h: bptt_core(p, x, y, h, options=Options(**kw))[:2]
 
     jitted = {
         "hand": hand(),

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import bptt_jax
 from bptt_jax.app.bench import compiled, round_robin
 from bptt_jax.core.bptt import bptt_core
+from bptt_jax.core.options import Options
 from bptt_jax.core.schedule import default_chunk, prefer_divisor, schedule
 
 GRID = [
@@ -92,7 +93,8 @@ def sweep_point(K, H, B, T, repeats, backend, knobs=KNOBS):
             continue
         calls, compile_s = {}, {}
         for label, kw in settings.items():
-            fn = lambda p, x, y, h, kw=kw: bptt_core(p, x, y, h, **kw)[:2]  # noqa: E731
+            options = Options(**kw)
+            fn = lambda p, x, y, h, o=options: bptt_core(p, x, y, h, options=o)[:2]  # noqa: E731
             exe, compile_s[label], _ = compiled(fn, args)
             calls[label] = lambda exe=exe: jax.block_until_ready(exe(*args))
         medians = round_robin(calls, repeats)

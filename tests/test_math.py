@@ -15,7 +15,9 @@ from helpers import (
 )
 
 import bptt_jax
+from bptt_jax.core.cell import RNNCell
 from bptt_jax.core.losses import softmax_cross_entropy
+from bptt_jax.core.options import Options
 from bptt_jax.referees.autodiff import chunked_loss, windowed_loss
 
 ACTS = list(bptt_jax.activations)
@@ -73,7 +75,9 @@ def test_referee_losses_have_the_loss_value(x64):
     params, xs, ys, h0 = make_problem(**PROBLEM)
     E = bptt_jax.loss(params, xs, ys, h0)
     for fn in (chunked_loss, windowed_loss):
-        assert float(fn(params, xs, ys, h0, truncate=3)) == pytest.approx(float(E), rel=1e-14)
+        assert float(fn(params, xs, ys, h0, options=Options(truncate=3))) == pytest.approx(
+            float(E), rel=1e-14
+        )
 
 
 @pytest.mark.slow  # a compilation per truncation
@@ -96,7 +100,7 @@ def test_dh0_matches_jax_grad_wrt_h0(activation, truncate, dtype):
         params, xs, ys, h0, activation=activation, truncate=truncate
     )
     dh0_ref = jax.grad(
-        lambda h: chunked_loss(params, xs, ys, h, activation=activation, truncate=truncate)
+        lambda h: chunked_loss(params, xs, ys, h, options=Options(RNNCell(activation), truncate))
     )(h0)
     assert dh0.shape == h0.shape and h_T.shape == h0.shape
     assert max_rel_error(dh0, dh0_ref) <= RTOL[dtype]

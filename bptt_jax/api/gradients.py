@@ -17,17 +17,7 @@ from ..core.params import DeepParams
 from ..core.per_loss import bptt_per_loss_core, per_loss_deltas_core
 from .arrays import check_quadratic_size
 from .device import device_checks
-from .options import (
-    check_chunk,
-    check_clip_delta,
-    check_matmul_dtype,
-    check_precision,
-    check_recompute,
-    check_truncate,
-    check_unroll,
-    kernel_option,
-    resolve_schedule,
-)
+from .options import build_options, check_truncate
 from .validate import (
     Inputs,
     Model,
@@ -180,7 +170,7 @@ def _checked_bptt_core(params, xs, ys, h0, dh_T, mask, flags, folds, options):
     one executable: separate, the small checks' dispatch and the core waiting on it
     cost about 0.2 ms a call on the CPU (``docs/performance.md``)."""
     params, xs, ys, h0 = device_checks(params, xs, ys, h0, mask, flags, *folds)
-    return bptt_core(params, xs, ys, h0, dh_T, **dict(options))
+    return bptt_core(params, xs, ys, h0, dh_T, options=options)
 
 
 def bptt_chunk(
@@ -234,19 +224,12 @@ def bptt_chunk(
     params, inp = prepare(params, xs, ys, h0, dh_T=dh_T, lengths=lengths, mask=mask,
                           activation=activation, reduction=reduction, resets=resets,
                           defer=True)  # fmt: skip
-    options = dict(
-        truncate=check_truncate(truncate), clip_delta=check_clip_delta(clip_delta),
-        chunk=check_chunk(chunk), recompute=check_recompute(recompute),
-        unroll=check_unroll(unroll), matmul_dtype=check_matmul_dtype(matmul_dtype),
-        precision=check_precision(precision),
+    options = build_options(
+        inp.activation, params, inp.xs, "bptt", truncate=truncate, clip_delta=clip_delta,
+        chunk=chunk, recompute=recompute, unroll=unroll, matmul_dtype=matmul_dtype,
+        kernel=kernel, precision=precision, schedule=True,
     )  # fmt: skip
-    options["kernel"] = kernel_option(kernel, params, inp.xs, "bptt", options["matmul_dtype"])
-    B, T = inp.xs.shape[:2]
-    options["chunk"], options["unroll"] = resolve_schedule(
-        options["chunk"], options["unroll"], options["recompute"], B, T
-    )
     if is_seed(params, inp):
-        options = tuple(dict(options, activation=inp.activation).items())
         E, grads, dh0, h_T = _checked_bptt_core(
             params, inp.xs, inp.ys, inp.h0, inp.dh_T, inp.mask, inp.pending.flags,
             tuple(inp.pending[1:]), options,
@@ -255,9 +238,8 @@ def bptt_chunk(
     params, inp = checked(params, inp)
     deep, d = as_deep(params, inp)
     E, grads, dh0, h_T = deep_bptt_core(
-        deep, d.xs, d.ys, d.h0, d.mask, d.dh_T, d.resets, activation=d.activation,
-        reduction=d.reduction, **options,
-    )  # fmt: skip
+        deep, d.xs, d.ys, d.h0, d.mask, d.dh_T, d.resets, options=options, reduction=d.reduction
+    )
     return E, grads_like(params, grads), state_like(params, inp, dh0), state_like(params, inp, h_T)
 
 
@@ -327,17 +309,13 @@ def bptt_per_loss(
     params, inp, truncate = _per_loss_inputs(
         params, xs, ys, h0, lengths, mask, reduction, activation, truncate, "bptt_per_loss"
     )
-    precision = check_precision(precision)
+    options = build_options(inp.activation, truncate=truncate, precision=precision)
     if is_seed(params, inp):
-        return bptt_per_loss_core(
-            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate,
-            precision=precision,
-        )  # fmt: skip
+        return bptt_per_loss_core(params, inp.xs, inp.ys, inp.h0, options=options)
     deep, d = as_deep(params, inp)
     E, grads = deep_bptt_per_loss_core(
-        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction,
-        precision=precision,
-    )  # fmt: skip
+        deep, d.xs, d.ys, d.h0, d.mask, options=options, reduction=d.reduction
+    )
     return E, grads_like(params, grads)
 
 
@@ -377,18 +355,14 @@ def per_loss_deltas(
         params, xs, ys, h0, lengths, mask, reduction, activation, truncate, "per_loss_deltas"
     )
     check_quadratic_size("per_loss_deltas", inp.xs, inp.h0)
-    precision = check_precision(precision)
+    options = build_options(inp.activation, truncate=truncate, precision=precision)
     if is_seed(params, inp):
-        deltas = per_loss_deltas_core(
-            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate,
-            precision=precision,
-        )  # fmt: skip
+        deltas = per_loss_deltas_core(params, inp.xs, inp.ys, inp.h0, options=options)
         return unbatch(inp, deltas, axis=2)  # (T, T, B, H)
     deep, d = as_deep(params, inp)
     deltas = deep_per_loss_deltas_core(
-        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction,
-        precision=precision,
-    )  # fmt: skip
+        deep, d.xs, d.ys, d.h0, d.mask, options=options, reduction=d.reduction
+    )
     if not isinstance(params, DeepParams):  # the seed's Params, padded: no layer axis
         return unbatch(inp, deltas[:, :, 0], axis=2)
     return unbatch(inp, deltas, axis=3)

@@ -18,7 +18,7 @@ from ..core.params import DeepParams
 from ..lab import diagnostics, tasks
 from ..lab.diagnostics import GradientFlow, SweepRow, deep_gradient_flow_core, gradient_flow_core
 from .arrays import check_quadratic_size
-from .options import check_activation, check_clip_delta, check_precision
+from .options import build_options, check_activation, check_clip_delta, check_precision
 from .validate import Model, as_deep, is_seed, prepare
 
 
@@ -97,16 +97,13 @@ def gradient_flow(
     params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
                           activation=activation, reduction=reduction)  # fmt: skip
     check_quadratic_size("gradient_flow", inp.xs, inp.h0)
-    precision = check_precision(precision)
+    options = build_options(inp.activation, precision=precision)
     if is_seed(params, inp):
-        return gradient_flow_core(
-            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, precision=precision
-        )
+        return gradient_flow_core(params, inp.xs, inp.ys, inp.h0, options=options)
     deep, d = as_deep(params, inp)
     flow = deep_gradient_flow_core(
-        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction,
-        precision=precision,
-    )  # fmt: skip
+        deep, d.xs, d.ys, d.h0, d.mask, options=options, reduction=d.reduction
+    )
     return flow if isinstance(params, DeepParams) else GradientFlow(*(f[0] for f in flow))
 
 

@@ -10,7 +10,7 @@ import jax
 
 from ..core.deep import deep_forward_core, deep_loss_core
 from ..core.rnn import forward_core, loss_core
-from .options import check_precision, kernel_option
+from .options import build_options
 from .validate import Model, as_deep, is_seed, prepare, state_like, unbatch
 
 
@@ -75,12 +75,10 @@ def forward(
 
     params, inp = prepare(params, xs, None, h0, lengths=lengths, mask=mask,
                           activation=activation, need_ys=False, resets=resets)  # fmt: skip
-    kernel = kernel_option(kernel, params, inp.xs, "forward")
-    precision = check_precision(precision)
+    options = build_options(inp.activation, params, inp.xs, "forward", kernel=kernel,
+                            precision=precision)  # fmt: skip
     if is_seed(params, inp):
-        hs, z = forward_core(
-            params, inp.xs, inp.h0, activation=inp.activation, kernel=kernel, precision=precision
-        )
+        hs, z = forward_core(params, inp.xs, inp.h0, options=options)
         h_T = hs[:, -1] if hs.shape[1] else inp.h0  # (B, H)
         h_T = unbatch(inp, h_T)
     else:
@@ -91,9 +89,7 @@ def forward(
             d.h0,
             d.mask,
             d.resets,
-            activation=d.activation,
-            kernel=kernel,
-            precision=precision,
+            options=options,
         )
         h_T = state_like(params, inp, h_T)
     hs, z = unbatch(inp, hs), unbatch(inp, z)
@@ -142,15 +138,11 @@ def loss(
 
     params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
                           activation=activation, reduction=reduction, resets=resets)  # fmt: skip
-    kernel = kernel_option("scan" if kernel == "auto" else kernel, params, inp.xs, "loss")
-    precision = check_precision(precision)
+    options = build_options(inp.activation, params, inp.xs, "loss", precision=precision,
+                            kernel="scan" if kernel == "auto" else kernel)  # fmt: skip
     if is_seed(params, inp):
-        return loss_core(
-            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, kernel=kernel,
-            precision=precision,
-        )  # fmt: skip
+        return loss_core(params, inp.xs, inp.ys, inp.h0, options=options)
     deep, d = as_deep(params, inp)
     return deep_loss_core(
-        deep, d.xs, d.ys, d.h0, d.mask, d.resets, activation=d.activation, reduction=d.reduction,
-        kernel=kernel, precision=precision,
-    )  # fmt: skip
+        deep, d.xs, d.ys, d.h0, d.mask, d.resets, options=options, reduction=d.reduction
+    )

@@ -15,9 +15,11 @@ import numpy as np
 from jax import lax
 
 from ..core.activations import get_activation
+from ..core.cell import RNNCell
 from ..core.checks import MATMUL_DTYPES, check_number
 from ..core.clipping import check_clip_delta as check_clip_delta
 from ..core.kernels import kernel_supported, unsupported_reason
+from ..core.options import Options
 from ..core.schedule import default_chunk, schedule
 
 
@@ -153,3 +155,50 @@ def check_precision(precision: object) -> lax.Precision | None:
         f"precision must be None (JAX's default), {', '.join(map(repr, PRECISIONS))} "
         f"or a jax.lax.Precision, got {precision!r}"
     )
+
+
+def build_options(
+    activation: str,
+    params=None,
+    xs=None,
+    fn: str = "bptt",
+    *,
+    truncate: object = None,
+    clip_delta: object = None,
+    chunk: object = None,
+    recompute: object = False,
+    unroll: object = None,
+    matmul_dtype: object = None,
+    kernel: object = "scan",
+    precision: object = None,
+    schedule: bool = False,
+) -> Options:
+    """The one :class:`~bptt_jax.core.options.Options` of a public call, each option checked
+    once (a one-line error naming it otherwise).
+
+    Args:
+      activation: the checked activation's name (the vanilla cell's :math:`f`).
+      params, xs: the model and the batched inputs ``(B, T[, K])``, which ``kernel``
+        is resolved for (``None``: the kernel is checked and must not be ``"pallas"``).
+      fn: the public function's name, for messages.
+      truncate, clip_delta, chunk, recompute, unroll, matmul_dtype, kernel, precision:
+        the public keywords (:func:`bptt_jax.bptt`).
+      schedule: replace ``chunk=None`` and ``unroll=None`` by the backend's defaults
+        (:func:`resolve_schedule`, for ``xs``'s ``B`` and ``T``); otherwise an
+        ``unroll`` of ``None`` is 1.
+    """
+    matmul_dtype = check_matmul_dtype(matmul_dtype)
+    recompute = check_recompute(recompute)
+    chunk, unroll = check_chunk(chunk), check_unroll(unroll)
+    if params is None:
+        kernel = resolve_kernel(check_kernel(kernel), 1, 1, jnp.float32, fn, "cpu")
+    else:
+        kernel = kernel_option(kernel, params, xs, fn, matmul_dtype)
+    if schedule:
+        chunk, unroll = resolve_schedule(chunk, unroll, recompute, *xs.shape[:2])
+    return Options(
+        cell=RNNCell(activation), truncate=check_truncate(truncate),
+        clip_delta=check_clip_delta(clip_delta), chunk=chunk, recompute=recompute,
+        unroll=1 if unroll is None else unroll, matmul_dtype=matmul_dtype, kernel=kernel,
+        precision=check_precision(precision),
+    )  # fmt: skip

@@ -14,7 +14,7 @@ from jax.typing import ArrayLike
 from ..core.hand_loss import hand_loss_jit
 from ..core.params import DeepParams, Params
 from ..core.recurrence import recurrence_jit
-from .options import check_activation, check_precision, kernel_option
+from .options import build_options, check_activation
 from .resets import check_resets
 from .validate import check_inputs
 
@@ -100,12 +100,11 @@ def recurrence(
       >>> hs.shape, h_T.shape
       ((1, 3, 3), (1, 3))
     """
-    activation, precision = check_activation(activation), check_precision(precision)
+    activation = check_activation(activation)
     params, inp, resets = _setup(params, xs, None, h0, lengths, resets, need_ys=False)
-    kernel = kernel_option(kernel, params, inp.xs, "recurrence")
-    hs, h_T = recurrence_jit(
-        params, inp.xs, inp.h0, inp.mask, resets, activation, kernel, precision
-    )
+    options = build_options(activation, params, inp.xs, "recurrence", kernel=kernel,
+                            precision=precision)  # fmt: skip
+    hs, h_T = recurrence_jit(params, inp.xs, inp.h0, inp.mask, resets, options)
     if inp.batched:
         return hs, h_T
     return hs[0], h_T[0] if isinstance(params, Params) else h_T[:, 0]
@@ -150,20 +149,10 @@ def hand_loss(
     Example:
       >>> grads = jax.grad(hand_loss)(params, xs, ys)  # a Params: dU, dV, dW, db, dc
     """
-    activation, precision = check_activation(activation), check_precision(precision)
+    activation = check_activation(activation)
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     params, inp, resets = _setup(params, xs, ys, h0, lengths, resets, need_ys=True)
-    kernel = kernel_option(kernel, params, inp.xs, "hand_loss")
-    return hand_loss_jit(
-        params,
-        inp.xs,
-        inp.ys,
-        inp.h0,
-        inp.mask,
-        resets,
-        activation,
-        reduction,
-        kernel,
-        precision,
-    )
+    options = build_options(activation, params, inp.xs, "hand_loss", kernel=kernel,
+                            precision=precision)  # fmt: skip
+    return hand_loss_jit(params, inp.xs, inp.ys, inp.h0, inp.mask, resets, options, reduction)

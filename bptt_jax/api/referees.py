@@ -14,6 +14,7 @@ import jax
 
 from ..core.checks import check_number
 from ..core.deep import deep_loss_core
+from ..core.options import Options
 from ..core.rnn import loss_core
 from ..referees.autodiff import (
     _chunked_grad,
@@ -23,7 +24,7 @@ from ..referees.autodiff import (
     deep_value_and_grad,
 )
 from ..referees.finite_difference import finite_difference_core
-from .options import check_precision, check_truncate
+from .options import build_options
 from .validate import (
     Inputs,
     Model,
@@ -39,13 +40,12 @@ from .validate import (
 _TRUNCATE_WHY = "leave truncate=None (the exact gradient) for deep, padded or mean losses"
 
 
-def _deep_grad(params: Model, inp: Inputs, precision) -> tuple[jax.Array, Model]:
+def _deep_grad(params: Model, inp: Inputs, options: Options) -> tuple[jax.Array, Model]:
     """``jax.value_and_grad`` of the deep loss, for any model of :func:`as_deep`."""
     deep, d = as_deep(params, inp)
     E, grads = deep_value_and_grad(
-        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction,
-        precision=precision,
-    )  # fmt: skip
+        deep, d.xs, d.ys, d.h0, d.mask, options=options, reduction=d.reduction
+    )
     return E, grads_like(params, grads)
 
 
@@ -74,14 +74,12 @@ def autodiff_bptt(
     """
     params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
                           activation=activation, reduction=reduction)  # fmt: skip
-    truncate, precision = check_truncate(truncate), check_precision(precision)
+    options = build_options(inp.activation, truncate=truncate, precision=precision)
     if is_seed(params, inp):
-        return _chunked_grad(
-            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate,
-            precision=precision,
-        )  # fmt: skip
-    refuse("autodiff_bptt", ["truncate"] * (truncate is not None), params, inp, _TRUNCATE_WHY)
-    return _deep_grad(params, inp, precision)
+        return _chunked_grad(params, inp.xs, inp.ys, inp.h0, options=options)
+    refuse("autodiff_bptt", ["truncate"] * (options.truncate is not None), params, inp,
+           _TRUNCATE_WHY)  # fmt: skip
+    return _deep_grad(params, inp, options)
 
 
 def autodiff_dh0(
@@ -104,19 +102,13 @@ def autodiff_dh0(
     """
     params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
                           activation=activation, reduction=reduction)  # fmt: skip
-    truncate, precision = check_truncate(truncate), check_precision(precision)
+    options = build_options(inp.activation, truncate=truncate, precision=precision)
     if is_seed(params, inp):
-        dh0 = _h0_grad(
-            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate,
-            precision=precision,
-        )  # fmt: skip
-        return unbatch(inp, dh0)
-    refuse("autodiff_dh0", ["truncate"] * (truncate is not None), params, inp, _TRUNCATE_WHY)
+        return unbatch(inp, _h0_grad(params, inp.xs, inp.ys, inp.h0, options=options))
+    refuse("autodiff_dh0", ["truncate"] * (options.truncate is not None), params, inp,
+           _TRUNCATE_WHY)  # fmt: skip
     deep, d = as_deep(params, inp)
-    dh0 = deep_h0_grad(
-        deep, d.xs, d.ys, d.h0, d.mask, activation=d.activation, reduction=d.reduction,
-        precision=precision,
-    )  # fmt: skip
+    dh0 = deep_h0_grad(deep, d.xs, d.ys, d.h0, d.mask, options=options, reduction=d.reduction)
     return state_like(params, inp, dh0)
 
 
@@ -142,17 +134,14 @@ def autodiff_bptt_per_loss(
     """
     params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
                           activation=activation, reduction=reduction)  # fmt: skip
-    truncate, precision = check_truncate(truncate), check_precision(precision)
+    options = build_options(inp.activation, truncate=truncate, precision=precision)
     if is_seed(params, inp):
-        return _windowed_grad(
-            params, inp.xs, inp.ys, inp.h0, activation=inp.activation, truncate=truncate,
-            precision=precision,
-        )  # fmt: skip
+        return _windowed_grad(params, inp.xs, inp.ys, inp.h0, options=options)
     refuse(
-        "autodiff_bptt_per_loss", ["truncate"] * (truncate is not None), params, inp,
+        "autodiff_bptt_per_loss", ["truncate"] * (options.truncate is not None), params, inp,
         _TRUNCATE_WHY,
     )  # fmt: skip
-    return _deep_grad(params, inp, precision)
+    return _deep_grad(params, inp, options)
 
 
 def finite_difference_bptt(
@@ -200,17 +189,15 @@ def finite_difference_bptt(
     """
     params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
                           activation=activation, reduction=reduction)  # fmt: skip
-    eps, precision = check_number(eps, "eps"), check_precision(precision)
+    eps = check_number(eps, "eps")
+    options = build_options(inp.activation, precision=precision)
     if is_seed(params, inp):
-        loss_of = functools.partial(
-            loss_core, xs=inp.xs, ys=inp.ys, h0=inp.h0, activation=inp.activation,
-            precision=precision,
-        )  # fmt: skip
-        return finite_difference_core(loss_of, params, eps=eps, precision=precision)
+        loss_of = functools.partial(loss_core, xs=inp.xs, ys=inp.ys, h0=inp.h0, options=options)
+        return finite_difference_core(loss_of, params, eps=eps, precision=options.precision)
     deep, d = as_deep(params, inp)
     loss_of = functools.partial(
-        deep_loss_core, xs=d.xs, ys=d.ys, h0=d.h0, mask=d.mask, activation=d.activation,
-        reduction=d.reduction, precision=precision,
+        deep_loss_core, xs=d.xs, ys=d.ys, h0=d.h0, mask=d.mask, options=options,
+        reduction=d.reduction,
     )  # fmt: skip
-    E, grads = finite_difference_core(loss_of, deep, eps=eps, precision=precision)
+    E, grads = finite_difference_core(loss_of, deep, eps=eps, precision=options.precision)
     return E, grads_like(params, grads)

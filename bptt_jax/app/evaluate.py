@@ -28,11 +28,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.typing import ArrayLike
 
 from ..api.referees import autodiff_bptt
+from ..core.cell import RNNCell
 from ..core.deep import deep_forward_core
 from ..core.losses import log_softmax
+from ..core.options import Options
 from ..core.params import DeepParams, Params, from_deep, to_deep
 from ..core.step import hand_bptt
 from ..referees.autodiff import zero_reset_value_and_grad
@@ -106,7 +109,8 @@ def _names(names, starts) -> list[str]:
 def _segment_core(params: DeepParams, xs, ys, mask, fresh, h, *, activation: str):
     """One forward call: rows with ``fresh`` start from zero; ``(h, nll (R,), pred (R, S))``."""
     h = jnp.where(fresh[None, :, None], jnp.zeros_like(h), h)  # (L*D, R, H)
-    _, logits, h = deep_forward_core(params, xs, h, mask, activation=activation)  # (R, S, C)
+    options = Options(cell=RNNCell(activation))
+    _, logits, h = deep_forward_core(params, xs, h, mask, options=options)  # (R, S, C)
     nll = -jnp.take_along_axis(log_softmax(logits), ys[..., None], axis=-1)[..., 0]
     return h, jnp.sum(jnp.where(mask, nll, 0), axis=1), jnp.argmax(logits, -1).astype(jnp.int32)
 
@@ -278,8 +282,8 @@ def _zero_reset_referee(params, xs, ys, h0, resets, activation: str):
     starting from zero (:func:`bptt_jax.referees.autodiff.zero_reset_loss`)."""
     seed = isinstance(params, Params)
     deep, h0 = (to_deep(params), h0[None]) if seed else (params, h0)
-    E, grads = zero_reset_value_and_grad(deep, xs, ys, h0, resets, activation=activation,
-                                         precision=VERIFY_PRECISION)  # fmt: skip
+    options = Options(cell=RNNCell(activation), precision=lax.Precision(VERIFY_PRECISION))
+    E, grads = zero_reset_value_and_grad(deep, xs, ys, h0, resets, options=options)
     return E, (from_deep(grads) if seed else grads)
 
 

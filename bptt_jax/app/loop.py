@@ -68,9 +68,8 @@ from .signals import Interrupted, Interrupts, signal_name
 from .state import History, Result, TrainState
 from .step import (
     cached_step,
-    hand_grad_fn,
     model_grad_fn,
-    run_kernel,
+    run_options,
     step_grad_fn,
     training_mesh,
 )
@@ -205,10 +204,7 @@ def _session(config, corpus, progress, echo, grad_fn, devices) -> Session:
 
 def _verify_fn(config: TrainConfig) -> Callable:
     """The single-device hand BPTT ``--verify-every`` checks against ``jax.grad``."""
-    options = (config.matmul_dtype, bool(config.recompute), run_kernel(config))
-    if is_deep(config) or config.activation != "tanh":
-        return model_grad_fn(config.activation, bool(config.bidirectional), *options)
-    return hand_grad_fn(*options)
+    return model_grad_fn(run_options(config), bool(config.bidirectional))
 
 
 def _start(s: Session, resume) -> Loop:

@@ -21,7 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..core.cell import RNNCell
 from ..core.deep import deep_forward_core
+from ..core.options import Options
 from ..core.params import DeepParams, Layer, Params, init_params, to_deep
 from .config import TrainConfig, is_deep
 
@@ -112,4 +114,4 @@ def logits_core(params: Params | DeepParams, xs: jax.Array, activation: str = "t
     deep = as_deep(params)
     H = deep.layers[0].U.shape[0]
     h0 = jnp.zeros((len(deep.layers) * deep.num_directions, xs.shape[0], H), deep.V.dtype)
-    return deep_forward_core(deep, xs, h0, mask, activation=activation)[1]
+    return deep_forward_core(deep, xs, h0, mask, options=Options(cell=RNNCell(activation)))[1]

@@ -28,6 +28,8 @@ from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ..core.cell import RNNCell
+from ..core.options import DEFAULT, Options
 from ..core.step import hand_bptt
 
 AXIS = "batch"
@@ -66,15 +68,7 @@ def check_batch_divides(batch_size: int, mesh: Mesh) -> None:
         )
 
 
-def data_parallel_bptt_core(
-    mesh: Mesh,
-    *,
-    activation: str = "tanh",
-    truncate: int | None = None,
-    matmul_dtype=None,
-    recompute: bool = False,
-    kernel: str = "scan",
-):
+def data_parallel_bptt_core(mesh: Mesh, options: Options = DEFAULT):
     r"""A jitted ``fn(params, xs, ys, h0, resets=None) -> (E, grads, dh0, h_T)`` split
     over ``mesh``.
 
@@ -95,15 +89,12 @@ def data_parallel_bptt_core(
 
     Args:
       mesh: from :func:`make_mesh`.
-      activation, truncate, matmul_dtype, recompute, kernel: as for :func:`bptt_jax.bptt`
-        (``matmul_dtype`` a dtype or ``None``, ``kernel`` resolved: "scan" or "pallas").
+      options: the cell and the backward's options
+        (:class:`~bptt_jax.core.options.Options`, ``kernel`` resolved).
     """
 
     def local(params, xs, ys, h0, resets=None):  # one device's shard of the batch
-        E, grads, dh0, h_T = hand_bptt(
-            params, xs, ys, h0, resets, activation=activation, truncate=truncate,
-            matmul_dtype=matmul_dtype, recompute=recompute, kernel=kernel,
-        )  # fmt: skip
+        E, grads, dh0, h_T = hand_bptt(params, xs, ys, h0, resets, options)
         return lax.psum(E, AXIS), jax.tree.map(lambda g: lax.psum(g, AXIS), grads), dh0, h_T
 
     out_specs = (P(), P(), P(AXIS), P(AXIS))
@@ -138,7 +129,8 @@ def data_parallel_bptt(mesh: Mesh, *, activation: str = "tanh", truncate: int | 
     and ``grads`` come back replicated (summed over devices), ``h_T (B, H)``
     sharded like ``h0``.
     """
-    core = data_parallel_bptt_core(mesh, activation=activation, truncate=truncate)
+    options = Options(cell=RNNCell(activation), truncate=truncate)
+    core = data_parallel_bptt_core(mesh, options)
 
     @jax.jit
     def fn(params, xs, ys, h0):

@@ -31,7 +31,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..core.activations import get_activation
+from ..core.cell import RNNCell
 from ..core.deep import deep_forward_core
+from ..core.options import Options
 from ..core.params import DeepParams
 from .checkpoint_schema import Model
 from .data import DataError
@@ -56,7 +58,7 @@ def prime_core(params: DeepParams, prime: jax.Array, *, activation: str = "tanh"
     h0 = jnp.zeros((L, 1, H), params.V.dtype)
     if prime.shape[0] == 0:
         return h0[:, 0], params.c
-    _, z, h = deep_forward_core(params, prime[None], h0, activation=activation)
+    _, z, h = deep_forward_core(params, prime[None], h0, options=Options(cell=RNNCell(activation)))
     return h[:, 0], z[0, -1]
 
 

@@ -19,6 +19,8 @@ import optax
 from jax.sharding import Mesh
 
 from ..api.options import resolve_kernel
+from ..core.cell import RNNCell
+from ..core.options import DEFAULT, Options
 from ..core.params import DeepParams
 from ..core.step import hand_bptt, train_step
 from .config import (
@@ -36,10 +38,10 @@ __all__ = [
     "cached_step",
     "check_parallel_model",
     "data_parallel_grad_fn",
-    "hand_grad_fn",
     "make_optimizer",
     "make_train_step",
     "model_grad_fn",
+    "run_options",
     "step_grad_fn",
     "training_mesh",
 ]
@@ -119,36 +121,17 @@ def cached_step(
 
 
 @functools.cache
-def hand_grad_fn(
-    matmul_dtype: str | None = None, recompute: bool = False, kernel: str = "scan"
-) -> Callable:
-    """The hand :func:`~bptt_jax.core.step.hand_bptt` with the run's speed/memory options
-    (cached: one per setting); ``kernel`` already resolved (``"scan"`` or ``"pallas"``)."""
-    if matmul_dtype is None and not recompute and kernel == "scan":
-        return hand_bptt
-    mm = None if matmul_dtype is None else jnp.dtype(matmul_dtype)
-    return functools.partial(hand_bptt, matmul_dtype=mm, recompute=recompute, kernel=kernel)
+def model_grad_fn(options: Options = DEFAULT, bidirectional: bool = False) -> Callable:
+    """The hand BPTT of the step on one device (cached: one per setting).
 
-
-@functools.cache
-def model_grad_fn(
-    activation: str, bidirectional: bool, matmul_dtype: str | None = None,
-    recompute: bool = False, kernel: str = "scan",
-) -> Callable:  # fmt: skip
-    """The hand BPTT of a model other than the seed's tanh layer (cached: one per setting).
-
-    :func:`~bptt_jax.core.step.hand_bptt` with ``activation``; a bidirectional
-    ``DeepParams`` carries only its left-to-right cells' final states into the next
-    chunk: the right-to-left cells (``h_T[1::2]``) start every chunk from zero, since
-    they have not read the text after it.
+    :func:`~bptt_jax.core.step.hand_bptt` with ``options`` (the cell, products,
+    recompute, kernel); a bidirectional ``DeepParams`` carries only its left-to-right
+    cells' final states into the next chunk: the right-to-left cells (``h_T[1::2]``)
+    start every chunk from zero, since they have not read the text after it.
     """
-    mm = None if matmul_dtype is None else jnp.dtype(matmul_dtype)
 
     def grad_fn(params, xs, ys, h0, resets=None):
-        E, grads, dh0, h_T = hand_bptt(
-            params, xs, ys, h0, resets, activation=activation, matmul_dtype=mm,
-            recompute=recompute, kernel=kernel,
-        )  # fmt: skip
+        E, grads, dh0, h_T = hand_bptt(params, xs, ys, h0, resets, options)
         if bidirectional:
             h_T = h_T.at[1::2].set(0)  # cell l*2 + 1 reads right to left
         return E, grads, dh0, h_T
@@ -157,15 +140,9 @@ def model_grad_fn(
 
 
 @functools.cache
-def data_parallel_grad_fn(
-    mesh: Mesh, matmul_dtype: str | None = None, recompute: bool = False, kernel: str = "scan",
-    activation: str = "tanh",
-) -> Callable:  # fmt: skip
+def data_parallel_grad_fn(mesh: Mesh, options: Options = DEFAULT) -> Callable:
     """The data-parallel hand BPTT on ``mesh`` (cached, so :func:`cached_step` reuses it)."""
-    mm = None if matmul_dtype is None else jnp.dtype(matmul_dtype)
-    return data_parallel_bptt_core(
-        mesh, matmul_dtype=mm, recompute=recompute, kernel=kernel, activation=activation
-    )
+    return data_parallel_bptt_core(mesh, options)
 
 
 def run_kernel(config: TrainConfig, devices: int = 1) -> str:
@@ -179,21 +156,29 @@ def run_kernel(config: TrainConfig, devices: int = 1) -> str:
         raise TrainingError(str(err)) from None
 
 
+def run_options(config: TrainConfig, devices: int = 1) -> Options:
+    """The :class:`~bptt_jax.core.options.Options` of a run's hand BPTT: its cell
+    (activation), bf16 products, recompute and resolved kernel."""
+    mm = None if config.matmul_dtype is None else jnp.dtype(config.matmul_dtype)
+    return Options(
+        cell=RNNCell(config.activation), matmul_dtype=mm, recompute=bool(config.recompute),
+        kernel=run_kernel(config, devices),
+    )  # fmt: skip
+
+
 def step_grad_fn(
     config: TrainConfig, mesh: Mesh, grad_fn: Callable | None = None
 ) -> Callable | None:
     """The gradient function of the step: ``grad_fn`` if given, else the hand BPTT
     with the configuration's options (data-parallel on several devices); ``None``
-    means the plain ``bptt_core``."""
+    means the plain ``hand_bptt`` (the seed's tanh model, every option at its default)."""
     if grad_fn is not None:
         return grad_fn
-    options = (config.matmul_dtype, bool(config.recompute), run_kernel(config, mesh.shape[AXIS]))
+    options = run_options(config, mesh.shape[AXIS])
     if mesh.shape[AXIS] > 1:  # the seed's model only (check_parallel_model)
-        return data_parallel_grad_fn(mesh, *options, config.activation)
-    if is_deep(config) or config.activation != "tanh":
-        return model_grad_fn(config.activation, bool(config.bidirectional), *options)
-    if options != (None, False, "scan"):
-        return hand_grad_fn(*options)
+        return data_parallel_grad_fn(mesh, options)
+    if is_deep(config) or options != DEFAULT:
+        return model_grad_fn(options, bool(config.bidirectional))
     return None
 
 

@@ -43,51 +43,40 @@ from jax import lax
 from .bptt import _rows
 from .kernels import backward_recursion, forward_recursion, step_flags
 from .losses import softmax_cross_entropy
+from .options import Options
 from .params import Layer
+from .steps import delta_step, forward_step
 
 
 class _Ctx(NamedTuple):
-    """What every chunk needs: activation, products and options."""
+    """What every chunk needs: the options (the cell among them), the product, the cast."""
 
-    f: object
-    df: object
+    options: Options
     mm: object
     cast: object
-    unroll: int
-    clip_delta: float | None
-    kernel: str = "scan"  # "pallas": both recursions as the kernels of .kernels
-    activation: str = "tanh"  # the name of f (the kernels fuse it)
-    precision: object = None  # the kernels' products' jax.lax.Precision (mm carries its own)
 
 
-def _project(ctx: _Ctx, W, X):
-    """:math:`W x_t` for a chunk: ``X`` ``(c, B)`` ids (a gather) or ``(c, B, D)``."""
-    if jnp.issubdtype(X.dtype, jnp.integer):
-        return jnp.take(W.T, X, axis=0, mode="fill")  # (c, B, H)
-    return ctx.mm(X, ctx.cast(W.T))
+def make_ctx(options: Options, dtype) -> _Ctx:
+    """The :class:`_Ctx` of ``options`` for parameters of ``dtype``."""
+    return _Ctx(options, *options.products(dtype))
 
 
 def _run(ctx: _Ctx, layer: Layer, X, h_start, h0, m, e):
     """One cell over a chunk of its view: ``(h_end, hs (c, B, H))`` (carried states)."""
-    a = _project(ctx, layer.W, X) + layer.b  # W x_t + b, all steps at once
+    cell, options = ctx.options.cell, ctx.options
+    a = cell.project(layer, X, ctx.mm, ctx.cast)  # W x_t + b, all steps at once
     UT = ctx.cast(layer.U.T)
-    if ctx.kernel == "pallas":
+    if options.pallas:
         flags = step_flags(*a.shape[:2], real=m, reset=e)
-        hs = forward_recursion(a, h_start, UT, h0, flags, activation=ctx.activation,
-                               precision=ctx.precision)  # fmt: skip
+        hs = forward_recursion(a, h_start, UT, h0, flags, options=options)
         return (hs[-1] if hs.shape[0] else h_start), hs
+    step = forward_step(cell, ctx.mm, UT, h0)
 
-    def step(h_prev, inputs):
-        a_t, m_t, e_t = inputs
-        h_in = h_prev if e_t is None else jnp.where(e_t, h0, h_prev)  # reset: read h0
-        h = ctx.f(ctx.mm(h_in, UT) + a_t)
-        return (h if m_t is None else jnp.where(m_t, h, h_in)), None
-
-    def step_out(h_prev, inputs):
-        h, _ = step(h_prev, inputs)
+    def scan_step(h_prev, inputs):
+        h = step(h_prev, *inputs)
         return h, h
 
-    return lax.scan(step_out, h_start, (a, m, e), unroll=ctx.unroll)
+    return lax.scan(scan_step, h_start, (a, m, e), unroll=options.unroll)
 
 
 def _masked(hs, m):
@@ -95,31 +84,16 @@ def _masked(hs, m):
     return hs if m is None else jnp.where(m, hs, 0)
 
 
-def _delta_step(ctx: _Ctx, U_):
-    r"""``((γ, dh0), (G_t, h_t, m_t, e_t, k_t)) -> ((γ', dh0'), δ_t)`` (§4)."""
+def _scan_step(ctx: _Ctx, U_):
+    r"""``((γ, dh0), (G_t, h_t, m_t, e_t, k_t)) -> ((γ', dh0'), δ_t)``: the reverse scan's
+    step, :func:`.steps.delta_step` of the cell (§4)."""
+    step = delta_step(ctx.options.cell, ctx.mm, U_, ctx.options.clip_delta)
 
-    def step(carry, inputs):
-        g, acc = carry
-        G_t, h_t, m_t, e_t, k_t = inputs
-        if k_t is not None:
-            g = jnp.where(k_t, g, 0)  # truncation: no gradient from the next window
-        total = G_t + g
-        delta = total * ctx.df(h_t)  # δ_t = (G_t + γ_{t+1}) ⊙ f'(h_t)
-        if m_t is not None:
-            delta = jnp.where(m_t, delta, 0)
-        if ctx.clip_delta is not None:  # each sequence's δ_t rescaled to norm ≤ θ
-            norm = jnp.linalg.norm(delta, axis=-1, keepdims=True)
-            over = norm > ctx.clip_delta
-            delta = jnp.where(over, delta * (ctx.clip_delta / jnp.where(over, norm, 1)), delta)
-        g_in = ctx.mm(delta, U_)  # ∂E/∂h_in_t = Uᵀ δ_t
-        if m_t is not None:
-            g_in = jnp.where(m_t, g_in, total)  # padding: h_t = h_in_t, pass γ through
-        if e_t is not None:  # a reset: h_in_t was h0
-            acc = acc + jnp.where(e_t, g_in, 0)
-            g_in = jnp.where(e_t, 0, g_in)
-        return (g_in, acc), delta
+    def scan_step(carry, inputs):
+        g, acc, delta = step(*carry, *inputs)
+        return (g, acc), delta
 
-    return step
+    return scan_step
 
 
 #: Widest operand whose transpose :func:`_transposed` copies (see there).
@@ -141,17 +115,15 @@ def _transposed(a):
 
 def _cell_backward(ctx: _Ctx, layer: Layer, X_c, hs_c, h_start, h0, g, acc, G, m, e, k):
     """A cell's part of one chunk: ``(γ, dh0 acc, (dU, dW rows, db), δ (c, B, H))``."""
-    if ctx.kernel == "pallas":
+    if ctx.options.pallas:
         flags = step_flags(*G.shape[:2], real=m, reset=e, keep=k)
         deltas, g, acc_k = backward_recursion(G, hs_c, g, ctx.cast(layer.U), flags, acc,
-                                              activation=ctx.activation,
-                                              clip_delta=ctx.clip_delta,
-                                              precision=ctx.precision)  # fmt: skip
+                                              options=ctx.options)  # fmt: skip
         acc = None if acc is None else acc_k
     else:
-        step = _delta_step(ctx, ctx.cast(layer.U))
+        step = _scan_step(ctx, ctx.cast(layer.U))
         (g, acc), deltas = lax.scan(step, (g, acc), (G, hs_c, m, e, k), reverse=True,
-                                    unroll=ctx.unroll)  # fmt: skip
+                                    unroll=ctx.options.unroll)  # fmt: skip
     h_prev = jnp.concatenate([h_start[None], hs_c[:-1]])  # h_{t-1} in the view
     h_in = h_prev if e is None else jnp.where(e, h0, h_prev)
     d2 = _rows(deltas)

@@ -41,12 +41,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .activations import get_activation
 from .kernels import backward_recursion, step_flags
 from .losses import cross_entropy, log_softmax, residual, softmax_cross_entropy
+from .options import DEFAULT, Options
 from .params import Params
-from .rnn import hidden_states, matmuls, output_logits, time_major
+from .rnn import output_logits, recursion, time_major
 from .schedule import default_chunk
+from .steps import delta_step
 
 
 def input_gradient(deltas: jax.Array, xs: jax.Array, K: int, precision=None) -> jax.Array:
@@ -103,27 +104,17 @@ def truncation_mask(T: int, truncate: int | None):
     return (t % truncate != 0) | (t == T)
 
 
-def _delta_step(df, mm, U_, keep, clip_delta):
-    r"""The reverse step of the :math:`\delta` recursion (``docs/math.md`` §4).
+def _scan_step(options: Options, mm, U_):
+    r"""The reverse scan's step: :func:`.steps.delta_step` of the cell on
+    ``(g, (Vr_t, h_t[, keep_t])) -> (Uᵀ δ_t, δ_t)``, ``g`` the carried
+    :math:`\partial E/\partial h_t` from the future (zeroed at truncation cuts)."""
+    step = delta_step(options.cell, mm, U_, options.clip_delta)
 
-    ``step(g, (Vr_t, h_t[, keep_t])) -> (Uᵀ δ_t, δ_t)`` with
-    :math:`\delta_t = (V^\top r_t + g) \odot f'(h_t)`, ``g`` the carried
-    :math:`\partial E/\partial h_t` from the future (zeroed at truncation cuts),
-    and δ_t rescaled per sequence to norm ≤ ``clip_delta`` when given.
-    """
+    def scan_step(g, inputs):
+        g, _, delta = step(g, None, *inputs[:2], k_t=inputs[2] if len(inputs) > 2 else None)
+        return g, delta
 
-    def step(g, inputs):  # δ_t = (Vᵀ r_t + g) ⊙ f'(h_t),  g ← Uᵀ δ_t
-        Vr_t, h_t = inputs[:2]
-        if keep is not None:
-            g = jnp.where(inputs[2], g, 0)  # cut at truncation boundaries
-        delta = (Vr_t + g) * df(h_t)
-        if clip_delta is not None:  # each sequence's δ_t rescaled to norm ≤ θ
-            norm = jnp.linalg.norm(delta, axis=-1, keepdims=True)  # (B, 1)
-            over = norm > clip_delta
-            delta = jnp.where(over, delta * (clip_delta / jnp.where(over, norm, 1)), delta)
-        return mm(delta, U_), delta
-
-    return step
+    return scan_step
 
 
 def _forward_chunks(run, split, h0, xs_tm, x_head, x_body, rem, recompute):
@@ -184,18 +175,17 @@ def _chunk_recurrent_grads(mm, ids, h_start, hs_c, x_c, deltas):
     return dU, dW, jnp.sum(d2, axis=0)
 
 
-def _kernel_recursion(U_, activation, clip_delta, precision):
+def _kernel_recursion(U_, options: Options):
     """A chunk's δ recursion as one kernel (:func:`.kernels.backward_recursion`):
     ``(g, (Vᵀr (c, B, H), hs (c, B, H)[, keep])) -> (g, δ (c, B, H))``."""
 
-    def recursion(g, scanned):
+    def kernel_recursion(g, scanned):
         Vr, hs_c = scanned[:2]
         flags = step_flags(*Vr.shape[:2], keep=scanned[2] if len(scanned) > 2 else None)
-        deltas, g, _ = backward_recursion(Vr, hs_c, g, U_, flags, activation=activation,
-                                          clip_delta=clip_delta, precision=precision)  # fmt: skip
+        deltas, g, _ = backward_recursion(Vr, hs_c, g, U_, flags, options=options)
         return g, deltas
 
-    return recursion
+    return kernel_recursion
 
 
 def _backward_chunk(run, step, mm, VT, V_, c, ids, unroll, recursion=None):
@@ -229,14 +219,7 @@ def _backward_chunk(run, step, mm, VT, V_, c, ids, unroll, recursion=None):
     return backward_chunk
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "activation", "truncate", "clip_delta", "chunk", "recompute", "unroll", "matmul_dtype",
-        "kernel",
-        "precision",
-    ),
-)  # fmt: skip
+@functools.partial(jax.jit, static_argnames=("options",))
 def bptt_core(
     params: Params,
     xs: jax.Array,
@@ -244,15 +227,7 @@ def bptt_core(
     h0: jax.Array,
     dh_T: jax.Array | None = None,
     *,
-    activation: str = "tanh",
-    truncate: int | None = None,
-    clip_delta: float | None = None,
-    chunk: int | None = None,
-    recompute: bool = False,
-    unroll: int = 1,
-    matmul_dtype=None,
-    kernel: str = "scan",
-    precision=None,
+    options: Options = DEFAULT,
 ):
     r"""Hand BPTT on the batched layout; no checks.
 
@@ -273,24 +248,20 @@ def bptt_core(
       dh_T: ``(B, H)``, the gradient of a later loss with respect to this
         chunk's final state :math:`h_T`, or ``None`` (zero). It enters the
         recursion as :math:`\delta_T = (V^\top r_T + dh_T) \odot f'(h_T)`.
-      activation: the name of :math:`f`.
-      truncate: cut the gradient every ``truncate`` steps, or ``None``.
-      clip_delta: ``None``, or θ > 0: per-step clipping of δ (see :func:`bptt`).
-      chunk: steps per chunk of the backward pass (``None``:
-        :func:`default_chunk`). The result does not depend on it beyond
-        rounding.
-      recompute: keep only the state entering each chunk in the forward pass
-        (``T / chunk`` states) and recompute the chunk's :math:`h_t` in the
+      options: the cell and the backward's options
+        (:class:`~bptt_jax.core.options.Options`): ``truncate`` cuts the gradient
+        every τ steps; ``clip_delta`` clips δ per step (see :func:`bptt`);
+        ``chunk`` is the steps per chunk of the backward pass (``None``:
+        :func:`default_chunk`; the result does not depend on it beyond rounding);
+        ``recompute`` keeps only the state entering each chunk in the forward pass
+        (``T / chunk`` states) and recomputes the chunk's :math:`h_t` in the
         backward pass: memory :math:`O((T/\mathrm{chunk} + \mathrm{chunk})\,B H)`,
-        :math:`O(\sqrt T\, B H)` at the default ``chunk`` = ⌈√T⌉, for one
-        more forward recursion.
-      unroll: ``lax.scan``'s ``unroll`` for the two recursions.
-      matmul_dtype: ``None`` (products in the parameters' dtype) or
-        ``jnp.bfloat16``: every matrix product takes bf16 operands and
-        accumulates in the parameters' dtype; element-wise work, the
-        recursion's carry and the gradients stay in the parameters' dtype.
-      precision: every matrix product's ``jax.lax.Precision`` (forward and
-        backward), or ``None``: JAX's default matmul precision when traced.
+        :math:`O(\sqrt T\, B H)` at the default ``chunk`` = ⌈√T⌉, for one more
+        forward recursion; ``unroll`` is ``lax.scan``'s for the two recursions;
+        ``matmul_dtype`` ``bfloat16`` makes every matrix product take bf16 operands
+        and accumulate in the parameters' dtype (element-wise work, the carry and
+        the gradients stay in the parameters' dtype); ``precision`` is every
+        product's ``jax.lax.Precision``, forward and backward.
 
     Returns:
       ``(E, grads, dh0, h_T)``: the loss, the gradients as :class:`Params`,
@@ -302,23 +273,20 @@ def bptt_core(
     B, T = xs.shape[:2]
     H, K = W.shape
     dtype = U.dtype
-    df = get_activation(activation).df_from_h
-    mm, _ = matmuls(matmul_dtype, dtype, precision)
+    mm, cast = options.products(dtype)
     ids = jnp.issubdtype(xs.dtype, jnp.integer)
+    chunk, recompute = options.chunk, options.recompute
     cs = default_chunk(T, B, recompute) if chunk is None else min(chunk, max(T, 1))
     n, rem = divmod(T, cs)  # n full chunks after a first chunk of rem < cs steps
 
     # The operands of every product, cast once (bf16 copies when asked).
-    cast = (lambda a: a) if matmul_dtype is None else (lambda a: a.astype(matmul_dtype))
     U_, VT, V_ = cast(U), cast(V.T), cast(V)
 
     def run(h, x_c):  # the h recursion over one chunk: (B, H), time-major (c, B[, K])
-        return hidden_states(params, time_major(x_c), h, activation, unroll=unroll,
-                             matmul_dtype=matmul_dtype, kernel=kernel,
-                             precision=precision)  # fmt: skip
+        return recursion(params, x_c, h, options)
 
     xs_tm, ys_tm = time_major(xs), time_major(ys)
-    keep = truncation_mask(T, truncate)
+    keep = truncation_mask(T, options.truncate)
     g_T = jnp.zeros_like(h0) if dh_T is None else dh_T
 
     def split(a):  # (T, ...) -> first chunk (rem, ...), full chunks (n, cs, ...)
@@ -331,11 +299,9 @@ def bptt_core(
                                                     rem, recompute)  # fmt: skip
 
     # Backward, last chunk first. The carry g is ∂E/∂h_t from the future.
-    step = _delta_step(df, mm, U_, keep, clip_delta)
-    recursion = None
-    if kernel == "pallas":
-        recursion = _kernel_recursion(U_, activation, clip_delta, precision)
-    backward_chunk = _backward_chunk(run, step, mm, VT, V_, c, ids, unroll, recursion)
+    step = _scan_step(options, mm, U_)
+    kernel = _kernel_recursion(U_, options) if options.pallas else None
+    backward_chunk = _backward_chunk(run, step, mm, VT, V_, c, ids, options.unroll, kernel)
 
     def zeros(shape):  # like h0: under shard_map, varying over the same mesh axes
         return jnp.zeros_like(h0, dtype=dtype, shape=shape)

@@ -25,53 +25,49 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .activations import get_activation
-from .backward import _Ctx, _masked, _Out, _run, _splitter, _stored_starts, _sweep
+from .backward import _masked, _Out, _run, _splitter, _stored_starts, _sweep, make_ctx
+from .options import DEFAULT, Options
 from .params import DeepParams, Layer
 from .recurrence import _forward, _output_layer, _prepare, _time_major
-from .rnn import matmuls
 from .schedule import default_chunk
 
 
-def _top(params: DeepParams, xs, h0, mask, resets, activation, kernel="scan", precision=None):
+def _top(params: DeepParams, xs, h0, mask, resets, options: Options):
     """``(m (T, B, 1) or None, finals, top (T, B, D*H))`` of :mod:`.recurrence`'s forward."""
     X, m, r = _prepare(xs, mask, resets)
-    f, pallas = get_activation(activation).f, activation if kernel == "pallas" else None
-    _, _, finals, top = _forward(params.cells(), X, h0, m, r, f, pallas, precision)
+    _, _, finals, top = _forward(params.cells(), X, h0, m, r, options)
     return m, finals, top
 
 
-def cell_outputs(params: DeepParams, xs, h0, mask, activation: str, precision=None):
+def cell_outputs(params: DeepParams, xs, h0, mask, options: Options = DEFAULT):
     """``(m (T, B), outs)``: the time-major mask and ``outs[l][d]`` ``(T, B, H)`` of every
     layer and direction (zeros at padding); batched layout, ``mask`` may be None."""
     if mask is None:
         mask = jnp.ones(xs.shape[:2], bool)
     X, m, _ = _prepare(xs, mask, None)
-    f = get_activation(activation).f
-    _, states, _, _ = _forward(params.cells(), X, h0, m, None, f, precision=precision)
+    _, states, _, _ = _forward(params.cells(), X, h0, m, None, options)
     D = params.num_directions
     L = len(states) // D
     outs = [[jnp.where(m, states[l * D + d], 0) for d in range(D)] for l in range(L)]
     return m[..., 0], outs
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "kernel", "precision"))
-def deep_forward_core(params: DeepParams, xs, h0, mask=None, resets=None, *, activation="tanh",
-                      kernel="scan", precision=None):  # fmt: skip
+@functools.partial(jax.jit, static_argnames=("options",))
+def deep_forward_core(params: DeepParams, xs, h0, mask=None, resets=None, *, options=DEFAULT):
     """``(hs (B, T, D*H), logits (B, T, C), h_final (L*D, B, H))``; no checks."""
-    m, finals, top = _top(params, xs, h0, mask, resets, activation, kernel, precision)
-    logits = jnp.matmul(top, params.V.T, precision=precision) + params.c
+    m, finals, top = _top(params, xs, h0, mask, resets, options)
+    logits = jnp.matmul(top, params.V.T, precision=options.precision) + params.c
     logits = logits if m is None else jnp.where(m, logits, 0)
     return _time_major(top), _time_major(logits), finals
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "reduction", "kernel", "precision"))
-def deep_loss_core(params: DeepParams, xs, ys, h0, mask=None, resets=None, *,
-                   activation="tanh", reduction="sum", kernel="scan", precision=None):  # fmt: skip
+@functools.partial(jax.jit, static_argnames=("options", "reduction"))
+def deep_loss_core(params: DeepParams, xs, ys, h0, mask=None, resets=None, *, options=DEFAULT,
+                   reduction="sum"):  # fmt: skip
     """The loss for the batched layout; differentiable by ``jax.grad`` (the referee) with
     ``kernel="scan"``."""
-    m, _, top = _top(params, xs, h0, mask, resets, activation, kernel, precision)
-    return _output_layer(params, top, _time_major(ys), m, reduction, precision)[0]
+    m, _, top = _top(params, xs, h0, mask, resets, options)
+    return _output_layer(params, top, _time_major(ys), m, reduction, options.precision)[0]
 
 
 def _views(T: int, mask, resets, truncate):
@@ -100,13 +96,6 @@ def _views(T: int, mask, resets, truncate):
             keep = keep | ~m_v | last
         views.append((m_v, flip(e), keep))
     return views
-
-
-def _ctx(activation, matmul_dtype, dtype, unroll, clip_delta, kernel="scan", precision=None):
-    act = get_activation(activation)
-    mm, _ = matmuls(matmul_dtype, dtype, precision)
-    cast = (lambda a: a) if matmul_dtype is None else (lambda a: a.astype(matmul_dtype))
-    return _Ctx(act.f, act.df_from_h, mm, cast, unroll, clip_delta, kernel, act.name, precision)
 
 
 #: Per direction, its view of time: as is (left to right), or reversed.
@@ -182,24 +171,18 @@ def _bidirectional(ctx, params: DeepParams, X, Y, h0, dh_final, views, scale, cs
     return E, grads, dV, dc, jnp.stack([dh0s[i] for i in range(2 * L)]), finals
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("activation", "reduction", "truncate", "clip_delta", "chunk", "recompute",
-                     "unroll", "matmul_dtype", "kernel", "precision", "zero_resets"),
-)  # fmt: skip
+@functools.partial(jax.jit, static_argnames=("options", "reduction", "zero_resets"))
 def deep_bptt_core(params: DeepParams, xs, ys, h0, mask=None, dh_final=None, resets=None, *,
-                   activation="tanh", reduction="sum", truncate=None, clip_delta=None,
-                   chunk=None, recompute=False, unroll=1, matmul_dtype=None,
-                   kernel="scan", precision=None, zero_resets=False):  # fmt: skip
+                   options=DEFAULT, reduction="sum", zero_resets=False):  # fmt: skip
     """Hand BPTT through every layer and direction; no checks.
 
     Args:
       params: :class:`DeepParams`.
       xs: ``(B, T)`` ids or ``(B, T, K)``; ys: ``(B, T)`` ids or ``(B, T, C)``.
       h0: ``(L*D, B, H)``; mask, resets: ``(B, T)`` bool or None; dh_final: like h0 or None.
-      activation, reduction, truncate, clip_delta, chunk, recompute, unroll,
-        matmul_dtype, kernel, precision: as :func:`bptt_jax.bptt` (``kernel="pallas"``
-        runs every cell's two recursions as the fused kernels).
+      options: the cell and the backward's options, as :func:`bptt_jax.bptt`'s keywords
+        (``kernel="pallas"`` runs every cell's two recursions as the fused kernels).
+      reduction: ``"sum"`` or ``"mean"`` over the real steps.
       zero_resets: ``False``: a reset restores ``h0`` (the API's ``resets``); ``True``: it
         restores zeros, :math:`h^{\\mathrm{in}}_t = 0` (a document starts from the zero
         state while the chunk's first step continues ``h0``, the training streams' case),
@@ -209,7 +192,8 @@ def deep_bptt_core(params: DeepParams, xs, ys, h0, mask=None, dh_final=None, res
       ``(E, grads DeepParams, dh0 (L*D, B, H), h_final (L*D, B, H))``.
     """
     B, T = xs.shape[:2]
-    ctx = _ctx(activation, matmul_dtype, params.V.dtype, unroll, clip_delta, kernel, precision)
+    ctx = make_ctx(options, params.V.dtype)
+    chunk, recompute = options.chunk, options.recompute
     cs = default_chunk(T, B, recompute) if chunk is None else min(chunk, max(T, 1))
     X, _, _ = _prepare(xs, mask, None)  # ids at padding set in range
     Y = _time_major(ys)
@@ -221,7 +205,7 @@ def deep_bptt_core(params: DeepParams, xs, ys, h0, mask=None, dh_final=None, res
     scale = jnp.ones((), params.V.dtype)
     if reduction == "mean":
         scale = 1 / jnp.maximum(n_real, 1).astype(params.V.dtype)
-    views = _views(T, mask, resets, truncate)
+    views = _views(T, mask, resets, options.truncate)
     r0 = jnp.zeros_like(h0) if zero_resets else h0  # what a reset restores
     if params.bidirectional:
         E, grads, dV, dc, dh0, finals = _bidirectional(

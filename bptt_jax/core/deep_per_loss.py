@@ -31,12 +31,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .activations import get_activation
+from .options import DEFAULT, Options
 from .params import DeepParams
 from .recurrence import _backprop, _forward, _output_layer, _prepare, _time_major
 
 
-def _backward(cells, inputs, states, h0, m, G, df, precision):
+def _backward(cells, inputs, states, h0, m, G, options: Options):
     """Every cell's hand backward (:mod:`.recurrence`), top first: ``(cells, deltas)``."""
     D = len(cells[0])
     H = cells[0][0].U.shape[0]
@@ -49,29 +49,29 @@ def _backward(cells, inputs, states, h0, m, G, df, precision):
             G_d = jnp.where(m, G[..., d * H : (d + 1) * H], 0)
             grads[l][d], _, deltas[i] = _backprop(
                 layer, inputs[l], h0[i], states[i], m, None, G_d, jnp.zeros_like(h0[i]),
-                reverse=d == 1, df=df, precision=precision,
+                reverse=d == 1, options=options,
             )  # fmt: skip
-            term = jnp.matmul(deltas[i], layer.W, precision=precision)  # W^{ℓ}ᵀ δ^{ℓ}_t
+            term = jnp.matmul(deltas[i], layer.W, precision=options.precision)  # W^{ℓ}ᵀ δ^{ℓ}_t
             G_below = G_below + term
         G = G_below
     return grads, jnp.stack(deltas)
 
 
-def _losses(params: DeepParams, xs, ys, h0, mask, activation, reduction, precision):
+def _losses(params: DeepParams, xs, ys, h0, mask, options: Options, reduction):
     """``(E, dV, dc, one_loss)``: ``one_loss(t)`` runs the backward pass of E_t alone."""
-    act = get_activation(activation)
+    precision = options.precision
     if mask is None:
         mask = jnp.ones(xs.shape[:2], bool)
     X, m, _ = _prepare(xs, mask, None)
     cells = params.cells()
-    inputs, states, _, top = _forward(cells, X, h0, m, None, act.f, precision=precision)
+    inputs, states, _, top = _forward(cells, X, h0, m, None, options)
     E, r, dV, dc, _, _ = _output_layer(params, top, _time_major(ys), m, reduction, precision)
     steps = jnp.arange(r.shape[0])
 
     def one_loss(t):
         r_t = jnp.where((steps == t)[:, None, None], r, 0)  # (T, B, C): E_t's residual only
         G = jnp.matmul(r_t, params.V, precision=precision)  # Vᵀ r_t
-        return _backward(cells, inputs, states, h0, m, G, act.df_from_h, precision)
+        return _backward(cells, inputs, states, h0, m, G, options)
 
     return E, dV, dc, one_loss
 
@@ -86,15 +86,15 @@ def layer_grads(params: DeepParams, cells, dV, dc) -> DeepParams:
     )
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "reduction", "precision"))
-def deep_per_loss_deltas_core(params: DeepParams, xs, ys, h0, mask=None, *,
-                              activation="tanh", reduction="sum", precision=None):  # fmt: skip
+@functools.partial(jax.jit, static_argnames=("options", "reduction"))
+def deep_per_loss_deltas_core(params: DeepParams, xs, ys, h0, mask=None, *, options=DEFAULT,
+                              reduction="sum"):  # fmt: skip
     r"""Every :math:`\delta_k^{(t)}` per cell, ``(T_t, T_k, L*D, B, H)``; no checks.
 
     Batched layout as :func:`bptt_jax.core.deep.deep_bptt_core`; cell index
     ``l*D + d`` (layer l + 1, direction d). Zero at padding steps.
     """
-    _, _, _, one_loss = _losses(params, xs, ys, h0, mask, activation, reduction, precision)
+    _, _, _, one_loss = _losses(params, xs, ys, h0, mask, options, reduction)
     T, (LD, B, H) = xs.shape[1], h0.shape
     if T == 0:
         return jnp.zeros((0, 0, LD, B, H), h0.dtype)
@@ -102,16 +102,16 @@ def deep_per_loss_deltas_core(params: DeepParams, xs, ys, h0, mask=None, *,
     return jnp.swapaxes(deltas, 1, 2)  # (T_t, T_k, L*D, B, H)
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "reduction", "precision"))
-def deep_bptt_per_loss_core(params: DeepParams, xs, ys, h0, mask=None, *,
-                            activation="tanh", reduction="sum", precision=None):  # fmt: skip
+@functools.partial(jax.jit, static_argnames=("options", "reduction"))
+def deep_bptt_per_loss_core(params: DeepParams, xs, ys, h0, mask=None, *, options=DEFAULT,
+                            reduction="sum"):  # fmt: skip
     r"""``(E, grads)`` as :math:`\sum_t \partial E_t/\partial\theta`, one loss at a time.
 
     :math:`\partial E/\partial V, c` come from the output layer of all steps
     (:math:`\sum_t r_t \otimes h_t^L`); the layers' gradients are summed over
     one hand backward pass per loss :math:`E_t`. No checks.
     """
-    E, dV, dc, one_loss = _losses(params, xs, ys, h0, mask, activation, reduction, precision)
+    E, dV, dc, one_loss = _losses(params, xs, ys, h0, mask, options, reduction)
 
     def add_loss(acc, t):  # acc: the layers' gradients of E_1..E_{t-1}
         cells, _ = one_loss(t)

@@ -31,9 +31,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from .activations import get_activation
 from .bptt import bptt_core
 from .deep import deep_bptt_core
+from .options import Options
 from .params import Params, from_deep, to_deep
 from .recurrence import (
     _as_params,
@@ -43,7 +43,6 @@ from .recurrence import (
     _forward,
     _is_ids,
     _output_layer,
-    _pallas,
     _prepare,
     _stacked,
     _time_major,
@@ -55,32 +54,31 @@ def _seed_fast(params, mask, resets, reduction) -> bool:
     return isinstance(params, Params) and mask is None and resets is None and reduction == "sum"
 
 
-def _loss_chunked(params, xs, ys, h0, mask, resets, activation, reduction, kernel, precision):
+def _loss_chunked(params, xs, ys, h0, mask, resets, options: Options, reduction):
     """Ids in and out: ``(E, grads, dh0)`` of the chunked hand BPTT, as ``bptt`` runs it."""
-    options = dict(activation=activation, kernel=kernel, precision=precision)
     if _seed_fast(params, mask, resets, reduction):
-        E, grads, dh0, _ = bptt_core(params, xs, ys, h0, **options)
+        E, grads, dh0, _ = bptt_core(params, xs, ys, h0, options=options)
         return E, grads, dh0
     seed = isinstance(params, Params)
     deep = to_deep(params) if seed else params
     E, grads, dh0, _ = deep_bptt_core(
-        deep, xs, ys, _stacked(params, h0), mask, None, resets, reduction=reduction, **options
-    )
+        deep, xs, ys, _stacked(params, h0), mask, None, resets, options=options,
+        reduction=reduction,
+    )  # fmt: skip
     return E, (from_deep(grads) if seed else grads), (dh0[0] if seed else dh0)
 
 
-def _loss_general(params, xs, ys, h0, mask, resets, activation, reduction, kernel, precision):
+def _loss_general(params, xs, ys, h0, mask, resets, options: Options, reduction):
     """Hand forward and backward of the full model: ``(E, grads, dxs, dys, dh0)``."""
-    act, pallas = get_activation(activation), _pallas(activation, kernel)
+    precision = options.precision
     X, m, r = _prepare(xs, mask, resets)
     cells, h0s = _cells(params), _stacked(params, h0)
-    inputs, states, _, top = _forward(cells, X, h0s, m, r, act.f, pallas, precision)
+    inputs, states, _, top = _forward(cells, X, h0s, m, r, options)
     Y = _time_major(ys)
     E, r_out, dV, dc, log_yhat, scale = _output_layer(params, top, Y, m, reduction, precision)
     G = _dot(r_out, params.V, precision)  # (T, B, D*H): ∂E/∂h_t = Vᵀ r_t, all steps at once
     grads, dh0, dX = _backward(
-        cells, inputs, states, h0s, m, r, G, jnp.zeros_like(h0s), act.df_from_h, pallas,
-        precision,
+        cells, inputs, states, h0s, m, r, G, jnp.zeros_like(h0s), options
     )  # fmt: skip
     dparams = _as_params(params, grads, zero_output=False, dV=dV, dc=dc)
     dxs = None if dX is None else _time_major(dX)
@@ -91,20 +89,18 @@ def _loss_general(params, xs, ys, h0, mask, resets, activation, reduction, kerne
     return E, dparams, dxs, dys, dh0[0] if isinstance(params, Params) else dh0
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
-def hand_loss_core(params, xs, ys, h0, mask, resets, activation, reduction, kernel="scan",
-                   precision=None):  # fmt: skip
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def hand_loss_core(params, xs, ys, h0, mask, resets, options: Options, reduction: str):
     """The loss ``E`` (batched layout, no checks); its VJP is the hand BPTT of the model.
-    ``kernel``: ``"scan"`` or ``"pallas"``; ``precision``: every product's
-    ``jax.lax.Precision`` (``None``: JAX's default)."""
-    f, pallas = get_activation(activation).f, _pallas(activation, kernel)
+    ``options``: the cell, ``kernel`` (``"scan"`` or ``"pallas"``) and ``precision``
+    (every product's ``jax.lax.Precision``; ``None``: JAX's default)."""
     X, m, r = _prepare(xs, mask, resets)
-    _, _, _, top = _forward(_cells(params), X, _stacked(params, h0), m, r, f, pallas, precision)
-    return _output_layer(params, top, _time_major(ys), m, reduction, precision)[0]
+    _, _, _, top = _forward(_cells(params), X, _stacked(params, h0), m, r, options)
+    return _output_layer(params, top, _time_major(ys), m, reduction, options.precision)[0]
 
 
-def _hand_loss_fwd(params, xs, ys, h0, mask, resets, activation, reduction, kernel, precision):
-    args = (params, xs, ys, h0, mask, resets, activation, reduction, kernel, precision)
+def _hand_loss_fwd(params, xs, ys, h0, mask, resets, options, reduction):
+    args = (params, xs, ys, h0, mask, resets, options, reduction)
     if _is_ids(xs) and _is_ids(ys):  # the chunked backward of bptt: no (T, B, C) array
         E, grads, dh0 = _loss_chunked(*args)
         return E, (grads, None, None, dh0)
@@ -112,13 +108,12 @@ def _hand_loss_fwd(params, xs, ys, h0, mask, resets, activation, reduction, kern
     return E, (grads, dxs, dys, dh0)
 
 
-def _hand_loss_bwd(activation, reduction, kernel, precision, res, ct):
+def _hand_loss_bwd(options, reduction, res, ct):
     grads, dxs, dys, dh0 = res
     scale = lambda a: None if a is None else ct * a  # noqa: E731
     return jax.tree.map(scale, grads), scale(dxs), scale(dys), scale(dh0), None, None
 
 
 hand_loss_core.defvjp(_hand_loss_fwd, _hand_loss_bwd)
-#: ``hand_loss_core`` compiled; ``activation``, ``reduction``, ``kernel`` and ``precision``
-#: static.
-hand_loss_jit = jax.jit(hand_loss_core, static_argnums=(6, 7, 8, 9))
+#: ``hand_loss_core`` compiled; ``options`` and ``reduction`` static.
+hand_loss_jit = jax.jit(hand_loss_core, static_argnums=(6, 7))

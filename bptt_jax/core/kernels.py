@@ -64,7 +64,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from .activations import get_activation
+from .options import DEFAULT
+from .steps import delta_step, forward_step
 
 #: Bits of the per-step, per-sequence int32 flags.
 REAL, RESET, KEEP = 1, 2, 4
@@ -155,52 +156,47 @@ def _flag(fl, bit):
     return ((fl & bit) != 0)[:, None]
 
 
-def _forward_kernel(f, precision, a_ref, fl_ref, hs_ref0, h0_ref, UT_ref, hs_ref):
-    """One block of sequences: :math:`h_t = f(U h^{\\mathrm{in}}_t + a_t)` for every t."""
+def _kernel_mm(precision):
+    """The kernels' product: operands in the matrix's dtype, accumulated in the state's."""
+
+    def mm(x, M):
+        return jnp.dot(x.astype(M.dtype), M, precision=precision, preferred_element_type=x.dtype)
+
+    return mm
+
+
+def _forward_kernel(options, a_ref, fl_ref, hs_ref0, h0_ref, UT_ref, hs_ref):
+    """One block of sequences: :func:`.steps.forward_step` of the cell for every t."""
     UT = UT_ref[...]  # (Hp, Hp): loaded once, on chip for every step
     h0 = h0_ref[...]  # (bB, Hp): the state every reset restarts from
+    step = forward_step(options.cell, _kernel_mm(_precision(options.precision)), UT, h0)
 
-    def step(t, h_prev):
+    def body(t, h_prev):
         fl = fl_ref[t]  # (bB,)
-        h_in = jnp.where(_flag(fl, RESET), h0, h_prev)
-        s = jnp.dot(h_in.astype(UT.dtype), UT, precision=precision,
-                    preferred_element_type=h_prev.dtype) + a_ref[t]  # fmt: skip
-        h = jnp.where(_flag(fl, REAL), f(s), h_in)  # padding: the state stays frozen
+        h = step(h_prev, a_ref[t], _flag(fl, REAL), _flag(fl, RESET))
         hs_ref[t] = h
         return h
 
-    lax.fori_loop(0, a_ref.shape[0], step, hs_ref0[...])
+    lax.fori_loop(0, a_ref.shape[0], body, hs_ref0[...])
 
 
-def _backward_kernel(df, clip_delta, precision, G_ref, hs_ref, fl_ref, g_ref, acc_ref, U_ref,
-                     d_ref, g_out_ref, acc_out_ref):  # fmt: skip
-    """One block of sequences: the δ recursion, last step first."""
+def _backward_kernel(options, G_ref, hs_ref, fl_ref, g_ref, acc_ref, U_ref, d_ref, g_out_ref,
+                     acc_out_ref):  # fmt: skip
+    """One block of sequences: :func:`.steps.delta_step` of the cell, last step first."""
     U = U_ref[...]  # (Hp, Hp): loaded once, on chip for every step
     T = G_ref.shape[0]
+    mm = _kernel_mm(_precision(options.precision))
+    step = delta_step(options.cell, mm, U, options.clip_delta)
 
-    def step(i, carry):
-        g, acc = carry
+    def body(i, carry):
         t = T - 1 - i
         fl = fl_ref[t]
-        g = jnp.where(_flag(fl, KEEP), g, 0)  # truncation: no gradient from the next window
-        total = G_ref[t] + g
-        delta = total * df(hs_ref[t])  # δ_t = (G_t + γ_{t+1}) ⊙ f'(h_t)
-        real = _flag(fl, REAL)
-        delta = jnp.where(real, delta, 0)
-        if clip_delta is not None:  # each sequence's δ_t rescaled to norm ≤ θ
-            norm = jnp.sqrt(jnp.sum(delta * delta, axis=-1, keepdims=True))
-            over = norm > clip_delta
-            delta = jnp.where(over, delta * (clip_delta / jnp.where(over, norm, 1)), delta)
+        g, acc, delta = step(*carry, G_ref[t], hs_ref[t], _flag(fl, REAL), _flag(fl, RESET),
+                             _flag(fl, KEEP))  # fmt: skip
         d_ref[t] = delta
-        g_in = jnp.dot(
-            delta.astype(U.dtype), U, precision=precision, preferred_element_type=g.dtype
-        )  # fmt: skip  ∂E/∂h_in_t = Uᵀ δ_t
-        g_in = jnp.where(real, g_in, total)  # padding: pass γ through
-        reset = _flag(fl, RESET)  # h_in_t was h0: its gradient goes there
-        acc = acc + jnp.where(reset, g_in, 0)
-        return jnp.where(reset, 0, g_in), acc
+        return g, acc
 
-    g, acc = lax.fori_loop(0, T, step, (g_ref[...], acc_ref[...]))
+    g, acc = lax.fori_loop(0, T, body, (g_ref[...], acc_ref[...]))
     g_out_ref[...] = g
     acc_out_ref[...] = acc
 
@@ -234,11 +230,9 @@ def _layout(T, B, H, block_b):
     return bB, Bp, padded_size(H)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("activation", "precision", "block_b", "interpret", "num_warps")
-)
-def forward_recursion(a, h_start, UT, h0=None, flags=None, *, activation="tanh", precision=None,
-                      block_b=BLOCK_B, interpret=None, num_warps=None):  # fmt: skip
+@functools.partial(jax.jit, static_argnames=("options", "block_b", "interpret", "num_warps"))
+def forward_recursion(a, h_start, UT, h0=None, flags=None, *, options=DEFAULT, block_b=BLOCK_B,
+                      interpret=None, num_warps=None):  # fmt: skip
     r"""Every :math:`h_t = f(U h^{\mathrm{in}}_t + a_t)`, ``(T, B, H)``, in one kernel.
 
     Args:
@@ -247,8 +241,8 @@ def forward_recursion(a, h_start, UT, h0=None, flags=None, *, activation="tanh",
       UT: ``(H, H)`` :math:`U^\top` in the products' dtype.
       h0: ``(B, H)`` the state a reset restarts from (``None``: ``h_start``).
       flags: ``(T, B)`` int32 of :func:`step_flags` (``REAL``, ``RESET``), or ``None``.
-      activation: the name of :math:`f`.
-      precision: of the products (``None``: as ``jax_default_matmul_precision``).
+      options: the cell (its step) and the products' ``precision`` (``None``: as
+        ``jax_default_matmul_precision``).
       block_b: sequences per program (at least 16).
       interpret: ``None``: interpret mode unless the backend is a GPU.
       num_warps: Triton warps per program (``None``: :func:`num_warps_for`).
@@ -263,9 +257,7 @@ def forward_recursion(a, h_start, UT, h0=None, flags=None, *, activation="tanh",
     h0 = h_start if h0 is None else h0
     flags = step_flags(T, B) if flags is None else flags
     steps, fspec, state, matrix = _specs(T, bB, Hp)
-    kernel = functools.partial(
-        _forward_kernel, get_activation(activation).f, _precision(precision)
-    )
+    kernel = functools.partial(_forward_kernel, options)
     hs = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((T, Bp, Hp), h_start.dtype),
@@ -282,13 +274,9 @@ def forward_recursion(a, h_start, UT, h0=None, flags=None, *, activation="tanh",
     return hs[:, :B, :H]
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("activation", "clip_delta", "precision", "block_b", "interpret", "num_warps"),
-)
-def backward_recursion(G, hs, g, U, flags=None, acc=None, *, activation="tanh", clip_delta=None,
-                       precision=None, block_b=BLOCK_B, interpret=None,
-                       num_warps=None):  # fmt: skip
+@functools.partial(jax.jit, static_argnames=("options", "block_b", "interpret", "num_warps"))
+def backward_recursion(G, hs, g, U, flags=None, acc=None, *, options=DEFAULT, block_b=BLOCK_B,
+                       interpret=None, num_warps=None):  # fmt: skip
     r"""Every :math:`\delta_t` of a chunk and the gradient leaving it, in one kernel.
 
     Args:
@@ -300,9 +288,9 @@ def backward_recursion(G, hs, g, U, flags=None, acc=None, *, activation="tanh", 
       flags: ``(T, B)`` int32 of :func:`step_flags` (``REAL``, ``RESET``, ``KEEP``).
       acc: ``(B, H)`` the running :math:`\partial E/\partial h_0` of reset steps
         (``None``: zeros).
-      activation, precision, block_b, interpret, num_warps: as :func:`forward_recursion`.
-      clip_delta: ``None`` or θ > 0: each sequence's :math:`\delta_t` rescaled to
-        norm ≤ θ.
+      options: the cell (its δ step), ``clip_delta`` (``None`` or θ > 0: each
+        sequence's :math:`\delta_t` rescaled to norm ≤ θ) and ``precision``.
+      block_b, interpret, num_warps: as :func:`forward_recursion`.
 
     Returns:
       ``(deltas (T, B, H), g_out (B, H), acc_out (B, H))``: every :math:`\delta_t`, the
@@ -316,9 +304,7 @@ def backward_recursion(G, hs, g, U, flags=None, acc=None, *, activation="tanh", 
     bB, Bp, Hp = _layout(T, B, H, block_b)
     flags = step_flags(T, B) if flags is None else flags
     steps, fspec, state, matrix = _specs(T, bB, Hp)
-    kernel = functools.partial(
-        _backward_kernel, get_activation(activation).df_from_h, clip_delta, _precision(precision)
-    )
+    kernel = functools.partial(_backward_kernel, options)
     dt = g.dtype
     deltas, g_out, acc_out = pl.pallas_call(
         kernel,

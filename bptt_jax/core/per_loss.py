@@ -33,70 +33,73 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .activations import get_activation
 from .bptt import input_gradient, output_layer
+from .options import DEFAULT, Options
 from .params import Params
 from .rnn import hidden_states, time_major
+from .steps import delta_step
 
 
-def _deltas_of_loss(t, U, Vr, fprime, truncate, precision=None):
+def _deltas_of_loss(t, U, Vr, hs, options: Options):
     r""":math:`\delta_k^{(t)}` for k = 1..T (zero outside :math:`t - τ < k \le t`).
+
+    The cell's δ step (:func:`.steps.delta_step`) run back from step t with
+    :math:`G_k = V^\top r_t` at k = t only: :math:`\delta_t^{(t)} = (V^\top r_t)
+    \odot f'(h_t)`, :math:`\delta_k^{(t)} = (U^\top \delta_{k+1}^{(t)}) \odot f'(h_k)`
+    for k < t, cut (a truncation ``keep`` off) below the window of ``options.truncate``.
 
     Args:
       t: the loss index, 0-based (a traced scalar).
       U: ``(H, H)``.
       Vr: :math:`V^\top r_k` for every step, ``(T, B, H)``.
-      fprime: :math:`f'(h_k)` for every step, ``(T, B, H)``.
-      truncate: τ or ``None``.
-      precision: the products' ``jax.lax.Precision`` (``None``: JAX's default).
+      hs: :math:`h_k` for every step, ``(T, B, H)``.
+      options: the cell, ``truncate`` (τ or ``None``) and the products' precision.
 
     Returns:
       ``(T, B, H)``, indexed by k.
     """
     T = Vr.shape[0]
     k = jnp.arange(T)
-    inside = k <= t
-    if truncate is not None:
-        inside = inside & (k > t - truncate)
+    keep = None
+    if options.truncate is not None:
+        keep = k > t - options.truncate  # no gradient into steps before the window
+    mm, _ = options.products(U.dtype)
+    step = delta_step(options.cell, mm, U)
 
-    def step(delta_next, inputs):  # δ_{k+1}^{(t)} (B, H) -> δ_k^{(t)}
-        k, inside_k, fprime_k = inputs
-        # δ_t^(t) = (Vᵀ r_t) ⊙ f'(h_t);  δ_k^(t) = (Uᵀ δ_{k+1}^(t)) ⊙ f'(h_k), k < t
-        delta = jnp.where(k == t, Vr[t], jnp.matmul(delta_next, U, precision=precision))
-        delta = delta * fprime_k
-        delta = jnp.where(inside_k, delta, 0)
-        return delta, delta
+    def scan_step(g, inputs):  # γ_{k+1} (B, H) -> γ_k, δ_k^{(t)}
+        k, h_k, keep_k = inputs
+        G_k = jnp.where(k == t, Vr[t], 0)  # only E_t's residual enters, at step t
+        g, _, delta = step(g, None, G_k, h_k, k_t=keep_k)
+        return g, delta
 
     zeros = jnp.zeros(Vr.shape[1:], Vr.dtype)
-    _, deltas = lax.scan(step, zeros, (k, inside, fprime), reverse=True)
+    _, deltas = lax.scan(scan_step, zeros, (k, hs, keep), reverse=True)
     return deltas
 
 
-def _prepare(params, xs, ys, h0, activation, precision):
+def _prepare(params, xs, ys, h0, options: Options):
     """Forward pass and the per-step quantities every per-loss recursion reuses."""
-    _, hs = hidden_states(params, xs, h0, activation, precision=precision)  # (T, B, H)
-    E, r, dV, dc = output_layer(params, hs, time_major(ys), precision)
-    Vr = jnp.matmul(r, params.V, precision=precision)  # (T, B, H): Vᵀ r_t
-    fprime = get_activation(activation).df_from_h(hs)  # (T, B, H): f'(h_k)
-    return hs, E, r, dV, dc, Vr, fprime
+    _, hs = hidden_states(params, xs, h0, options)  # (T, B, H)
+    E, r, dV, dc = output_layer(params, hs, time_major(ys), options.precision)
+    Vr = jnp.matmul(r, params.V, precision=options.precision)  # (T, B, H): Vᵀ r_t
+    return hs, E, r, dV, dc, Vr
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "truncate", "precision"))
-def per_loss_deltas_core(params, xs, ys, h0, *, activation="tanh", truncate=None, precision=None):
+@functools.partial(jax.jit, static_argnames=("options",))
+def per_loss_deltas_core(params, xs, ys, h0, *, options: Options = DEFAULT):
     r"""Every :math:`\delta_k^{(t)}`, ``(T_t, T_k, B, H)``, batched layout; no checks."""
-    _, _, _, _, _, Vr, fprime = _prepare(params, xs, ys, h0, activation, precision)
+    hs, _, _, _, _, Vr = _prepare(params, xs, ys, h0, options)
     T = Vr.shape[0]
     if T == 0:  # no loss, no step: nothing to map over
         return jnp.zeros((0, *Vr.shape), Vr.dtype)
-    return lax.map(
-        lambda t: _deltas_of_loss(t, params.U, Vr, fprime, truncate, precision), jnp.arange(T)
-    )
+    return lax.map(lambda t: _deltas_of_loss(t, params.U, Vr, hs, options), jnp.arange(T))
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "truncate", "precision"))
-def bptt_per_loss_core(params, xs, ys, h0, *, activation="tanh", truncate=None, precision=None):
+@functools.partial(jax.jit, static_argnames=("options",))
+def bptt_per_loss_core(params, xs, ys, h0, *, options: Options = DEFAULT):
     """The seed's double sum on the batched layout; no checks. Returns ``(E, grads)``."""
-    hs, E, r, _, _, Vr, fprime = _prepare(params, xs, ys, h0, activation, precision)
+    hs, E, r, _, _, Vr = _prepare(params, xs, ys, h0, options)
+    precision = options.precision
     T = hs.shape[0]
     if T == 0:  # E = 0 and every gradient zero, as for bptt
         return E, jax.tree.map(jnp.zeros_like, params)
@@ -105,7 +108,7 @@ def bptt_per_loss_core(params, xs, ys, h0, *, activation="tanh", truncate=None, 
 
     def loss_t(grads, inputs):  # adds ∂E_t/∂θ for one loss E_t
         t, r_t, h_t = inputs
-        deltas = _deltas_of_loss(t, params.U, Vr, fprime, truncate, precision)  # δ_k^(t)
+        deltas = _deltas_of_loss(t, params.U, Vr, hs, options)  # δ_k^(t)
         dU = jnp.einsum("kbi,kbj->ij", deltas, h_prev, precision=precision)
         return Params(
             U=grads.U + dU,  # Σ_k δ_k^(t) ⊗ h_{k−1}

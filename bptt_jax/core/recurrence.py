@@ -52,10 +52,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .activations import get_activation
 from .kernels import backward_recursion, forward_recursion, step_flags
 from .losses import log_softmax
+from .options import DEFAULT, Options
 from .params import DeepParams, Layer, Params
+from .steps import delta_step, forward_step
 
 
 def _cells(params) -> list[tuple[Layer, ...]]:
@@ -72,13 +73,6 @@ def _is_ids(X) -> bool:
 def _dot(a, b, precision):
     """``a @ b`` at ``precision`` (a ``jax.lax.Precision``, or ``None``: JAX's default)."""
     return jnp.matmul(a, b, precision=precision)
-
-
-def _project(W, X, precision=None):
-    """:math:`W x_t` for all steps: ``X`` time-major ``(T, B)`` ids or ``(T, B, D_in)``."""
-    if _is_ids(X):
-        return jnp.take(W.T, X, axis=0, mode="fill")  # (T, B, H): a gather of columns
-    return _dot(X, W.T, precision)  # (T, B, H)
 
 
 def _entry_resets(resets, mask, reverse: bool):
@@ -100,26 +94,23 @@ def _flip(a, reverse: bool):
     return jnp.flip(a, 0) if reverse and a is not None else a
 
 
-def _run(layer: Layer, X, h0, m, r, *, reverse: bool, f, pallas=None, precision=None):
-    """One direction: ``(h_final (B, H), hs (T, B, H))``, states frozen at padding.
-    ``pallas``: the activation's name to run the recursion as the Pallas kernel."""
-    a = _project(layer.W, X, precision) + layer.b  # (T, B, H): W x_t + b, all steps at once
-    UT = layer.U.T
-    if pallas is not None:
+def _run(layer: Layer, X, h0, m, r, *, reverse: bool, options: Options):
+    """One direction: ``(h_final (B, H), hs (T, B, H))``, states frozen at padding; the
+    cell's :func:`.steps.forward_step` (or the Pallas kernel) in the direction's order."""
+    mm, cast = options.products(layer.U.dtype)
+    a = options.cell.project(layer, X, mm, cast)  # (T, B, H): W x_t + b, all steps at once
+    UT = cast(layer.U.T)
+    if options.pallas:
         flags = step_flags(*a.shape[:2], real=_flip(m, reverse), reset=_flip(r, reverse))
-        hs = forward_recursion(_flip(a, reverse), h0, UT, h0, flags, activation=pallas,
-                               precision=precision)  # fmt: skip
+        hs = forward_recursion(_flip(a, reverse), h0, UT, h0, flags, options=options)
         return (hs[-1] if hs.shape[0] else h0), _flip(hs, reverse)
+    step = forward_step(options.cell, mm, UT, h0)
 
-    def step(h_prev, inputs):  # (B, H)
-        a_t, m_t, r_t = inputs
-        h_in = h_prev if r_t is None else jnp.where(r_t, h0, h_prev)
-        h = f(_dot(h_in, UT, precision) + a_t)  # h_t = f(U h_in + W x_t + b)
-        if m_t is not None:
-            h = jnp.where(m_t, h, h_in)  # padding: the state stays frozen
+    def scan_step(h_prev, inputs):  # (B, H)
+        h = step(h_prev, *inputs)  # h_t = f(U h_in + W x_t + b)
         return h, h
 
-    return lax.scan(step, h0, (a, m, r), reverse=reverse)
+    return lax.scan(scan_step, h0, (a, m, r), reverse=reverse)
 
 
 def _entering(hs, h0, r, *, reverse: bool):
@@ -130,45 +121,35 @@ def _entering(hs, h0, r, *, reverse: bool):
     return prev if r is None else jnp.where(r, h0, prev)
 
 
-def _backprop(layer: Layer, X, h0, hs, m, r, G, dh_final, *, reverse: bool, df, pallas=None,
-              precision=None):  # fmt: skip
-    """The hand backward through one direction of one layer.
+def _backprop(layer: Layer, X, h0, hs, m, r, G, dh_final, *, reverse: bool, options: Options):
+    """The hand backward through one direction of one layer: the cell's
+    :func:`.steps.delta_step` (or the Pallas kernel) in reverse processing order.
 
     Args:
-      pallas: the activation's name to run the δ recursion as the Pallas kernel.
       G: ``(T, B, H)``, ∂L/∂(outputs), zero at padding.
       dh_final: ``(B, H)``, ∂L/∂(final state).
-      precision: every product's ``jax.lax.Precision`` (``None``: JAX's default).
+      options: the cell and the products' precision.
 
     Returns:
       ``(grads Layer, dh0 (B, H), deltas (T, B, H))``.
     """
-    U = layer.U
+    mm, cast = options.products(layer.U.dtype)
+    step = delta_step(options.cell, mm, cast(layer.U))
 
-    def step(carry, inputs):
-        g, dh0 = carry  # g: ∂L/∂h_t through the steps that read h_t; dh0 only with resets
-        G_t, h_t, m_t, r_t = inputs
-        total = G_t + g
-        delta = total * df(h_t)  # δ_t = (g_t + γ_{t±1}) ⊙ f'(h_t)
-        if m_t is not None:
-            delta = jnp.where(m_t, delta, 0)
-        g_in = _dot(delta, U, precision)  # ∂L/∂h_in_t = Uᵀ δ_t
-        if m_t is not None:
-            g_in = jnp.where(m_t, g_in, total)  # padding: h_t = h_in_t, pass it through
-        if r_t is not None:  # reset: h_in_t was h0
-            dh0 = dh0 + jnp.where(r_t, g_in, 0)
-            g_in = jnp.where(r_t, 0, g_in)
-        return (g_in, dh0), delta
+    def scan_step(carry, inputs):  # g: ∂L/∂h_t through the steps that read h_t
+        g, dh0, delta = step(*carry, *inputs)
+        return (g, dh0), delta
 
     carry = (dh_final, None if r is None else jnp.zeros_like(h0))
-    if pallas is None:
-        (g, dh0), deltas = lax.scan(step, carry, (G, hs, m, r), reverse=not reverse)
+    if not options.pallas:
+        (g, dh0), deltas = lax.scan(scan_step, carry, (G, hs, m, r), reverse=not reverse)
     else:  # the kernel runs last step first in the view: forward in time for `reverse`
         fl = functools.partial(_flip, reverse=reverse)
         flags = step_flags(*G.shape[:2], real=fl(m), reset=fl(r))
-        deltas, g, dh0_k = backward_recursion(fl(G), fl(hs), dh_final, U, flags, carry[1],
-                                              activation=pallas, precision=precision)  # fmt: skip
+        deltas, g, dh0_k = backward_recursion(fl(G), fl(hs), dh_final, cast(layer.U), flags,
+                                              carry[1], options=options)  # fmt: skip
         deltas, dh0 = fl(deltas), None if r is None else dh0_k
+    precision = options.precision
     dh0 = g if dh0 is None else dh0 + g  # the first step read h0
     h_in = _entering(hs, h0, r, reverse=reverse)
     H = deltas.shape[-1]
@@ -203,7 +184,7 @@ def _prepare(xs, mask, resets):
     return X, m, r
 
 
-def _forward(cells, X, h0s, m, r, f, pallas=None, precision=None):
+def _forward(cells, X, h0s, m, r, options: Options):
     """All layers forward: ``(layer inputs, states per cell, finals (L*D, B, H), top)``."""
     D = len(cells[0])
     inputs, states, finals = [], [], []
@@ -219,9 +200,7 @@ def _forward(cells, X, h0s, m, r, f, pallas=None, precision=None):
                 m,
                 _entry_resets(r, m, rev),
                 reverse=rev,
-                f=f,
-                pallas=pallas,
-                precision=precision,
+                options=options,
             )
             states.append(hs)
             finals.append(h_fin)
@@ -230,7 +209,7 @@ def _forward(cells, X, h0s, m, r, f, pallas=None, precision=None):
     return inputs, states, jnp.stack(finals), X
 
 
-def _backward(cells, inputs, states, h0s, m, r, G, dfinals, df, pallas=None, precision=None):
+def _backward(cells, inputs, states, h0s, m, r, G, dfinals, options: Options):
     """All layers backward, top first: ``(grads per cell, dh0 (L*D, B, H), dX or None)``."""
     D = len(cells[0])
     H = cells[0][0].U.shape[0]
@@ -245,10 +224,10 @@ def _backward(cells, inputs, states, h0s, m, r, G, dfinals, df, pallas=None, pre
                 G_d = jnp.where(m, G_d, 0)  # outputs at padding are constants
             grads[l][d], dh0[i], deltas = _backprop(
                 layer, inputs[l], h0s[i], states[i], m, _entry_resets(r, m, rev), G_d,
-                dfinals[i], reverse=rev, df=df, pallas=pallas, precision=precision,
+                dfinals[i], reverse=rev, options=options,
             )  # fmt: skip
             if l > 0 or not _is_ids(inputs[0]):
-                term = _dot(deltas, layer.W, precision)  # W^{ℓ}ᵀ δ^{ℓ}_t, all steps at once
+                term = _dot(deltas, layer.W, options.precision)  # W^{ℓ}ᵀ δ^{ℓ}_t, all steps
                 G_below = term if G_below is None else G_below + term
         G = G_below
     return grads, jnp.stack(dh0), G
@@ -277,50 +256,40 @@ def _stacked(params, h0):
 # --- the recurrence ------------------------------------------------------------------
 
 
-def _pallas(activation: str, kernel: str):
-    """``_run``/``_backprop``'s ``pallas``: the activation's name, or None for the scan."""
-    return activation if kernel == "pallas" else None
-
-
-def _recurrence_fwd_impl(params, xs, h0, mask, resets, activation, kernel, precision):
-    f = get_activation(activation).f
+def _recurrence_fwd_impl(params, xs, h0, mask, resets, options):
     X, m, r = _prepare(xs, mask, resets)
     h0s = _stacked(params, h0)
-    inputs, states, finals, top = _forward(_cells(params), X, h0s, m, r, f,
-                                           _pallas(activation, kernel), precision)  # fmt: skip
+    inputs, states, finals, top = _forward(_cells(params), X, h0s, m, r, options)
     h_T = finals[0] if isinstance(params, Params) else finals
     return (_time_major(top), h_T), (inputs, states)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def recurrence_core(params, xs, h0, mask, resets, activation, kernel="scan", precision=None):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def recurrence_core(params, xs, h0, mask, resets, options=DEFAULT):
     r"""The hidden states and final states; a ``jax.custom_vjp`` with the hand backward.
 
     Batched layout, no checks: ``xs (B, T)`` ids or ``(B, T, K)`` vectors in the params'
     dtype, ``h0 (B, H)`` (``(L*D, B, H)`` for :class:`DeepParams`), ``mask`` and
     ``resets`` ``(B, T)`` bool or ``None``. Returns ``hs (B, T, D*H)`` (zeros at padding)
-    and ``h_T`` like ``h0``. ``kernel``: ``"scan"`` or ``"pallas"`` (both recursions).
-    ``precision``: every product's ``jax.lax.Precision``, forward and hand backward
-    (``None``: JAX's default).
+    and ``h_T`` like ``h0``. ``options``: the cell, ``kernel`` (``"scan"`` or
+    ``"pallas"``, both recursions) and ``precision`` (every product's, forward and hand
+    backward; ``None``: JAX's default).
     """
-    return _recurrence_fwd_impl(params, xs, h0, mask, resets, activation, kernel, precision)[0]
+    return _recurrence_fwd_impl(params, xs, h0, mask, resets, options)[0]
 
 
-def _recurrence_fwd(params, xs, h0, mask, resets, activation, kernel, precision):
-    out, (inputs, states) = _recurrence_fwd_impl(
-        params, xs, h0, mask, resets, activation, kernel, precision
-    )
+def _recurrence_fwd(params, xs, h0, mask, resets, options):
+    out, (inputs, states) = _recurrence_fwd_impl(params, xs, h0, mask, resets, options)
     return out, (params, inputs, states, h0, mask, resets)
 
 
-def _recurrence_bwd(activation, kernel, precision, res, cts):
+def _recurrence_bwd(options, res, cts):
     params, inputs, states, h0, mask, resets = res
     d_hs, d_hT = cts  # (B, T, D*H), like h0
-    df = get_activation(activation).df_from_h
     m, r = _masks(mask, resets)
     grads, dh0, dX = _backward(
         _cells(params), inputs, states, _stacked(params, h0), m, r, _time_major(d_hs),
-        _stacked(params, d_hT), df, _pallas(activation, kernel), precision,
+        _stacked(params, d_hT), options,
     )  # fmt: skip
     dparams = _as_params(params, grads, zero_output=True)
     dxs = None if dX is None else _time_major(dX)  # integer ids: no cotangent
@@ -328,9 +297,8 @@ def _recurrence_bwd(activation, kernel, precision, res, cts):
 
 
 recurrence_core.defvjp(_recurrence_fwd, _recurrence_bwd)
-#: ``recurrence_core`` compiled (one dispatch when called eagerly); ``activation``,
-#: ``kernel`` and ``precision`` static.
-recurrence_jit = jax.jit(recurrence_core, static_argnums=(5, 6, 7))
+#: ``recurrence_core`` compiled (one dispatch when called eagerly); ``options`` static.
+recurrence_jit = jax.jit(recurrence_core, static_argnums=(5,))
 
 
 # --- the output layer of the loss (:mod:`.hand_loss`, :mod:`.deep`) -------------------

@@ -27,10 +27,11 @@ import optax
 
 from .bptt import bptt_core
 from .deep import deep_bptt_core
+from .options import DEFAULT, Options
 from .params import DeepParams, Params, from_deep, to_deep
 
 
-def hand_bptt(params: Params | DeepParams, xs, ys, h0, resets=None, **options):
+def hand_bptt(params: Params | DeepParams, xs, ys, h0, resets=None, options: Options = DEFAULT):
     r"""The hand BPTT of any model, with per-step resets *to the zero state*.
 
     .. math::
@@ -48,8 +49,8 @@ def hand_bptt(params: Params | DeepParams, xs, ys, h0, resets=None, **options):
       xs, ys: ``(B, T)`` ids (``ys`` may be ``(B, T, C)`` probabilities).
       resets: ``(B, T)`` bool or ``None`` (no resets: the seed's ``bptt_core`` for
         :class:`Params`).
-      options: keyword options both cores take (``activation``, ``matmul_dtype``,
-        ``recompute``, ``truncate``, ...).
+      options: the cell and the backward's options
+        (:class:`~bptt_jax.core.options.Options`).
 
     Returns:
       ``(E, grads like params, dh0, h_T)``; ``dh0`` = :math:`U^\top\delta_1` (no
@@ -57,12 +58,12 @@ def hand_bptt(params: Params | DeepParams, xs, ys, h0, resets=None, **options):
     """
     if isinstance(params, Params):
         if resets is None:
-            return bptt_core(params, xs, ys, h0, **options)
+            return bptt_core(params, xs, ys, h0, options=options)
         E, grads, dh0, h_T = deep_bptt_core(
-            to_deep(params), xs, ys, h0[None], resets=resets, zero_resets=True, **options
+            to_deep(params), xs, ys, h0[None], resets=resets, options=options, zero_resets=True
         )
         return E, from_deep(grads), dh0[0], h_T[0]
-    return deep_bptt_core(params, xs, ys, h0, resets=resets, zero_resets=True, **options)
+    return deep_bptt_core(params, xs, ys, h0, resets=resets, options=options, zero_resets=True)
 
 
 class StepResult(NamedTuple):

@@ -29,8 +29,10 @@ import jax
 import jax.numpy as jnp
 
 from ..core.activations import get_activation
+from ..core.cell import RNNCell
 from ..core.deep import cell_outputs
 from ..core.deep_per_loss import deep_per_loss_deltas_core
+from ..core.options import DEFAULT, Options
 from ..core.params import DeepParams, Params, init_params
 from ..core.per_loss import per_loss_deltas_core
 from ..core.rnn import hidden_states
@@ -137,22 +139,18 @@ def _spectral_norm(U: jax.Array) -> jax.Array:
     return jnp.linalg.norm(U, 2) if U.size else jnp.zeros((), U.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "precision"))
-def gradient_flow_core(
-    params: Params, xs, ys, h0, *, activation: str = "tanh", precision=None
-) -> GradientFlow:
-    """:func:`bptt_jax.gradient_flow` on the batched layout; no checks. ``precision``:
-    every matrix product's ``jax.lax.Precision`` (``None``: JAX's default)."""
-    act = get_activation(activation)
+@functools.partial(jax.jit, static_argnames=("options",))
+def gradient_flow_core(params: Params, xs, ys, h0, *, options: Options = DEFAULT) -> GradientFlow:
+    """:func:`bptt_jax.gradient_flow` on the batched layout; no checks. ``options``: the
+    cell and every matrix product's ``precision`` (``None``: JAX's default)."""
+    act = get_activation(options.cell.activation)
     T, (B, H) = xs.shape[1], h0.shape
     if T == 0:  # per_loss_deltas_core cannot index an empty sequence
         deltas = jnp.zeros((0, 0, B, H), h0.dtype)
     else:
-        deltas = per_loss_deltas_core(
-            params, xs, ys, h0, activation=activation, precision=precision
-        )  # (T, T, B, H)
+        deltas = per_loss_deltas_core(params, xs, ys, h0, options=options)  # (T, T, B, H)
     delta_norms = jnp.mean(jnp.linalg.norm(deltas, axis=-1), axis=-1)  # (T, T)
-    _, hs = hidden_states(params, xs, h0, activation, precision=precision)  # (T, B, H)
+    _, hs = hidden_states(params, xs, h0, options)  # (T, B, H)
     max_slopes = jnp.max(jnp.abs(act.df_from_h(hs)), axis=(1, 2), initial=0)  # (T,)
     return _flow(delta_norms, max_slopes, _spectral_norm(params.U), act.max_slope)
 
@@ -166,11 +164,10 @@ def _flip_time(flow: GradientFlow) -> GradientFlow:
     )  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "reduction", "precision"))
+@functools.partial(jax.jit, static_argnames=("options", "reduction"))
 def deep_gradient_flow_core(
-    params: DeepParams, xs, ys, h0, mask=None, *, activation: str = "tanh", reduction: str = "sum",
-    precision=None,
-) -> GradientFlow:  # fmt: skip
+    params: DeepParams, xs, ys, h0, mask=None, *, options: Options = DEFAULT, reduction="sum"
+) -> GradientFlow:
     r""":func:`bptt_jax.gradient_flow` for a :class:`DeepParams`; every field ``(L*D, ...)``.
 
     Per cell (layer l, direction d): the norms of the hand per-loss deltas
@@ -186,7 +183,7 @@ def deep_gradient_flow_core(
     above, so there the product is the attenuation along its recurrence alone,
     not a bound on the measured norms. Batched layout; no checks.
     """
-    act = get_activation(activation)
+    act = get_activation(options.cell.activation)
     T, (LD, B, H) = xs.shape[1], h0.shape
     if T == 0:
         deltas = jnp.zeros((0, 0, LD, B, H), h0.dtype)
@@ -197,12 +194,11 @@ def deep_gradient_flow_core(
             ys,
             h0,
             mask,
-            activation=activation,
+            options=options,
             reduction=reduction,
-            precision=precision,
         )  # (T, T, L*D, B, H)
     norms = jnp.mean(jnp.linalg.norm(deltas, axis=-1), axis=-1)  # (T, T, L*D)
-    m, outs = cell_outputs(params, xs, h0, mask, activation, precision)  # (T, B), [l][d] (T, B, H)
+    m, outs = cell_outputs(params, xs, h0, mask, options)  # (T, B), [l][d] (T, B, H)
     D = params.num_directions
     flows = []
     for l, cell in enumerate(params.cells()):
@@ -285,7 +281,8 @@ def spectral_sweep(
                 kp, vocab_size, hidden_size, init=init, spectral_radius=s, dtype=dtype
             )
             h0 = jnp.zeros((batch, hidden_size), dtype)
-            flow = gradient_flow_core(params, xs, ys, h0, activation=a, precision=precision)
+            options = Options(cell=RNNCell(a), precision=precision)
+            flow = gradient_flow_core(params, xs, ys, h0, options=options)
             rate, gamma = float(flow.decay_rate), float(flow.gamma)
             rows.append(
                 SweepRow(

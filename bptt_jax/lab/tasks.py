@@ -30,8 +30,10 @@ import numpy as np
 import optax
 from jax import lax
 
+from ..core.cell import RNNCell
 from ..core.clipping import make_clipper
 from ..core.losses import log_softmax
+from ..core.options import Options
 from ..core.params import init_params
 from ..core.rnn import hidden_states, output_logits
 from ..core.step import hand_bptt, train_step
@@ -103,20 +105,15 @@ class DelayCurves(NamedTuple):
     signal: np.ndarray  # (D,): Σ_t‖δ_{t−d}^(t)‖ / Σ_t‖δ_t^(t)‖ at initialisation
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "batch", "steps", "vocab_size", "iterations", "learning_rate", "activation", "clip",
-        "clip_value", "clip_delta", "precision",
-    ),
-)  # fmt: skip
-def _train(params, key, delays, *, batch, steps, vocab_size, iterations, learning_rate,
-           activation, clip, clip_value, clip_delta, precision=None):  # fmt: skip
-    """Per delay: loss, accuracy, gradient norm ``(N,)`` each; vmapped over delays."""
-    opt = optax.chain(make_clipper(clip, clip_value), optax.adam(learning_rate))
-    grad_fn = functools.partial(
-        hand_bptt, activation=activation, clip_delta=clip_delta, precision=precision
-    )
+@functools.partial(jax.jit, static_argnames=("sizes", "learning_rate", "clip", "options"))
+def _train(params, key, delays, *, sizes, learning_rate, clip, options):
+    """Per delay: loss, accuracy, gradient norm ``(N,)`` each; vmapped over delays.
+    ``sizes``: ``(batch, steps, vocab_size, iterations)``; ``clip``: ``(name, value)``
+    of the optax clipper; ``options``: the cell, ``clip_delta``, ``precision``."""
+    batch, steps, vocab_size, iterations = sizes
+    precision = options.precision
+    opt = optax.chain(make_clipper(*clip), optax.adam(learning_rate))
+    grad_fn = functools.partial(hand_bptt, options=options)
     h0 = jnp.zeros((batch, params.U.shape[0]), params.U.dtype)
     t = jnp.arange(steps)
 
@@ -132,7 +129,7 @@ def _train(params, key, delays, *, batch, steps, vocab_size, iterations, learnin
                              skip_nonfinite=False)  # fmt: skip
             gnorm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(new.grads)))
             # Metrics on the labelled steps, t > d, of this batch before the update.
-            _, hs = hidden_states(params, xs, h0, activation, precision=precision)  # (T, B, H)
+            _, hs = hidden_states(params, xs, h0, options)  # (T, B, H)
             log_p = log_softmax(output_logits(params, hs, precision))  # (T, B, K)
             labelled = (t >= d)[:, None]  # (T, 1)
             target = jnp.swapaxes(jnp.argmax(ys, -1), 0, 1)  # (T, B)
@@ -183,7 +180,8 @@ def train_delay(
       :class:`DelayCurves` with ``loss`` and ``accuracy`` ``(D, N)`` and
       ``signal`` ``(D,)``.
     """
-    clip_delta = remedy.clip_delta
+    options = Options(cell=RNNCell(remedy.activation), clip_delta=remedy.clip_delta,
+                      precision=precision)  # fmt: skip
     delays = tuple(int(d) for d in delays)
     kp, kd, kf = jax.random.split(key, 3)
     params = init_params(
@@ -193,22 +191,14 @@ def train_delay(
         params,
         kd,
         jnp.asarray(delays, jnp.int32),
-        batch=batch,
-        steps=steps,
-        vocab_size=vocab_size,
-        iterations=iterations,
+        sizes=(batch, steps, vocab_size, iterations),
         learning_rate=learning_rate,
-        activation=remedy.activation,
-        clip=remedy.clip,
-        clip_value=remedy.clip_value,
-        clip_delta=clip_delta,
-        precision=precision,
+        clip=(remedy.clip, remedy.clip_value),
+        options=options,
     )
     xs, ys = delay_task(kf, batch=batch, steps=steps, delay=0, vocab_size=vocab_size)
     h0 = jnp.zeros((batch, hidden_size), params.U.dtype)
-    flow = gradient_flow_core(
-        params, xs, ys, h0, activation=remedy.activation, precision=precision
-    )
+    flow = gradient_flow_core(params, xs, ys, h0, options=options._replace(clip_delta=None))
     decay = np.asarray(flow.decay)  # (T,): by distance d
     return DelayCurves(
         remedy=remedy,

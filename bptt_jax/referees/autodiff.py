@@ -13,25 +13,33 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ..core.activations import get_activation
 from ..core.deep import deep_loss_core
 from ..core.losses import cross_entropy, log_softmax
-from ..core.rnn import hidden_states, input_projection, loss_core, time_major
+from ..core.options import DEFAULT
+from ..core.rnn import hidden_states, loss_core, time_major
 
 
 def _dot(a, b, precision):
     return jnp.matmul(a, b, precision=precision)
 
 
-def chunked_loss(params, xs, ys, h0, *, activation="tanh", truncate=None, precision=None):
+def _projection(params, xs, precision):
+    """:math:`W x_t + b` for every step, ``(T, B, H)``: a gather for ids, else a product."""
+    if jnp.issubdtype(xs.dtype, jnp.integer):
+        return jnp.take(params.W.T, xs.T, axis=0, mode="fill") + params.b
+    return jnp.einsum("btk,hk->tbh", xs, params.W, precision=precision) + params.b
+
+
+def chunked_loss(params, xs, ys, h0, *, options=DEFAULT):
     """The loss, with the carried state detached (``stop_gradient``) after every
     τ-th step: its autodiff gradient is BPTT cut every τ steps. Same value as
     :func:`bptt_jax.loss`. Batched layout, no checks. Every product at ``precision``
-    (``jax.grad``'s transposed products too: JAX keeps a product's precision)."""
+    (``jax.grad``'s transposed products too: JAX keeps a product's precision).
+    ``options``: the cell's activation, ``truncate`` and ``precision``."""
+    truncate, precision, f = options.truncate, options.precision, options.cell.f
     if truncate is None:
-        return loss_core(params, xs, ys, h0, activation=activation, precision=precision)
-    f = get_activation(activation).f
-    a = input_projection(params.W, xs, precision=precision) + params.b  # (T, B, H)
+        return loss_core(params, xs, ys, h0, options=options)
+    a = _projection(params, xs, precision)  # (T, B, H)
 
     def step(h_prev, inputs):
         t, a_t = inputs  # t is 1-based
@@ -44,17 +52,17 @@ def chunked_loss(params, xs, ys, h0, *, activation="tanh", truncate=None, precis
     return cross_entropy(log_softmax(z), time_major(ys))
 
 
-def windowed_loss(params, xs, ys, h0, *, activation="tanh", truncate=None, precision=None):
+def windowed_loss(params, xs, ys, h0, *, options=DEFAULT):
     """The loss as a sum of E_t, each recomputed from a detached state τ steps
     back: its autodiff gradient is the sliding-window truncation of
     :func:`bptt_jax.bptt_per_loss`. Same value as :func:`bptt_jax.loss`.
-    Batched layout, no checks; every product at ``precision``."""
+    Batched layout, no checks; every product at ``options.precision``."""
+    truncate, precision, f = options.truncate, options.precision, options.cell.f
     if truncate is None:
-        return loss_core(params, xs, ys, h0, activation=activation, precision=precision)
-    f = get_activation(activation).f
-    _, hs = hidden_states(params, xs, h0, activation, precision=precision)
+        return loss_core(params, xs, ys, h0, options=options)
+    _, hs = hidden_states(params, xs, h0, options)
     states = lax.stop_gradient(jnp.concatenate([h0[None], hs]))  # (T+1, B, H): h_0..h_T
-    a = input_projection(params.W, xs, precision=precision) + params.b  # (T, B, H)
+    a = _projection(params, xs, precision)  # (T, B, H)
     ys_tm = time_major(ys)
 
     def E_t(t):  # 0-based loss index; the window is steps t-τ+1 .. t
@@ -72,7 +80,7 @@ def windowed_loss(params, xs, ys, h0, *, activation="tanh", truncate=None, preci
     return jnp.sum(jax.vmap(E_t)(jnp.arange(xs.shape[1])))
 
 
-_STATIC = ("activation", "truncate", "precision")
+_STATIC = ("options",)
 _chunked_grad = jax.jit(jax.value_and_grad(chunked_loss), static_argnames=_STATIC)
 _windowed_grad = jax.jit(jax.value_and_grad(windowed_loss), static_argnames=_STATIC)
 _h0_grad = jax.jit(jax.grad(chunked_loss, argnums=3), static_argnames=_STATIC)
@@ -81,15 +89,15 @@ _h0_grad = jax.jit(jax.grad(chunked_loss, argnums=3), static_argnames=_STATIC)
 #: bidirectional, padded, ``reduction="mean"``; the seed's Params as a one-layer
 #: DeepParams) by ``jax.value_and_grad``. Batched layout, no checks.
 deep_value_and_grad = jax.jit(
-    jax.value_and_grad(deep_loss_core), static_argnames=("activation", "reduction", "precision")
+    jax.value_and_grad(deep_loss_core), static_argnames=("options", "reduction")
 )
 #: ∂E/∂h_0 ``(L*D, B, H)`` of the same loss by ``jax.grad``.
 deep_h0_grad = jax.jit(
-    jax.grad(deep_loss_core, argnums=3), static_argnames=("activation", "reduction", "precision")
+    jax.grad(deep_loss_core, argnums=3), static_argnames=("options", "reduction")
 )
 
 
-def zero_reset_loss(params, xs, ys, h0, resets, *, activation="tanh", precision=None):
+def zero_reset_loss(params, xs, ys, h0, resets, *, options=DEFAULT):
     r"""The loss of a training chunk whose documents start from zero: a reset at
     ``t`` makes the state entering step t zero, the row's first step reads ``h0``
     (:func:`bptt_jax.core.step.hand_bptt`'s rule), written with the public loss's
@@ -108,18 +116,16 @@ def zero_reset_loss(params, xs, ys, h0, resets, *, activation="tanh", precision=
     T = xs.shape[1]
     t = jnp.arange(T)
     first = jnp.where(jnp.any(resets, axis=1), jnp.argmax(resets, axis=1), T)  # (B,)
-    head = deep_loss_core(params, xs, ys, h0, t < first[:, None], None,
-                          activation=activation, precision=precision)  # fmt: skip
+    head = deep_loss_core(params, xs, ys, h0, t < first[:, None], None, options=options)
     idx = jnp.minimum(t + first[:, None], T - 1)  # (B, T): the rest, shifted to the front
     shift = lambda a: jnp.take_along_axis(a, idx.reshape(idx.shape + (1,) * (a.ndim - 2)), 1)  # noqa: E731
     real = t < (T - first)[:, None]
     rest = deep_loss_core(params, shift(xs), shift(ys), jnp.zeros_like(h0), real,
-                          shift(resets) & real, activation=activation,
-                          precision=precision)  # fmt: skip
+                          shift(resets) & real, options=options)  # fmt: skip
     return head + rest
 
 
 #: ``(E, grads)`` of :func:`zero_reset_loss` by ``jax.value_and_grad``.
 zero_reset_value_and_grad = jax.jit(
-    jax.value_and_grad(zero_reset_loss), static_argnames=("activation", "precision")
+    jax.value_and_grad(zero_reset_loss), static_argnames=("options",)
 )

@@ -22,6 +22,7 @@ from jax.extend.core import ClosedJaxpr, Jaxpr
 
 import bptt_jax
 from bptt_jax.api.options import PRECISIONS, check_precision
+from bptt_jax.core.options import Options
 from bptt_jax.lab import diagnostics, tasks
 from bptt_jax.referees.tolerances import AUTODIFF, max_relative_error
 
@@ -151,8 +152,8 @@ def test_train_delay_core_carries_the_precision(value):
     precision = check_precision(VALUES[value])
     params = bptt_jax.init_params(jax.random.key(0), K, H)
     train = functools.partial(
-        tasks._train, batch=B, steps=T, vocab_size=K, iterations=2, learning_rate=0.1,
-        activation="tanh", clip="none", clip_value=None, clip_delta=None, precision=precision,
+        tasks._train, sizes=(B, T, K, 2), learning_rate=0.1, clip=("none", None),
+        options=Options(precision=precision),
     )  # fmt: skip
     jaxpr = jax.make_jaxpr(train)(params, jax.random.key(1), jnp.array([0, 1]))
     found = dot_precisions(jaxpr.jaxpr)

@@ -16,6 +16,7 @@ from bptt_jax.app.config import LEGACY, TrainConfig, TrainingError, check_config
 from bptt_jax.app.evaluate import evaluation, held_out, score, verify_gradients
 from bptt_jax.app.step import make_train_step, model_grad_fn
 from bptt_jax.app.streams import Streams
+from bptt_jax.core.options import Options
 from bptt_jax.core.params import init_params
 from bptt_jax.core.step import hand_bptt
 
@@ -146,7 +147,7 @@ def test_verify_every_checks_the_step_with_its_document_starts(kind, x64):
     h0 = 0.5 * jax.random.normal(jax.random.key(1), shape, jnp.float64)
     if bi:
         h0 = h0.at[1::2].set(0)  # right-to-left cells start every chunk from zero
-    step = None if kind == "seed" else model_grad_fn("tanh", bi)
+    step = None if kind == "seed" else model_grad_fn(Options(), bi)
     errors = verify_gradients(params, xs, ys, h0, step, resets=resets)
     assert max(errors.values()) <= 1e-10
 

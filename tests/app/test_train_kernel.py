@@ -4,8 +4,8 @@ import pytest
 
 from bptt_jax.app.checkpoint_schema import config_for_resume
 from bptt_jax.app.config import TrainConfig, TrainingError, check_config
-from bptt_jax.app.step import hand_grad_fn, run_kernel, step_grad_fn, training_mesh
-from bptt_jax.core.step import hand_bptt
+from bptt_jax.app.step import model_grad_fn, run_kernel, step_grad_fn, training_mesh
+from bptt_jax.core.options import Options
 
 
 def test_unknown_kernel_is_a_clear_error():
@@ -28,8 +28,7 @@ def test_auto_trains_with_the_scan_and_pallas_reaches_the_step():
     fn = step_grad_fn(
         TrainConfig(kernel="pallas", batch_size=4, hidden_size=64), training_mesh(1, 4)
     )
-    assert fn is hand_grad_fn(None, False, "pallas")
-    assert fn.func is hand_bptt and fn.keywords["kernel"] == "pallas"
+    assert fn is model_grad_fn(Options(kernel="pallas"), False)
 
 
 def test_checkpoints_without_a_kernel_resume_with_the_scan_and_may_switch():

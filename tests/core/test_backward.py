@@ -21,6 +21,7 @@ import bptt_jax
 from bptt_jax import DeepParams, Layer
 from bptt_jax.core.activations import get_activation
 from bptt_jax.core.deep import deep_bptt_core
+from bptt_jax.core.options import Options
 
 K, H, C, B, T = 5, 4, 6, 3, 7
 
@@ -248,7 +249,7 @@ def test_recompute_lowers_the_memory_of_a_bidirectional_model():
     h0 = jnp.zeros((2 * L, Bm, Hm))
 
     def temp_bytes(recompute):
-        fn = functools.partial(deep_bptt_core, recompute=recompute, chunk=16)
+        fn = functools.partial(deep_bptt_core, options=Options(recompute=recompute, chunk=16))
         return jax.jit(fn).lower(p, xs, xs, h0).compile().memory_analysis().temp_size_in_bytes
 
     TBH = Tm * Bm * Hm * 4
@@ -266,7 +267,7 @@ def test_no_time_by_classes_array_in_deep_models(bi):
     mask = jnp.ones((Bb, Tb), bool)
 
     def largest(**kw):
-        fn = lambda *a: deep_bptt_core(*a, **kw)  # noqa: E731
+        fn = lambda *a: deep_bptt_core(*a, options=Options(**kw))  # noqa: E731
         jaxpr = jax.make_jaxpr(fn)(p, xs, ys, h0, mask).jaxpr
         return max(int(np.prod(v.aval.shape)) for eqn in equations(jaxpr) for v in eqn.outvars)
 

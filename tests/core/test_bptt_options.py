@@ -22,6 +22,7 @@ from jax import lax
 
 import bptt_jax
 from bptt_jax.core.bptt import bptt_core
+from bptt_jax.core.options import Options
 from bptt_jax.core.schedule import default_chunk
 
 T = 11  # a prime: most chunk sizes leave a first, shorter chunk
@@ -69,13 +70,14 @@ def test_chunks_carry_dh_T_truncation_and_clipping(recompute, x64):
     # clipping (not a gradient of E, so refereed by the one-chunk run).
     params, xs, ys, h0 = make_problem(K=6, H=5, B=3, T=T, h0=True)
     dh_T = 0.3 * jnp.ones_like(h0)
-    whole = bptt_core(params, xs, ys, h0, dh_T, truncate=4, clip_delta=0.5, chunk=T)
-    chunked = bptt_core(
-        params, xs, ys, h0, dh_T, truncate=4, clip_delta=0.5, chunk=3, recompute=recompute
+    whole = bptt_core(
+        params, xs, ys, h0, dh_T, options=Options(truncate=4, clip_delta=0.5, chunk=T)
     )
+    options = Options(truncate=4, clip_delta=0.5, chunk=3, recompute=recompute)
+    chunked = bptt_core(params, xs, ys, h0, dh_T, options=options)
     assert_tree_close(chunked, whole, rtol=RTOL["float64"])
     # And the clipping is active here, so that this compared something.
-    unclipped = bptt_core(params, xs, ys, h0, dh_T, truncate=4, chunk=T)
+    unclipped = bptt_core(params, xs, ys, h0, dh_T, options=Options(truncate=4, chunk=T))
     assert max_rel_error(unclipped[1].U, whole[1].U) > 1e-3
 
 
@@ -94,7 +96,7 @@ def test_no_time_by_classes_array_is_built():
     params, xs, ys, h0 = make_problem(K=K, H=H, B=B, T=T_, h0=True, dtype="float32")
 
     def largest(**kw):
-        fn = lambda p, x, y, h: bptt_core(p, x, y, h, **kw)  # noqa: E731
+        fn = lambda p, x, y, h: bptt_core(p, x, y, h, options=Options(**kw))  # noqa: E731
         jaxpr = jax.make_jaxpr(fn)(params, xs, ys, h0).jaxpr
         return max(int(np.prod(v.aval.shape)) for eqn in equations(jaxpr) for v in eqn.outvars)
 
@@ -118,7 +120,9 @@ def test_memory_of_the_fast_paths():
 
     params, xs, ys, h0 = make_problem(K=5, H=64, B=4, T=1024, h0=True, dtype="float32")
     store_all = temp_bytes(lambda *a: bptt_core(*a)[:2], params, xs, ys, h0)
-    recompute = temp_bytes(lambda *a: bptt_core(*a, recompute=True)[:2], params, xs, ys, h0)
+    recompute = temp_bytes(
+        lambda *a: bptt_core(*a, options=Options(recompute=True))[:2], params, xs, ys, h0
+    )
     TBH = 1024 * 4 * 64 * 4  # the bytes of all h_t
     assert store_all >= TBH > 4 * recompute, (store_all, recompute)
 
@@ -169,7 +173,7 @@ def Params_fields():
 
 def test_bf16_products_are_bf16():
     params, xs, ys, h0 = make_problem(K=6, H=5, B=2, T=4, h0=True, dtype="float32")
-    fn = lambda *a: bptt_core(*a, matmul_dtype=jnp.bfloat16)  # noqa: E731
+    fn = lambda *a: bptt_core(*a, options=Options(matmul_dtype=jnp.bfloat16))  # noqa: E731
     dots = [
         eqn
         for eqn in equations(jax.make_jaxpr(fn)(params, xs, ys, h0).jaxpr)

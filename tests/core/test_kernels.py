@@ -20,8 +20,9 @@ from jax import export
 import bptt_jax
 from bptt_jax.api.options import check_kernel, resolve_kernel
 from bptt_jax.core import kernels
-from bptt_jax.core.backward import _delta_step, _project, _run
-from bptt_jax.core.deep import _ctx
+from bptt_jax.core.backward import _run, _scan_step, make_ctx
+from bptt_jax.core.cell import RNNCell
+from bptt_jax.core.options import Options
 from bptt_jax.core.params import Layer
 
 T, H, K, C = 6, 5, 4, 5
@@ -48,11 +49,11 @@ def _scan_reference(activation, dtype, B, clip_delta, masks):
     """The scan path's two recursions (``core/backward.py``) for :func:`_case`."""
     layer, X, h_start, h0, m, e, k, G, g = _case(B, dtype)
     m, e, k = (m, e, k) if masks else (None, None, None)
-    ctx = _ctx(activation, None, jnp.dtype(dtype), 1, clip_delta)
+    ctx = make_ctx(Options(cell=RNNCell(activation), clip_delta=clip_delta), jnp.dtype(dtype))
     h_end, hs = _run(ctx, layer, X, h_start, h0, m, e)
     acc = None if e is None else jnp.zeros_like(g)
     (g, acc), deltas = jax.lax.scan(
-        _delta_step(ctx, layer.U), (g, acc), (G, hs, m, e, k), reverse=True
+        _scan_step(ctx, layer.U), (g, acc), (G, hs, m, e, k), reverse=True
     )
     return hs, h_end, deltas, g, acc
 
@@ -62,10 +63,9 @@ def _kernel_result(activation, dtype, B, clip_delta, masks):
     layer, X, h_start, h0, m, e, k, G, g = _case(B, dtype)
     flags = kernels.step_flags(T, B, m, e, k) if masks else None
     a = X @ layer.W.T + layer.b
-    hs = kernels.forward_recursion(a, h_start, layer.U.T, h0, flags, activation=activation)
-    deltas, g, acc = kernels.backward_recursion(
-        G, hs, g, layer.U, flags, activation=activation, clip_delta=clip_delta
-    )
+    options = Options(cell=RNNCell(activation), clip_delta=clip_delta)
+    hs = kernels.forward_recursion(a, h_start, layer.U.T, h0, flags, options=options)
+    deltas, g, acc = kernels.backward_recursion(G, hs, g, layer.U, flags, options=options)
     return hs, hs[-1], deltas, g, acc
 
 
@@ -101,8 +101,8 @@ def test_kernels_match_scan_float64(activation, x64):
 
 def test_bfloat16_products_accumulate_in_float32():
     layer, X, h_start = _case(3, "float32")[:3]
-    ctx = _ctx("tanh", jnp.bfloat16, jnp.dtype("float32"), 1, None)
-    a = _project(ctx, layer.W, X) + layer.b  # W x_t + b as the scan path computes it
+    ctx = make_ctx(Options(matmul_dtype=jnp.dtype(jnp.bfloat16)), jnp.dtype("float32"))
+    a = RNNCell().project(layer, X, ctx.mm, ctx.cast)  # W x_t + b as the scan path has it
     hs = kernels.forward_recursion(a, h_start, layer.U.T.astype(jnp.bfloat16))
     assert hs.dtype == jnp.float32
     want = _run(ctx, layer, X, h_start, h_start, None, None)[1]
@@ -122,9 +122,9 @@ def test_triton_lowering_builds_without_a_gpu(activation):
             jax.ShapeDtypeStruct((3, Hc), jnp.float32),
         )
         U, fl = jax.ShapeDtypeStruct((Hc, Hc), dt), jax.ShapeDtypeStruct((T, 3), jnp.int32)
-        fwd = functools.partial(kernels.forward_recursion, activation=activation, interpret=False)
-        bwd = functools.partial(kernels.backward_recursion, activation=activation,
-                                clip_delta=1.0, interpret=False)  # fmt: skip
+        options = Options(cell=RNNCell(activation), clip_delta=1.0)
+        fwd = functools.partial(kernels.forward_recursion, options=options, interpret=False)
+        bwd = functools.partial(kernels.backward_recursion, options=options, interpret=False)
         for fn, args in ((fwd, (a, h, U, h, fl)), (bwd, (a, a, h, U, fl, h))):
             text = export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=skip)(*args)
             assert text.mlir_module().count("xla.gpu.triton") == 1

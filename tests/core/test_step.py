@@ -15,6 +15,7 @@ from helpers import assert_tree_close, slow_except
 from test_backward import deep_params
 
 import bptt_jax
+from bptt_jax.core.options import Options
 from bptt_jax.core.step import hand_bptt
 
 T, K, C = 7, 5, 6
@@ -39,7 +40,7 @@ def test_resets_restart_from_zero_and_equal_the_segments_alone(kind, x64):
     resets = jnp.zeros((2, T), bool)
     for b, cuts in CUTS.items():
         resets = resets.at[b, jnp.array(cuts)].set(True)
-    E, grads, _, h_T = hand_bptt(params, xs, ys, h0, resets, chunk=2)
+    E, grads, _, h_T = hand_bptt(params, xs, ys, h0, resets, Options(chunk=2))
     E_ref, grads_ref, finals = 0.0, jax.tree.map(jnp.zeros_like, params), []
     for b, cuts in CUTS.items():
         for i, (a, e) in enumerate(itertools.pairwise((0, *cuts, T))):
