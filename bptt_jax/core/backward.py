@@ -40,12 +40,16 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .bptt import _rows
 from .kernels import backward_recursion, forward_recursion, step_flags
 from .losses import softmax_cross_entropy
 from .options import Options
 from .params import Layer
 from .steps import delta_step, forward_step
+
+
+def _rows(a: jax.Array) -> jax.Array:
+    """``(c, B, ...) -> (c·B, ...)``: a chunk's steps as the rows of 2-D products."""
+    return a.reshape(-1, *a.shape[2:])
 
 
 class _Ctx(NamedTuple):
@@ -149,7 +153,7 @@ def _output_chunk(ctx: _Ctx, V, c, top_c, y_c, m_c, scale):
         E_c, r = softmax_cross_entropy(z, y2, m2[:, 0])  # padded rows: no loss
         E_c = E_c * scale
         r = jnp.where(m2, r, 0) * scale
-    Vr = ctx.mm(r, ctx.cast(V)).reshape(*top_c.shape[:2], -1)  # Vᵀ r_t
+    Vr = ctx.mm(r, ctx.cast(V)).reshape(*top_c.shape[:2], V.shape[1])  # Vᵀ r_t
     return E_c, ctx.mm(_transposed(r), h2), jnp.sum(r, axis=0), Vr
 
 
