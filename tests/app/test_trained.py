@@ -12,15 +12,20 @@ import struct
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 import bptt_jax
-from bptt_jax.app.checkpoint import MAGIC
+from bptt_jax.app.checkpoint import MAGIC, save_checkpoint
+from bptt_jax.app.checkpoint_schema import training_arrays, training_header
 from bptt_jax.app.cli import main
 from bptt_jax.app.config import TrainConfig
-from bptt_jax.app.data import TOKEN_LETTERS, TOKEN_TYPES
+from bptt_jax.app.data import TOKEN_LETTERS, TOKEN_TYPES, load_corpus
 from bptt_jax.app.loop import train
+from bptt_jax.app.models import init_model, zero_state
+from bptt_jax.app.state import History, TrainState
+from bptt_jax.app.step import make_optimizer
 
 SOURCE = "def add(a, b):\n    # sum\n    return a + b  # done\n\n\nx = add(1, 2)\n"
 
@@ -201,6 +206,60 @@ def test_safetensors_reads_the_array_section(runs):
         got, want = arrays[f"params/{name}"], np.asarray(getattr(model.params, name))
         assert got.dtype == want.dtype and np.array_equal(got, want), name
     assert arrays["h"].shape == (2, 8)  # the carried state, (B, H), is there too
+
+
+# --------------------------------------------------------------------------- deep models
+
+
+def _deep_checkpoint(root, **fields) -> str:
+    """A checkpoint of a freshly initialised deep model, as train writes it (no step run:
+    a deep model's training step is the slowest compilation there is)."""
+    config = TrainConfig(text=(str(root / "text"),), hidden_size=8, batch_size=2, seq_len=8,
+                         steps=5, num_layers=2, **fields)  # fmt: skip
+    corpus = load_corpus(config.text, task=config.task)
+    params = init_model(config, jax.random.key(1), corpus.vocab.size, corpus.num_classes)
+    h = jax.numpy.asarray(zero_state(config, config.batch_size))
+    state = TrainState(params, make_optimizer(config).init(params), h, jax.random.key(0), 3, 0, 0)
+    path = root / f"deep-{config.task}.bptt"
+    save_checkpoint(path, training_header(config, corpus, state, History()),
+                    training_arrays(state))  # fmt: skip
+    return str(path)
+
+
+@pytest.mark.slow  # compiles deep forward passes
+def test_a_deep_language_model_samples_and_scores_as_the_commands(runs, capsys):
+    root, _ = runs
+    ckpt = _deep_checkpoint(root, task="lm", activation="relu")
+    model = bptt_jax.load(ckpt)
+    assert isinstance(model.params, bptt_jax.DeepParams) and len(model.params.layers) == 2
+    printed = _cli(capsys, "sample", ckpt, "--length", "40", "--seed", "2")
+    assert printed == "def " + model.sample(length=40, seed=2) + "\n"
+    report = json.loads(_cli(capsys, "eval", "--json", ckpt, str(root / "text")))
+    report.pop("checkpoint")
+    assert model.evaluate(root / "text").to_json() == report
+
+
+@pytest.mark.slow  # compiles a bidirectional model
+def test_a_bidirectional_tagger_tags_and_scores_as_the_commands(runs, capsys):
+    root, _ = runs
+    ckpt = _deep_checkpoint(root, task="tag", bidirectional=True)
+    model = bptt_jax.load(ckpt)
+    assert model.params.bidirectional and "L=2, bidirectional" in repr(model)
+    path = root / "text" / "m1.py"
+    printed = json.loads(_cli(capsys, "tag", "--json", ckpt, str(path)))
+    assert "".join(TOKEN_LETTERS[t] for t in model.tag(path.read_text())) == printed["tags"]
+    report = json.loads(_cli(capsys, "eval", "--json", ckpt, str(path)))
+    report.pop("checkpoint")
+    assert model.evaluate(path).to_json() == report
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    data = pathlib.Path(ckpt).read_bytes()
+    (n,) = struct.unpack("<Q", data[40:48])
+    arrays = safetensors_numpy.load(data[48 + n :])
+    leaves = jax.tree_util.tree_flatten_with_path(model.params)[0]
+    for path_, leaf in leaves:  # params/layers/0/U ... params/reverse_layers/1/b, V, c
+        name = "params/" + jax.tree_util.keystr(path_, simple=True, separator="/")
+        assert np.array_equal(arrays[name], np.asarray(leaf)), name
+    assert len(leaves) == 2 * 2 * 3 + 2
 
 
 # --------------------------------------------------------------------------- bad input
