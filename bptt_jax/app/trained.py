@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .checkpoint import CheckpointError
 from .checkpoint_schema import Model, read_training_checkpoint
@@ -81,7 +82,7 @@ class TrainedModel(Model):
         _need_text(text, "text")
         return _user(lambda: self.vocab.encode(text, strict=strict))
 
-    def decode(self, ids) -> str:
+    def decode(self, ids: ArrayLike) -> str:
         """The text of integer ids in ``0..K-1`` (the unknown id decodes to U+FFFD).
 
         Raises:
