@@ -7,7 +7,8 @@ The seed's vanilla RNN
 
 with its gradients ∂E/∂U, V, W, b, c written out by hand (:func:`bptt`) and
 refereed by autodiff (:func:`autodiff_bptt`) and finite differences
-(:func:`finite_difference_bptt`).
+(:func:`finite_difference_bptt`). A model trained by ``bptt-jax train`` is
+:func:`load`-ed as a :class:`TrainedModel` (sample, tag, score).
 """
 
 import importlib.metadata
@@ -30,6 +31,10 @@ from .api.referees import autodiff_bptt as autodiff_bptt
 from .api.referees import autodiff_bptt_per_loss as autodiff_bptt_per_loss
 from .api.referees import autodiff_dh0 as autodiff_dh0
 from .api.referees import finite_difference_bptt as finite_difference_bptt
+from .app.trained import CheckpointError as CheckpointError
+from .app.trained import Report as Report
+from .app.trained import TrainedModel as TrainedModel
+from .app.trained import load as load
 from .core.activations import ACTIVATIONS
 from .core.checks import MATMUL_DTYPES
 from .core.clipping import CLIPPERS
@@ -55,10 +60,13 @@ clippers = CLIPPERS
 matmul_dtypes = MATMUL_DTYPES
 
 __all__ = (
+    "CheckpointError",
     "DeepParams",
     "GradientFlow",
     "Layer",
     "Params",
+    "Report",
+    "TrainedModel",
     "activations",
     "autodiff_bptt",
     "autodiff_bptt_per_loss",
@@ -75,6 +83,7 @@ __all__ = (
     "hand_loss",
     "init_params",
     "inits",
+    "load",
     "loss",
     "make_clipper",
     "matmul_dtypes",

@@ -1,7 +1,9 @@
 """The README's Python examples run as written, and the repository is self-contained.
 
 * Every fenced ``python`` block of README.md is executed, in order, in one fresh
-  namespace shared by the blocks (later blocks may use names of earlier ones).
+  namespace shared by the blocks (later blocks may use names of earlier ones), in a
+  fresh folder holding a tiny checkpoint trained here at the path the README loads
+  (``bptt_jax.load("runs/lm/checkpoint.bptt")``), so the trained-model example runs too.
 * No file of the repository refers to a path outside it: the source material the
   project was started from lived in a sibling folder that is not part of it, so
   any path into that folder is a dangling reference.
@@ -14,6 +16,9 @@ import re
 from pathlib import Path
 
 import pytest
+
+from bptt_jax.app.config import TrainConfig
+from bptt_jax.app.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -31,9 +36,31 @@ def python_blocks(text: str) -> list[str]:
     return FENCED_PYTHON.findall(text)
 
 
-def test_readme_python_blocks_run():
-    blocks = python_blocks(README.read_text(encoding="utf-8"))
+#: Where the README's example loads a checkpoint from, relative to the current folder.
+LOADED = re.compile(r"""bptt_jax\.load\(["']([^"']+)["']\)""")
+
+#: The text of the tiny model trained for the README: it holds every character the
+#: README's examples encode.
+TINY_TEXT = "def main():\n    return add(a, b)  # sum\n\n\nx = main()\n" * 4
+
+
+def _train_tiny(path: Path, root: Path) -> None:
+    """A 3-step language model at ``path`` (the README's own run takes minutes)."""
+    (root / "tiny.py").write_text(TINY_TEXT)
+    config = TrainConfig(text=(str(root / "tiny.py"),), steps=3, batch_size=2, seq_len=8,
+                         hidden_size=8, eval_every=0, save_every=0,
+                         out=str(path.parent))  # fmt: skip
+    saved = train(config, progress=False, echo=lambda s: None).checkpoint
+    assert Path(saved).resolve() == path.resolve(), f"the README loads {path}, saved {saved}"
+
+
+def test_readme_python_blocks_run(tmp_path, monkeypatch):
+    text = README.read_text(encoding="utf-8")
+    blocks = python_blocks(text)
     assert blocks, "README.md has no ```python block"
+    monkeypatch.chdir(tmp_path)
+    for path in sorted(set(LOADED.findall(text))):
+        _train_tiny(tmp_path / path, tmp_path)
     namespace: dict = {"__name__": "readme_example"}
     for i, block in enumerate(blocks, start=1):
         code = compile(block, f"README.md, python block {i}", "exec")

@@ -37,7 +37,7 @@ from .config import DTYPES, TASKS, TrainingError
 from .data import DataError
 from .distributed import ClusterError
 from .preflight import UsageError
-from .sample import MAX_LENGTH, MAX_SAMPLES
+from .sample import LENGTH, MAX_LENGTH, MAX_SAMPLES, PRIME, TEMPERATURE
 from .signals import Interrupted, owns_process
 
 
@@ -148,20 +148,21 @@ def _add_use_parsers(commands_) -> None:
     )
     a = sample.add_argument
     a("checkpoint", metavar="CHECKPOINT", help="a checkpoint written by bptt-jax train")
-    a("--prime", default="def ",
+    a("--prime", default=PRIME,
       help="text read from the zero state before generating; '' starts from the zero state "
-      "itself (default 'def ')")  # fmt: skip
+      f"itself (default {PRIME!r})")  # fmt: skip
     a(
         "--length",
         type=integer_range(1, MAX_LENGTH),
-        default=500,
-        help=f"characters to generate, 1..{MAX_LENGTH:,} (default 500)",
+        default=LENGTH,
+        help=f"characters to generate, 1..{MAX_LENGTH:,} (default {LENGTH})",
     )
     a(
         "--temperature",
         type=nonnegative_float,
-        default=0.8,
-        help="divide the logits by this; lower is more conservative, 0 is greedy (default 0.8)",
+        default=TEMPERATURE,
+        help="divide the logits by this; lower is more conservative, 0 is greedy "
+        f"(default {TEMPERATURE})",
     )
     a("--top-k", type=positive, default=None, metavar="K",
       help="sample only among the K most likely characters (default: all)")  # fmt: skip

@@ -49,6 +49,9 @@ CHUNK = 32
 #: The most samples ``--num-samples`` asks for.
 MAX_SAMPLES = 10_000
 
+#: The defaults of ``bptt-jax sample`` and of :meth:`bptt_jax.TrainedModel.sample`.
+PRIME, LENGTH, TEMPERATURE = "def ", 500, 0.8
+
 
 @functools.partial(jax.jit, static_argnames=("activation",))
 def prime_core(params: DeepParams, prime: jax.Array, *, activation: str = "tanh"):
@@ -131,36 +134,43 @@ def sample_core(
 
 def check_request(
     model: Model, prime: str, length: int, temperature: float, top_k: int | None,
-    top_p: float, num_samples: int = 1,
+    top_p: float, num_samples: int = 1, *, flags: bool = True,
 ) -> None:  # fmt: skip
-    """Refuses what cannot be sampled, one :class:`DataError` naming the option."""
+    """Refuses what cannot be sampled, one :class:`DataError` naming the option: as the
+    command's flag (``--top-k``), or with ``flags=False`` as the keyword (``top_k``)."""
+
+    def name(option: str) -> str:
+        return "--" + option.replace("_", "-") if flags else option
+
     if model.task != "lm":
         raise DataError(
             f"this checkpoint is a '{model.task}' model, not a language model; "
-            "use bptt-jax tag CHECKPOINT FILE.py"
+            + ("use bptt-jax tag CHECKPOINT FILE.py" if flags else "use its tag(text)")
         )
     K = model.vocab.size
     if not 1 <= length <= MAX_LENGTH:
         raise DataError(
-            f"--length must be a positive number of characters, at most {MAX_LENGTH:,}, "
-            f"got {length}"
+            f"{name('length')} must be a positive number of characters, at most "
+            f"{MAX_LENGTH:,}, got {length}"
         )
     if not 0 <= temperature < math.inf:
-        raise DataError(f"--temperature must be >= 0 and finite, got {temperature}")
+        raise DataError(f"{name('temperature')} must be >= 0 and finite, got {temperature}")
     if top_k is not None and not 1 <= top_k < K:
-        raise DataError(f"--top-k must be between 1 and the vocabulary size {K - 1}, got {top_k}")
+        raise DataError(
+            f"{name('top_k')} must be between 1 and the vocabulary size {K - 1}, got {top_k}"
+        )
     if not 0 < top_p <= 1:
-        raise DataError(f"--top-p must be in (0, 1], got {top_p}")
+        raise DataError(f"{name('top_p')} must be in (0, 1], got {top_p}")
     if not 1 <= num_samples <= MAX_SAMPLES:
-        raise DataError(f"--num-samples must be in 1..{MAX_SAMPLES}, got {num_samples}")
+        raise DataError(f"{name('num_samples')} must be in 1..{MAX_SAMPLES}, got {num_samples}")
     try:
         model.vocab.encode(prime, strict=True)
     except DataError as e:
-        raise DataError(f"--prime {prime!r}: {e}") from None
+        raise DataError(f"{name('prime')} {prime!r}: {e}") from None
 
 
 def generate(
-    model: Model, prime: str, length: int, *, temperature: float = 0.8,
+    model: Model, prime: str, length: int, *, temperature: float = TEMPERATURE,
     top_k: int | None = None, top_p: float = 1.0, seed: int = 0, index: int = 0,
 ) -> Iterator[str]:  # fmt: skip
     """Yields the ``length`` characters after ``prime``, :data:`CHUNK` at a time.
@@ -189,8 +199,8 @@ def generate(
 
 
 def sample(
-    model: Model, prime: str, length: int, *, temperature: float = 0.8, top_k: int | None = None,
-    top_p: float = 1.0, seed: int = 0, index: int = 0,
+    model: Model, prime: str, length: int, *, temperature: float = TEMPERATURE,
+    top_k: int | None = None, top_p: float = 1.0, seed: int = 0, index: int = 0,
 ) -> str:  # fmt: skip
     """The ``length`` characters after ``prime``, as one string (see :func:`generate`).
 

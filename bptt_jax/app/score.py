@@ -21,13 +21,15 @@ out.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pathlib
+from dataclasses import dataclass
 
 import numpy as np
 
-from .checkpoint_schema import load_model
+from .checkpoint_schema import Model, load_model
 from .data import TOKEN_TYPES, DataError, read_text, token_labels
 from .evaluate import HeldOut, evaluation, score
 
@@ -63,23 +65,21 @@ def _text(path: pathlib.Path) -> str:
     return text
 
 
-def held_files(files: list[pathlib.Path], model) -> tuple[HeldOut, int]:
-    """The files as a :class:`HeldOut` for ``model`` and the count of characters outside
-    its vocabulary (among the scored inputs and targets).
+def held_texts(texts: list[tuple[str, str]], model: Model) -> tuple[HeldOut, int]:
+    """``(name, text)`` pairs as a :class:`HeldOut` for ``model`` and the count of
+    characters outside its vocabulary (among the scored inputs and targets).
 
     Raises:
-      DataError: a file that is not UTF-8 text; for ``tag``, one ``tokenize`` cannot read;
-        nothing to score.
+      DataError: for ``tag``, a text ``tokenize`` cannot read; nothing to score.
     """
     xs, ys, names, oov = [], [], [], 0
-    for path in files:
-        text = _text(path)
+    for name, text in texts:
         ids = model.vocab.encode(text)
         if model.task == "tag":
             try:
                 labels = token_labels(text)
             except DataError as e:
-                raise DataError(f"{path}: {e}") from None
+                raise DataError(f"{name}: {e}") from None
             x, y = ids, labels.astype(np.int32)
             oov += int(np.sum(x == model.vocab.unknown))
         else:
@@ -88,15 +88,91 @@ def held_files(files: list[pathlib.Path], model) -> tuple[HeldOut, int]:
         if len(y):
             xs.append(np.asarray(x, np.int32))
             ys.append(np.asarray(y, np.int32))
-            names.append(str(path))
+            names.append(name)
     chars = sum(len(y) for y in ys)
     if not chars:
         raise DataError(
-            f"nothing to score: the {len(files)} file(s) hold no character "
+            f"nothing to score: the {len(texts)} file(s) hold no character "
             + ("" if model.task == "tag" else "with a character before it ")
             + "to score"
         )
     return HeldOut(tuple(xs), tuple(ys), tuple(names), chars, chars), oov
+
+
+def held_files(files: list[pathlib.Path], model: Model) -> tuple[HeldOut, int]:
+    """The files as :func:`held_texts` (named by their paths).
+
+    Raises:
+      DataError: a file that is not UTF-8 text, or see :func:`held_texts`.
+    """
+    return held_texts([(str(path), _text(path)) for path in files], model)
+
+
+@dataclass(frozen=True)
+class FileScore:
+    """One file's (or text's) share of a :class:`Report`."""
+
+    file: str  # its name (a path for files)
+    chars: int  # targets scored in it
+    bits_per_char: float
+
+
+@dataclass(frozen=True)
+class Report:
+    """A model scored on texts, each from the zero state: what ``bptt-jax eval`` prints.
+
+    ``chars`` targets scored (a language model scores every character that has one
+    before it in its text, a tagger every character); ``oov_chars`` of the inputs are
+    outside the vocabulary (scored as the unknown symbol). For ``task == "tag"`` also
+    the argmax ``accuracy``, per class (``None`` for a class absent from the texts),
+    the characters of each class, the class names ``labels`` and the
+    ``confusion[true][predicted]`` counts; for ``"lm"`` those are ``None``.
+    """
+
+    task: str
+    step: int
+    chars: int
+    oov_chars: int
+    files: tuple[FileScore, ...]
+    bits_per_char: float
+    nats_per_char: float
+    perplexity: float
+    accuracy: float | None = None
+    per_class: dict[str, float | None] | None = None
+    class_chars: dict[str, int] | None = None
+    labels: tuple[str, ...] | None = None
+    confusion: tuple[tuple[int, ...], ...] | None = None
+
+    def to_json(self) -> dict:
+        """The report as ``bptt-jax eval --json`` prints it (without ``checkpoint``)."""
+        out = dataclasses.asdict(self)
+        out["files"] = list(out["files"])
+        if self.task != "tag":
+            for name in ("accuracy", "per_class", "class_chars", "labels", "confusion"):
+                del out[name]
+        else:
+            out["labels"] = list(self.labels or ())
+            out["confusion"] = [list(row) for row in self.confusion or ()]
+        return out
+
+
+def report(model: Model, held: HeldOut, oov: int) -> Report:
+    """``model`` scored on ``held`` (:func:`~bptt_jax.app.evaluate.score`)."""
+    C = len(TOKEN_TYPES) if model.task == "tag" else None
+    activation = getattr(model.config, "activation", "tanh")
+    scores = score(model.params, held, activation=activation, num_classes=C)
+    ev = evaluation(scores, model.task)
+    files = tuple(
+        FileScore(n, int(c), float(x / max(c, 1) / math.log(2)))
+        for n, c, x in zip(held.names, scores.counts, scores.nll, strict=True)
+    )
+    common = dict(task=model.task, step=model.step, chars=ev.chars, oov_chars=oov,
+                  files=files, bits_per_char=ev.bits, nats_per_char=ev.loss,
+                  perplexity=ev.perplexity)  # fmt: skip
+    if model.task != "tag":
+        return Report(**common)
+    return Report(**common, accuracy=ev.accuracy, per_class=ev.per_class,
+                  class_chars=ev.counts, labels=TOKEN_TYPES, confusion=ev.confusion)  # fmt: skip
 
 
 def run_eval(checkpoint: str, paths: list[str], *, task: str | None = None) -> dict:
@@ -113,27 +189,8 @@ def run_eval(checkpoint: str, paths: list[str], *, task: str | None = None) -> d
             f"{checkpoint} is a --task {model.task} model; --task {task} needs a checkpoint "
             f"trained with --task {task}"
         )
-    files = collect(paths)
-    held, oov = held_files(files, model)
-    C = len(TOKEN_TYPES) if model.task == "tag" else None
-    activation = getattr(model.config, "activation", "tanh")
-    scores = score(model.params, held, activation=activation, num_classes=C)
-    ev = evaluation(scores, model.task)
-    report = {
-        "checkpoint": str(checkpoint), "task": model.task, "step": model.step,
-        "chars": ev.chars, "oov_chars": oov,
-        "files": [
-            {"file": n, "chars": int(c), "bits_per_char": float(x / max(c, 1) / math.log(2))}
-            for n, c, x in zip(held.names, scores.counts, scores.nll, strict=True)
-        ],
-        "bits_per_char": ev.bits, "nats_per_char": ev.loss, "perplexity": ev.perplexity,
-    }  # fmt: skip
-    if model.task == "tag":
-        report |= {
-            "accuracy": ev.accuracy, "per_class": ev.per_class, "class_chars": ev.counts,
-            "labels": list(TOKEN_TYPES), "confusion": [list(r) for r in ev.confusion],
-        }  # fmt: skip
-    return report
+    held, oov = held_files(collect(paths), model)
+    return {"checkpoint": str(checkpoint)} | report(model, held, oov).to_json()
 
 
 def format_report(r: dict) -> str:
