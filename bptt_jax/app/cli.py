@@ -13,6 +13,7 @@ gives the traceback back, for bug reports.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
 
@@ -39,6 +40,11 @@ from .distributed import ClusterError
 from .preflight import UsageError
 from .sample import MAX_LENGTH, MAX_SAMPLES
 from .signals import Interrupted, owns_process
+
+try:  # the installed version (pyproject.toml), as bptt_jax.__version__
+    VERSION = importlib.metadata.version("bptt_jax")
+except importlib.metadata.PackageNotFoundError:  # run from a source tree never installed
+    VERSION = "unknown (not installed)"
 
 
 class Parser(argparse.ArgumentParser):
@@ -227,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Backpropagation through time derived by hand, checked against jax.grad. "
         "Commands: train (the main job), sample, tag, eval, check, diagnose, bench.",
     )
+    parser.add_argument("--version", action="version", version=f"bptt-jax {VERSION}",
+                        help="print the version and exit")  # fmt: skip
     parser.add_argument(
         "--debug",
         action="store_true",
@@ -268,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     Bad arguments raise ``SystemExit(1)`` (after printing one line), as
     ``--help`` raises ``SystemExit(0)``.
     """
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     command = args.command
     try:
         return _HANDLERS[command](args)
@@ -300,6 +308,16 @@ def main(argv: list[str] | None = None) -> int:
             f"internal error {type(e).__name__}: {_one_line(e)} (a bug in bptt-jax; "
             "run again with BPTT_JAX_DEBUG=1 for the traceback and report it)",
         )
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, with an unknown flag reported by its command's parser:
+    ``bptt-jax train: error: unrecognized arguments: --foo`` (exit status 1)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        commands_ = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands_.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def _one_line(e: BaseException) -> str:

@@ -47,7 +47,7 @@ from tqdm import tqdm
 from ..referees.tolerances import AUTODIFF
 from .checkpoint_schema import data_fingerprint, read_training_checkpoint, restore
 from .config import TrainConfig, TrainingError, check_config, is_deep
-from .data import Corpus, DataError, load_corpus
+from .data import Corpus, DataError, announce_split, load_corpus
 from .evaluate import baselines, held_out
 from .loop_steps import (
     CHECKPOINT_NAME,
@@ -68,6 +68,7 @@ from .signals import Interrupted, Interrupts, signal_name
 from .state import History, Result, TrainState
 from .step import (
     cached_step,
+    default_devices,
     hand_grad_fn,
     model_grad_fn,
     run_kernel,
@@ -153,7 +154,8 @@ def _preflight(config: TrainConfig) -> None:
         f"training with --hidden-size {config.hidden_size} --batch-size {config.batch_size} "
         f"--seq-len {config.seq_len}",
         rnn_bytes(K=256, H=config.hidden_size, C=256, B=config.batch_size, T=config.seq_len,
-                  itemsize=itemsize),
+                  itemsize=itemsize, layers=config.num_layers,
+                  directions=2 if config.bidirectional else 1),
     )  # fmt: skip
     check_writable_folder(config.out)
 
@@ -168,13 +170,21 @@ def _stop_before_start(signals: Interrupts, where: str) -> None:
 
 
 def _session(config, corpus, progress, echo, grad_fn, devices) -> Session:
-    mesh = training_mesh(devices, config.batch_size)
+    mesh = training_mesh(default_devices(config, devices, echo), config.batch_size)
     if is_deep(config) and mesh.shape[AXIS] > 1:
         raise TrainingError(
             "--num-layers > 1 and --bidirectional train on one device; give --devices 1"
         )
     if corpus is None:
-        corpus = load_corpus(config.text, task=config.task, max_files=config.max_files)
+        corpus = load_corpus(
+            config.text,
+            task=config.task,
+            max_files=config.max_files,
+            val_text=config.val_text,
+            strict_text=config.strict_text,
+        )
+    if jax.process_index() == 0:
+        announce_split(corpus, config.out, echo)  # one line, and OUT/split.json
     labels = config.task == "tag"
     streams = Streams(
         corpus.train_ids, corpus.train_labels if labels else None, config.batch_size,
