@@ -125,7 +125,8 @@ def add_train_parser(commands) -> None:
             "(never jax.grad): B parallel streams over one long text, T characters per step, "
             "the hidden state carried from chunk to chunk. Without --text the corpus is the "
             "source of this Python's standard library (about 5% of the files, chosen by a "
-            "hash of their names, are held out for validation). Shows a progress bar, "
+            "hash of their names, are held out for validation; --val-text chooses them; the "
+            "split is printed and written to OUT/split.json). Shows a progress bar, "
             "validates every --eval-every steps (loss, bits per character, perplexity), "
             "writes OUT/checkpoint.bptt every --save-every steps, at the end and on Ctrl-C, "
             "and OUT/loss.png at the end."
@@ -146,8 +147,9 @@ def add_train_parser(commands) -> None:
         action="append",
         metavar="PATH",
         default=None,
-        help="train on this UTF-8 file, or every file in this folder; repeatable "
-        "(default: the standard library's .py files)",
+        help="train on this UTF-8 file, or every file in this folder (files that are not "
+        "UTF-8 text skipped, see --strict-text); repeatable (default: the standard "
+        "library's .py files)",
     )
     _add_split_flags(a)
     a(
@@ -324,7 +326,8 @@ def add_train_parser(commands) -> None:
         metavar="N",
         help="run each step data-parallel on N devices: the batch is split across them "
         "(--batch-size must be a multiple of N), gradients summed, parameters replicated; "
-        "a checkpoint resumes on any N (default: all local devices)",
+        "a checkpoint resumes on any N (default: all local devices; 1 for a deep or "
+        "bidirectional model, said in the log)",
     )
     a(
         "--coordinator",

@@ -90,15 +90,20 @@ def _add_diagnose_parser(commands_) -> None:
         ),
     )
     a = diagnose.add_argument
-    a("--out", "-o", default="diagnose", help="folder for the PNGs")
+    a("--out", "-o", default="diagnose", help="folder for the PNGs (default diagnose)")
     a("--vocab-size", "-K", type=positive, default=8, help="K (default 8)")
     a("--hidden-size", "-H", type=positive, default=32, help="H (default 32)")
     a("--batch", "-B", type=positive, default=8, help="B (default 8)")
     a("--steps", "-T", type=positive, default=40, help="T (default 40)")
-    a("--activation", choices=tuple(ACTIVATIONS), default="tanh", help="f")
+    a("--activation", choices=tuple(ACTIVATIONS), default="tanh", help="f (default tanh)")
     a("--init", choices=INITS, default="uniform", help="init_params(init=...) (default uniform)")
     a("--spectral-radius", type=positive_float, default=None, help="rescale U to this ρ(U) > 0")
-    a("--no-sweep", dest="sweep", action="store_false", help="skip the sweep of U's scale")
+    a(
+        "--no-sweep",
+        dest="sweep",
+        action="store_false",
+        help="skip the sweep of U's scale (default: sweep)",
+    )
     a("--sweep-scales", type=number_list, default=None,
       help="comma-separated scales σ of U for the sweep (default 0.25..6)")  # fmt: skip
     a("--delays", type=integer_list, default=[],
@@ -173,7 +178,7 @@ def _add_use_parsers(commands_) -> None:
       help="sample only among the K most likely characters (default: all)")  # fmt: skip
     a("--top-p", type=positive_float, default=1.0, metavar="P",
       help="nucleus sampling: only among the most likely characters whose probabilities "
-      "add up to at least P, in (0, 1] (default 1: all)")  # fmt: skip
+      "add up to at least P, in (0, 1] (default 1.0: all)")  # fmt: skip
     a("--num-samples", type=integer_range(1, MAX_SAMPLES), default=1, metavar="N",
       help=f"N independent samples, each from the zero state, 1..{MAX_SAMPLES:,} "
       "(default 1)")  # fmt: skip
