@@ -363,25 +363,14 @@ def add_train_parser(commands) -> None:
 
 def _add_split_flags(a) -> None:
     """``--val-text`` and ``--strict-text``: which text is held out, which is read."""
-    a(
-        "--val-text",
-        action="extend",
-        nargs="+",
-        metavar="PATH",
-        default=None,
-        help="hold out these UTF-8 files (or every file in these folders) for validation; "
-        "none of them may be a training file (default: with several files those whose "
-        "name hashes to 0 mod 20, about 5%%; with one file its last 10%%; printed, and "
-        "written to OUT/split.json)",
-    )
-    a(
-        "--strict-text",
-        action="store_const",
-        const=True,
-        default=None,
-        help="stop at a file of a --text folder that is not UTF-8 text (default: skip it "
-        "and name it in the log and OUT/split.json)",
-    )
+    a("--val-text", action="extend", nargs="+", metavar="PATH", default=None,
+      help="hold out these UTF-8 files (or every file in these folders) for validation; "
+      "none of them may be a training file (default: with several files those whose name "
+      "hashes to 0 mod 20, about 5%%; with one file its last 10%%; printed, and written to "
+      "OUT/split.json)")  # fmt: skip
+    a("--strict-text", action="store_const", const=True, default=None,
+      help="stop at a file of a --text folder that is not UTF-8 text (default: skip it and "
+      "name it in the log and OUT/split.json)")  # fmt: skip
 
 
 def _add_model_flags(a, d: TrainConfig) -> None:

@@ -10,7 +10,7 @@ A header with ``kind = "bptt-jax train"``, the
 ``dims = {K, H, C}``, the vocabulary, the labels (``tag``), the step, chunk and
 epoch, the :class:`~bptt_jax.app.state.History`, the fingerprint (sha256) of
 the training data and (optional: older files lack it) the held-out ``split``
-(:func:`bptt_jax.app.data.split_record` without the training files' names);
+(:func:`bptt_jax.app.split.split_record` without the training files' names);
 arrays ``params/U`` ... ``params/c``, the optimizer state's
 leaves ``opt/0``, ``opt/1``, ..., the carried state ``h (B, H)`` in stream
 order, and the RNG ``key``. :func:`read_training_checkpoint` is the one reader
@@ -38,9 +38,10 @@ from jax.experimental import multihost_utils
 from ..core.params import DeepParams, Params
 from .checkpoint import CheckpointError, PathLike, load_checkpoint
 from .config import PATH_LISTS, RESUMABLE, TrainConfig, TrainingError
-from .data import TOKEN_TYPES, Corpus, Vocab, split_record
+from .data import TOKEN_TYPES, Corpus, Vocab
 from .models import param_arrays, param_shapes, params_from_arrays, state_shape
 from .parallel import local_rows
+from .split import split_record
 from .state import History, TrainState
 from .streams import streams_in_order
 

@@ -47,7 +47,7 @@ from tqdm import tqdm
 from ..referees.tolerances import AUTODIFF
 from .checkpoint_schema import data_fingerprint, read_training_checkpoint, restore
 from .config import TrainConfig, TrainingError, check_config, is_deep
-from .data import Corpus, DataError, announce_split, load_corpus
+from .data import Corpus, DataError, load_corpus
 from .evaluate import baselines, held_out
 from .loop_steps import (
     CHECKPOINT_NAME,
@@ -65,6 +65,7 @@ from .models import init_model
 from .parallel import AXIS, replicate, shard_batch
 from .preflight import check_writable_folder, require_memory, rnn_bytes
 from .signals import Interrupted, Interrupts, signal_name
+from .split import announce_split
 from .state import History, Result, TrainState
 from .step import (
     cached_step,

@@ -15,15 +15,10 @@ from bptt_jax.app import preflight
 from bptt_jax.app.checkpoint import load_checkpoint, save_checkpoint
 from bptt_jax.app.checkpoint_schema import load_model
 from bptt_jax.app.cli import main
-from bptt_jax.app.data import (
-    BYTES_PER_CHAR,
-    DataError,
-    load_corpus,
-    split_lines,
-    split_record,
-)
+from bptt_jax.app.data import BYTES_PER_CHAR, DataError, load_corpus
 from bptt_jax.app.files import held_out_by_name
 from bptt_jax.app.preflight import UsageError
+from bptt_jax.app.split import split_lines, split_record
 
 SMALL = ["--batch-size", "2", "--seq-len", "8", "--hidden-size", "8", "--steps", "2",
          "--eval-every", "0", "--val-chars", "256", "--no-progress"]  # fmt: skip
