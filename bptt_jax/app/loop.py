@@ -177,13 +177,8 @@ def _session(config, corpus, progress, echo, grad_fn, devices) -> Session:
             "--num-layers > 1 and --bidirectional train on one device; give --devices 1"
         )
     if corpus is None:
-        corpus = load_corpus(
-            config.text,
-            task=config.task,
-            max_files=config.max_files,
-            val_text=config.val_text,
-            strict_text=config.strict_text,
-        )
+        corpus = load_corpus(config.text, task=config.task, max_files=config.max_files,
+                             val_text=config.val_text, strict_text=config.strict_text)  # fmt: skip
     if jax.process_index() == 0:
         announce_split(corpus, config.out, echo)  # one line, and OUT/split.json
     labels = config.task == "tag"
