@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+import numpy as np
+
 from ..api.options import KERNELS
 from ..core.checks import MATMUL_DTYPES, check_number
 from .config import (
@@ -25,6 +27,10 @@ from .config import (
     TrainConfig,
 )
 
+#: The smallest normal float64; a positive real flag below it is refused as it is parsed
+#: (the run's own dtype is checked later: float32's is 1.2e-38, ``config.check_underflow``).
+FLOAT64_TINY = float(np.finfo(np.float64).tiny)
+
 
 def number(*, integer: bool, minimum: float, strict: bool) -> Callable[[str], int | float]:
     """An argparse ``type=``: the text as a number that :func:`check_number` accepts."""
@@ -39,13 +45,19 @@ def number(*, integer: bool, minimum: float, strict: bool) -> Callable[[str], in
                 f"must be {kind} {relation} {minimum:g}, got {text!r}"
             ) from None
         try:
-            return check_number(value, "value", integer=integer, minimum=minimum, strict=strict)
+            value = check_number(value, "value", integer=integer, minimum=minimum, strict=strict)
         except (TypeError, ValueError) as e:
             # "must be >= 1, got 0" for counts; check_number's own words for reals.
             message = f"must be {relation} {minimum:g}, got {text}"
             raise argparse.ArgumentTypeError(
                 message if integer else str(e).removeprefix("value ")
             ) from None
+        if not integer and 0 < abs(value) < FLOAT64_TINY:  # a subnormal even in float64
+            raise argparse.ArgumentTypeError(
+                f"must be 0 or at least {FLOAT64_TINY:.3g} (the smallest normal float64), "
+                f"got {text}: it underflows"
+            )
+        return value
 
     parse.__name__ = "integer" if integer else "number"  # argparse names the type in errors
     return parse
@@ -92,7 +104,8 @@ integer_list = _list_of(nonnegative)  # "0,2,5,10": >= 0
 
 #: The ``train`` flags that are fields of :class:`TrainConfig` (the rest: how to run it).
 TRAIN_OPTIONS = (
-    "task", "text", "max_files", "steps", "batch_size", "seq_len", "hidden_size", "num_layers",
+    "task", "text", "val_text", "strict_text", "max_files", "steps", "batch_size", "seq_len",
+    "hidden_size", "num_layers",
     "activation", "bidirectional", "lr",
     "optimizer", "clip", "clip_value", "seed", "out", "eval_every", "save_every",
     "verify_every", "val_chars", "dtype", "matmul_dtype", "recompute", "kernel", "schedule",
@@ -112,7 +125,8 @@ def add_train_parser(commands) -> None:
             "(never jax.grad): B parallel streams over one long text, T characters per step, "
             "the hidden state carried from chunk to chunk. Without --text the corpus is the "
             "source of this Python's standard library (about 5% of the files, chosen by a "
-            "hash of their names, are held out for validation). Shows a progress bar, "
+            "hash of their names, are held out for validation; --val-text chooses them; the "
+            "split is printed and written to OUT/split.json). Shows a progress bar, "
             "validates every --eval-every steps (loss, bits per character, perplexity), "
             "writes OUT/checkpoint.bptt every --save-every steps, at the end and on Ctrl-C, "
             "and OUT/loss.png at the end."
@@ -133,9 +147,11 @@ def add_train_parser(commands) -> None:
         action="append",
         metavar="PATH",
         default=None,
-        help="train on this UTF-8 file, or every file in this folder; repeatable "
-        "(default: the standard library's .py files)",
+        help="train on this UTF-8 file, or every file in this folder (files that are not "
+        "UTF-8 text skipped, see --strict-text); repeatable (default: the standard "
+        "library's .py files)",
     )
+    _add_split_flags(a)
     a(
         "--max-files",
         type=positive,
@@ -310,7 +326,8 @@ def add_train_parser(commands) -> None:
         metavar="N",
         help="run each step data-parallel on N devices: the batch is split across them "
         "(--batch-size must be a multiple of N), gradients summed, parameters replicated; "
-        "a checkpoint resumes on any N (default: all local devices)",
+        "a checkpoint resumes on any N (default: all local devices; 1 for a deep or "
+        "bidirectional model, said in the log)",
     )
     a(
         "--coordinator",
@@ -342,6 +359,18 @@ def add_train_parser(commands) -> None:
     )
     a("--no-progress", action="store_true",
       help="no progress bar (default: shown on stderr when it is a terminal)")  # fmt: skip
+
+
+def _add_split_flags(a) -> None:
+    """``--val-text`` and ``--strict-text``: which text is held out, which is read."""
+    a("--val-text", action="extend", nargs="+", metavar="PATH", default=None,
+      help="hold out these UTF-8 files (or every file in these folders) for validation; "
+      "none of them may be a training file (default: with several files those whose name "
+      "hashes to 0 mod 20, about 5%%; with one file its last 10%%; printed, and written to "
+      "OUT/split.json)")  # fmt: skip
+    a("--strict-text", action="store_const", const=True, default=None,
+      help="stop at a file of a --text folder that is not UTF-8 text (default: skip it and "
+      "name it in the log and OUT/split.json)")  # fmt: skip
 
 
 def _add_model_flags(a, d: TrainConfig) -> None:

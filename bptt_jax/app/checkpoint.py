@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from .files import NotRegularFileError, open_regular
+
 PathLike = str | os.PathLike
 
 FORMAT = 2
@@ -171,14 +173,17 @@ def load_checkpoint(
         refused without being read.
 
     Raises:
-      CheckpointError: the file is missing, not a bptt-jax checkpoint of this
+      CheckpointError: the file is missing, not a regular file (a folder, a FIFO, a
+        device), not a bptt-jax checkpoint of this
         format, cut short, fails its checksum, is refused by ``limit``, or
         holds a malformed array table.
     """
     path = pathlib.Path(path)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # a FIFO or a device is refused, never waited on
             return _load(path, f, limit)
+    except NotRegularFileError as e:
+        raise CheckpointError(f"{path}: {e.strerror}; give a checkpoint file") from None
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint") from None
     except IsADirectoryError:

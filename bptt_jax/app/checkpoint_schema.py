@@ -8,8 +8,10 @@ header and arrays must be.
 A header with ``kind = "bptt-jax train"``, the
 :class:`~bptt_jax.app.config.TrainConfig`, the model's sizes
 ``dims = {K, H, C}``, the vocabulary, the labels (``tag``), the step, chunk and
-epoch, the :class:`~bptt_jax.app.state.History` and the fingerprint (sha256) of
-the training data; arrays ``params/U`` ... ``params/c``, the optimizer state's
+epoch, the :class:`~bptt_jax.app.state.History`, the fingerprint (sha256) of
+the training data and (optional: older files lack it) the held-out ``split``
+(:func:`bptt_jax.app.split.split_record` without the training files' names);
+arrays ``params/U`` ... ``params/c``, the optimizer state's
 leaves ``opt/0``, ``opt/1``, ..., the carried state ``h (B, H)`` in stream
 order, and the RNG ``key``. :func:`read_training_checkpoint` is the one reader
 of it: ``train --resume``, ``sample``, ``tag`` and :func:`load_model` all go
@@ -35,10 +37,11 @@ from jax.experimental import multihost_utils
 
 from ..core.params import DeepParams, Params
 from .checkpoint import CheckpointError, PathLike, load_checkpoint
-from .config import RESUMABLE, TrainConfig, TrainingError
+from .config import PATH_LISTS, RESUMABLE, TrainConfig, TrainingError
 from .data import TOKEN_TYPES, Corpus, Vocab
 from .models import param_arrays, param_shapes, params_from_arrays, state_shape
 from .parallel import local_rows
+from .split import split_record
 from .state import History, TrainState
 from .streams import streams_in_order
 
@@ -169,6 +172,9 @@ def check_training_header(header: Any) -> int:
     data = header["data"]
     if not (isinstance(data, dict) and isinstance(data.get("sha256"), str)):
         raise CheckpointError("data must be an object holding the sha256 of the training data")
+    split = header.get("split")  # since the held-out split is recorded; older files lack it
+    if split is not None and not (isinstance(split, dict) and isinstance(split.get("rule"), str)):
+        raise CheckpointError("split must be an object naming the held-out rule and files")
     item = np.dtype(config.dtype).itemsize
     params = sum(math.prod(s) for s in param_shapes(config, K, H, C).values())
     return item * (4 * params + math.prod(state_shape(config))) + 64 * 16
@@ -226,18 +232,19 @@ def config_for_resume(saved: dict, given: dict[str, Any]) -> TrainConfig:
             config = dataclasses.replace(config, **{name: value})
             continue
         old = getattr(config, name)
-        if (tuple(value) if name == "text" else value) != old:
+        if (tuple(value) if name in PATH_LISTS else value) != old:
             flag = "--" + name.replace("_", "-")
             raise CheckpointError(
-                f"the checkpoint was trained with {flag} {_show(old)}, not {_show(value)}; "
+                f"the checkpoint was trained with {flag} {_show(old, name)}, not "
+                f"{_show(value, name)}; "
                 f"drop {flag} to resume it, or start a new run in another --out folder"
             )
     return config
 
 
-def _show(value) -> str:
+def _show(value, name: str = "text") -> str:
     if isinstance(value, list | tuple):
-        return " ".join(map(str, value)) or "(standard library)"
+        return " ".join(map(str, value)) or ("(standard library)" if name == "text" else "()")
     return str(value)
 
 
@@ -327,6 +334,7 @@ def training_header(
         "chunk": state.chunk,
         "epoch": state.epoch,
         "history": history.to_json(),
+        "split": split_record(corpus, train_names=False),
     }
 
 

@@ -13,6 +13,7 @@ gives the traceback back, for bug reports.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
 
@@ -39,6 +40,11 @@ from .distributed import ClusterError
 from .preflight import UsageError
 from .sample import LENGTH, MAX_LENGTH, MAX_SAMPLES, PRIME, TEMPERATURE
 from .signals import Interrupted, owns_process
+
+try:  # the installed version (pyproject.toml), as bptt_jax.__version__
+    VERSION = importlib.metadata.version("bptt_jax")
+except importlib.metadata.PackageNotFoundError:  # run from a source tree never installed
+    VERSION = "unknown (not installed)"
 
 
 class Parser(argparse.ArgumentParser):
@@ -84,15 +90,20 @@ def _add_diagnose_parser(commands_) -> None:
         ),
     )
     a = diagnose.add_argument
-    a("--out", "-o", default="diagnose", help="folder for the PNGs")
+    a("--out", "-o", default="diagnose", help="folder for the PNGs (default diagnose)")
     a("--vocab-size", "-K", type=positive, default=8, help="K (default 8)")
     a("--hidden-size", "-H", type=positive, default=32, help="H (default 32)")
     a("--batch", "-B", type=positive, default=8, help="B (default 8)")
     a("--steps", "-T", type=positive, default=40, help="T (default 40)")
-    a("--activation", choices=tuple(ACTIVATIONS), default="tanh", help="f")
+    a("--activation", choices=tuple(ACTIVATIONS), default="tanh", help="f (default tanh)")
     a("--init", choices=INITS, default="uniform", help="init_params(init=...) (default uniform)")
     a("--spectral-radius", type=positive_float, default=None, help="rescale U to this ρ(U) > 0")
-    a("--no-sweep", dest="sweep", action="store_false", help="skip the sweep of U's scale")
+    a(
+        "--no-sweep",
+        dest="sweep",
+        action="store_false",
+        help="skip the sweep of U's scale (default: sweep)",
+    )
     a("--sweep-scales", type=number_list, default=None,
       help="comma-separated scales σ of U for the sweep (default 0.25..6)")  # fmt: skip
     a("--delays", type=integer_list, default=[],
@@ -168,7 +179,7 @@ def _add_use_parsers(commands_) -> None:
       help="sample only among the K most likely characters (default: all)")  # fmt: skip
     a("--top-p", type=positive_float, default=1.0, metavar="P",
       help="nucleus sampling: only among the most likely characters whose probabilities "
-      "add up to at least P, in (0, 1] (default 1: all)")  # fmt: skip
+      "add up to at least P, in (0, 1] (default 1.0: all)")  # fmt: skip
     a("--num-samples", type=integer_range(1, MAX_SAMPLES), default=1, metavar="N",
       help=f"N independent samples, each from the zero state, 1..{MAX_SAMPLES:,} "
       "(default 1)")  # fmt: skip
@@ -228,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Backpropagation through time derived by hand, checked against jax.grad. "
         "Commands: train (the main job), sample, tag, eval, check, diagnose, bench.",
     )
+    parser.add_argument("--version", action="version", version=f"bptt-jax {VERSION}",
+                        help="print the version and exit")  # fmt: skip
     parser.add_argument(
         "--debug",
         action="store_true",
@@ -269,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     Bad arguments raise ``SystemExit(1)`` (after printing one line), as
     ``--help`` raises ``SystemExit(0)``.
     """
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     command = args.command
     try:
         return _HANDLERS[command](args)
@@ -301,6 +314,16 @@ def main(argv: list[str] | None = None) -> int:
             f"internal error {type(e).__name__}: {_one_line(e)} (a bug in bptt-jax; "
             "run again with BPTT_JAX_DEBUG=1 for the traceback and report it)",
         )
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, with an unknown flag reported by its command's parser:
+    ``bptt-jax train: error: unrecognized arguments: --foo`` (exit status 1)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        commands_ = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands_.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def _one_line(e: BaseException) -> str:

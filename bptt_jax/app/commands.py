@@ -19,10 +19,11 @@ from .arguments import TRAIN_OPTIONS
 from .bench import run_bench
 from .check import run_check
 from .checkpoint_schema import config_for_resume, load_model, read_training_checkpoint
-from .config import TrainConfig, TrainingError, default_config
+from .config import PATH_LISTS, TrainConfig, TrainingError, default_config
 from .data import DataError, read_text, token_labels
 from .distributed import cluster_from, initialize
 from .evaluate import Evaluation
+from .files import check_regular
 from .loop import CHECKPOINT_NAME, train
 from .preflight import UsageError, check_writable_folder, require_memory, rnn_bytes
 from .sample import check_request, generate
@@ -116,8 +117,9 @@ def train_command(args: argparse.Namespace) -> int:
     cluster = cluster_from(args.coordinator, args.num_processes, args.process_id)
     initialize(cluster)  # multi-host only: before anything touches the devices
     given = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
-    if "text" in given:
-        given["text"] = tuple(given["text"])
+    for name in PATH_LISTS:
+        if name in given:
+            given[name] = tuple(given[name])
     if args.resume is None:
         config, resume = default_config(given), None
     else:
@@ -190,6 +192,7 @@ def sample_command(args: argparse.Namespace) -> int:
 
 
 def tag(args: argparse.Namespace) -> int:
+    check_regular(args.file)  # a FIFO or /dev/zero: refused before the model loads
     model = load_model(args.checkpoint)
     if model.task != "tag":
         raise DataError(

@@ -12,6 +12,7 @@ import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import optax
 
 from ..api.options import KERNELS
@@ -47,11 +48,16 @@ SCHEDULES = ("constant", "cosine", "linear")
 
 #: Fields added after the first checkpoints were written, with the value that
 #: reproduces what those runs did (a checkpoint without them reads as these).
-LEGACY = {"schedule": "constant", "warmup": 0, "log_every": 100, "kernel": "scan"}
+LEGACY = {"schedule": "constant", "warmup": 0, "log_every": 100, "kernel": "scan",
+          "val_text": (), "strict_text": False}  # fmt: skip
+
+#: The fields that are lists of paths (tuples in a TrainConfig, lists in JSON).
+PATH_LISTS = ("text", "val_text")
 
 # Options that may differ between a run and its --resume: they do not change
 # the parameters a given step produces.
-RESUMABLE = ("steps", "out", "eval_every", "save_every", "verify_every", "kernel", "log_every")
+RESUMABLE = ("steps", "out", "eval_every", "save_every", "verify_every", "kernel", "log_every",
+             "strict_text")  # fmt: skip
 
 
 #: The defaults of a ``--bidirectional`` tagger that differ from :class:`TrainConfig`'s:
@@ -80,6 +86,8 @@ class TrainConfig:
 
     task: str = "lm"  # "lm": next character; "tag": token type
     text: tuple[str, ...] = ()  # --text paths; () = the standard library
+    val_text: tuple[str, ...] = ()  # --val-text paths: the held-out files; () = the rule
+    strict_text: bool = False  # stop at a folder's file that is not UTF-8 (default: skip it)
     max_files: int | None = None  # only the first N files of the corpus
     steps: int = 5200  # total optimizer steps
     batch_size: int = 64  # B parallel streams
@@ -108,7 +116,7 @@ class TrainConfig:
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
-        d["text"] = list(self.text)
+        d["text"], d["val_text"] = list(self.text), list(self.val_text)
         return d
 
     @classmethod
@@ -125,10 +133,11 @@ class TrainConfig:
         missing = sorted(known - set(d))
         if missing:
             raise TrainingError(f"the configuration lacks {', '.join(missing)}")
-        text = d["text"]
-        if not isinstance(text, list | tuple) or not all(isinstance(t, str) for t in text):
-            raise TrainingError(f"text must be a list of paths, not {_kind(text)}")
-        config = cls(**{k: tuple(v) if k == "text" else v for k, v in d.items() if k in known})
+        for name in PATH_LISTS:
+            text = d[name]
+            if not isinstance(text, list | tuple) or not all(isinstance(t, str) for t in text):
+                raise TrainingError(f"{name} must be a list of paths, not {_kind(text)}")
+        config = cls(**{k: tuple(v) if k in PATH_LISTS else v for k, v in d.items() if k in known})
         check_config(config)
         return config
 
@@ -183,8 +192,9 @@ def check_config(config: TrainConfig) -> None:
         raise TrainingError(f"unknown task {config.task!r}; choose one of {', '.join(TASKS)}")
     if not isinstance(config.out, str) or not config.out:
         raise TrainingError(f"out must be a folder name, got {config.out!r}")
-    if not isinstance(config.recompute, bool):
-        raise TrainingError(f"recompute must be true or false, got {config.recompute!r}")
+    for flag in ("recompute", "strict_text"):
+        if not isinstance(getattr(config, flag), bool):
+            raise TrainingError(f"{flag} must be true or false, got {getattr(config, flag)!r}")
     if config.warmup is not None and config.warmup > config.steps:
         raise TrainingError(
             f"warmup must be at most steps ({config.steps}), got {config.warmup}: the learning "
@@ -192,6 +202,31 @@ def check_config(config: TrainConfig) -> None:
         )
     check_names(config)
     check_model(config)
+    check_underflow(config)
+
+
+#: The real fields that reach the computation in the run's dtype, and their flags.
+_REALS = {"lr": "--lr", "clip": "--clip", "clip_value": "--clip-value"}
+
+
+def check_underflow(config: TrainConfig) -> None:
+    """Refuses a positive ``lr``, ``clip`` or ``clip_value`` below the smallest normal
+    number of the run's dtype (``np.finfo(dtype).tiny``: 1.2e-38 for float32): in the
+    computation it is 0 or a subnormal without its precision, so ``--lr 1e-320`` would
+    train nothing and say nothing.
+
+    Raises:
+      TrainingError: naming the flag, the value and the smallest it accepts.
+    """
+    tiny = float(np.finfo(config.dtype).tiny)
+    for name, flag in _REALS.items():
+        value = getattr(config, name)
+        if 0 < value < tiny:
+            zero = "" if name == "lr" else " (or 0 to turn it off)"
+            raise TrainingError(
+                f"{flag} {value:g} underflows {config.dtype}: it is below the smallest "
+                f"normal {config.dtype} number {tiny:.3g}; give at least {tiny:.3g}{zero}"
+            )
 
 
 def check_model(config: TrainConfig) -> None:

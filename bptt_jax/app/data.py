@@ -16,111 +16,31 @@ from __future__ import annotations
 
 import io
 import keyword
-import pathlib
-import sysconfig
 import tokenize
-import zlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
-
-class DataError(Exception):
-    """A problem with the user's text or corpus, reported as a message (no traceback)."""
-
+from .files import (
+    DataError,
+    TextFile,
+    check_disjoint,
+    collect_files,
+    held_out_by_name,
+    read_text,
+    shown,
+    split_files,
+    stdlib_files,
+    stdlib_root,
+    total_bytes,
+)
+from .preflight import require_memory
 
 # Token types of the tagging task, in class-id order, with a one-letter code each.
 TOKEN_TYPES = ("whitespace", "name", "keyword", "operator", "number", "string", "comment", "other")
 TOKEN_LETTERS = "_nkodsc?"
 UNKNOWN_CHAR = "\ufffd"  # how the out-of-vocabulary id decodes
-
-_TEST_DIRS = {"test", "tests", "idle_test"}
-_VAL_BUCKETS = 20  # a file is held out when crc32(name) % 20 == 0: about 5 %
-
-
-# --------------------------------------------------------------------------- files
-
-
-@dataclass(frozen=True)
-class TextFile:
-    name: str  # stable key: the path relative to the folder it was found in
-    path: pathlib.Path
-
-
-def stdlib_root() -> pathlib.Path:
-    """The folder of the running interpreter's standard library."""
-    return pathlib.Path(sysconfig.get_paths()["stdlib"])
-
-
-def stdlib_files() -> list[TextFile]:
-    """The standard library's ``.py`` files (no tests, no site-packages), sorted by name."""
-    root = stdlib_root()
-    files = []
-    for path in root.rglob("*.py"):
-        parts = path.relative_to(root).parts
-        if "site-packages" in parts or "dist-packages" in parts or _TEST_DIRS & set(parts[:-1]):
-            continue
-        files.append(TextFile(path.relative_to(root).as_posix(), path))
-    return sorted(files, key=lambda f: f.name)
-
-
-def collect_files(paths: list[str]) -> list[TextFile]:
-    """The files named by ``--text``: each a file, or a folder read recursively.
-
-    Hidden files and folders (names starting with ``.``) inside a folder are
-    skipped. Raises :class:`DataError` for a path that does not exist.
-    """
-    files = []
-    for text in paths:
-        path = pathlib.Path(text)
-        if path.is_dir():
-            for p in sorted(path.rglob("*")):
-                rel = p.relative_to(path)
-                if p.is_file() and not any(part.startswith(".") for part in rel.parts):
-                    files.append(TextFile(f"{path.name}/{rel.as_posix()}", p))
-        elif path.is_file():
-            files.append(TextFile(path.name, path))
-        else:
-            raise DataError(f"--text {text}: no such file or folder")
-    return files
-
-
-def read_text(path: pathlib.Path) -> str:
-    """The file as text; :class:`DataError` naming the file and place if not UTF-8."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e.strerror}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise DataError(
-            f"{path}: not UTF-8 text: byte 0x{data[e.start]:02x} at byte offset {e.start} "
-            f"(line {line}, byte {column} of the line) cannot be decoded ({e.reason}); "
-            "convert the file to UTF-8 or leave it out"
-        ) from None
-
-
-def split_files(files: list[TextFile]) -> tuple[list[TextFile], list[TextFile]]:
-    """Deterministic train/validation split by file name (about 5 % held out).
-
-    A file goes to validation when ``crc32(name) % 20 == 0`` -- the same on
-    every machine and independent of the other files. With two or more files
-    each side gets at least one; a single file goes to training (the corpus
-    then holds out its last 10 %).
-    """
-    if len(files) < 2:
-        return list(files), []
-    val = [f for f in files if zlib.crc32(f.name.encode()) % _VAL_BUCKETS == 0]
-    train = [f for f in files if zlib.crc32(f.name.encode()) % _VAL_BUCKETS != 0]
-    if len(files) >= 2 and not val:
-        val, train = train[-1:], train[:-1]
-    elif len(files) >= 2 and not train:
-        train, val = val[:-1], val[-1:]
-    return train, val
 
 
 # --------------------------------------------------------------------------- labels
@@ -236,10 +156,32 @@ class Corpus:
     skipped: tuple[str, ...]  # files left out (tag: tokenize could not read them)
     train_starts: tuple[int, ...] = (0,)  # where each training file starts in train_ids
     val_starts: tuple[int, ...] = (0,)  # where each held-out file starts in val_ids
+    rule: str = "name-hash"  # how the held-out text was chosen: SPLIT_RULES
+    val_range: tuple[int, int] | None = None  # "tail": the characters of the one file held out
+    not_text: tuple[str, ...] = ()  # files of a folder left out: not UTF-8 text
 
     @property
     def num_classes(self) -> int:
         return self.vocab.size if self.task == "lm" else len(TOKEN_TYPES)
+
+
+#: How the held-out text is chosen: a hash of each file's name (two or more files), the
+#: last 10 % of a single file, or the files ``--val-text`` names.
+SPLIT_RULES = {
+    "name-hash": "the files whose name hashes to 0 (crc32 of the name mod 20, about 5 %)",
+    "last-file": "no file's name hashes to 0 (crc32 mod 20): the last file by name",
+    "tail": "the last 10 % of the one file",
+    "val-text": "the files --val-text names",
+}
+
+#: Peak host memory per byte of the corpus's files (an upper bound on its characters)
+#: while it is read, encoded, fingerprinted and cut into streams. For "lm", 1 + 1 + 4 +
+#: 4 + 1 + 1 + 4 = 16: the texts, their concatenation, the int32 ids, the streams' copy
+#: of them, the document starts twice (bool), the fingerprint's bytes; one file adds
+#: its two halves. "tag" adds int32 labels, their streams' copy and fingerprint and
+#: tokenize's per-character list. Measured peaks (docs/training.md): lm 15.7 (8
+#: files) and 17.2 (1 file), tag 29.8 and 30.7.
+BYTES_PER_CHAR = {"lm": 18, "tag": 32}
 
 
 def load_corpus(
@@ -247,6 +189,8 @@ def load_corpus(
     *,
     task: str = "lm",
     max_files: int | None = None,
+    val_text: list[str] | tuple[str, ...] = (),
+    strict_text: bool = False,
 ) -> Corpus:
     """Reads, splits and encodes the corpus.
 
@@ -255,10 +199,16 @@ def load_corpus(
       task: ``"lm"`` (y_t = the next character) or ``"tag"`` (y_t = the token
         type of character t; files ``tokenize`` cannot read are skipped).
       max_files: use only the first ``max_files`` files (sorted by name).
+      val_text: ``--val-text`` paths: the held-out files (none of them a training
+        file); empty: the held-out rule of :func:`split_files`.
+      strict_text: stop at a file of a folder that is not UTF-8 text (default: skip
+        it, naming it in ``not_text``; a file named directly always stops).
 
     Raises:
-      DataError: a file is not UTF-8, a path does not exist, or nothing is left
-        to train or validate on.
+      DataError: a file is not UTF-8 (see ``strict_text``), a path does not exist or
+        is not a regular file, a ``--val-text`` file is also a training file, or
+        nothing is left to train or validate on.
+      UsageError: the corpus would not fit in the host's memory.
     """
     if task not in ("lm", "tag"):
         raise DataError(f"unknown task {task!r}: expected 'lm' or 'tag'")
@@ -266,22 +216,34 @@ def load_corpus(
     where = "the --text files" if text else f"the standard library at {stdlib_root()}"
     if max_files is not None:
         files = files[:max_files]
-    train_files, val_files = split_files(files)
+    held = collect_files(list(val_text), "--val-text") if val_text else []
+    check_disjoint(files, held)
+    nbytes = total_bytes(files + held)
+    require_memory(f"the corpus ({nbytes:,} bytes in {len(files) + len(held)} files)",
+                   BYTES_PER_CHAR[task] * nbytes, host=True)  # fmt: skip
+    bodies, not_text = _read_all(files + held, strict_text)
+    files = [f for f in files if f.path in bodies]
+    held = [f for f in held if f.path in bodies]
+    train_files, val_files = (files, held) if val_text else split_files(files)
     skipped: list[str] = []
-    train = _read_group(train_files, task, skipped)
-    val = _read_group(val_files, task, skipped)
-    if len(files) == 1 and train.texts:  # one file: hold out its last 10 %
+    train = _read_group(train_files, task, skipped, bodies)
+    val = _read_group(val_files, task, skipped, bodies)
+    rule, val_range = "val-text" if val_text else "name-hash", None
+    if not val_text and not all(held_out_by_name(f.name) for f in val_files):
+        rule = "last-file"
+    if not val_text and len(files) == 1 and train.texts:  # one file: hold out its last 10 %
         train, val = _hold_out_tail(train, val, task)
+        rule, val_range = "tail", (len(train.texts[0]), len(bodies[files[0].path]))
     train_text = "".join(train.texts)
-    val_text = "".join(val.texts)
-    if not train_text or not val_text:
-        raise _empty_corpus(len(files), where, train_text, val_text, skipped)
+    val_text_ = "".join(val.texts)
+    if not train_text or not val_text_:
+        raise _empty_corpus(len(files), where, train_text, val_text_, skipped, not_text)
     vocab = Vocab.from_text(train_text)
     return Corpus(
         task=task,
         vocab=vocab,
         train_ids=vocab.encode(train_text),
-        val_ids=vocab.encode(val_text),
+        val_ids=vocab.encode(val_text_),
         train_labels=np.concatenate(train.labels) if task == "tag" else None,
         val_labels=np.concatenate(val.labels) if task == "tag" else None,
         train_files=tuple(train.names),
@@ -289,7 +251,24 @@ def load_corpus(
         skipped=tuple(skipped),
         train_starts=_starts(train.texts),
         val_starts=_starts(val.texts),
+        rule=rule,
+        val_range=val_range,
+        not_text=tuple(not_text),
     )
+
+
+def _read_all(files: list[TextFile], strict: bool) -> tuple[dict, list[str]]:
+    """Every file's text by path, and the names of a folder's files that are not UTF-8
+    text (left out unless ``strict``; a file named directly is always an error)."""
+    bodies, not_text = {}, []
+    for f in files:
+        try:
+            bodies[f.path] = read_text(f.path)
+        except DataError:
+            if strict or not f.in_folder:
+                raise
+            not_text.append(shown(f.name))
+    return bodies, not_text
 
 
 def _starts(texts: list[str]) -> tuple[int, ...]:
@@ -311,22 +290,22 @@ class _Group(NamedTuple):
     names: list[str]
 
 
-def _read_group(group: list[TextFile], task: str, skipped: list[str]) -> _Group:
-    """Reads ``group``; empty files are left out, and for ``tag`` the files ``tokenize``
-    cannot read are left out and named in ``skipped``."""
+def _read_group(group: list[TextFile], task: str, skipped: list[str], bodies: dict) -> _Group:
+    """The texts of ``group`` (read by :func:`_read_all`); empty files are left out, and
+    for ``tag`` the files ``tokenize`` cannot read are left out and named in ``skipped``."""
     texts, labels, names = [], [], []
     for f in group:
-        body = read_text(f.path)
+        body = bodies[f.path]
         if not body:
             continue
         if task == "tag":
             try:
                 labels.append(token_labels(body))
             except DataError:
-                skipped.append(f.name)
+                skipped.append(shown(f.name))
                 continue
         texts.append(body)
-        names.append(f.name)
+        names.append(shown(f.name))
     return _Group(texts, labels, names)
 
 
@@ -343,10 +322,12 @@ def _hold_out_tail(train: _Group, val: _Group, task: str) -> tuple[_Group, _Grou
 
 
 def _empty_corpus(
-    files: int, where: str, train_text: str, val_text: str, skipped: list[str]
-) -> DataError:
+    files: int, where: str, train_text: str, val_text: str, skipped: list[str],
+    not_text: list[str],
+) -> DataError:  # fmt: skip
     return DataError(
         f"empty corpus: {files} file(s) in {where}, "
         f"{len(train_text)} training and {len(val_text)} validation characters"
         + (f" ({len(skipped)} file(s) skipped: tokenize could not read them)" if skipped else "")
+        + (f" ({len(not_text)} file(s) skipped: not UTF-8 text)" if not_text else "")
     )

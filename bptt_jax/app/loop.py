@@ -65,9 +65,11 @@ from .models import init_model
 from .parallel import AXIS, replicate, shard_batch
 from .preflight import check_writable_folder, require_memory, rnn_bytes
 from .signals import Interrupted, Interrupts, signal_name
+from .split import announce_split
 from .state import History, Result, TrainState
 from .step import (
     cached_step,
+    default_devices,
     model_grad_fn,
     run_options,
     step_grad_fn,
@@ -152,7 +154,8 @@ def _preflight(config: TrainConfig) -> None:
         f"training with --hidden-size {config.hidden_size} --batch-size {config.batch_size} "
         f"--seq-len {config.seq_len}",
         rnn_bytes(K=256, H=config.hidden_size, C=256, B=config.batch_size, T=config.seq_len,
-                  itemsize=itemsize),
+                  itemsize=itemsize, layers=config.num_layers,
+                  directions=2 if config.bidirectional else 1),
     )  # fmt: skip
     check_writable_folder(config.out)
 
@@ -167,13 +170,16 @@ def _stop_before_start(signals: Interrupts, where: str) -> None:
 
 
 def _session(config, corpus, progress, echo, grad_fn, devices) -> Session:
-    mesh = training_mesh(devices, config.batch_size)
+    mesh = training_mesh(default_devices(config, devices, echo), config.batch_size)
     if is_deep(config) and mesh.shape[AXIS] > 1:
         raise TrainingError(
             "--num-layers > 1 and --bidirectional train on one device; give --devices 1"
         )
     if corpus is None:
-        corpus = load_corpus(config.text, task=config.task, max_files=config.max_files)
+        corpus = load_corpus(config.text, task=config.task, max_files=config.max_files,
+                             val_text=config.val_text, strict_text=config.strict_text)  # fmt: skip
+    if jax.process_index() == 0:
+        announce_split(corpus, config.out, echo)  # one line, and OUT/split.json
     labels = config.task == "tag"
     streams = Streams(
         corpus.train_ids, corpus.train_labels if labels else None, config.batch_size,

@@ -40,11 +40,11 @@ def check_writable_folder(folder: str | os.PathLike, flag: str = "--out") -> pat
     return path
 
 
-def available_bytes() -> int:
-    """Memory the default device can still use: the accelerator's limit, else the host's
-    available memory (``MemAvailable``), else its physical memory."""
+def available_bytes(*, host: bool = False) -> int:
+    """Memory the default device can still use: the accelerator's limit, else (and with
+    ``host``) the host's available memory (``MemAvailable``), else its physical memory."""
     device = jax.devices()[0]
-    if device.platform != "cpu":
+    if device.platform != "cpu" and not host:
         stats = device.memory_stats() or {}
         if "bytes_limit" in stats:
             return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
@@ -58,13 +58,14 @@ def available_bytes() -> int:
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def require_memory(what: str, nbytes: int) -> None:
-    """Refuses a job whose estimated memory exceeds what is available.
+def require_memory(what: str, nbytes: int, *, host: bool = False) -> None:
+    """Refuses a job whose estimated memory exceeds what is available (on the default
+    device, or with ``host`` in the host's memory).
 
     Raises:
       UsageError: ``what`` with the estimate and the memory available.
     """
-    have = available_bytes()
+    have = available_bytes(host=host)
     if nbytes > have:
         raise UsageError(
             f"{what} needs about {_gib(nbytes)} of memory, but {_gib(have)} is available; "
@@ -76,10 +77,20 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
 
 
-def rnn_bytes(*, K: int, H: int, C: int, B: int, T: int, itemsize: int, copies: int = 6) -> int:
+def rnn_bytes(
+    *, K: int, H: int, C: int, B: int, T: int, itemsize: int, copies: int = 6,
+    layers: int = 1, directions: int = 1,
+) -> int:  # fmt: skip
     """A rough estimate of one BPTT step's memory: ``copies`` of the parameters (the
     model, its gradient, optimizer moments, a referee's copy) and a few ``(B, T, .)``
-    activations (inputs, states, logits, deltas)."""
-    params = H * H + C * H + H * K + H + C
-    activations = B * T * (3 * H + 2 * C + K)
+    activations (inputs, states, logits, deltas), for ``layers`` stacked layers of
+    ``directions`` (1, or 2 when bidirectional) cells each.
+
+    Parameters: the first layer's ``D (H H + H K + H)``, each layer above
+    ``D (H H + D H H + H)``, the output ``C D H + C``; activations: ``3 H`` per
+    layer and direction, and ``2 C + K``, per character.
+    """
+    L, D = layers, directions
+    params = D * (H * H + H * K + H) + (L - 1) * D * (H * H + D * H * H + H) + C * D * H + C
+    activations = B * T * (3 * H * L * D + 2 * C + K)
     return itemsize * (copies * params + 4 * activations)

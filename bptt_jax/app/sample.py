@@ -69,7 +69,7 @@ def _filter(z, temperature, top_p, top_k: int | None, banned: int | None):
     """The logits to draw from: :math:`z/\tau`, top-k, then top-p (nucleus) applied."""
     if banned is not None:
         z = z.at[banned].set(-jnp.inf)
-    logits = z / temperature
+    logits = (z - jnp.max(z)) / temperature  # <= 0: a small temperature never overflows
     if top_k is not None:
         kth = lax.top_k(logits, top_k)[0][-1]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
@@ -155,6 +155,15 @@ def check_request(
         )
     if not 0 <= temperature < math.inf:
         raise DataError(f"{name('temperature')} must be >= 0 and finite, got {temperature}")
+    dtype = model.params.V.dtype
+    tiny = float(jnp.finfo(dtype).tiny)
+    for flag, value, zero in ((name("temperature"), temperature, "0 for greedy sampling or "),
+                              (name("top_p"), top_p, "")):  # fmt: skip
+        if 0 < value < tiny:
+            raise DataError(
+                f"{flag} {value:g} underflows the model's {dtype}: it is below the smallest "
+                f"normal {dtype} number {tiny:.3g}; give {zero}at least {tiny:.3g}"
+            )
     if top_k is not None and not 1 <= top_k < K:
         raise DataError(
             f"{name('top_k')} must be between 1 and the vocabulary size {K - 1}, got {top_k}"

@@ -32,13 +32,15 @@ import numpy as np
 from .checkpoint_schema import Model, load_model
 from .data import TOKEN_TYPES, DataError, read_text, token_labels
 from .evaluate import HeldOut, evaluation, score
+from .files import check_regular
 
 
 def collect(paths: list[str]) -> list[pathlib.Path]:
     """The files of ``paths`` (files, or folders read recursively; hidden names skipped).
 
     Raises:
-      DataError: a path that does not exist, or a folder with no files.
+      DataError: a path that does not exist or is not a regular file or folder, or a
+        folder with no files.
     """
     files = []
     for text in paths:
@@ -54,6 +56,7 @@ def collect(paths: list[str]) -> list[pathlib.Path]:
         elif path.is_file():
             files.append(path)
         else:
+            check_regular(path)  # a FIFO, a device: refused, never read
             raise DataError(f"{path}: no such file or folder")
     return files
 
@@ -183,13 +186,14 @@ def run_eval(checkpoint: str, paths: list[str], *, task: str | None = None) -> d
       DataError: bad input (see :func:`collect`, :func:`held_files`), or ``task`` given
         and not the checkpoint's.
     """
+    files = collect(paths)  # before the checkpoint is read: a bad path costs nothing
     model = load_model(checkpoint)
     if task is not None and task != model.task:
         raise DataError(
             f"{checkpoint} is a --task {model.task} model; --task {task} needs a checkpoint "
             f"trained with --task {task}"
         )
-    held, oov = held_files(collect(paths), model)
+    held, oov = held_files(files, model)
     return {"checkpoint": str(checkpoint)} | report(model, held, oov).to_json()
 
 

@@ -216,3 +216,15 @@ def training_mesh(devices: int | None, batch_size: int) -> Mesh:
             f"its {jax.process_count()} processes; leave --devices out"
         )
     return mesh
+
+
+def default_devices(config: TrainConfig, devices: int | None, echo: Callable[[str], None]):
+    """``--devices`` as given; left out, 1 for a deep or bidirectional model (they are not
+    data-parallel) on a single-process host with several devices, said with ``echo``."""
+    if devices is not None or not is_deep(config) or jax.process_count() > 1:
+        return devices
+    if jax.device_count() > 1:
+        model = f"--num-layers {config.num_layers}" if config.num_layers > 1 else "--bidirectional"
+        echo(f"devices: a {model} model trains on one device: using 1 of the "
+             f"{jax.device_count()} (--devices)")  # fmt: skip
+    return 1

@@ -268,7 +268,7 @@ def test_tag_and_its_errors_from_the_cli(tmp_path, capsys):
     for argv, message in (
         (["tag", str(path), str(tmp_path / "missing.py")], "cannot read"),
         (["tag", str(path), str(tmp_path / "bin.py")], "not UTF-8"),
-        (["tag", str(path), str(tmp_path)], "cannot read"),
+        (["tag", str(path), str(tmp_path)], "is a folder, not a regular file"),
         (["sample", str(path)], "not a language model"),
     ):
         assert main(argv) == 1
