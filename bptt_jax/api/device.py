@@ -67,3 +67,41 @@ def device_checks(params: Model, xs, ys, h0, mask, flags, fold_x, fold_y, h0_sha
     if h0 is None:
         h0 = jnp.zeros(h0_shape, jax.tree.leaves(params)[0].dtype)
     return params, xs, ys, h0
+
+
+def _varying_axes(x) -> frozenset:
+    """The manual mesh axes (``jax.shard_map``) over which ``x`` varies; empty outside one.
+
+    ``jax.typeof(x).vma`` in the JAX releases that have it, ``.mat.varying`` in 0.10."""
+    aval = jax.typeof(x)
+    vma = getattr(aval, "vma", None)
+    if vma is None:
+        vma = getattr(getattr(aval, "mat", None), "varying", ())
+    return frozenset(vma)
+
+
+def vary_alike(tree):
+    """``tree`` with every floating leaf cast (``jax.lax.pcast(..., to="varying")``) to
+    vary over every manual mesh axis that any leaf of ``tree`` varies over.
+
+    Under ``jax.shard_map`` with ``check_vma=True`` (its default) a scan's carry must
+    keep its type: a zero ``h0`` or a replicated parameter meeting sharded ids would
+    make the carry change from invariant to varying, and a ``custom_vjp``'s cotangent
+    must have its primal's type. With every input varying alike, the cores' carries,
+    defaults and cotangents all have one type; the cast's transpose is ``psum``, so
+    ``jax.grad`` with respect to a replicated input sums over the devices, as JAX's
+    autodiff does. Outside ``shard_map`` (no manual axes; concrete arrays never vary)
+    ``tree`` is returned as is.
+    """
+    leaves = [x for x in jax.tree.leaves(tree) if isinstance(x, jax.core.Tracer)]
+    axes = frozenset().union(*map(_varying_axes, leaves))
+    if not axes:
+        return tree
+
+    def cast(x):
+        if not (hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)):
+            return x
+        missing = tuple(a for a in axes if a not in _varying_axes(x))
+        return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+    return jax.tree.map(cast, tree)

@@ -14,6 +14,7 @@ from jax.typing import ArrayLike
 from ..core.hand_loss import hand_loss_jit
 from ..core.params import DeepParams, Params
 from ..core.recurrence import recurrence_jit
+from .device import vary_alike
 from .options import check_activation, check_precision, kernel_option
 from .resets import check_resets
 from .validate import check_inputs
@@ -22,7 +23,8 @@ from .validate import check_inputs
 def _setup(params, xs, ys, h0, lengths, resets, need_ys):
     params, inp = check_inputs(params, xs, ys, h0, lengths=lengths, need_ys=need_ys)
     steps_shape = inp.xs.shape[:2] if inp.batched else inp.xs.shape[1:2]
-    return params, inp, check_resets(resets, steps_shape, inp.mask)
+    # under jax.shard_map: every input varying over the same mesh axes (device.vary_alike)
+    return vary_alike((params, inp, check_resets(resets, steps_shape, inp.mask)))
 
 
 def recurrence(
