@@ -153,6 +153,8 @@ def bptt(
         are float64 on every backend. The verification (the tests,
         ``bptt-jax check``, ``bench``'s agreement column, ``train
         --verify-every``) compares at ``"highest"`` (``docs/performance.md``).
+      resets: ``None`` or bool ``(B, T)`` / ``(T,)`` (``(T,)`` with a batch: the same
+        steps of every sequence): restarts from ``h0``, as :func:`bptt_jax.forward`.
 
     Returns:
       ``(E, grads)``: the loss (as :func:`loss`) and its gradients, a pytree

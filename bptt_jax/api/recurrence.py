@@ -84,8 +84,9 @@ def recurrence(
       lengths: ``None`` or ``(B,)`` (a scalar for one sequence): past its length a
         sequence's state is frozen and its outputs are zero.
       resets: ``None`` or bool ``(B, T)`` / ``(T,)``: True where a sequence starts afresh
-        (the state entering that step is ``h0``). A reset on a padded step is a
-        ValueError (checked on concrete arrays; ignored under tracing).
+        (the state entering that step is ``h0``); ``(T,)`` with a batch: the same steps
+        of every sequence. A reset on a padded step is a ValueError (checked on
+        concrete arrays; ignored under tracing).
       kernel: ``"scan"``, ``"pallas"`` or ``"auto"`` for both recursions, the forward
         one and the hand backward's δ one (as :func:`bptt_jax.bptt`).
       precision: of every matrix product, forward and hand backward: ``"default"``,
