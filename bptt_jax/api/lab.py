@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from ..core.checks import check_key, check_number
+from ..core.checks import check_float_dtype, check_key, check_number
 from ..core.clipping import make_clipper
 from ..core.init import check_init
 from ..core.params import DeepParams
@@ -170,8 +170,8 @@ def delay_task(
         delay = _count(delay, "delay", minimum=0)
         if delay >= steps:
             raise ValueError(f"delay must be in 0..steps-1 = 0..{steps - 1}, got {delay}")
-    if dtype is not None and not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
-        raise TypeError(f"dtype must be None or a floating dtype, got {jnp.dtype(dtype)}")
+    if dtype is not None:
+        dtype = check_float_dtype(dtype)  # float64 without x64: an error, not float32
     return tasks.delay_task(
         key, batch=_count(batch, "batch"), steps=steps, delay=delay,
         vocab_size=_count(vocab_size, "vocab_size"), dtype=dtype,
