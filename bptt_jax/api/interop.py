@@ -152,8 +152,14 @@ def to_torch(
 
     Args:
       params: :class:`Params` or :class:`DeepParams`.
-      as_numpy: return numpy arrays instead of ``torch.Tensor`` (then torch
-        is not imported).
+      as_numpy: ``False`` (the default): every value a ``torch.Tensor`` (a copy, in
+        the parameters' dtype), which needs PyTorch installed (an ImportError saying
+        so otherwise); ``True``: every value a ``numpy.ndarray``, and torch is not
+        imported.
+
+    Returns:
+      ``(rnn_state_dict, head_state_dict)``: ``weight_ih_l{k}``, ``weight_hh_l{k}``,
+      ``bias_ih_l{k}``, ``bias_hh_l{k}`` (and ``_reverse`` twins); ``weight``, ``bias``.
     """
     params, _ = check_model(params)
     deep = params if isinstance(params, DeepParams) else to_deep(params)

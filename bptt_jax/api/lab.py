@@ -196,7 +196,9 @@ def train_delay(
     Checks the configuration (delays in ``0..steps-1``, the remedy's
     activation, init, clipping), then runs :func:`bptt_jax.lab.tasks.train_delay`
     (see there for the arguments and the returned ``DelayCurves``); ``precision`` of
-    every matrix product as for :func:`bptt_jax.bptt`.
+    every matrix product as for :func:`bptt_jax.bptt`. ``remedy`` is a
+    :class:`bptt_jax.lab.tasks.Remedy` (one of ``tasks.REMEDIES``, or your own), not
+    a name: anything else is a TypeError listing the prepared ones.
     """
     key = check_key(key)
     if not isinstance(remedy, tasks.Remedy):
