@@ -16,7 +16,7 @@ from ..core.deep_per_loss import deep_bptt_per_loss_core, deep_per_loss_deltas_c
 from ..core.params import DeepParams
 from ..core.per_loss import bptt_per_loss_core, per_loss_deltas_core
 from .arrays import check_quadratic_size
-from .device import device_checks
+from .device import device_checks, vary_alike
 from .options import build_options, check_truncate
 from .validate import (
     Inputs,
@@ -143,6 +143,8 @@ def bptt(
         are float64 on every backend. The verification (the tests,
         ``bptt-jax check``, ``bench``'s agreement column, ``train
         --verify-every``) compares at ``"highest"`` (``docs/performance.md``).
+      resets: ``None`` or bool ``(B, T)`` / ``(T,)`` (``(T,)`` with a batch: the same
+        steps of every sequence): restarts from ``h0``, as :func:`bptt_jax.forward`.
 
     Returns:
       ``(E, grads)``: the loss (as :func:`loss`) and its gradients, a pytree
@@ -170,6 +172,7 @@ def _checked_bptt_core(params, xs, ys, h0, dh_T, mask, flags, folds, options):
     one executable: separate, the small checks' dispatch and the core waiting on it
     cost about 0.2 ms a call on the CPU (``docs/performance.md``)."""
     params, xs, ys, h0 = device_checks(params, xs, ys, h0, mask, flags, *folds)
+    params, xs, ys, h0, dh_T, _ = vary_alike((params, xs, ys, h0, dh_T, mask))  # shard_map
     return bptt_core(params, xs, ys, h0, dh_T, options=options)
 
 
@@ -235,7 +238,7 @@ def bptt_chunk(
             tuple(inp.pending[1:]), options,
         )  # fmt: skip
         return E, grads, unbatch(inp, dh0), unbatch(inp, h_T)
-    params, inp = checked(params, inp)
+    params, inp = vary_alike(checked(params, inp))  # shard_map: as device.vary_alike
     deep, d = as_deep(params, inp)
     E, grads, dh0, h_T = deep_bptt_core(
         deep, d.xs, d.ys, d.h0, d.mask, d.dh_T, d.resets, options=options, reduction=d.reduction

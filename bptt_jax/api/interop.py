@@ -23,9 +23,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..core.checks import check_float_dtype
 from ..core.params import DeepParams, Layer, Params, from_deep, to_deep
 from .validate import check_model
 
@@ -104,7 +106,9 @@ def from_torch(
         ``bias_hh_l{k}`` and their ``_reverse`` twins.
       head_state_dict: ``nn.Linear(D*H, C).state_dict()``: ``weight``
         ``(C, D*H)`` and optionally ``bias`` ``(C,)``.
-      dtype: the parameters' dtype; by default that of the weights.
+      dtype: the parameters' dtype (float64 needs x64 enabled: without it, a
+        ValueError); by default that of the weights, as JAX gives it (float32 for
+        float64 weights while x64 is off).
 
     Returns:
       The seed's :class:`Params` for one layer in one direction, else a
@@ -113,7 +117,8 @@ def from_torch(
     cells, L, D = _read_cells(rnn_state_dict)
     H = cells[(0, 0)]["weight_hh"].shape[0]
     if dtype is None:
-        dtype = cells[(0, 0)]["weight_hh"].dtype
+        dtype = jax.dtypes.canonicalize_dtype(cells[(0, 0)]["weight_hh"].dtype)
+    dtype = check_float_dtype(dtype)
     layers = [[None] * D for _ in range(L)]
     for (l, d), found in cells.items():
         layers[l][d] = _layer(found, f"_l{l}{'_reverse' if d else ''}", l, H, D, dtype)
@@ -147,8 +152,14 @@ def to_torch(
 
     Args:
       params: :class:`Params` or :class:`DeepParams`.
-      as_numpy: return numpy arrays instead of ``torch.Tensor`` (then torch
-        is not imported).
+      as_numpy: ``False`` (the default): every value a ``torch.Tensor`` (a copy, in
+        the parameters' dtype), which needs PyTorch installed (an ImportError saying
+        so otherwise); ``True``: every value a ``numpy.ndarray``, and torch is not
+        imported.
+
+    Returns:
+      ``(rnn_state_dict, head_state_dict)``: ``weight_ih_l{k}``, ``weight_hh_l{k}``,
+      ``bias_ih_l{k}``, ``bias_hh_l{k}`` (and ``_reverse`` twins); ``weight``, ``bias``.
     """
     params, _ = check_model(params)
     deep = params if isinstance(params, DeepParams) else to_deep(params)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from ..core.checks import check_key, check_number
+from ..core.checks import check_float_dtype, check_key, check_number
 from ..core.clipping import make_clipper
 from ..core.init import check_init
 from ..core.params import DeepParams
@@ -167,8 +167,8 @@ def delay_task(
         delay = _count(delay, "delay", minimum=0)
         if delay >= steps:
             raise ValueError(f"delay must be in 0..steps-1 = 0..{steps - 1}, got {delay}")
-    if dtype is not None and not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
-        raise TypeError(f"dtype must be None or a floating dtype, got {jnp.dtype(dtype)}")
+    if dtype is not None:
+        dtype = check_float_dtype(dtype)  # float64 without x64: an error, not float32
     return tasks.delay_task(
         key, batch=_count(batch, "batch"), steps=steps, delay=delay,
         vocab_size=_count(vocab_size, "vocab_size"), dtype=dtype,
@@ -193,7 +193,9 @@ def train_delay(
     Checks the configuration (delays in ``0..steps-1``, the remedy's
     activation, init, clipping), then runs :func:`bptt_jax.lab.tasks.train_delay`
     (see there for the arguments and the returned ``DelayCurves``); ``precision`` of
-    every matrix product as for :func:`bptt_jax.bptt`.
+    every matrix product as for :func:`bptt_jax.bptt`. ``remedy`` is a
+    :class:`bptt_jax.lab.tasks.Remedy` (one of ``tasks.REMEDIES``, or your own), not
+    a name: anything else is a TypeError listing the prepared ones.
     """
     key = check_key(key)
     if not isinstance(remedy, tasks.Remedy):

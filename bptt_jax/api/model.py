@@ -52,7 +52,8 @@ def forward(
         afresh -- the state entering that step is ``h0`` instead of :math:`h_{t-1}`
         (a stream of documents, each from zero). The backward-in-time direction of a
         bidirectional layer mirrors it: a reset at t ends the previous document at
-        t − 1. A reset on a padded step is a ValueError.
+        t − 1. A reset on a padded step is a ValueError. ``(T,)`` with a batch:
+        the same steps of every sequence (broadcast over the batch).
       kernel: ``"scan"``, ``"pallas"`` or ``"auto"``: how the h recursion runs
         (as :func:`bptt_jax.bptt`).
       precision: the precision of every matrix product: ``"default"``,

@@ -8,25 +8,78 @@ recurrence.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
+import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from ..core.hand_loss import hand_loss_jit
-from ..core.params import DeepParams, Params
+from ..core.params import DeepParams, Layer, Params
 from ..core.recurrence import recurrence_jit
+from .device import vary_alike
 from .options import build_options, check_activation
 from .resets import check_resets
 from .validate import check_inputs
+
+#: What :func:`recurrence` takes: a model, or recurrent parameters without an output layer.
+Recurrent = Params | DeepParams | Layer | Sequence[Layer]
+
+
+def _is_layers(params) -> bool:
+    """A tuple or list of :class:`Layer` (a unidirectional stack), not a NamedTuple."""
+    return (
+        isinstance(params, tuple | list)
+        and not hasattr(params, "_fields")
+        and len(params) > 0
+        and all(isinstance(layer, Layer) for layer in params)
+    )
+
+
+def _no_output_layer(params) -> bool:
+    return (
+        isinstance(params, Layer)
+        or _is_layers(params)
+        or (isinstance(params, DeepParams) and params.V is None and params.c is None)
+    )
+
+
+def _with_unused_head(params):
+    """Recurrent parameters only (a :class:`Layer`, a sequence of them, or a
+    :class:`DeepParams` with ``V = c = None``) as the model the core takes, with a
+    zero output layer ``V (1, D*H)``, ``c (1,)`` that the recurrence never reads. The
+    gradient of a user's program reaches the given leaves through this construction,
+    so it comes back in the structure passed in."""
+    if isinstance(params, Layer):
+        V, c = _zero_head(params.U, 1)
+        return Params(U=params.U, V=V, W=params.W, b=params.b, c=c)
+    if isinstance(params, DeepParams):
+        V, c = _zero_head(params.layers[0].U if params.layers else None,
+                          2 if params.reverse_layers else 1)  # fmt: skip
+        return params._replace(V=V, c=c)
+    V, c = _zero_head(params[0].U, 1)
+    return DeepParams(layers=tuple(params), reverse_layers=(), V=V, c=c)
+
+
+def _zero_head(U, D: int):
+    """``V (1, D*H)``, ``c (1,)`` zeros in ``U``'s dtype (float32 when ``U`` is not a
+    floating array: its own check then names it)."""
+    shape, dtype = getattr(U, "shape", ()), getattr(U, "dtype", None)
+    H = shape[0] if len(shape) == 2 else 1
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.float32
+    return jnp.zeros((1, D * H), dtype), jnp.zeros((1,), dtype)
 
 
 def _setup(params, xs, ys, h0, lengths, resets, need_ys):
     params, inp = check_inputs(params, xs, ys, h0, lengths=lengths, need_ys=need_ys)
     steps_shape = inp.xs.shape[:2] if inp.batched else inp.xs.shape[1:2]
-    return params, inp, check_resets(resets, steps_shape, inp.mask)
+    # under jax.shard_map: every input varying over the same mesh axes (device.vary_alike)
+    return vary_alike((params, inp, check_resets(resets, steps_shape, inp.mask)))
 
 
 def recurrence(
-    params: Params | DeepParams,
+    params: Recurrent,
     xs: ArrayLike,
     h0: ArrayLike | None = None,
     *,
@@ -72,18 +125,22 @@ def recurrence(
     segment between resets runs, in both directions, exactly as if alone.
 
     Args:
-      params: :class:`Params` (``U (H, H)``, ``W (H, K)``, ``b (H,)``; ``V``, ``c``
-        unused) or :class:`DeepParams`.
+      params: the recurrent parameters, no output layer needed: a :class:`Layer`
+        ``(U (H, H), W (H, K), b (H,))``; a tuple or list of Layers, a unidirectional
+        stack (``W (H, H)`` above the first); a :class:`DeepParams`, whose ``V`` and
+        ``c`` may be ``None``; or the seed's :class:`Params` (``V``, ``c`` unused, their
+        cotangent zero). ``jax.grad`` returns the gradients in the structure passed in.
       xs: ids ``(T,)`` / ``(B, T)`` or vectors ``(T, K)`` / ``(B, T, K)`` (in the params'
         dtype: these get a gradient, :math:`W^\top\delta_t`).
-      h0: ``(H,)`` / ``(B, H)`` (DeepParams: ``(L*D, [B,] H)``); zeros when ``None``.
-        Also the state every reset restarts from.
+      h0: ``(H,)`` / ``(B, H)`` (a stack, DeepParams: ``(L*D, [B,] H)``); zeros when
+        ``None``. Also the state every reset restarts from.
       activation: :math:`f`: ``"tanh"``, ``"sigmoid"`` or ``"relu"``.
       lengths: ``None`` or ``(B,)`` (a scalar for one sequence): past its length a
         sequence's state is frozen and its outputs are zero.
       resets: ``None`` or bool ``(B, T)`` / ``(T,)``: True where a sequence starts afresh
-        (the state entering that step is ``h0``). A reset on a padded step is a
-        ValueError (checked on concrete arrays; ignored under tracing).
+        (the state entering that step is ``h0``); ``(T,)`` with a batch: the same steps
+        of every sequence. A reset on a padded step is a ValueError (checked on
+        concrete arrays; ignored under tracing).
       kernel: ``"scan"``, ``"pallas"`` or ``"auto"`` for both recursions, the forward
         one and the hand backward's δ one (as :func:`bptt_jax.bptt`).
       precision: of every matrix product, forward and hand backward: ``"default"``,
@@ -91,16 +148,21 @@ def recurrence(
         JAX's default matmul precision (see :func:`bptt_jax.bptt`).
 
     Returns:
-      ``(hs, h_T)``: ``hs`` ``([B,] T, D*H)`` (``D*H = H`` for Params) and the final
-      state(s), shaped like ``h0``.
+      ``(hs, h_T)``: ``hs`` ``([B,] T, D*H)`` (``D*H = H`` for a Layer, Params or a
+      unidirectional stack) and the final state(s), shaped like ``h0``.
 
     Example:
       >>> params = bptt_jax.init_params(jax.random.key(0), vocab_size=5, hidden_size=3)
       >>> hs, h_T = recurrence(params, jnp.array([[0, 1, 2]]))
       >>> hs.shape, h_T.shape
       ((1, 3, 3), (1, 3))
+      >>> layer = bptt_jax.Layer(U=params.U, W=params.W, b=params.b)  # no V, c
+      >>> jax.grad(lambda l: recurrence(l, jnp.array([0, 1]))[0].sum())(layer)._fields
+      ('U', 'W', 'b')
     """
     activation = check_activation(activation)
+    if _no_output_layer(params):
+        params = _with_unused_head(params)
     params, inp, resets = _setup(params, xs, None, h0, lengths, resets, need_ys=False)
     options = build_options(activation, params, inp.xs, "recurrence", kernel=kernel,
                             precision=precision)  # fmt: skip
@@ -152,6 +214,11 @@ def hand_loss(
     activation = check_activation(activation)
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    if _no_output_layer(params):
+        raise TypeError(
+            "hand_loss needs the output layer: a Params or a DeepParams with V and c; "
+            "recurrent parameters alone (a Layer, a sequence of them) are for recurrence"
+        )
     params, inp, resets = _setup(params, xs, ys, h0, lengths, resets, need_ys=True)
     options = build_options(activation, params, inp.xs, "hand_loss", kernel=kernel,
                             precision=precision)  # fmt: skip

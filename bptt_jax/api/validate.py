@@ -25,7 +25,7 @@ from .arrays import (
     check_state,
     host_or_device,
 )
-from .device import Pending, device_checks
+from .device import Pending, device_checks, vary_alike
 from .options import check_activation, check_reduction
 from .resets import check_resets
 
@@ -83,7 +83,9 @@ def prepare(
     )  # fmt: skip
     steps_shape = inp.xs.shape[:2] if inp.batched else inp.xs.shape[1:2]
     resets = check_resets(resets, steps_shape, inp.mask)
-    return params, inp._replace(activation=activation, reduction=reduction, resets=resets)
+    inp = inp._replace(activation=activation, reduction=reduction, resets=resets)
+    # under jax.shard_map: every input varying over the same mesh axes (device.vary_alike)
+    return (params, inp) if defer else vary_alike((params, inp))
 
 
 def is_seed(params: Model, inp: Inputs) -> bool:

@@ -14,6 +14,7 @@ import math
 import operator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 #: ``matmul_dtype=`` values besides ``None`` (products in the parameters' dtype).
@@ -57,6 +58,28 @@ def check_number(
     if not math.isfinite(value) or not (value > minimum if strict else value >= minimum):
         raise ValueError(f"{name} must be {expected}, got {value}")
     return value
+
+
+def check_float_dtype(dtype: object, name: str = "dtype") -> np.dtype:
+    """``dtype`` as a floating ``numpy`` dtype that JAX really gives, or a one-line error.
+
+    Without x64 JAX turns a float64 request into float32 silently (with at most a
+    warning); asking for float64 then is an error saying how to enable it.
+
+    Raises:
+      TypeError: not a floating dtype.
+      ValueError: float64 while ``jax_enable_x64`` is off.
+    """
+    dtype = jnp.dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{name} must be a floating dtype (float32, float64, ...), got {dtype}")
+    if jax.dtypes.canonicalize_dtype(dtype) != dtype:
+        raise ValueError(
+            f"{name}={dtype} needs 64-bit floats, which JAX has disabled: run "
+            f"jax.config.update('jax_enable_x64', True) (or set JAX_ENABLE_X64=1) first, "
+            f"or ask for float32"
+        )
+    return dtype
 
 
 def check_key(key: object, name: str = "key") -> jax.Array:

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .checks import check_key, check_number
+from .checks import check_float_dtype, check_key, check_number
 from .init import init_layer, init_matrix
 
 
@@ -148,7 +148,8 @@ def init_params(
         (the seed's language model, where the label is the next input).
       num_layers: ``L >= 1`` stacked hidden layers (seed §2.4).
       bidirectional: add a backward-in-time twin to every layer.
-      dtype: a floating dtype for every parameter.
+      dtype: a floating dtype for every parameter; float64 needs x64 enabled
+        (``jax.config.update("jax_enable_x64", True)``): without it, a ValueError.
       init: the name of the initialisation scheme (``bptt_jax.inits``).
       spectral_radius: ``None``, or ρ > 0: rescale ``U`` so that its largest
         :math:`|\lambda_i(U)|` is ρ (required by ``init="spectral"``).
@@ -177,9 +178,7 @@ def init_params(
     L = check_number(num_layers, "num_layers", integer=True, minimum=1, strict=False)
     if not isinstance(bidirectional, bool):
         raise TypeError(f"bidirectional must be True or False, got {bidirectional!r}")
-    dtype = jnp.dtype(dtype)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"dtype must be a floating dtype (float32, float64, ...), got {dtype}")
+    dtype = check_float_dtype(dtype)  # float64 without x64: an error, not float32
     D = 2 if bidirectional else 1
 
     if L == 1 and not bidirectional:
