@@ -13,6 +13,7 @@ refereed by autodiff (:func:`autodiff_bptt`) and finite differences
 
 import importlib.metadata
 
+from . import _cli_signals  # noqa: F401 (first: the command line's signals, before JAX)
 from .api.gradients import bptt as bptt
 from .api.gradients import bptt_chunk as bptt_chunk
 from .api.gradients import bptt_per_loss as bptt_per_loss

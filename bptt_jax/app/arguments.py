@@ -25,6 +25,7 @@ from .config import (
     SEED_RANGE,
     TASKS,
     TrainConfig,
+    default_out,
 )
 
 #: The smallest normal float64; a positive real flag below it is refused as it is parsed
@@ -128,8 +129,10 @@ def add_train_parser(commands) -> None:
             "hash of their names, are held out for validation; --val-text chooses them; the "
             "split is printed and written to OUT/split.json). Shows a progress bar, "
             "validates every --eval-every steps (loss, bits per character, perplexity), "
-            "writes OUT/checkpoint.bptt every --save-every steps, at the end and on Ctrl-C, "
-            "and OUT/loss.png at the end."
+            "writes OUT/checkpoint.bptt every --save-every steps, at the end and on Ctrl-C "
+            "or SIGTERM, OUT/metrics.csv as it goes, and OUT/loss.png at the end and on "
+            "Ctrl-C or SIGTERM. Refuses an OUT that holds an earlier run (see --resume, "
+            "--overwrite) or that another train is writing."
         ),
     )
     # Defaults are None here and filled from TrainConfig, so that --resume can tell
@@ -237,7 +240,15 @@ def add_train_parser(commands) -> None:
         "--out",
         metavar="DIR",
         default=None,
-        help=f"folder for checkpoint.bptt and loss.png (default {d.out})",
+        help="folder for checkpoint.bptt, best.bptt, metrics.csv and loss.png; one train "
+        f"at a time (default {default_out('TASK')}: {default_out('lm')} or "
+        f"{default_out('tag')})",
+    )
+    a(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an --out that holds an earlier run, removing its "
+        "checkpoint.bptt, best.bptt, metrics.csv and loss.png (default: refuse)",
     )
     a(
         "--resume",

@@ -101,6 +101,15 @@ class BenchReport(NamedTuple):
     def ok(self) -> bool:
         return all(r.rel_err is None or r.rel_err <= self.tolerance for r in self.rows)
 
+    def disagreement(self) -> str:
+        """One line: which methods disagree with autodiff, by how much, and the tolerance."""
+        worse = [r for r in self.rows if r.rel_err is not None and not r.rel_err <= self.tolerance]
+        errs = ", ".join(f"{r.name} {r.rel_err:.1e}" for r in worse)
+        return (
+            f"the gradients disagree with autodiff: relative error {errs} above the "
+            f"tolerance {self.tolerance:.0e} ({self.dtype}, {self.options})"
+        )
+
     def format(self) -> str:
         K, H, B, T = self.shape
         gflop = flops(K, H, B, T) / 1e9

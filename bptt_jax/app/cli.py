@@ -37,9 +37,16 @@ from .checkpoint import CheckpointError
 from .config import DTYPES, TASKS, TrainingError
 from .data import DataError
 from .distributed import ClusterError
+from .outputs import silence_stdout
 from .preflight import UsageError
 from .sample import LENGTH, MAX_LENGTH, MAX_SAMPLES, PRIME, TEMPERATURE
-from .signals import Interrupted, owns_process
+from .signals import (
+    Interrupted,
+    owns_process,
+    release_early_signals,
+    signal_name,
+    take_early_signal,
+)
 
 try:  # the installed version (pyproject.toml), as bptt_jax.__version__
     VERSION = importlib.metadata.version("bptt_jax")
@@ -284,6 +291,24 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = parse(build_parser(), argv)
     command = args.command
+    early = take_early_signal()  # held since the first import (bptt-jax on the command line)
+    if early is not None:
+        print(f"bptt-jax {command}: interrupted by {signal_name(early)} before it started; "
+              "nothing was done", file=sys.stderr)  # fmt: skip
+        return 128 + early
+    if command != "train":  # train holds them to the end; the others stop by exception
+        release_early_signals()
+    status = _run(command, args)
+    late = take_early_signal()  # after train's run: everything was written by then
+    if late is not None and status == 0:
+        print(f"bptt-jax {command}: {signal_name(late)} after the run had finished; "
+              "its outputs are complete", file=sys.stderr)  # fmt: skip
+        return 128 + late
+    return status
+
+
+def _run(command: str, args: argparse.Namespace) -> int:
+    """The command's exit status; every error it raises becomes one line on stderr."""
     try:
         return _HANDLERS[command](args)
     except Interrupted as e:
@@ -302,6 +327,11 @@ def main(argv: list[str] | None = None) -> int:
         if debugging(args):
             raise
         return commands.error(command, _one_line(e))
+    except BrokenPipeError as e:  # standard output closed early (| head)
+        if debugging(args):
+            raise
+        silence_stdout()
+        return commands.error(command, f"cannot write standard output: {e.strerror or e}")
     except MemoryError:
         if debugging(args):
             raise

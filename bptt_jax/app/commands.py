@@ -19,12 +19,13 @@ from .arguments import TRAIN_OPTIONS
 from .bench import run_bench
 from .check import run_check
 from .checkpoint_schema import config_for_resume, load_model, read_training_checkpoint
-from .config import PATH_LISTS, TrainConfig, TrainingError, default_config
+from .config import PATH_LISTS, TrainConfig, TrainingError, default_config, default_out
 from .data import DataError, read_text, token_labels
 from .distributed import cluster_from, initialize
 from .evaluate import Evaluation
 from .files import check_regular
 from .loop import CHECKPOINT_NAME, train
+from .outputs import say
 from .preflight import UsageError, check_writable_folder, require_memory, rnn_bytes
 from .sample import check_request, generate
 from .score import eval_command
@@ -56,7 +57,9 @@ def bench(args: argparse.Namespace) -> int:
             seed=args.seed,
         )  # fmt: skip
     print(report.format())
-    return 0 if report.ok else 1
+    if not report.ok:
+        return error("bench", report.disagreement())
+    return 0
 
 
 #: The delay task's length T in ``diagnose --delays`` (``train_delay``'s default).
@@ -127,24 +130,29 @@ def train_command(args: argparse.Namespace) -> int:
     progress = not args.no_progress and sys.stderr.isatty()
     result = train(
         config, resume=resume, progress=progress, devices=args.devices,
-        allow_data_change=args.allow_data_change,
+        allow_data_change=args.allow_data_change, overwrite=args.overwrite, echo=say,
     )  # fmt: skip
     status = 128 + (result.signum or 2) if result.interrupted else 0
     if cluster.process_id != 0:  # process 0 writes the files and reports for all
         return status
     if result.evaluation is not None and config.task == "tag":
-        print(per_class_table(result.evaluation))
-    print(result.summary())
+        say(per_class_table(result.evaluation))
+    say(result.summary())
     if result.plot is not None:
-        print(f"loss curve: {result.plot}")
+        say(f"loss curve: {result.plot}")
     if result.interrupted:
-        print(
-            f"bptt-jax train: interrupted at step {result.state.step} by "
-            f"{signal_name(result.signum or 2)}: checkpoint saved to {result.checkpoint}; "
-            f"continue with bptt-jax train --resume {result.checkpoint}",
-            file=sys.stderr,
-        )
+        print(interrupted_line(result), file=sys.stderr)
     return status
+
+
+def interrupted_line(result) -> str:
+    """The last line of a run a signal stopped: where its checkpoint is, how to go on."""
+    name, step, ckpt = signal_name(result.signum or 2), result.state.step, result.checkpoint
+    if step < result.config.steps:
+        return (f"bptt-jax train: interrupted at step {step} by {name}: checkpoint saved to "
+                f"{ckpt}; continue with bptt-jax train --resume {ckpt}")  # fmt: skip
+    return (f"bptt-jax train: interrupted by {name} after the last step ({step}): "
+            f"checkpoint saved to {ckpt}")  # fmt: skip
 
 
 def _resumed(flag: str, given: dict) -> tuple[TrainConfig, pathlib.Path]:
@@ -153,7 +161,8 @@ def _resumed(flag: str, given: dict) -> tuple[TrainConfig, pathlib.Path]:
         resume = pathlib.Path(flag)
         given.setdefault("out", str(resume.parent))
     else:
-        resume = pathlib.Path(given.get("out", TrainConfig().out)) / CHECKPOINT_NAME
+        out = given.get("out", default_out(given.get("task", TrainConfig.task)))
+        resume = pathlib.Path(out) / CHECKPOINT_NAME
     ckpt = read_training_checkpoint(resume)
     config = config_for_resume(ckpt.header["config"], given)
     if config.steps <= ckpt.step:

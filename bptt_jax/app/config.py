@@ -69,11 +69,19 @@ BIDIRECTIONAL_DEFAULTS = {
 }  # fmt: skip
 
 
+def default_out(task: str) -> str:
+    """``--out`` when it is not given: ``runs/TASK``, so that the two tasks' runs never
+    share a folder."""
+    return f"runs/{task}"
+
+
 def default_config(given: dict) -> TrainConfig:
     """The configuration of ``train`` with the options ``given`` and defaults for the rest:
-    :class:`TrainConfig`'s, or :data:`BIDIRECTIONAL_DEFAULTS` with ``--bidirectional``."""
+    :class:`TrainConfig`'s, or :data:`BIDIRECTIONAL_DEFAULTS` with ``--bidirectional``;
+    ``out`` is :func:`default_out` of the task."""
     base = BIDIRECTIONAL_DEFAULTS if given.get("bidirectional") else {}
-    return dataclasses.replace(TrainConfig(), **(base | given))
+    out = {"out": default_out(given.get("task", TrainConfig.task))}
+    return dataclasses.replace(TrainConfig(), **(base | out | given))
 
 
 class TrainingError(Exception):
@@ -103,7 +111,7 @@ class TrainConfig:
     clip: float = 1.0  # global-norm clip of the mean gradient; 0 = off
     clip_value: float = 0.0  # element-wise clip to [-v, v]; 0 = off
     seed: int = 0
-    out: str = "runs"
+    out: str = "runs/lm"  # default_config: runs/TASK, each task its own folder
     eval_every: int = 2500
     save_every: int = 1000
     verify_every: int = 0  # 0 = never

@@ -45,12 +45,12 @@ import numpy as np
 from tqdm import tqdm
 
 from ..referees.tolerances import AUTODIFF
+from .checkpoint import CheckpointError
 from .checkpoint_schema import data_fingerprint, read_training_checkpoint, restore
 from .config import TrainConfig, TrainingError, check_config, is_deep
 from .data import Corpus, DataError, load_corpus
 from .evaluate import baselines, held_out
 from .loop_steps import (
-    CHECKPOINT_NAME,
     Loop,
     Session,
     after_step,
@@ -62,6 +62,15 @@ from .loop_steps import (
     zeros_h,
 )
 from .models import init_model
+from .outputs import (
+    CHECKPOINT_NAME,
+    METRICS_NAME,
+    PLOT_NAME,
+    OutputError,
+    open_run_folder,
+    repair_metrics,
+    writing,
+)
 from .parallel import AXIS, replicate, shard_batch
 from .preflight import check_writable_folder, require_memory, rnn_bytes
 from .signals import Interrupted, Interrupts, signal_name
@@ -79,8 +88,6 @@ from .streams import Streams
 
 __all__ = ["CHECKPOINT_NAME", "PLOT_NAME", "train"]
 
-PLOT_NAME = "loss.png"
-
 
 def train(
     config: TrainConfig,
@@ -93,6 +100,7 @@ def train(
     on_step: Callable[[TrainState], None] | None = None,
     devices: int | None = None,
     allow_data_change: bool = False,
+    overwrite: bool = False,
 ) -> Result:
     """Trains (or resumes) a run; saves checkpoints and the loss plot under ``config.out``.
 
@@ -114,36 +122,50 @@ def train(
         Not part of the configuration: a checkpoint resumes on any count.
       allow_data_change: resume although the training data's fingerprint
         differs from the checkpoint's (``--allow-data-change``).
+      overwrite: start afresh in a ``config.out`` that holds an earlier run's
+        checkpoints, removing its outputs (``--overwrite``); default: refuse.
 
     Before the corpus is read, the configuration is checked
     (:func:`bptt_jax.app.config.check_config`), ``config.out`` must be a
-    writable folder, and the model must fit in memory. A run that diverges
+    writable folder no other run is writing (its lock, :mod:`bptt_jax.app.outputs`),
+    holding no other run's checkpoints and no folder in the way of an output, and
+    the model must fit in memory. A run that diverges
     (:mod:`bptt_jax.app.divergence`) stops with a :class:`TrainingError`.
 
     Raises:
       DataError, CheckpointError, TrainingError, UsageError: each with a message
-      for the user. Interrupted: SIGINT or SIGTERM arrived before the first
-      step. A later SIGINT or SIGTERM is not raised: the step under way
-      completes, the checkpoint is saved and the result is marked
-      ``interrupted`` (with ``signum``).
+      for the user; an :class:`OutputError` (a failed write of metrics.csv, loss.png
+      or standard output) comes after the checkpoint is saved, and says so.
+      Interrupted: SIGINT or SIGTERM arrived before the first step. A later
+      SIGINT or SIGTERM is not raised: the step under way completes, the
+      checkpoint, metrics row and plot are written and the result is marked
+      ``interrupted`` (with ``signum``), also when the signal came during the
+      final validation or plot.
     """
     _preflight(config)
+    lead = jax.process_index() == 0  # the process that writes the files
+    lock = open_run_folder(config.out, resume=resume, overwrite=overwrite) if lead else None
     # float64 needs x64 for the whole run (initialisation, steps, checkpoints);
     # the context leaves the caller's setting as it was.
     x64 = jax.enable_x64(True) if config.dtype == "float64" else contextlib.nullcontext()
-    with x64, Interrupts() as signals:
-        session = _session(config, corpus, progress, echo, grad_fn, devices)
-        session = dataclasses.replace(
-            session, allow_data_change=allow_data_change, signals=signals
-        )
-        _stop_before_start(signals, "reading the corpus")
-        loop = _start(session, resume)
-        session, loop = _open_bar(session, loop)
-        if signals.stop:
-            session.bar.close()
-            _stop_before_start(signals, "the first step")
-        loop, interrupted, seconds = _steps(session, loop, on_step)
-        return _finish(session, loop, interrupted, seconds)
+    try:
+        with x64, Interrupts() as signals:
+            _stop_before_start(signals, "reading the corpus")  # one held since the start
+            session = _session(config, corpus, progress, echo, grad_fn, devices)
+            session = dataclasses.replace(
+                session, allow_data_change=allow_data_change, signals=signals
+            )
+            _stop_before_start(signals, "reading the corpus")
+            loop = _start(session, resume)
+            session, loop = _open_bar(session, loop)
+            if signals.stop:
+                session.bar.close()
+                _stop_before_start(signals, "the first step")
+            loop, interrupted, seconds, failure = _steps(session, loop, on_step)
+            return _finish(session, loop, interrupted, seconds, failure)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _preflight(config: TrainConfig) -> None:
@@ -224,6 +246,8 @@ def _start(s: Session, resume) -> Loop:
         # this process's streams p, p + P, ... (axis -2 of (B, H) and (L*D, B, H))
         h = shard_batch(state.h[..., proc::n_proc, :], s.mesh)
         params, opt_state = replicate(state.params, s.mesh), replicate(state.opt_state, s.mesh)
+        if s.lead:  # its rows up to the checkpoint's step, whole, one a step
+            repair_metrics(pathlib.Path(s.config.out) / METRICS_NAME, state.step)
         return Loop(state._replace(params=params, opt_state=opt_state, h=h), history)
     c = s.config
     key, init_key = jax.random.split(jax.random.key(c.seed))
@@ -254,10 +278,12 @@ def _open_bar(s: Session, loop: Loop) -> tuple[Session, Loop]:
     return dataclasses.replace(s, t_start=t_start), loop
 
 
-def _steps(s: Session, loop: Loop, on_step) -> tuple[Loop, bool, float]:
-    """Steps up to ``config.steps``; returns the loop, whether a signal stopped it, and the
-    seconds it ran. The signal flag is read between steps, so a step is never cut short."""
-    interrupted = False
+def _steps(s: Session, loop: Loop, on_step) -> tuple[Loop, bool, float, OutputError | None]:
+    """Steps up to ``config.steps``; returns the loop, whether a signal stopped it, the
+    seconds it ran, and the failed write that stopped it, if one did (the loop is then
+    that of the last completed step, for the checkpoint). The signal flag is read
+    between steps, so a step is never cut short."""
+    interrupted, failure = False, None
     try:
         while loop.state.step < s.config.steps:
             if s.signals is not None and s.signals.stop:
@@ -270,36 +296,71 @@ def _steps(s: Session, loop: Loop, on_step) -> tuple[Loop, bool, float]:
             loop = after_step(s, loop)
     except KeyboardInterrupt:  # a caller's own SIGINT handler (no Interrupts in a thread)
         interrupted = True
+    except OutputError as e:  # metrics.csv or standard output: save, then report
+        failure = e
     finally:
         seconds = time.perf_counter() - s.t_start
         s.clock.end = seconds - s.clock.other  # the steps' own time
         s.bar.close()
-    return loop, interrupted, seconds
+    return loop, interrupted, seconds, failure
 
 
-def _finish(s: Session, loop: Loop, interrupted: bool, seconds: float) -> Result:
-    """Saves (first of all after Ctrl-C), validates the last step, plots, reports."""
+def _signalled(s: Session) -> bool:
+    return s.signals is not None and s.signals.stop
+
+
+def _finish(s: Session, loop: Loop, interrupted: bool, seconds: float, failure) -> Result:
+    """Validates the last step (unless a signal or a failed write stopped the run), saves,
+    writes the last metrics row and the plot, reports. A signal that arrives in any of
+    these still marks the result interrupted."""
     loop = flush(s, loop)
     history = loop.history
     loop = loop._replace(history=dataclasses.replace(history, seconds=history.seconds + seconds))
+    interrupted = interrupted or _signalled(s)
+    validated = loop.evaluation is not None and loop.history.val[-1][0] == loop.state.step
+    if failure is None and not interrupted and not validated:
+        try:
+            loop, validated = evaluate_and_log(s, loop), True
+        except OutputError as e:
+            failure = e
+    loop = _save_reporting(s, loop, failure)
     plot = None
-    if interrupted:  # save and go: no evaluation, no plot
-        loop = save(s, loop)
-    else:
-        if loop.evaluation is None or loop.history.val[-1][0] != loop.state.step:
-            loop = evaluate_and_log(s, loop)
-            loop = write_metrics(s, loop, loop.evaluation)
-        loop = save(s, loop)
+    try:
+        if loop.logged_step != loop.state.step:
+            loop = write_metrics(s, loop, loop.evaluation if validated else None)
         if loop.history.train and s.lead:
             plot = _plot(s, loop.history)
+    except OutputError as e:
+        _save_reporting(s, loop, e, saved=True)
+    interrupted = interrupted or _signalled(s)
     signum = None
     if interrupted:
-        signum = s.signals.signum if s.signals is not None and s.signals.stop else 2
+        signum = s.signals.signum if _signalled(s) else 2
     return Result(
         s.config, loop.state, loop.history, loop.evaluation, s.baselines, s.checkpoint, plot,
         interrupted, seconds, loop.state.step - s.first_step, s.mesh.shape[AXIS], signum,
-        s.clock.end,
+        s.clock.end, tuple(step for _, step in s.clock.compiled),
     )  # fmt: skip
+
+
+def _save_reporting(s: Session, loop: Loop, failure, *, saved: bool = False) -> Loop:
+    """Saves the checkpoint (unless ``saved``); then raises ``failure``, if any, saying
+    where the checkpoint is, as one :class:`OutputError`."""
+    if not saved:
+        try:
+            loop = save(s, loop)
+        except CheckpointError as e:
+            if failure is None:
+                raise
+            raise OutputError(
+                f"{failure}; the checkpoint could not be saved either: {e}"
+            ) from None
+    if failure is None:
+        return loop
+    step, ckpt = loop.state.step, s.checkpoint
+    more = (f"; continue with bptt-jax train --resume {ckpt}"
+            if step < s.config.steps else "")  # fmt: skip
+    raise OutputError(f"{failure}; the checkpoint of step {step} is saved in {ckpt}{more}")
 
 
 def _plot(s: Session, history: History) -> pathlib.Path:
@@ -307,4 +368,5 @@ def _plot(s: Session, history: History) -> pathlib.Path:
     from .plots import plot_history
 
     out = pathlib.Path(s.config.out) / PLOT_NAME
-    return plot_history(out, history, s.baselines, s.config, s.corpus.vocab.size)
+    with writing(out):
+        return plot_history(out, history, s.baselines, s.config, s.corpus.vocab.size)

@@ -29,28 +29,42 @@ from .data import Corpus
 from .divergence import NONFINITE_IN_A_ROW, divergence
 from .evaluate import Evaluation, HeldOut, evaluate, verify_gradients
 from .models import zero_state
+from .outputs import (
+    BEST_NAME,
+    CHECKPOINT_NAME,
+    METRICS_COLUMNS,
+    METRICS_NAME,
+    cannot_write,
+    writing,
+)
 from .parallel import local_rows, shard_batch
 from .state import History, TrainState
 from .streams import Streams
 
-CHECKPOINT_NAME = "checkpoint.bptt"
-BEST_NAME = "best.bptt"  # the checkpoint with the best validation loss so far
-METRICS_NAME = "metrics.csv"
-METRICS_COLUMNS = ("step", "train_bits", "val_bits", "lr", "grad_norm", "steps_per_s",
-                   "tokens_per_s")  # fmt: skip
+__all__ = ["BEST_NAME", "CHECKPOINT_NAME", "METRICS_COLUMNS", "METRICS_NAME"]
+
 _SYNC_EVERY = 10  # fetch losses from the device every this many steps
 
 
 @dataclass
 class Clock:
-    """This session's time, split into the steps' own and the rest (compilation of the
-    first step, validation, saving), for rates that measure the steps alone."""
+    """This session's time, split into the steps' own and the rest (the steps that
+    compile, validation, --verify-every, saving, writing metrics.csv), for rates that
+    measure the steps alone.
 
-    other: float = 0.0  # seconds of compilation, validation and saving
-    mark: float = 0.0  # perf_counter() at the last metrics row
+    The step is one jitted function compiled once per variant: chunks with a document
+    start pass their ``resets`` mask, the others ``None`` (the seed's core). The first
+    step of each variant in a session compiles; it is timed apart (after the steps
+    before it have finished) and counted in ``excluded``, so every rate is
+    (steps - excluded) / (seconds - other)."""
+
+    other: float = 0.0  # seconds of compilation, validation, saving, logging
+    excluded: int = 0  # steps whose time is in ``other`` (they compiled)
+    compiled: list = dataclasses.field(default_factory=list)  # [(variant, step), ...]
+    mark: float = 0.0  # perf_counter() at the end of the last metrics row
     mark_step: int = 0  # the step of the last metrics row
     mark_other: float = 0.0  # ``other`` then
-    first_step: bool = True  # the session's first step (it compiles) not yet taken
+    mark_excluded: int = 0  # ``excluded`` then
     end: float | None = None  # at the end of the steps: their own seconds
 
     def steps_seconds(self, now: float, t_start: float) -> float:
@@ -96,6 +110,7 @@ class Loop(NamedTuple):
     evaluation: Evaluation | None = None  # the last one of this session
     saved_step: int | None = None  # the step of the last checkpoint this session wrote
     window: tuple = ()  # ((loss, finite, grad norm), ...) since the last metrics row
+    logged_step: int | None = None  # the step of the last metrics row (one row a step)
 
 
 def zeros_h(s: Session) -> jax.Array:
@@ -122,6 +137,7 @@ def one_step(s: Session, loop: Loop) -> Loop:
     xs, ys = s.streams.chunk(state.chunk)
     resets = _chunk_resets(s, state.chunk)
     if c.verify_every and state.step % c.verify_every == 0:
+        t0 = time.perf_counter()
         errors = verify_gradients(
             host_params(state), xs, ys, local_rows(state.h), s.verify_fn, tol=s.verify_tol,
             activation=c.activation, resets=s.streams.resets(state.chunk),
@@ -130,6 +146,11 @@ def one_step(s: Session, loop: Loop) -> Loop:
             history, verified=history.verified + 1,
             verify_error=max(history.verify_error, *errors.values()),
         )  # fmt: skip
+        s.clock.other += time.perf_counter() - t0  # the referee is not the step
+    variant = "seed core" if resets is None else "document starts"
+    compiles = variant not in {v for v, _ in s.clock.compiled}
+    if compiles:  # the steps before it finish first: their time stays theirs
+        jax.block_until_ready(state.h)
     t0 = time.perf_counter()
     params, opt_state, h, loss, finite, gnorm = s.step_fn(
         state.params,
@@ -139,10 +160,11 @@ def one_step(s: Session, loop: Loop) -> Loop:
         state.h,
         resets,
     )
-    if s.clock.first_step:  # compilation: not the steps' own time
+    if compiles:  # compilation (and this one step): not the steps' own time
         jax.block_until_ready(loss)
         s.clock.other += time.perf_counter() - t0
-        s.clock.first_step = False
+        s.clock.excluded += 1
+        s.clock.compiled.append((variant, state.step + 1))
     chunk, epoch = state.chunk + 1, state.epoch
     if chunk == s.streams.num_chunks:  # the streams wrap round: start from zeros
         chunk, epoch, h = 0, epoch + 1, zeros_h(s)
@@ -162,7 +184,8 @@ def after_step(s: Session, loop: Loop) -> Loop:
     evaluated = bool(c.eval_every and step % c.eval_every == 0)
     if evaluated:
         loop = evaluate_and_log(s, flush(s, loop))
-    if evaluated or step % c.log_every == 0:
+    # The last step's row is written after the final validation (one row a step).
+    if evaluated or (step % c.log_every == 0 and step != c.steps):
         loop = write_metrics(s, flush(s, loop), loop.evaluation if evaluated else None)
     if c.save_every and step % c.save_every == 0:
         loop = save(s, flush(s, loop))
@@ -184,8 +207,8 @@ def flush(s: Session, loop: Loop) -> Loop:
     finite = [loss for _, loss, ok in rows if ok]
     if finite:
         check_divergence(s, loop, float(np.mean(finite)) / math.log(2), "training")
-    done = loop.state.step - s.first_step
-    tokens = max(done - 1, 0) * s.config.batch_size * s.config.seq_len  # the first compiles
+    done = loop.state.step - s.first_step - s.clock.excluded  # those that compiled: apart
+    tokens = max(done, 0) * s.config.batch_size * s.config.seq_len
     s.bar.set_postfix_str(
         f"loss {rows[-1][1] / math.log(2):.3f} bits/char, "
         f"{tokens / s.clock.steps_seconds(time.perf_counter(), s.t_start):,.0f} tokens/s"
@@ -207,8 +230,7 @@ def evaluate_and_log(s: Session, loop: Loop) -> Loop:
     h, step = loop.history, loop.state.step
     history = dataclasses.replace(h, val=(*h.val, [step, ev.loss, ev.accuracy]))
     if s.lead:
-        line = ev.line(step)
-        s.bar.write(line) if s.progress else s.echo(line)
+        show(s, ev.line(step))
     s.clock.other += time.perf_counter() - t0
     check_divergence(s, loop, ev.bits, "validation")
     loop = loop._replace(history=history, evaluation=ev)
@@ -218,29 +240,47 @@ def evaluate_and_log(s: Session, loop: Loop) -> Loop:
     return loop
 
 
+def show(s: Session, line: str) -> None:
+    """Prints a line of the run's log (above the progress bar when there is one).
+
+    Raises:
+      OutputError: standard output is closed or full.
+    """
+    try:
+        s.bar.write(line) if s.progress else s.echo(line)
+    except OSError as e:
+        raise cannot_write("standard output", e) from None
+
+
 def write_metrics(s: Session, loop: Loop, ev: Evaluation | None) -> Loop:
-    """Appends a row to OUT/metrics.csv (:data:`METRICS_COLUMNS`): the means of the steps
-    since the last row, their rate without compilation and validation, ``ev``'s loss."""
+    """Appends the row of this step to OUT/metrics.csv (:data:`METRICS_COLUMNS`): the means
+    of the steps since the last row, their rate (see :class:`Clock`), ``ev``'s loss. The
+    time this takes is not the steps'.
+
+    Raises:
+      OutputError: the row cannot be written.
+    """
     now, c, k = time.perf_counter(), s.config, s.clock
     step = loop.state.step
     finite = [(loss, g) for loss, ok, g in loop.window if ok]
     train = f"{np.mean([x for x, _ in finite]) / math.log(2):.4f}" if finite else ""
     gnorm = f"{np.mean([g for _, g in finite]):.4g}" if finite else ""
     spent = (now - k.mark) - (k.other - k.mark_other) if k.mark else 0.0
-    n = step - k.mark_step if k.mark else 0
+    if k.mark and k.end is not None:  # after the steps: the rest of their own time
+        spent = k.end - ((k.mark - s.t_start) - k.mark_other)
+    n = (step - k.mark_step) - (k.excluded - k.mark_excluded) if k.mark else 0
     rate = n / spent if spent > 0 and n > 0 else math.nan
     lr = float(learning_rate(c)(max(step - 1, 0)))
     row = [step, train, "" if ev is None else f"{ev.bits:.4f}", f"{lr:.4g}", gnorm,
            f"{rate:.3f}", f"{rate * c.batch_size * c.seq_len:.0f}"]  # fmt: skip
     if s.lead:
         path = pathlib.Path(c.out) / METRICS_NAME
-        new = not path.exists() or step == 0
-        with open(path, "w" if new else "a", encoding="utf-8") as f:
-            if new:
-                f.write(",".join(METRICS_COLUMNS) + "\n")
+        with writing(path), open(path, "a", encoding="utf-8") as f:
             f.write(",".join(str(x) for x in row).replace("nan", "") + "\n")
-    k.mark, k.mark_step, k.mark_other = now, step, k.other
-    return loop._replace(window=())
+    end = time.perf_counter()
+    k.other += end - now
+    k.mark, k.mark_step, k.mark_other, k.mark_excluded = end, step, k.other, k.excluded
+    return loop._replace(window=(), logged_step=step)
 
 
 def check_divergence(s: Session, loop: Loop, bits: float, what: str) -> None:

@@ -10,6 +10,7 @@ here that a test of those modules does not cover.
 from __future__ import annotations
 
 import math
+import os
 import pathlib
 
 import numpy as np
@@ -25,10 +26,17 @@ _COLORS = {"tanh": "tab:blue", "sigmoid": "tab:orange", "relu": "tab:green"}
 
 
 def _save(fig: Figure, path) -> pathlib.Path:
+    """Writes ``fig`` to ``path`` (PNG) through a temporary file renamed over it, so a
+    failed write leaves the old picture, not half a new one."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=110)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

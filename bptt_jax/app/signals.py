@@ -8,12 +8,20 @@ third abandons it at once (``os._exit``), saying that nothing was saved: the
 write is atomic, so the previous checkpoint is intact. Raising
 ``KeyboardInterrupt`` inside a running JAX computation is what used to lose
 the run or crash at exit; the handler here never raises.
+
+The command line holds the two signals from its very first import, before JAX
+loads (:func:`hold_early_signals`, called by ``bptt_jax/_cli_signals.py``): a
+``KeyboardInterrupt`` raised while JAX imports was swallowed by JAX's garbage
+collection callback, and the run went on to exit 0. A signal held this way is
+taken over by :class:`Interrupts` when ``train`` starts, or reported by
+:func:`bptt_jax.app.cli.main` before or after the command runs.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 
 #: The signals that stop a run cleanly.
@@ -34,6 +42,62 @@ def owns_process(flag: bool = True) -> None:
 
 def _swallow(signum: int, frame) -> None:
     pass
+
+
+# The signals held before a run's Interrupts took over (hold_early_signals).
+_early: list[int] = []
+_held: dict[int, object] = {}
+
+
+def is_command_line(argv: list[str]) -> bool:
+    """Whether ``argv`` (``sys.orig_argv``) starts ``bptt-jax`` or ``python -m bptt_jax``."""
+    i = 1
+    while i < len(argv):
+        a = argv[i]
+        if a == "-m":
+            return argv[i + 1 : i + 2] == ["bptt_jax"]
+        if a.startswith("-m"):
+            return a == "-mbptt_jax"
+        if not a.startswith("-"):
+            return os.path.basename(a) == "bptt-jax"
+        if a == "-c":
+            return False
+        i += 2 if a in ("-X", "-W") else 1
+    return False
+
+
+def hold_early_signals(argv: list[str] | None = None) -> None:
+    """In the ``bptt-jax`` command line (``argv``, default ``sys.orig_argv``), makes SIGINT
+    and SIGTERM set a flag from now on, before JAX loads; a second one quits at once.
+    Elsewhere (``import bptt_jax`` in a program) it does nothing."""
+    argv = sys.orig_argv if argv is None else argv
+    if not is_command_line(argv) or threading.current_thread() is not threading.main_thread():
+        return
+    for sig in SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            _held[sig] = signal.signal(sig, _hold)
+
+
+def _hold(signum: int, frame) -> None:
+    _early.append(signum)
+    if len(_early) > 1:
+        os.write(2, f"bptt-jax: {signal_name(signum)} again: quit at once\n".encode())
+        os._exit(128 + signum)
+
+
+def take_early_signal() -> int | None:
+    """The first signal held since the last call (``None``: none), forgotten once read."""
+    signum = _early[0] if _early else None
+    _early.clear()
+    return signum
+
+
+def release_early_signals() -> None:
+    """Gives SIGINT and SIGTERM back their usual effect (``KeyboardInterrupt``, exit),
+    for the commands that stop on ``KeyboardInterrupt`` (all but ``train``)."""
+    for sig in _held:
+        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+    _held.clear()
 
 
 class Interrupted(Exception):  # noqa: N818 (a stop, not an error)
@@ -63,6 +127,9 @@ class Interrupts:
         self._old: dict[int, object] = {}
 
     def __enter__(self) -> Interrupts:
+        early = take_early_signal()  # held by the command line before this run began
+        if early is not None:
+            self.signum, self.count = early, 1
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
                 if signal.getsignal(sig) is not signal.SIG_IGN:

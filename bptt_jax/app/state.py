@@ -75,6 +75,7 @@ class Result:
     devices: int = 1  # the mesh the steps ran on (all processes)
     signum: int | None = None  # the signal that interrupted the run (SIGINT 2, SIGTERM 15)
     step_seconds: float | None = None  # the steps' own time: no compilation, validation, saving
+    compiled_steps: tuple[int, ...] = ()  # the steps that compiled, timed apart (1-based)
 
     def summary(self) -> str:
         c, ev = self.config, self.evaluation
@@ -109,9 +110,10 @@ class Result:
     @property
     def steps_per_second(self) -> float:
         """This session's steps per second of their own time (compilation, validation and
-        saving excluded; the first step, which compiles, is not counted)."""
+        saving excluded; the steps that compiled, ``compiled_steps``, are not counted):
+        the rate of the rows of ``metrics.csv`` taken together."""
         if self.step_seconds:
-            return max(self.steps_run - 1, 0) / self.step_seconds
+            return max(self.steps_run - len(self.compiled_steps), 0) / self.step_seconds
         return self.steps_run / self.seconds if self.seconds > 0 else float("nan")
 
     def _validation(self) -> str:

@@ -3,6 +3,7 @@
 import pytest
 
 from bptt_jax.app import bench as _bench
+from bptt_jax.app import commands
 from bptt_jax.app.bench import flops
 from bptt_jax.app.cli import main
 
@@ -37,7 +38,30 @@ def test_bench_exits_1_when_the_hand_gradient_is_wrong(monkeypatch, capsys):
 
     monkeypatch.setattr(_bench, "bptt_core", wrong)
     assert main(["bench", *TINY]) == 1
-    assert "DISAGREES" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "DISAGREES" in captured.out
+    assert captured.err.startswith("bptt-jax bench: error: the gradients disagree")
+    assert len(captured.err.strip().splitlines()) == 1 and "hand " in captured.err
+
+
+def _report(hand_error: float) -> _bench.BenchReport:
+    rows = [_bench.BenchRow("hand", 1e-3, 0.1, 0, hand_error),
+            _bench.BenchRow("autodiff", 2e-3, 0.1, 0, None),
+            _bench.BenchRow("naive AD", 3e-3, 0.1, 0, 1e-7)]  # fmt: skip
+    return _bench.BenchReport((7, 5, 2, 6), "float32", "scan", "cpu", 2, rows, 1e-5)
+
+
+def test_a_disagreement_is_one_line_on_stderr_naming_what_disagreed(monkeypatch, capsys):
+    monkeypatch.setattr(commands, "run_bench", lambda **kwargs: _report(3e-2))
+    assert main(["bench", *TINY]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        "bptt-jax bench: error: the gradients disagree with autodiff: relative error hand "
+        "3.0e-02 above the tolerance 1e-05 (float32, scan)"
+    ]
+    monkeypatch.setattr(commands, "run_bench", lambda **kwargs: _report(float("nan")))
+    assert main(["bench", *TINY]) == 1
+    assert "hand nan above" in capsys.readouterr().err
 
 
 def test_bench_rejects_a_bad_option(capsys):

@@ -85,7 +85,10 @@ def test_training_logs_metrics_rows_and_keeps_the_best_checkpoint(runs):
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]  # one row per step: eval + log
     assert all(r["val_bits"] for r in rows) and rows[0]["train_bits"] == ""
-    assert all(float(r["grad_norm"]) > 0 and float(r["steps_per_s"]) > 0 for r in rows[2:])
+    assert all(float(r["grad_norm"]) > 0 for r in rows[1:])
+    # a row of steps that all compiled (the first of each variant of the step) has no rate
+    rates = [float(r["steps_per_s"]) for r in rows[1:] if r["steps_per_s"]]
+    assert rates and all(rate > 0 for rate in rates)
     header, _ = load_checkpoint(root / "lm" / "best.bptt")
     val = {int(r["step"]): float(r["val_bits"]) for r in rows[1:]}
     best = min(val, key=val.get)

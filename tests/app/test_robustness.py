@@ -249,6 +249,11 @@ def test_a_signal_saves_the_last_step_and_exits_128_plus_n(tmp_path, signals, st
     header, _ = load_checkpoint(checkpoint)
     assert f"interrupted at step {header['step']} " in line
     assert main(["sample", str(checkpoint), "--length", "5"]) == 0  # loadable
+    # as at the normal end: the plot, and the metrics up to the saved step, one row a step
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 0
+    steps = [int(r.split(",")[0]) for r in
+             (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]]  # fmt: skip
+    assert steps == sorted(set(steps)) and steps[-1] == header["step"]
 
 
 @pytest.mark.slow
