@@ -23,6 +23,7 @@ from bptt_jax.app.config import (
     TrainingError,
     check_config,
     default_config,
+    default_out,
 )
 from bptt_jax.app.data import TOKEN_TYPES, Vocab, load_corpus, token_labels
 from bptt_jax.app.models import init_model, logits_core, param_arrays, params_from_arrays
@@ -305,4 +306,4 @@ def test_a_bidirectional_tagger_has_its_own_defaults_and_the_flags_win():
     for name, value in BIDIRECTIONAL_DEFAULTS.items():
         if name != "steps":
             assert getattr(config, name) == value != getattr(TrainConfig(), name)
-    assert default_config({"task": "tag"}) == TrainConfig(task="tag")
+    assert default_config({"task": "tag"}) == TrainConfig(task="tag", out=default_out("tag"))

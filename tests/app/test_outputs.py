@@ -244,7 +244,14 @@ def test_a_failed_plot_is_one_line_naming_it_after_the_checkpoint(data, tmp_path
 
 
 class _ClosedPipe(io.StringIO):
+    """Standard output closed once the run is under way: the lines said before training
+    (which text is held out) go through, every later write fails."""
+
     def write(self, text):
+        if self.getvalue() and not self.getvalue().endswith("\n"):
+            return super().write(text)  # the rest of a line that went through
+        if text.startswith(("held out for validation", "skipped ")):
+            return super().write(text)
         raise BrokenPipeError(errno.EPIPE, "Broken pipe")
 
 

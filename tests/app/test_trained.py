@@ -280,7 +280,7 @@ def _damaged(tmp_path, ckpt, how):
 
 @pytest.mark.parametrize(
     ("how", "expected"),
-    [("missing", "no such checkpoint"), ("folder", "is a folder, not a checkpoint"),
+    [("missing", "no such checkpoint"), ("folder", "is a folder, not a regular file"),
      ("not_a_checkpoint", "not a bptt-jax checkpoint"), ("flipped", "sha256 checksum mismatch"),
      ("truncated", "corrupted or truncated")],
     ids=["missing", "folder", "not_a_checkpoint", "flipped", "truncated"],
