@@ -10,21 +10,17 @@ import functools
 
 import jax
 
-from ..core.bptt import bptt_core
 from ..core.deep import deep_bptt_core
 from ..core.deep_per_loss import deep_bptt_per_loss_core, deep_per_loss_deltas_core
 from ..core.params import DeepParams
-from ..core.per_loss import bptt_per_loss_core, per_loss_deltas_core
 from .arrays import check_quadratic_size
-from .device import device_checks, vary_alike
+from .device import Pending, device_checks, vary_alike
 from .options import build_options, check_truncate
 from .validate import (
     Inputs,
     Model,
     as_deep,
-    checked,
     grads_like,
-    is_seed,
     prepare,
     refuse,
     state_like,
@@ -166,14 +162,17 @@ def bptt(
     return E, grads
 
 
-@functools.partial(jax.jit, static_argnames=("folds", "options"))
-def _checked_bptt_core(params, xs, ys, h0, dh_T, mask, flags, folds, options):
-    """The call's device checks (:func:`.device.device_checks`) and ``bptt_core`` in
-    one executable: separate, the small checks' dispatch and the core waiting on it
-    cost about 0.2 ms a call on the CPU (``docs/performance.md``)."""
-    params, xs, ys, h0 = device_checks(params, xs, ys, h0, mask, flags, *folds)
-    params, xs, ys, h0, dh_T, _ = vary_alike((params, xs, ys, h0, dh_T, mask))  # shard_map
-    return bptt_core(params, xs, ys, h0, dh_T, options=options)
+@functools.partial(jax.jit, static_argnames=("folds", "options", "reduction"))
+def _checked_bptt_core(deep, inputs, flags, folds, options, reduction):
+    """The call's device checks (:func:`.device.device_checks`) and the hand BPTT
+    (:func:`~bptt_jax.core.deep.deep_bptt_core`) in one executable: separate, the small
+    checks' dispatch and the core waiting on it cost about 0.2 ms a call on the CPU
+    (``docs/performance.md``). ``inputs``: ``(xs, ys, h0, dh_T, mask, resets)``."""
+    xs, ys, h0, dh_T, mask, resets = inputs
+    deep, xs, ys, h0 = device_checks(deep, xs, ys, h0, mask, flags, *folds)
+    deep, xs, ys, h0, dh_T, _ = vary_alike((deep, xs, ys, h0, dh_T, mask))  # shard_map
+    return deep_bptt_core(deep, xs, ys, h0, mask, dh_T, resets, options=options,
+                          reduction=reduction)  # fmt: skip
 
 
 def bptt_chunk(
@@ -232,17 +231,12 @@ def bptt_chunk(
         chunk=chunk, recompute=recompute, unroll=unroll, matmul_dtype=matmul_dtype,
         kernel=kernel, precision=precision, schedule=True,
     )  # fmt: skip
-    if is_seed(params, inp):
-        E, grads, dh0, h_T = _checked_bptt_core(
-            params, inp.xs, inp.ys, inp.h0, inp.dh_T, inp.mask, inp.pending.flags,
-            tuple(inp.pending[1:]), options,
-        )  # fmt: skip
-        return E, grads, unbatch(inp, dh0), unbatch(inp, h_T)
-    params, inp = vary_alike(checked(params, inp))  # shard_map: as device.vary_alike
     deep, d = as_deep(params, inp)
-    E, grads, dh0, h_T = deep_bptt_core(
-        deep, d.xs, d.ys, d.h0, d.mask, d.dh_T, d.resets, options=options, reduction=d.reduction
-    )
+    pending = d.pending if d.pending is not None else Pending((), None, None, None)
+    E, grads, dh0, h_T = _checked_bptt_core(
+        deep, (d.xs, d.ys, d.h0, d.dh_T, d.mask, d.resets), pending.flags, tuple(pending[1:]),
+        options, d.reduction,
+    )  # fmt: skip
     return E, grads_like(params, grads), state_like(params, inp, dh0), state_like(params, inp, h_T)
 
 
@@ -260,8 +254,7 @@ def _per_loss_inputs(
     params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
                           activation=activation, reduction=reduction)  # fmt: skip
     truncate = check_truncate(truncate)
-    if not is_seed(params, inp):
-        refuse(fn, ["truncate"] * (truncate is not None), params, inp, _WINDOW_WHY)
+    refuse(fn, ["truncate"] * (truncate is not None), params, inp, _WINDOW_WHY)
     return params, inp, truncate
 
 
@@ -313,8 +306,6 @@ def bptt_per_loss(
         params, xs, ys, h0, lengths, mask, reduction, activation, truncate, "bptt_per_loss"
     )
     options = build_options(inp.activation, truncate=truncate, precision=precision)
-    if is_seed(params, inp):
-        return bptt_per_loss_core(params, inp.xs, inp.ys, inp.h0, options=options)
     deep, d = as_deep(params, inp)
     E, grads = deep_bptt_per_loss_core(
         deep, d.xs, d.ys, d.h0, d.mask, options=options, reduction=d.reduction
@@ -359,13 +350,10 @@ def per_loss_deltas(
     )
     check_quadratic_size("per_loss_deltas", inp.xs, inp.h0)
     options = build_options(inp.activation, truncate=truncate, precision=precision)
-    if is_seed(params, inp):
-        deltas = per_loss_deltas_core(params, inp.xs, inp.ys, inp.h0, options=options)
-        return unbatch(inp, deltas, axis=2)  # (T, T, B, H)
     deep, d = as_deep(params, inp)
     deltas = deep_per_loss_deltas_core(
         deep, d.xs, d.ys, d.h0, d.mask, options=options, reduction=d.reduction
     )
-    if not isinstance(params, DeepParams):  # the seed's Params, padded: no layer axis
+    if not isinstance(params, DeepParams):  # the seed's Params: no layer axis
         return unbatch(inp, deltas[:, :, 0], axis=2)
     return unbatch(inp, deltas, axis=3)

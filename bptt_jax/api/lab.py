@@ -16,10 +16,10 @@ from ..core.clipping import make_clipper
 from ..core.init import check_init
 from ..core.params import DeepParams
 from ..lab import diagnostics, tasks
-from ..lab.diagnostics import GradientFlow, SweepRow, deep_gradient_flow_core, gradient_flow_core
+from ..lab.diagnostics import GradientFlow, SweepRow, deep_gradient_flow_core
 from .arrays import check_quadratic_size
 from .options import build_options, check_activation, check_clip_delta, check_precision
-from .validate import Model, as_deep, is_seed, prepare
+from .validate import Model, as_deep, prepare
 
 
 def gradient_flow(
@@ -98,8 +98,6 @@ def gradient_flow(
                           activation=activation, reduction=reduction)  # fmt: skip
     check_quadratic_size("gradient_flow", inp.xs, inp.h0)
     options = build_options(inp.activation, precision=precision)
-    if is_seed(params, inp):
-        return gradient_flow_core(params, inp.xs, inp.ys, inp.h0, options=options)
     deep, d = as_deep(params, inp)
     flow = deep_gradient_flow_core(
         deep, d.xs, d.ys, d.h0, d.mask, options=options, reduction=d.reduction

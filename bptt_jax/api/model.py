@@ -9,9 +9,8 @@ from __future__ import annotations
 import jax
 
 from ..core.deep import deep_forward_core, deep_loss_core
-from ..core.rnn import forward_core, loss_core
 from .options import build_options
-from .validate import Model, as_deep, is_seed, prepare, state_like, unbatch
+from .validate import Model, as_deep, prepare, state_like, unbatch
 
 
 def forward(
@@ -78,21 +77,9 @@ def forward(
                           activation=activation, need_ys=False, resets=resets)  # fmt: skip
     options = build_options(inp.activation, params, inp.xs, "forward", kernel=kernel,
                             precision=precision)  # fmt: skip
-    if is_seed(params, inp):
-        hs, z = forward_core(params, inp.xs, inp.h0, options=options)
-        h_T = hs[:, -1] if hs.shape[1] else inp.h0  # (B, H)
-        h_T = unbatch(inp, h_T)
-    else:
-        deep, d = as_deep(params, inp)
-        hs, z, h_T = deep_forward_core(
-            deep,
-            d.xs,
-            d.h0,
-            d.mask,
-            d.resets,
-            options=options,
-        )
-        h_T = state_like(params, inp, h_T)
+    deep, d = as_deep(params, inp)
+    hs, z, h_T = deep_forward_core(deep, d.xs, d.h0, d.mask, d.resets, options=options)
+    h_T = state_like(params, inp, h_T)
     hs, z = unbatch(inp, hs), unbatch(inp, z)
     return (hs, z, h_T) if return_state else (hs, z)
 
@@ -141,8 +128,6 @@ def loss(
                           activation=activation, reduction=reduction, resets=resets)  # fmt: skip
     options = build_options(inp.activation, params, inp.xs, "loss", precision=precision,
                             kernel="scan" if kernel == "auto" else kernel)  # fmt: skip
-    if is_seed(params, inp):
-        return loss_core(params, inp.xs, inp.ys, inp.h0, options=options)
     deep, d = as_deep(params, inp)
     return deep_loss_core(
         deep, d.xs, d.ys, d.h0, d.mask, d.resets, options=options, reduction=d.reduction

@@ -20,7 +20,7 @@ from ..core.recurrence import recurrence_jit
 from .device import vary_alike
 from .options import build_options, check_activation
 from .resets import check_resets
-from .validate import check_inputs
+from .validate import as_deep, check_inputs, state_like, unbatch
 
 #: What :func:`recurrence` takes: a model, or recurrent parameters without an output layer.
 Recurrent = Params | DeepParams | Layer | Sequence[Layer]
@@ -166,10 +166,9 @@ def recurrence(
     params, inp, resets = _setup(params, xs, None, h0, lengths, resets, need_ys=False)
     options = build_options(activation, params, inp.xs, "recurrence", kernel=kernel,
                             precision=precision)  # fmt: skip
-    hs, h_T = recurrence_jit(params, inp.xs, inp.h0, inp.mask, resets, options)
-    if inp.batched:
-        return hs, h_T
-    return hs[0], h_T[0] if isinstance(params, Params) else h_T[:, 0]
+    deep, d = as_deep(params, inp)  # the seed's Params as one layer (differentiably)
+    hs, h_T = recurrence_jit(deep, d.xs, d.h0, d.mask, resets, options)
+    return unbatch(inp, hs), state_like(params, inp, h_T)
 
 
 def hand_loss(
@@ -222,4 +221,5 @@ def hand_loss(
     params, inp, resets = _setup(params, xs, ys, h0, lengths, resets, need_ys=True)
     options = build_options(activation, params, inp.xs, "hand_loss", kernel=kernel,
                             precision=precision)  # fmt: skip
-    return hand_loss_jit(params, inp.xs, inp.ys, inp.h0, inp.mask, resets, options, reduction)
+    deep, d = as_deep(params, inp)  # the seed's Params as one layer (differentiably)
+    return hand_loss_jit(deep, d.xs, d.ys, d.h0, d.mask, resets, options, reduction)

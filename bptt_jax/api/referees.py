@@ -15,7 +15,6 @@ import jax
 from ..core.checks import check_number
 from ..core.deep import deep_loss_core
 from ..core.options import Options
-from ..core.rnn import loss_core
 from ..referees.autodiff import (
     _chunked_grad,
     _h0_grad,
@@ -30,7 +29,6 @@ from .validate import (
     Model,
     as_deep,
     grads_like,
-    is_seed,
     prepare,
     refuse,
     state_like,
@@ -75,10 +73,10 @@ def autodiff_bptt(
     params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
                           activation=activation, reduction=reduction)  # fmt: skip
     options = build_options(inp.activation, truncate=truncate, precision=precision)
-    if is_seed(params, inp):
-        return _chunked_grad(params, inp.xs, inp.ys, inp.h0, options=options)
     refuse("autodiff_bptt", ["truncate"] * (options.truncate is not None), params, inp,
            _TRUNCATE_WHY)  # fmt: skip
+    if options.truncate is not None:  # the seed's loss with the state detached every τ steps
+        return _chunked_grad(params, inp.xs, inp.ys, inp.h0, options=options)
     return _deep_grad(params, inp, options)
 
 
@@ -103,10 +101,10 @@ def autodiff_dh0(
     params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
                           activation=activation, reduction=reduction)  # fmt: skip
     options = build_options(inp.activation, truncate=truncate, precision=precision)
-    if is_seed(params, inp):
-        return unbatch(inp, _h0_grad(params, inp.xs, inp.ys, inp.h0, options=options))
     refuse("autodiff_dh0", ["truncate"] * (options.truncate is not None), params, inp,
            _TRUNCATE_WHY)  # fmt: skip
+    if options.truncate is not None:  # the seed's loss with the state detached every τ steps
+        return unbatch(inp, _h0_grad(params, inp.xs, inp.ys, inp.h0, options=options))
     deep, d = as_deep(params, inp)
     dh0 = deep_h0_grad(deep, d.xs, d.ys, d.h0, d.mask, options=options, reduction=d.reduction)
     return state_like(params, inp, dh0)
@@ -135,12 +133,12 @@ def autodiff_bptt_per_loss(
     params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
                           activation=activation, reduction=reduction)  # fmt: skip
     options = build_options(inp.activation, truncate=truncate, precision=precision)
-    if is_seed(params, inp):
-        return _windowed_grad(params, inp.xs, inp.ys, inp.h0, options=options)
     refuse(
         "autodiff_bptt_per_loss", ["truncate"] * (options.truncate is not None), params, inp,
         _TRUNCATE_WHY,
     )  # fmt: skip
+    if options.truncate is not None:  # each E_t from the state τ steps back, detached
+        return _windowed_grad(params, inp.xs, inp.ys, inp.h0, options=options)
     return _deep_grad(params, inp, options)
 
 
@@ -191,9 +189,6 @@ def finite_difference_bptt(
                           activation=activation, reduction=reduction)  # fmt: skip
     eps = check_number(eps, "eps")
     options = build_options(inp.activation, precision=precision)
-    if is_seed(params, inp):
-        loss_of = functools.partial(loss_core, xs=inp.xs, ys=inp.ys, h0=inp.h0, options=options)
-        return finite_difference_core(loss_of, params, eps=eps, precision=options.precision)
     deep, d = as_deep(params, inp)
     loss_of = functools.partial(
         deep_loss_core, xs=d.xs, ys=d.ys, h0=d.h0, mask=d.mask, options=options,

@@ -99,11 +99,17 @@ def is_seed(params: Model, inp: Inputs) -> bool:
 
 
 def as_deep(params: Model, inp: Inputs) -> tuple[DeepParams, Inputs]:
-    """The seed's :class:`Params` as a one-layer :class:`DeepParams`, states ``(1, B, H)``."""
+    """The model as the one type the cores take: the seed's :class:`Params` as a
+    one-layer :class:`DeepParams`, its states ``(1, B, H)`` (a pytree restructuring,
+    so ``jax.grad`` through it returns a ``Params``). Results go back to the caller's
+    model with :func:`grads_like` and :func:`state_like`."""
     if isinstance(params, DeepParams):
         return params, inp
     lift = lambda a: None if a is None else a[None]  # noqa: E731  (B, H) -> (1, B, H)
-    return to_deep(params), inp._replace(h0=lift(inp.h0), dh_T=lift(inp.dh_T))
+    pending = inp.pending
+    if pending is not None and pending.h0_shape is not None:
+        pending = pending._replace(h0_shape=(1, *pending.h0_shape))
+    return to_deep(params), inp._replace(h0=lift(inp.h0), dh_T=lift(inp.dh_T), pending=pending)
 
 
 def grads_like(params: Model, grads: DeepParams) -> Model:
@@ -139,11 +145,9 @@ def describe(params: Model, inp: Inputs) -> str:
 
 
 def refuse(fn: str, given: list[str], params: Model, inp: Inputs, why: str) -> None:
-    """ValueError naming ``fn``, the ``given`` options and the model, if any were given.
-
-    For options implemented only in the seed's setting (:func:`is_seed`).
-    """
-    if given:
+    """ValueError naming ``fn``, the ``given`` options and the model, if any were given
+    outside the seed's setting (:func:`is_seed`): for options implemented only there."""
+    if given and not is_seed(params, inp):
         raise ValueError(
             f"{fn}: {', '.join(given)}: implemented for the seed's Params on unpadded "
             f"sequences with reduction='sum' only, got {describe(params, inp)}; {why}"

@@ -32,7 +32,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from .options import DEFAULT, Options
-from .params import DeepParams
+from .params import DeepParams, from_deep, seed_case, to_deep
+from .per_loss import bptt_per_loss_core, per_loss_deltas_core
 from .recurrence import _backprop, _forward, _output_layer, _prepare, _time_major
 
 
@@ -92,8 +93,13 @@ def deep_per_loss_deltas_core(params: DeepParams, xs, ys, h0, mask=None, *, opti
     r"""Every :math:`\delta_k^{(t)}` per cell, ``(T_t, T_k, L*D, B, H)``; no checks.
 
     Batched layout as :func:`bptt_jax.core.deep.deep_bptt_core`; cell index
-    ``l*D + d`` (layer l + 1, direction d). Zero at padding steps.
+    ``l*D + d`` (layer l + 1, direction d). Zero at padding steps. The seed's setting
+    (:func:`~bptt_jax.core.params.seed_case`) runs the seed's double sum, which also
+    takes ``options.truncate`` (a sliding window).
     """
+    if seed_case(params, mask, None, reduction):
+        deltas = per_loss_deltas_core(from_deep(params), xs, ys, h0[0], options=options)
+        return deltas[:, :, None]  # (T_t, T_k, 1, B, H)
     _, _, _, one_loss = _losses(params, xs, ys, h0, mask, options, reduction)
     T, (LD, B, H) = xs.shape[1], h0.shape
     if T == 0:
@@ -109,8 +115,13 @@ def deep_bptt_per_loss_core(params: DeepParams, xs, ys, h0, mask=None, *, option
 
     :math:`\partial E/\partial V, c` come from the output layer of all steps
     (:math:`\sum_t r_t \otimes h_t^L`); the layers' gradients are summed over
-    one hand backward pass per loss :math:`E_t`. No checks.
+    one hand backward pass per loss :math:`E_t`. No checks. The seed's setting
+    (:func:`~bptt_jax.core.params.seed_case`) runs the seed's double sum, which also
+    takes ``options.truncate`` (a sliding window).
     """
+    if seed_case(params, mask, None, reduction):
+        E, grads = bptt_per_loss_core(from_deep(params), xs, ys, h0[0], options=options)
+        return E, to_deep(grads)
     E, dV, dc, one_loss = _losses(params, xs, ys, h0, mask, options, reduction)
 
     def add_loss(acc, t):  # acc: the layers' gradients of E_1..E_{t-1}

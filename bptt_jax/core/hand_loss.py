@@ -10,12 +10,12 @@ and keeps the gradients, and whose backward rule scales them by the cotangent:
     \partial E/\partial V = \textstyle\sum_t r_t \otimes h_t,\ \ r_t = \hat y_t - y_t,
     \qquad \delta_t = (V^\top r_t + U^\top\delta_{t+1}) \odot f'(h_t),\ \ldots
 
-Which hand BPTT runs (all give the same gradients up to rounding):
+The model is a :class:`~bptt_jax.core.params.DeepParams` (the seed's is its one-layer
+case). Which hand BPTT runs (all give the same gradients up to rounding):
 
-- token ids in and class ids out: the chunked backward of :func:`bptt_jax.bptt` --
-  :func:`~bptt_jax.core.bptt.bptt_core` for the seed's :class:`Params` without padding,
-  resets or mean, else :func:`~bptt_jax.core.deep.deep_bptt_core` (the seed's Params as
-  a one-layer :class:`DeepParams`). No ``(T, B, C)`` array, the same cost as ``bptt``;
+- token ids in and class ids out: the chunked backward of :func:`bptt_jax.bptt`,
+  :func:`~bptt_jax.core.deep.deep_bptt_core`. No ``(T, B, C)`` array, the same cost as
+  ``bptt``;
 - dense inputs or soft labels: :mod:`.recurrence`'s unchunked hand backward, which also
   returns :math:`\partial E/\partial x_t = W^\top\delta_t` and
   :math:`\partial E/\partial y_t = -\log\hat y_t` (scaled as ``E``).
@@ -31,62 +31,45 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from .bptt import bptt_core
 from .deep import deep_bptt_core
 from .options import Options
-from .params import Params, from_deep, to_deep
 from .recurrence import (
     _as_params,
     _backward,
-    _cells,
     _dot,
     _forward,
     _is_ids,
     _output_layer,
     _prepare,
-    _stacked,
     _time_major,
 )
 
 
-def _seed_fast(params, mask, resets, reduction) -> bool:
-    """The seed's case that ``bptt_core`` computes in one call (ids in and out)."""
-    return isinstance(params, Params) and mask is None and resets is None and reduction == "sum"
-
-
 def _loss_chunked(params, xs, ys, h0, mask, resets, options: Options, reduction):
     """Ids in and out: ``(E, grads, dh0)`` of the chunked hand BPTT, as ``bptt`` runs it."""
-    if _seed_fast(params, mask, resets, reduction):
-        E, grads, dh0, _ = bptt_core(params, xs, ys, h0, options=options)
-        return E, grads, dh0
-    seed = isinstance(params, Params)
-    deep = to_deep(params) if seed else params
     E, grads, dh0, _ = deep_bptt_core(
-        deep, xs, ys, _stacked(params, h0), mask, None, resets, options=options,
-        reduction=reduction,
-    )  # fmt: skip
-    return E, (from_deep(grads) if seed else grads), (dh0[0] if seed else dh0)
+        params, xs, ys, h0, mask, None, resets, options=options, reduction=reduction
+    )
+    return E, grads, dh0
 
 
 def _loss_general(params, xs, ys, h0, mask, resets, options: Options, reduction):
     """Hand forward and backward of the full model: ``(E, grads, dxs, dys, dh0)``."""
     precision = options.precision
     X, m, r = _prepare(xs, mask, resets)
-    cells, h0s = _cells(params), _stacked(params, h0)
-    inputs, states, _, top = _forward(cells, X, h0s, m, r, options)
+    cells = params.cells()
+    inputs, states, _, top = _forward(cells, X, h0, m, r, options)
     Y = _time_major(ys)
     E, r_out, dV, dc, log_yhat, scale = _output_layer(params, top, Y, m, reduction, precision)
     G = _dot(r_out, params.V, precision)  # (T, B, D*H): ∂E/∂h_t = Vᵀ r_t, all steps at once
-    grads, dh0, dX = _backward(
-        cells, inputs, states, h0s, m, r, G, jnp.zeros_like(h0s), options
-    )  # fmt: skip
+    grads, dh0, dX = _backward(cells, inputs, states, h0, m, r, G, jnp.zeros_like(h0), options)
     dparams = _as_params(params, grads, zero_output=False, dV=dV, dc=dc)
     dxs = None if dX is None else _time_major(dX)
     dys = None
     if jnp.issubdtype(ys.dtype, jnp.floating):  # ∂E/∂y_t = −log ŷ_t
         dY = -log_yhat * scale
         dys = _time_major(dY if m is None else jnp.where(m, dY, 0))
-    return E, dparams, dxs, dys, dh0[0] if isinstance(params, Params) else dh0
+    return E, dparams, dxs, dys, dh0
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
@@ -95,7 +78,7 @@ def hand_loss_core(params, xs, ys, h0, mask, resets, options: Options, reduction
     ``options``: the cell, ``kernel`` (``"scan"`` or ``"pallas"``) and ``precision``
     (every product's ``jax.lax.Precision``; ``None``: JAX's default)."""
     X, m, r = _prepare(xs, mask, resets)
-    _, _, _, top = _forward(_cells(params), X, _stacked(params, h0), m, r, options)
+    _, _, _, top = _forward(params.cells(), X, h0, m, r, options)
     return _output_layer(params, top, _time_major(ys), m, reduction, options.precision)[0]
 
 

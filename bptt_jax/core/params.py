@@ -113,6 +113,30 @@ def from_deep(params: DeepParams) -> Params:
     return Params(U=layer.U, V=params.V, W=layer.W, b=layer.b, c=params.c)
 
 
+def as_layers(params: Params | DeepParams, state: jax.Array) -> tuple[DeepParams, jax.Array]:
+    """The one model type of the drivers: the seed's :class:`Params` as a one-layer
+    :class:`DeepParams` and its state ``(B, H)`` as ``(1, B, H)``; a DeepParams as is.
+    :func:`like` turns results back."""
+    if isinstance(params, Params):
+        return to_deep(params), state[None]
+    return params, state
+
+
+def like(params: Params | DeepParams, grads: DeepParams, *states: jax.Array):
+    """``(grads, *states)`` of :func:`as_layers`'s model in the layout of ``params``."""
+    if isinstance(params, Params):
+        return from_deep(grads), *(s[0] for s in states)
+    return grads, *states
+
+
+def seed_case(params: DeepParams, mask=None, resets=None, reduction: str = "sum") -> bool:
+    """Whether a call is the seed's own setting: one layer in one direction, no padding,
+    no resets, the summed loss. The one test the core makes before a path that exists
+    only there (the per-loss form's sliding window, :mod:`.deep_per_loss`)."""
+    one_cell = params.num_layers == 1 and not params.bidirectional
+    return one_cell and mask is None and resets is None and reduction == "sum"
+
+
 def _count(value: object, name: str) -> int:
     return check_number(value, name, integer=True, minimum=1, strict=False)
 

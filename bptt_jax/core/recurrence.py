@@ -55,15 +55,8 @@ from jax import lax
 from .kernels import backward_recursion, forward_recursion, step_flags
 from .losses import log_softmax
 from .options import DEFAULT, Options
-from .params import DeepParams, Layer, Params
+from .params import DeepParams, Layer
 from .steps import delta_step, forward_step
-
-
-def _cells(params) -> list[tuple[Layer, ...]]:
-    """``cells[l][d]``: layer ``l + 1``, direction ``d``; the seed's Params is one cell."""
-    if isinstance(params, Params):
-        return [(Layer(U=params.U, W=params.W, b=params.b),)]
-    return params.cells()
 
 
 def _is_ids(X) -> bool:
@@ -233,13 +226,10 @@ def _backward(cells, inputs, states, h0s, m, r, G, dfinals, options: Options):
     return grads, jnp.stack(dh0), G
 
 
-def _as_params(params, grads, zero_output: bool, dV=None, dc=None):
-    """Cell gradients (and the output layer's) as a pytree like ``params``."""
+def _as_params(params: DeepParams, grads, zero_output: bool, dV=None, dc=None) -> DeepParams:
+    """Cell gradients (and the output layer's) as a :class:`DeepParams` like ``params``."""
     if zero_output:
         dV, dc = jnp.zeros_like(params.V), jnp.zeros_like(params.c)
-    if isinstance(params, Params):
-        (g,) = grads[0]
-        return Params(U=g.U, V=dV, W=g.W, b=g.b, c=dc)
     return DeepParams(
         layers=tuple(g[0] for g in grads),
         reverse_layers=tuple(g[1] for g in grads) if params.bidirectional else (),
@@ -248,28 +238,22 @@ def _as_params(params, grads, zero_output: bool, dV=None, dc=None):
     )
 
 
-def _stacked(params, h0):
-    """``h0`` as ``(L*D, B, H)``: the seed's Params take ``(B, H)``."""
-    return h0[None] if isinstance(params, Params) else h0
-
-
 # --- the recurrence ------------------------------------------------------------------
 
 
 def _recurrence_fwd_impl(params, xs, h0, mask, resets, options):
     X, m, r = _prepare(xs, mask, resets)
-    h0s = _stacked(params, h0)
-    inputs, states, finals, top = _forward(_cells(params), X, h0s, m, r, options)
-    h_T = finals[0] if isinstance(params, Params) else finals
-    return (_time_major(top), h_T), (inputs, states)
+    inputs, states, finals, top = _forward(params.cells(), X, h0, m, r, options)
+    return (_time_major(top), finals), (inputs, states)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def recurrence_core(params, xs, h0, mask, resets, options=DEFAULT):
     r"""The hidden states and final states; a ``jax.custom_vjp`` with the hand backward.
 
-    Batched layout, no checks: ``xs (B, T)`` ids or ``(B, T, K)`` vectors in the params'
-    dtype, ``h0 (B, H)`` (``(L*D, B, H)`` for :class:`DeepParams`), ``mask`` and
+    Batched layout, no checks: a :class:`DeepParams` (the seed's model is its one-layer
+    case), ``xs (B, T)`` ids or ``(B, T, K)`` vectors in the params'
+    dtype, ``h0 (L*D, B, H)``, ``mask`` and
     ``resets`` ``(B, T)`` bool or ``None``. Returns ``hs (B, T, D*H)`` (zeros at padding)
     and ``h_T`` like ``h0``. ``options``: the cell, ``kernel`` (``"scan"`` or
     ``"pallas"``, both recursions) and ``precision`` (every product's, forward and hand
@@ -288,12 +272,11 @@ def _recurrence_bwd(options, res, cts):
     d_hs, d_hT = cts  # (B, T, D*H), like h0
     m, r = _masks(mask, resets)
     grads, dh0, dX = _backward(
-        _cells(params), inputs, states, _stacked(params, h0), m, r, _time_major(d_hs),
-        _stacked(params, d_hT), options,
-    )  # fmt: skip
+        params.cells(), inputs, states, h0, m, r, _time_major(d_hs), d_hT, options
+    )
     dparams = _as_params(params, grads, zero_output=True)
     dxs = None if dX is None else _time_major(dX)  # integer ids: no cotangent
-    return dparams, dxs, dh0[0] if isinstance(params, Params) else dh0, None, None
+    return dparams, dxs, dh0, None, None
 
 
 recurrence_core.defvjp(_recurrence_fwd, _recurrence_bwd)

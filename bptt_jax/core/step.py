@@ -6,9 +6,8 @@ r"""One training step with the hand gradients: the update every trainer in the p
     g = \nabla E / n,\qquad
     \theta := \theta + \mathrm{tx}(g)
 
-``grad_fn`` is the hand BPTT (:func:`hand_bptt`: :func:`bptt_jax.core.bptt.bptt_core`
-for the seed's :class:`Params`, :func:`bptt_jax.core.deep.deep_bptt_core` for a
-:class:`DeepParams` or when a stream restarts inside the chunk; possibly with options
+``grad_fn`` is the hand BPTT (:func:`hand_bptt`: :func:`bptt_jax.core.deep.deep_bptt_core`
+for any model, the seed's :class:`Params` as its one-layer case; possibly with options
 bound, or its data-parallel twin), never ``jax.grad``; ``tx`` is an optax
 transformation (clipping chained before the optimizer); ``n`` is what the loss
 is a mean over (``B T`` characters for the language model, ``B`` sequences for
@@ -25,10 +24,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .bptt import bptt_core
 from .deep import deep_bptt_core
 from .options import DEFAULT, Options
-from .params import DeepParams, Params, from_deep, to_deep
+from .params import DeepParams, Params, as_layers, like
 
 
 def hand_bptt(params: Params | DeepParams, xs, ys, h0, resets=None, options: Options = DEFAULT):
@@ -47,8 +45,7 @@ def hand_bptt(params: Params | DeepParams, xs, ys, h0, resets=None, options: Opt
       params: :class:`Params` (``h0``, ``h_T``, ``dh0`` ``(B, H)``) or
         :class:`DeepParams` (``(L*D, B, H)``).
       xs, ys: ``(B, T)`` ids (``ys`` may be ``(B, T, C)`` probabilities).
-      resets: ``(B, T)`` bool or ``None`` (no resets: the seed's ``bptt_core`` for
-        :class:`Params`).
+      resets: ``(B, T)`` bool or ``None`` (no resets).
       options: the cell and the backward's options
         (:class:`~bptt_jax.core.options.Options`).
 
@@ -56,14 +53,10 @@ def hand_bptt(params: Params | DeepParams, xs, ys, h0, resets=None, options: Opt
       ``(E, grads like params, dh0, h_T)``; ``dh0`` = :math:`U^\top\delta_1` (no
       gradient flows into the zero a reset restores).
     """
-    if isinstance(params, Params):
-        if resets is None:
-            return bptt_core(params, xs, ys, h0, options=options)
-        E, grads, dh0, h_T = deep_bptt_core(
-            to_deep(params), xs, ys, h0[None], resets=resets, options=options, zero_resets=True
-        )
-        return E, from_deep(grads), dh0[0], h_T[0]
-    return deep_bptt_core(params, xs, ys, h0, resets=resets, options=options, zero_resets=True)
+    deep, h = as_layers(params, h0)
+    E, grads, dh0, h_T = deep_bptt_core(deep, xs, ys, h, resets=resets, options=options,
+                                        zero_resets=True)  # fmt: skip
+    return E, *like(params, grads, dh0, h_T)
 
 
 class StepResult(NamedTuple):
