@@ -35,6 +35,35 @@ loss_value_and_grad = jax.jit(
 )
 
 
+def linear_training_bound(dtype: str, steps: int) -> float:
+    r"""How far apart two float runs of ``steps`` SGD or momentum steps may end when
+    they compute each step's gradient in a different order (8 devices against 1,
+    recompute against stored states): the max-norm relative error of every leaf of
+    the parameters, the optimizer state and h. The argument, r = ``AUTODIFF[dtype]``
+    (1e-4 in float32, 1e-10 in float64):
+
+    - One step's gradient: two float evaluations of one gradient whose sums run in
+      different orders, which is what r bounds (hand BPTT and ``jax.grad`` differ in
+      the order of every sum). The global-norm clip multiplies by
+      ``min(1, c/|g|)``, a ratio of norms that moves by at most r more: <= 2r.
+    - SGD and momentum are linear in the clipped gradient: theta_N is theta_0 minus
+      a fixed combination of the N steps' gradients, from the same theta_0. Each
+      step's part differs by <= 2r of itself, and the steps of a short run point down
+      one slope, so the sum's error is <= 2r of the displacement per step, 2 N r in
+      all; a parameter difference e fed back through the next gradient adds
+      ``lr |d2E| e`` per step, small at the default lr (4e-3). A leaf that starts at
+      0 (b, c) is all displacement, so the bound is 2 N r on every leaf, momentum's
+      trace (a sum of gradients) and h (a forward of those parameters) included.
+
+    Adam has no such bound: its update ``m / (sqrt(v) + eps)`` divides each entry by
+    about ``|g|``, so where an entry of g is at round-off size the update is
+    round-off over round-off, O(lr) in either run (an amplification of up to
+    ``lr / eps`` = 4e5). Its parameters after a step are not a well-conditioned
+    function of the gradient; compare its moments after one step instead.
+    """
+    return 2 * steps * AUTODIFF[dtype]
+
+
 def assert_tree_close(actual, expected, *, rtol: float) -> None:
     """Every leaf of ``actual`` within ``rtol`` (max-norm relative) of ``expected``."""
     assert jax.tree.structure(actual) == jax.tree.structure(expected)

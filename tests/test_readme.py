@@ -7,16 +7,21 @@
 * No file of the repository refers to a path outside it: the source material the
   project was started from lived in a sibling folder that is not part of it, so
   any path into that folder is a dangling reference.
-* Every relative Markdown link of README.md and docs/ points to a file that exists.
+* Every relative Markdown link (and embedded image) of README.md, docs/ and
+  benchmarks/README.md points to a file that exists.
+* Every option of a ``bptt-jax COMMAND ...`` line in them is one COMMAND takes, and
+  the tag example's character count is the count of the characters it shows.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
 import pytest
 
+from bptt_jax.app.cli import build_parser
 from bptt_jax.app.config import TrainConfig
 from bptt_jax.app.loop import train
 
@@ -115,7 +120,7 @@ def test_the_outside_path_pattern():
 
 @pytest.mark.parametrize(
     "page",
-    [README, *sorted((ROOT / "docs").glob("**/*.md"))],
+    [README, *sorted((ROOT / "docs").glob("**/*.md")), ROOT / "benchmarks" / "README.md"],
     ids=lambda p: str(p.relative_to(ROOT)),
 )
 def test_markdown_links_point_to_existing_files(page: Path):
@@ -127,3 +132,58 @@ def test_markdown_links_point_to_existing_files(page: Path):
         if not path.exists():
             missing.append(target)
     assert not missing, f"{page.relative_to(ROOT)} links to missing files: {missing}"
+
+
+# --------------------------------------------------------------------------- the docs' commands
+
+DOC_PAGES = [README, *sorted((ROOT / "docs").glob("**/*.md")), ROOT / "benchmarks" / "README.md"]
+# "bptt-jax train: error: ..." is a message the command prints, not a command line
+COMMAND_LINE = re.compile(r"(?:bptt-jax|python3? -m bptt_jax)[ \t]+([a-z]+)(?![:\w])([^`\n]*)")
+FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
+
+
+def _subcommand_options() -> dict[str, set[str]]:
+    (commands,) = (a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {name: set(sub._option_string_actions) for name, sub in commands.choices.items()}
+
+
+def documented_command_lines(text: str) -> list[tuple[str, list[str]]]:
+    """``(command, [--flags])`` of every ``bptt-jax COMMAND ...`` of a Markdown text
+    (inline code and code blocks; a shell comment after `` #`` ends the line)."""
+    found = []
+    for command, rest in COMMAND_LINE.findall(text):
+        found.append((command, FLAG.findall(rest.split(" #", 1)[0])))
+    return found
+
+
+def test_documented_command_lines_are_found():
+    text = (
+        "run `bptt-jax train --steps 5 --out r` then\n```sh\nbptt-jax bench -K 3  # no --out\n```"
+    )
+    assert documented_command_lines(text) == [("train", ["--steps", "--out"]), ("bench", [])]
+
+
+@pytest.mark.parametrize("page", DOC_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_flag_of_a_documented_command_line_exists(page: Path):
+    options = _subcommand_options()
+    wrong = [
+        f"{command} {flag}"
+        for command, flags in documented_command_lines(page.read_text(encoding="utf-8"))
+        if command in options  # "bptt-jax train" etc.; prose such as "bptt-jax is" is not one
+        for flag in flags
+        if flag not in options[command]
+    ]
+    assert not wrong, f"{page.relative_to(ROOT)} shows options the commands lack: {wrong}"
+
+
+def test_the_tag_example_counts_the_characters_it_shows():
+    # docs/training.md's `bptt-jax tag` example: its accuracy line counts the
+    # characters of the file it shows (each source line and its newline).
+    text = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    block = re.search(r"```\n\$ bptt-jax tag [^\n]*\n(legend: [^\n]*)\n(.*?)\n```", text, re.S)
+    assert block, "the tag example is gone"
+    lines = block.group(2).splitlines()
+    accuracy = re.fullmatch(r"accuracy against tokenize: [0-9.]+% of (\d+) chars.*", lines[-1])
+    assert accuracy, lines[-1]
+    source = lines[:-1][0::2]  # each source line is followed by its line of letters
+    assert int(accuracy.group(1)) == sum(len(line) + 1 for line in source), source

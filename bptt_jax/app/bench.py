@@ -28,7 +28,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ..api.options import resolve_schedule
 from ..core.bptt import bptt_core
+from ..core.options import Options
 from ..core.params import init_params
 from ..core.rnn import loss_core
 from ..referees.tolerances import AUTODIFF, VERIFY_PRECISION, max_relative_error
@@ -147,13 +149,17 @@ def run_bench(
     dtype: str = "float32",
     chunk: int | None = None,
     recompute: bool = False,
-    unroll: int = 1,
+    unroll: int | None = None,
     matmul_dtype: str | None = None,
     seed: int = 0,
     precision=None,
 ) -> BenchReport:
     """Times hand BPTT, autodiff of the same loss and naive autodiff on one shape.
 
+    ``chunk`` and ``unroll`` left ``None`` take the defaults of the backend the
+    methods run on (``bptt_jax.api.options.resolve_schedule``, the table
+    ``bptt_jax.core.schedule.SCHEDULES``), as ``bptt_jax.bptt`` does; the report
+    names the values used.
     The timed methods run at ``precision`` (``None``: JAX's default; on a GPU TF32
     products). The agreement column compares every method with autodiff both at
     ``VERIFY_PRECISION`` (``"highest"``, compiled apart unless timed at it), so its
@@ -161,6 +167,7 @@ def run_bench(
     Call inside ``jax.enable_x64(True)`` for ``dtype="float64"``.
     """
     K, H, B, T = vocab_size, hidden_size, batch, steps
+    chunk, unroll = resolve_schedule(chunk, unroll, recompute, B, T)
     kp, kx, ky = jax.random.split(jax.random.key(seed), 3)
     params = init_params(kp, K, H, dtype=jnp.dtype(dtype))
     xs = jax.random.randint(kx, (B, T), 0, K)
@@ -169,19 +176,12 @@ def run_bench(
     mm = None if matmul_dtype is None else jnp.dtype(matmul_dtype)
 
     def methods(precision):
+        hand = Options(chunk=chunk, recompute=recompute, unroll=unroll, matmul_dtype=mm,
+                       precision=precision)  # fmt: skip
+        plain = Options(precision=precision)
         return {
-            "hand": lambda p, x, y, h: bptt_core(
-                p,
-                x,
-                y,
-                h,
-                chunk=chunk,
-                recompute=recompute,
-                unroll=unroll,
-                matmul_dtype=mm,
-                precision=precision,
-            )[:2],
-            "autodiff": jax.value_and_grad(functools.partial(loss_core, precision=precision)),
+            "hand": lambda p, x, y, h: bptt_core(p, x, y, h, options=hand)[:2],
+            "autodiff": jax.value_and_grad(functools.partial(loss_core, options=plain)),
             "naive AD": jax.value_and_grad(functools.partial(naive_loss, precision=precision)),
         }
 

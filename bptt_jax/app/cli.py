@@ -139,10 +139,13 @@ def _add_bench_parser(commands_) -> None:
     a("--steps", "-T", type=positive, default=64, help="T (default 64)")
     a("--repeats", type=positive, default=20, help="timed calls (default 20)")
     a("--dtype", choices=DTYPES, default="float32", help="(default float32)")
-    a("--chunk", type=positive, default=None, help="steps per backward chunk (default: auto)")
+    a("--chunk", type=positive, default=None,
+      help="steps per backward chunk (default: the backend's, about 512 rows of chunk*B on "
+      "the CPU, at most T/4 steps)")  # fmt: skip
     a("--recompute", action="store_true",
       help="store h_t every ~sqrt(T) steps only (default: every h_t)")  # fmt: skip
-    a("--unroll", type=positive, default=1, help="lax.scan unroll (default 1)")
+    a("--unroll", type=positive, default=None,
+      help="lax.scan unroll (default: the backend's, 1 on the CPU, 8 on a GPU)")  # fmt: skip
     a(
         "--matmul-dtype",
         choices=MATMUL_DTYPES,

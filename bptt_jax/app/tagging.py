@@ -65,13 +65,20 @@ _RESET = "\033[0m"
 _MARK = "\033[4;7m"  # underlined, reverse video: the model disagrees with tokenize here
 
 
+#: How :func:`format_tags` shows the class *whitespace* under the text: as a blank,
+#: not as its letter ``_`` (which ``--json``'s ``tags`` use).
+WHITESPACE_SHOWN_AS = "blank"
+
+
 def legend(color: bool, diff: bool = False) -> str:
+    """The line above :func:`format_tags`' output: the colour of each type, or the
+    letter shown under its characters (the whitespace class as a blank)."""
     items = []
     for i, name in enumerate(TOKEN_TYPES):
         if color:
             items.append(f"{_COLORS[i]}{name}{_RESET if _COLORS[i] else ''}")
         else:
-            items.append(f"{TOKEN_LETTERS[i]}={name}")
+            items.append(f"{WHITESPACE_SHOWN_AS if i == 0 else TOKEN_LETTERS[i]}={name}")
     if diff:
         items.append(f"{_MARK}disagrees with tokenize{_RESET}" if color else "^=disagrees")
     return "legend: " + "  ".join(items)

@@ -2,10 +2,12 @@
 
 import pytest
 
+from bptt_jax.api import options
 from bptt_jax.app import bench as _bench
 from bptt_jax.app import commands
-from bptt_jax.app.bench import flops
-from bptt_jax.app.cli import main
+from bptt_jax.app.bench import flops, run_bench
+from bptt_jax.app.cli import build_parser, main
+from bptt_jax.core.schedule import SCHEDULES, default_chunk
 
 TINY = ["-K", "7", "-H", "5", "-B", "2", "-T", "6", "--repeats", "2"]
 
@@ -62,6 +64,38 @@ def test_a_disagreement_is_one_line_on_stderr_naming_what_disagreed(monkeypatch,
     monkeypatch.setattr(commands, "run_bench", lambda **kwargs: _report(float("nan")))
     assert main(["bench", *TINY]) == 1
     assert "hand nan above" in capsys.readouterr().err
+
+
+class _Traced(Exception):  # noqa: N818 (a stop, not an error)
+    """Raised by the spy once the hand BPTT's options are seen: nothing is compiled."""
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+@pytest.mark.parametrize("recompute", [False, True], ids=["store", "recompute"])
+def test_bench_times_the_hand_bptt_at_the_backends_defaults(backend, recompute, monkeypatch):
+    # bench is documented to time the hand BPTT as bptt_jax.bptt runs it: chunk and
+    # unroll from core/schedule.py's row of the backend (docs/performance.md).
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen.update(chunk=kwargs["options"].chunk, unroll=kwargs["options"].unroll)
+        raise _Traced
+
+    monkeypatch.setattr(_bench, "bptt_core", spy)
+    monkeypatch.setattr(options.jax, "default_backend", lambda: backend)
+    B, T = 2, 64
+    with pytest.raises(_Traced):
+        run_bench(vocab_size=7, hidden_size=5, batch=B, steps=T, recompute=recompute)
+    assert seen == {"chunk": default_chunk(T, B, recompute, backend),
+                    "unroll": SCHEDULES[backend].unroll}  # fmt: skip
+    with pytest.raises(_Traced):  # explicit values win
+        run_bench(vocab_size=7, hidden_size=5, batch=B, steps=T, chunk=3, unroll=2)
+    assert seen == {"chunk": 3, "unroll": 2}
+
+
+def test_bench_leaves_chunk_and_unroll_to_the_backend_by_default():
+    args = build_parser().parse_args(["bench"])
+    assert args.chunk is None and args.unroll is None
 
 
 def test_bench_rejects_a_bad_option(capsys):

@@ -146,8 +146,8 @@ def test_tag_prints_the_file_with_its_token_types(tag_run, tmp_path, capsys):
     src.write_text("import os\n\n\ndef f(x):\n    return x + 1  # one\n")
     assert main(["tag", str(tag_run / "checkpoint.bptt"), str(src)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("legend: _=whitespace  n=name  k=keyword")
-    assert out[1] == "import os" and set(out[2]) <= set("_nkodsc? ")
+    assert out[0].startswith("legend: blank=whitespace  n=name  k=keyword")
+    assert out[1] == "import os" and set(out[2]) <= set("nkodsc? ")
     assert out[-1].startswith("accuracy against tokenize: ")
     assert "\033[" not in "".join(out)  # not a terminal: no colour codes
     assert main(["tag", str(tag_run / "checkpoint.bptt"), str(src), "--color", "always"]) == 0

@@ -10,17 +10,22 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import with_device_count
+from helpers import linear_training_bound, with_device_count
 
 from bptt_jax.app.checkpoint import load_checkpoint
 from bptt_jax.app.data import load_corpus
 from bptt_jax.app.train import TrainConfig, train
+from bptt_jax.referees.tolerances import max_relative_error
 
 # Two training subprocesses joined over gloo, plus a reference training: slow tier.
 pytestmark = pytest.mark.slow
 
+# Momentum, linear in the gradients: the runs' gradients differ in the order of their
+# sums (4 devices in 2 processes against 1), and after Adam steps an entry whose
+# gradient is round-off moves by O(lr) either way (helpers.linear_training_bound).
 ARGS = dict(max_files=12, batch_size=16, seq_len=32, hidden_size=48, eval_every=0,
-            save_every=0, val_chars=8192, steps=4, dtype="float64")  # fmt: skip
+            save_every=0, val_chars=8192, steps=4, dtype="float64",
+            optimizer="momentum")  # fmt: skip
 
 
 def _free_port() -> int:
@@ -74,8 +79,7 @@ def test_two_processes_give_the_parameters_of_one_device(two_processes, tmp_path
     _, multi = load_checkpoint(out / "p0" / "checkpoint.bptt")
     _, single = load_checkpoint(pathlib.Path(tmp_path) / "checkpoint.bptt")
     assert multi.keys() == single.keys()
+    bound = linear_training_bound("float64", ARGS["steps"])
     for name in single:  # params, optimizer state and h gathered in stream order
-        a, b = multi[name].astype(np.float64), single[name].astype(np.float64)
-        scale = np.max(np.abs(b))
-        assert np.max(np.abs(a - b)) <= 1e-10 * scale, name
+        assert max_relative_error(multi[name], single[name]) <= bound, name
     assert np.max(np.abs(single["h"])) > 0.1  # a real carried state, not zeros

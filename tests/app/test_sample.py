@@ -7,7 +7,7 @@ import pytest
 
 from bptt_jax.app.data import TOKEN_LETTERS, TOKEN_TYPES, DataError, Vocab
 from bptt_jax.app.sample import sample
-from bptt_jax.app.tagging import format_tags, predict_tags
+from bptt_jax.app.tagging import format_tags, legend, predict_tags
 from bptt_jax.app.train import Model, TrainConfig
 from bptt_jax.core.params import Params, init_params
 from bptt_jax.core.rnn import forward_core
@@ -132,6 +132,22 @@ def test_format_tags_puts_letters_under_each_line():
     tags = np.array([2, 2, 0, 1, 3, 0, 0, 0, 1, 0])
     assert format_tags(text, tags, color=False) == "if a:\nkk no\n  b\n  n\n"
     assert TOKEN_LETTERS[2] == "k"
+
+
+@pytest.mark.parametrize("diff", [False, True], ids=["plain", "diff"])
+def test_the_legend_names_what_the_letter_lines_show(diff):
+    # Every type once, whitespace among them: the legend's keys are exactly the
+    # marks under the text (the whitespace class is a blank there, not its "_").
+    text = "".join("ab c"[i % 4] for i in range(len(TOKEN_TYPES) + 1)) + "\n"
+    tags = np.arange(len(TOKEN_TYPES) + 1) % len(TOKEN_TYPES)
+    truth = np.roll(tags, 1) if diff else None
+    lines = format_tags(text, tags, color=False, truth=truth).splitlines()
+    keys = dict(item.split("=", 1) for item in legend(False, diff).split(": ", 1)[1].split("  "))
+    shown = set(lines[1]) - {" "}
+    assert shown == {TOKEN_LETTERS[i] for i in range(1, len(TOKEN_TYPES))}
+    assert shown | {"blank"} | ({"^"} if diff else set()) == set(keys)
+    assert keys["blank"] == TOKEN_TYPES[0] and lines[1][0] == " "  # tags[0] is whitespace
+    assert "_" not in "".join(lines[1:])
 
 
 def test_format_tags_colours_runs_of_one_type():
