@@ -39,7 +39,7 @@ them, alone (its OpenMP threads spin on after a call and slowed the next JAX
 call when it shared the round). ``temp MiB`` is XLA's compiled
 ``memory_analysis().temp_size_in_bytes``.
 
-FLOPs counted (multiply-add = 2; ``bptt_jax.app.bench.flops``) for one
+FLOPs counted (multiply-add = 2; ``bptt_jax.app.measure.bench.flops``) for one
 loss-and-gradient evaluation::
 
     forward   h_{t-1} @ Uᵀ : 2TBH²   logits h_t @ Vᵀ : 2TBHC
@@ -66,7 +66,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import bptt_jax
-from bptt_jax.app.bench import compiled, flops, naive_loss, round_robin
+from bptt_jax.app.measure.bench import compiled, flops, naive_loss, round_robin
 from bptt_jax.core.bptt import bptt_core
 from bptt_jax.core.options import Options
 from bptt_jax.core.schedule import default_chunk, schedule

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from bench_deep import round_robin  # a sibling script: wall and CPU medians
 
 import bptt_jax
-from bptt_jax.app.bench import compiled
+from bptt_jax.app.measure.bench import compiled
 
 # (K, H, B, T, layers, bidirectional); layers 0: the seed's Params
 POINTS = [

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 import bptt_jax
-from bptt_jax.app.bench import compiled
+from bptt_jax.app.measure.bench import compiled
 from bptt_jax.core.deep import deep_bptt_core, deep_loss_core
 
 # (name, K, H, B, T, layers, bidirectional)

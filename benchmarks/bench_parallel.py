@@ -4,7 +4,7 @@
     python benchmarks/bench_parallel.py --devices 1,8 --repeats 50 --json out.json
     python benchmarks/bench_parallel.py --real             # the machine's own devices (GPU/TPU)
 
-Times the step ``bptt-jax train`` runs (:func:`bptt_jax.app.train.make_train_step`:
+Times the step ``bptt-jax train`` runs (:func:`bptt_jax.app.training.train_step.make_train_step`:
 hand BPTT, mean-per-character gradient, clipping, Adam), with the batch split
 over an ``N``-device mesh exactly as ``train`` places it (parameters and
 optimizer state replicated, ``xs, ys, h`` sharded on the batch axis; on one
@@ -36,10 +36,10 @@ def child(n: int, args) -> dict:
     import jax
     import numpy as np
 
-    from bptt_jax.app.parallel import replicate, shard_batch
-    from bptt_jax.app.train import (
-        TrainConfig,
-        _data_parallel_grad_fn,
+    from bptt_jax.app.training.config import TrainConfig
+    from bptt_jax.app.training.parallel import replicate, shard_batch
+    from bptt_jax.app.training.train_step import (
+        data_parallel_grad_fn,
         make_optimizer,
         make_train_step,
         training_mesh,
@@ -49,7 +49,7 @@ def child(n: int, args) -> dict:
     K, H, B, T = args.vocab_size, args.hidden_size, args.batch_size, args.seq_len
     mesh = training_mesh(n, B)
     tx = make_optimizer(TrainConfig())  # adam 3e-3, global-norm clip 1: train's default
-    step = make_train_step(tx, _data_parallel_grad_fn(mesh) if n > 1 else None)
+    step = make_train_step(tx, data_parallel_grad_fn(mesh) if n > 1 else None)
     params = replicate(init_params(jax.random.key(0), K, H), mesh)
     opt_state = replicate(tx.init(params), mesh)
     rng = np.random.default_rng(0)

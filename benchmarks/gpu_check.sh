@@ -52,7 +52,7 @@ if ! "$PY" -c "import importlib.metadata as m; m.version('bptt_jax')" 2>/dev/nul
   mkdir -p "$SHIM/bptt_jax-$VERSION.dist-info"
   printf 'Metadata-Version: 2.1\nName: bptt_jax\nVersion: %s\n' "$VERSION" \
     >"$SHIM/bptt_jax-$VERSION.dist-info/METADATA"
-  printf '[console_scripts]\nbptt-jax = bptt_jax.app.cli:run\n' \
+  printf '[console_scripts]\nbptt-jax = bptt_jax.app.cli.main:run\n' \
     >"$SHIM/bptt_jax-$VERSION.dist-info/entry_points.txt"
   export PYTHONPATH=$PYTHONPATH:$SHIM
 fi

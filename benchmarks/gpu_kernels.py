@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import bptt_jax
-from bptt_jax.app.bench import round_robin
+from bptt_jax.app.measure.bench import round_robin
 from bptt_jax.core import kernels
 from bptt_jax.core.backward import _delta_step
 from bptt_jax.core.bptt import bptt_core

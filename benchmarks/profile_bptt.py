@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jax import lax
 
 import bptt_jax
-from bptt_jax.app.bench import compiled, round_robin
+from bptt_jax.app.measure.bench import compiled, round_robin
 from bptt_jax.core.bptt import bptt_core, input_gradient, output_layer
 from bptt_jax.core.rnn import hidden_states, time_major
 

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 import bptt_jax
-from bptt_jax.app.bench import compiled, round_robin
+from bptt_jax.app.measure.bench import compiled, round_robin
 from bptt_jax.core.bptt import bptt_core
 from bptt_jax.core.options import Options
 from bptt_jax.core.schedule import default_chunk, prefer_divisor, schedule

@@ -32,10 +32,10 @@ from .api.referees import autodiff_bptt as autodiff_bptt
 from .api.referees import autodiff_bptt_per_loss as autodiff_bptt_per_loss
 from .api.referees import autodiff_dh0 as autodiff_dh0
 from .api.referees import finite_difference_bptt as finite_difference_bptt
-from .app.trained import CheckpointError as CheckpointError
-from .app.trained import Report as Report
-from .app.trained import TrainedModel as TrainedModel
-from .app.trained import load as load
+from .app.inference.trained import CheckpointError as CheckpointError
+from .app.inference.trained import Report as Report
+from .app.inference.trained import TrainedModel as TrainedModel
+from .app.inference.trained import load as load
 from .core.activations import ACTIVATIONS
 from .core.checks import MATMUL_DTYPES
 from .core.clipping import CLIPPERS

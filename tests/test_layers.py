@@ -32,6 +32,9 @@ ALLOWED = {
     "top": {"core", "referees", "lab", "api", "app", "top"},
 }
 
+# The application's folders, by what they do (docs/architecture.md).
+APP_FOLDERS = ("cli", "training", "io", "inference", "measure")
+
 # Layers whose modules must import at module level only.
 NO_FUNCTION_IMPORTS = {"core", "referees", "lab", "api"}
 
@@ -209,10 +212,10 @@ def test_the_walk_sees_the_package(imports, graph):
     # Not vacuous: every layer's modules are found, and known edges are in the graph.
     assert {layer_of(m) for m in imports} == set(ALLOWED)
     assert len(imports) >= 30
-    assert "bptt_jax.core.bptt" in graph["bptt_jax.api.gradients"]  # from ..core.bptt import
+    assert "bptt_jax.core.deep" in graph["bptt_jax.api.gradients"]  # from ..core.deep import
     assert "bptt_jax.core.params" in graph["bptt_jax.core.bptt"]  # from .params import
-    assert "bptt_jax.app.cli" in graph["bptt_jax.__main__"]
-    assert "bptt_jax.app.commands" in graph["bptt_jax.app.cli"]
+    assert "bptt_jax.app.cli.main" in graph["bptt_jax.__main__"]
+    assert "bptt_jax.app.cli.train" in graph["bptt_jax.app.cli.main"]  # from . import train
     assert sum(len(t) for t in graph.values()) >= 60
 
 
@@ -229,6 +232,13 @@ def test_no_import_from_a_higher_layer(graph):
 def test_no_imports_inside_functions_below_the_app(imports):
     bad = function_imports(imports)
     assert not bad, "imports inside functions:\n" + "\n".join(bad)
+
+
+def test_the_app_is_grouped_in_its_folders(imports):
+    # Every application module lives in the folder of what it does (issue 22):
+    # nothing flat beside app/__init__.py, and no folder that is not one of these.
+    app = {m.split(".")[2] for m in imports if m.startswith("bptt_jax.app.")}
+    assert app == set(APP_FOLDERS), sorted(app ^ set(APP_FOLDERS))
 
 
 def test_the_allowed_lazy_imports_still_exist(imports):
@@ -266,7 +276,7 @@ def test_upward_and_sideways_imports_are_found():
         "bptt_jax.lab.diagnostics": {"bptt_jax.referees.autodiff"},  # lab may not use referees
         "bptt_jax.core.rnn": {"bptt_jax"},  # the top package is above everything
         "bptt_jax.api.model": {"bptt_jax.lab.tasks", "bptt_jax.referees.autodiff"},  # fine
-        "bptt_jax.app.cli": {"bptt_jax.api.model"},  # fine
+        "bptt_jax.app.cli.main": {"bptt_jax.api.model"},  # fine
     }
     assert upward_imports(graph) == [
         "bptt_jax.core.rnn (core) imports bptt_jax (top)",

@@ -21,7 +21,7 @@ MODULES = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py"))
 AUTODIFF = {"grad", "value_and_grad", "vjp", "jvp", "linearize", "custom_jvp",
             "jacfwd", "jacrev", "hessian", "linear_transpose"}  # fmt: skip
 # The referees, and the commands that time or report against autodiff.
-MAY_USE_AUTODIFF = ("referees/", "app/bench.py", "app/check.py")
+MAY_USE_AUTODIFF = ("referees/", "app/measure/bench.py", "app/measure/check.py")
 MAY_IMPORT_REFEREES = ("referees/", "api/referees.py", "app/", "__init__.py")
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from bptt_jax.app.cli import build_parser
-from bptt_jax.app.config import TrainConfig
-from bptt_jax.app.loop import train
+from bptt_jax.app.cli.main import build_parser
+from bptt_jax.app.training.config import TrainConfig
+from bptt_jax.app.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

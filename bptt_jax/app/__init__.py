@@ -1,1 +1,2 @@
-"""The application: the command line, training, data, checkpoints, sampling, plots."""
+"""The application: the command line (cli), training, reading and writing (io), using a trained
+model (inference), and the gradients checked, timed and studied (measure)."""

@@ -3,10 +3,10 @@
 import pytest
 
 from bptt_jax.api import options
-from bptt_jax.app import bench as _bench
-from bptt_jax.app import commands
-from bptt_jax.app.bench import flops, run_bench
-from bptt_jax.app.cli import build_parser, main
+from bptt_jax.app.cli import bench as bench_command
+from bptt_jax.app.cli.main import build_parser, main
+from bptt_jax.app.measure import bench as _bench
+from bptt_jax.app.measure.bench import flops, run_bench
 from bptt_jax.core.schedule import SCHEDULES, default_chunk
 
 TINY = ["-K", "7", "-H", "5", "-B", "2", "-T", "6", "--repeats", "2"]
@@ -54,14 +54,14 @@ def _report(hand_error: float) -> _bench.BenchReport:
 
 
 def test_a_disagreement_is_one_line_on_stderr_naming_what_disagreed(monkeypatch, capsys):
-    monkeypatch.setattr(commands, "run_bench", lambda **kwargs: _report(3e-2))
+    monkeypatch.setattr(bench_command, "run_bench", lambda **kwargs: _report(3e-2))
     assert main(["bench", *TINY]) == 1
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [
         "bptt-jax bench: error: the gradients disagree with autodiff: relative error hand "
         "3.0e-02 above the tolerance 1e-05 (float32, scan)"
     ]
-    monkeypatch.setattr(commands, "run_bench", lambda **kwargs: _report(float("nan")))
+    monkeypatch.setattr(bench_command, "run_bench", lambda **kwargs: _report(float("nan")))
     assert main(["bench", *TINY]) == 1
     assert "hand nan above" in capsys.readouterr().err
 

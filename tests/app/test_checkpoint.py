@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bptt_jax.app.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from bptt_jax.app.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 HEADER = {"kind": "test", "step": 7, "vocab": "abc\n\ufffd", "nested": {"x": [1, 2.5, None]}}
 

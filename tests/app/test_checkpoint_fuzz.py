@@ -16,15 +16,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bptt_jax.app.checkpoint import (
+from bptt_jax.app.cli.main import main
+from bptt_jax.app.io.checkpoint import (
     MAGIC,
     CheckpointError,
 )
-from bptt_jax.app.checkpoint_schema import read_training_checkpoint
-from bptt_jax.app.cli import main
-from bptt_jax.app.config import TrainConfig
-from bptt_jax.app.data import Vocab
-from bptt_jax.app.loop import train
+from bptt_jax.app.io.checkpoint_schema import read_training_checkpoint
+from bptt_jax.app.io.corpus import Vocab
+from bptt_jax.app.training.config import TrainConfig
+from bptt_jax.app.training.loop import train
 
 FUZZ = settings(max_examples=25, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip

@@ -7,8 +7,8 @@ import jax
 import pytest
 
 import bptt_jax
-from bptt_jax.app import check as _check
-from bptt_jax.app.cli import main
+from bptt_jax.app.cli.main import main
+from bptt_jax.app.measure import check as _check
 
 
 @pytest.mark.slow  # finite differences on the default model

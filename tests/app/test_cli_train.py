@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from bptt_jax.app.checkpoint import load_checkpoint
-from bptt_jax.app.cli import build_parser, main
+from bptt_jax.app.cli.main import build_parser, main
+from bptt_jax.app.io.checkpoint import load_checkpoint
 
 # The shapes of test_train.py's runs, so that the jitted steps are compiled once.
 TINY = ["--max-files", "12", "--hidden-size", "48", "--batch-size", "16", "--seq-len", "32",
@@ -214,7 +214,7 @@ def test_ctrl_c_saves_a_checkpoint_before_exiting(tmp_path):
     # Python's KeyboardInterrupt handler first, then run bptt-jax.
     start = (
         "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-        "from bptt_jax.app.cli import run; run()"
+        "from bptt_jax.app.cli.main import run; run()"
     )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-c", start, *args], stdout=subprocess.PIPE,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bptt_jax.app.data import (
+from bptt_jax.app.io.corpus import (
     TOKEN_LETTERS,
     DataError,
     TextFile,
@@ -15,7 +15,7 @@ from bptt_jax.app.data import (
     stdlib_root,
     token_labels,
 )
-from bptt_jax.app.streams import Streams
+from bptt_jax.app.io.streams import Streams
 
 # Known snippets and, per character, the token type tokenize gives it
 # (_ whitespace, n name, k keyword, o operator, d number, s string, c comment, ? other).

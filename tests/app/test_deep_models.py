@@ -9,15 +9,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bptt_jax.app.checkpoint import save_checkpoint
-from bptt_jax.app.checkpoint_schema import (
+from bptt_jax.app.cli.main import main
+from bptt_jax.app.inference.models import init_model, logits_core, param_arrays, params_from_arrays
+from bptt_jax.app.inference.sample import CHUNK, generate, sample
+from bptt_jax.app.inference.tagging import format_tags, predict_tags, tag_json
+from bptt_jax.app.io.checkpoint import save_checkpoint
+from bptt_jax.app.io.checkpoint_schema import (
+    Model,
     load_model,
     read_training_checkpoint,
     training_arrays,
     training_header,
 )
-from bptt_jax.app.cli import main
-from bptt_jax.app.config import (
+from bptt_jax.app.io.corpus import TOKEN_TYPES, Vocab, load_corpus, token_labels
+from bptt_jax.app.training.config import (
     BIDIRECTIONAL_DEFAULTS,
     TrainConfig,
     TrainingError,
@@ -25,13 +30,8 @@ from bptt_jax.app.config import (
     default_config,
     default_out,
 )
-from bptt_jax.app.data import TOKEN_TYPES, Vocab, load_corpus, token_labels
-from bptt_jax.app.models import init_model, logits_core, param_arrays, params_from_arrays
-from bptt_jax.app.sample import CHUNK, generate, sample
-from bptt_jax.app.state import History, TrainState
-from bptt_jax.app.step import make_optimizer
-from bptt_jax.app.tagging import format_tags, predict_tags, tag_json
-from bptt_jax.app.train import Model
+from bptt_jax.app.training.state import History, TrainState
+from bptt_jax.app.training.train_step import make_optimizer
 from bptt_jax.core.params import DeepParams, Params
 from bptt_jax.referees.tolerances import AUTODIFF, max_relative_error
 

@@ -8,9 +8,10 @@ import io
 import numpy as np
 import pytest
 
-from bptt_jax.app.cli import main
-from bptt_jax.app.data import DataError
-from bptt_jax.app.distributed import (
+from bptt_jax.app.cli.main import main
+from bptt_jax.app.io.corpus import DataError
+from bptt_jax.app.io.streams import Streams, process_streams, streams_in_order
+from bptt_jax.app.training.distributed import (
     ENV_COORDINATOR,
     ENV_NUM_PROCESSES,
     ENV_PROCESS_ID,
@@ -19,7 +20,6 @@ from bptt_jax.app.distributed import (
     cluster_from,
     initialize,
 )
-from bptt_jax.app.streams import Streams, process_streams, streams_in_order
 
 # --------------------------------------------------------------------------- shards
 

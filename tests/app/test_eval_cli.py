@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from bptt_jax.app.checkpoint import load_checkpoint
-from bptt_jax.app.cli import main
-from bptt_jax.app.config import TrainConfig
-from bptt_jax.app.loop import train
+from bptt_jax.app.cli.main import main
+from bptt_jax.app.io.checkpoint import load_checkpoint
+from bptt_jax.app.training.config import TrainConfig
+from bptt_jax.app.training.loop import train
 
 SOURCE = "def add(a, b):\n    # sum\n    return a + b  # done\n\n\nx = add(1, 2)\n"
 

@@ -12,10 +12,17 @@ import pytest
 from helpers import assert_tree_close, slow_except
 
 import bptt_jax
-from bptt_jax.app.config import LEGACY, TrainConfig, TrainingError, check_config, learning_rate
-from bptt_jax.app.evaluate import evaluation, held_out, score, verify_gradients
-from bptt_jax.app.step import make_train_step, model_grad_fn
-from bptt_jax.app.streams import Streams
+from bptt_jax.app.io.streams import Streams
+from bptt_jax.app.training.config import (
+    LEGACY,
+    TrainConfig,
+    TrainingError,
+    check_config,
+    learning_rate,
+)
+from bptt_jax.app.training.train_step import make_train_step, model_grad_fn
+from bptt_jax.app.training.validation import evaluation, held_out, score
+from bptt_jax.app.training.verify import verify_gradients
 from bptt_jax.core.options import Options
 from bptt_jax.core.params import init_params
 from bptt_jax.core.step import hand_bptt

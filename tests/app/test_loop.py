@@ -14,17 +14,13 @@ import numpy as np
 import pytest
 from helpers import linear_training_bound
 
-from bptt_jax.app.checkpoint import CheckpointError, load_checkpoint
-from bptt_jax.app.data import load_corpus
-from bptt_jax.app.train import (
-    Evaluation,
-    TrainConfig,
-    TrainingError,
-    config_for_resume,
-    make_optimizer,
-    make_train_step,
-    train,
-)
+from bptt_jax.app.io.checkpoint import CheckpointError, load_checkpoint
+from bptt_jax.app.io.checkpoint_schema import config_for_resume
+from bptt_jax.app.io.corpus import load_corpus
+from bptt_jax.app.training.config import TrainConfig, TrainingError
+from bptt_jax.app.training.loop import train
+from bptt_jax.app.training.train_step import make_optimizer, make_train_step
+from bptt_jax.app.training.validation import Evaluation
 from bptt_jax.core.bptt import bptt_core
 from bptt_jax.core.params import Params, init_params
 from bptt_jax.core.step import hand_bptt
@@ -224,9 +220,9 @@ def test_the_training_step_uses_no_autodiff():
     import ast
     import inspect
 
-    from bptt_jax.app import train as _train
+    from bptt_jax.app.training import train_step as _train_step
 
-    tree = ast.parse(inspect.getsource(_train.make_train_step))
+    tree = ast.parse(inspect.getsource(_train_step.make_train_step))
     names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
     names |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     assert "hand_bptt" in names  # the check sees the names the step uses

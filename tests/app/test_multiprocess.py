@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from helpers import linear_training_bound, with_device_count
 
-from bptt_jax.app.checkpoint import load_checkpoint
-from bptt_jax.app.data import load_corpus
-from bptt_jax.app.train import TrainConfig, train
+from bptt_jax.app.io.checkpoint import load_checkpoint
+from bptt_jax.app.io.corpus import load_corpus
+from bptt_jax.app.training.config import TrainConfig
+from bptt_jax.app.training.loop import train
 from bptt_jax.referees.tolerances import max_relative_error
 
 # Two training subprocesses joined over gloo, plus a reference training: slow tier.
@@ -42,7 +43,7 @@ def two_processes(tmp_path_factory):
         argv += [f"--{k.replace('_', '-')}", str(v)]
     port = _free_port()
     env = dict(os.environ, XLA_FLAGS=with_device_count(2))
-    start = "from bptt_jax.app.cli import run; run()"
+    start = "from bptt_jax.app.cli.main import run; run()"
     cluster = ["--coordinator", f"localhost:{port}", "--num-processes", "2"]
     procs = []
     for p in range(2):

@@ -16,18 +16,19 @@ import time
 import jax
 import pytest
 
-from bptt_jax.app import loop_steps, plots
-from bptt_jax.app.checkpoint import load_checkpoint
-from bptt_jax.app.cli import main
-from bptt_jax.app.config import TrainConfig, default_config
-from bptt_jax.app.outputs import (
+from bptt_jax.app.cli.main import main
+from bptt_jax.app.io.checkpoint import load_checkpoint
+from bptt_jax.app.measure import plots
+from bptt_jax.app.training import session as loop_steps
+from bptt_jax.app.training.config import TrainConfig, default_config
+from bptt_jax.app.training.loop import train
+from bptt_jax.app.training.outputs import (
     LOCK_NAME,
     METRICS_HEADER,
     FolderLock,
     repair_metrics,
 )
-from bptt_jax.app.preflight import UsageError
-from bptt_jax.app.train import train
+from bptt_jax.app.training.preflight import UsageError
 
 SMALL = ["--batch-size", "4", "--seq-len", "16", "--hidden-size", "16", "--val-chars", "256",
          "--eval-every", "0", "--no-progress"]  # fmt: skip

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from helpers import assert_valid_png
 
-from bptt_jax.app.cli import main
-from bptt_jax.app.diagnose import run_diagnose
+from bptt_jax.app.cli.main import main
+from bptt_jax.app.measure.diagnose import run_diagnose
 from bptt_jax.lab.tasks import REMEDIES
 
 
@@ -66,7 +66,7 @@ def test_diagnose_bad_input_exits_1_with_a_clear_message(argv, code, match, tmp_
 def test_heatmap_shows_zero_gradients_without_failing(tmp_path):
     # A dead ReLU network: every δ is 0. The plot must still be written (no log(0) crash).
     from bptt_jax import Params, gradient_flow
-    from bptt_jax.app.plots import plot_decay, plot_heatmap
+    from bptt_jax.app.measure.plots import plot_decay, plot_heatmap
 
     H, K = 3, 4
     params = Params(*(np.zeros(s, np.float32) for s in [(H, H), (K, H), (H, K), (H,), (K,)]))

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bptt_jax.app import checkpoint as _checkpoint
-from bptt_jax.app.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from bptt_jax.app.cli import main
-from bptt_jax.app.divergence import divergence, warmup
+from bptt_jax.app.cli.main import main
+from bptt_jax.app.io import checkpoint as _checkpoint
+from bptt_jax.app.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from bptt_jax.app.training.divergence import divergence, warmup
 
 SMALL = ["--batch-size", "4", "--seq-len", "16", "--hidden-size", "16", "--val-chars", "256",
          "--eval-every", "0", "--no-progress"]  # fmt: skip
@@ -117,13 +117,14 @@ def test_debug_gives_the_traceback_back(tmp_path, monkeypatch):
 
 
 def test_an_unexpected_exception_is_one_line_marked_as_a_bug(monkeypatch, capsys):
-    from bptt_jax.app import commands
+    from bptt_jax.app.cli import check as check_command
+    from bptt_jax.app.cli import main as cli_main
 
     def broken(args):
         raise KeyError("oops")
 
-    monkeypatch.setattr(commands, "check", broken)
-    monkeypatch.setitem(__import__("bptt_jax.app.cli").app.cli._HANDLERS, "check", broken)
+    monkeypatch.setattr(check_command, "handle", broken)
+    monkeypatch.setitem(cli_main._HANDLERS, "check", broken)
     assert main(["check"]) == 1
     err = capsys.readouterr().err
     assert "internal error KeyError" in err and "BPTT_JAX_DEBUG=1" in err
@@ -207,7 +208,7 @@ def test_resume_on_permuted_lines_is_refused_unless_allowed(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- signals
 
-_START = "from bptt_jax.app.cli import run; run()"
+_START = "from bptt_jax.app.cli.main import run; run()"
 
 
 def _start_training(tmp_path, steps="1000000"):
@@ -304,14 +305,15 @@ def _argv(draw):
 def test_fuzz_command_lines_give_one_line_errors_or_run(argv, tmp_path, monkeypatch, capsys):
     # The work itself is stubbed out (its own tests cover it): what is fuzzed is
     # everything between the command line and the work.
-    from bptt_jax.app import commands
+    from bptt_jax.app.cli import bench, check, sample, tag, train
 
     def done(*args, **kwargs):  # reached the work: the command line was accepted
         raise SystemExit(0)
 
-    for name in ("run_check", "run_bench", "train", "load_model"):
-        monkeypatch.setattr(commands, name, done)
-    monkeypatch.setattr("bptt_jax.app.diagnose.run_diagnose", done)
+    for command, name in ((check, "run_check"), (bench, "run_bench"), (train, "train"),
+                          (sample, "load_model"), (tag, "load_model")):  # fmt: skip
+        monkeypatch.setattr(command, name, done)
+    monkeypatch.setattr("bptt_jax.app.measure.diagnose.run_diagnose", done)
     monkeypatch.chdir(tmp_path)
     if argv[0] == "sample":
         argv = [argv[0], "x.bptt", *argv[1:]]

@@ -5,10 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bptt_jax.app.data import TOKEN_LETTERS, TOKEN_TYPES, DataError, Vocab
-from bptt_jax.app.sample import sample
-from bptt_jax.app.tagging import format_tags, legend, predict_tags
-from bptt_jax.app.train import Model, TrainConfig
+from bptt_jax.app.inference.sample import sample
+from bptt_jax.app.inference.tagging import format_tags, legend, predict_tags
+from bptt_jax.app.io.checkpoint_schema import Model
+from bptt_jax.app.io.corpus import TOKEN_LETTERS, TOKEN_TYPES, DataError, Vocab
+from bptt_jax.app.training.config import TrainConfig
 from bptt_jax.core.params import Params, init_params
 from bptt_jax.core.rnn import forward_core
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from bptt_jax.app.checkpoint import load_checkpoint
-from bptt_jax.app.signals import is_command_line
+from bptt_jax.app.io.checkpoint import load_checkpoint
+from bptt_jax.app.training.signals import is_command_line
 
 SMALL = ["--batch-size", "4", "--seq-len", "16", "--hidden-size", "16", "--no-progress"]
 

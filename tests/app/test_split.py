@@ -11,14 +11,14 @@ import sys
 import numpy as np
 import pytest
 
-from bptt_jax.app import preflight
-from bptt_jax.app.checkpoint import load_checkpoint, save_checkpoint
-from bptt_jax.app.checkpoint_schema import load_model
-from bptt_jax.app.cli import main
-from bptt_jax.app.data import BYTES_PER_CHAR, DataError, load_corpus
-from bptt_jax.app.files import held_out_by_name
-from bptt_jax.app.preflight import UsageError
-from bptt_jax.app.split import split_lines, split_record
+from bptt_jax.app.cli.main import main
+from bptt_jax.app.io.checkpoint import load_checkpoint, save_checkpoint
+from bptt_jax.app.io.checkpoint_schema import load_model
+from bptt_jax.app.io.corpus import BYTES_PER_CHAR, DataError, load_corpus
+from bptt_jax.app.io.files import held_out_by_name
+from bptt_jax.app.io.split import split_lines, split_record
+from bptt_jax.app.training import preflight
+from bptt_jax.app.training.preflight import UsageError
 
 SMALL = ["--batch-size", "2", "--seq-len", "8", "--hidden-size", "8", "--steps", "2",
          "--eval-every", "0", "--val-chars", "256", "--no-progress"]  # fmt: skip
@@ -165,7 +165,7 @@ def test_a_corpus_that_would_not_fit_in_memory_is_refused_before_it_is_read(tmp_
     folder = _folder(tmp_path)
     nbytes = sum(p.stat().st_size for p in folder.iterdir())
     monkeypatch.setattr(preflight, "available_bytes", lambda host=False: 10 * nbytes)
-    monkeypatch.setattr("bptt_jax.app.data.read_text", lambda p: pytest.fail("read"))
+    monkeypatch.setattr("bptt_jax.app.io.corpus.read_text", lambda p: pytest.fail("read"))
     with pytest.raises(UsageError, match=f"the corpus \\({nbytes:,} bytes in 4 files\\)"):
         load_corpus([str(folder)])
 
@@ -173,10 +173,10 @@ def test_a_corpus_that_would_not_fit_in_memory_is_refused_before_it_is_read(tmp_
 _MEASURE = """
 import pathlib, resource, sys
 import numpy as np
-from bptt_jax.app.checkpoint_schema import data_fingerprint
-from bptt_jax.app.data import load_corpus
-from bptt_jax.app.evaluate import baselines, held_out
-from bptt_jax.app.streams import Streams
+from bptt_jax.app.io.checkpoint_schema import data_fingerprint
+from bptt_jax.app.io.corpus import load_corpus
+from bptt_jax.app.training.validation import baselines, held_out
+from bptt_jax.app.io.streams import Streams
 task, folder = sys.argv[1], sys.argv[2]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 c = load_corpus([folder], task=task)

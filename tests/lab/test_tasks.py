@@ -8,7 +8,7 @@ from helpers import assert_valid_png, make_problem
 
 import bptt_jax
 from bptt_jax import delay_task, train_delay
-from bptt_jax.app.plots import plot_delay, plot_delay_grad_norm
+from bptt_jax.app.measure.plots import plot_delay, plot_delay_grad_norm
 from bptt_jax.lab.tasks import REMEDIES, Remedy
 
 

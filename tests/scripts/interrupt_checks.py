@@ -18,9 +18,10 @@ import tempfile
 import jax
 import numpy as np
 
-from bptt_jax.app.checkpoint import load_checkpoint
-from bptt_jax.app.data import load_corpus
-from bptt_jax.app.train import TrainConfig, train
+from bptt_jax.app.io.checkpoint import load_checkpoint
+from bptt_jax.app.io.corpus import load_corpus
+from bptt_jax.app.training.config import TrainConfig
+from bptt_jax.app.training.loop import train
 
 TINY = dict(max_files=12, batch_size=16, seq_len=32, hidden_size=48, eval_every=0,
             save_every=0, val_chars=8192, schedule="constant", warmup=0, steps=12)  # fmt: skip

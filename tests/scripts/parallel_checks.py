@@ -15,7 +15,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import bptt_jax  # noqa: E402
-from bptt_jax.app.parallel import check_batch_divides, data_parallel_bptt, make_mesh  # noqa: E402
+from bptt_jax.app.training.parallel import check_batch_divides, data_parallel_bptt, make_mesh  # noqa: E402
 from bptt_jax.core.bptt import bptt_core  # noqa: E402
 
 

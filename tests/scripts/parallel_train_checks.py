@@ -20,9 +20,10 @@ assert "--xla_force_host_platform_device_count=8" in os.environ.get("XLA_FLAGS",
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bptt_jax.app.cli import main  # noqa: E402
-from bptt_jax.app.data import load_corpus  # noqa: E402
-from bptt_jax.app.train import TrainConfig, TrainingError, train  # noqa: E402
+from bptt_jax.app.cli.main import main  # noqa: E402
+from bptt_jax.app.io.corpus import load_corpus  # noqa: E402
+from bptt_jax.app.training.config import TrainConfig, TrainingError  # noqa: E402
+from bptt_jax.app.training.loop import train  # noqa: E402
 from bptt_jax.referees.tolerances import max_relative_error  # noqa: E402
 
 STEPS = 8

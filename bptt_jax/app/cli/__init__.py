@@ -1,0 +1,1 @@
+"""The ``bptt-jax`` command line: :mod:`.main` and one module per command."""

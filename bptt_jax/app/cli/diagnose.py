@@ -1,0 +1,79 @@
+"""``bptt-jax diagnose``: vanishing and exploding gradients measured and plotted (seed §6).
+
+The work is :func:`bptt_jax.app.measure.diagnose.run_diagnose`, imported when the
+command runs: matplotlib is heavy and only this command (and train's last step) draws.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ...core.activations import ACTIVATIONS
+from ...core.init import INITS
+from ..training.preflight import UsageError, check_writable_folder, require_memory, rnn_bytes
+from .flags import integer_list, number_list, positive, positive_float, seed
+
+#: The delay task's length T in ``diagnose --delays`` (``train_delay``'s default).
+DELAY_STEPS = 30
+
+
+def add_parser(commands) -> None:
+    """Declares ``bptt-jax diagnose`` and its flags."""
+    diagnose = commands.add_parser(
+        "diagnose",
+        help="measure and plot vanishing/exploding gradients (the seed's §6)",
+        description=(
+            "Measures every ‖δ_k^(t)‖ = ‖∂E_t/∂s_k‖ of a model by the hand recursion, "
+            "prints it against the §6 bound γ^(t−k), and writes PNG plots into --out: "
+            "the heat map, the decay with distance against the bound, the sweep of the "
+            "scale of U for tanh, sigmoid and ReLU, and (with --delays) training curves "
+            "on the delay task y_t = x_(t−d)."
+        ),
+    )
+    a = diagnose.add_argument
+    a("--out", "-o", default="diagnose", help="folder for the PNGs (default diagnose)")
+    a("--vocab-size", "-K", type=positive, default=8, help="K (default 8)")
+    a("--hidden-size", "-H", type=positive, default=32, help="H (default 32)")
+    a("--batch", "-B", type=positive, default=8, help="B (default 8)")
+    a("--steps", "-T", type=positive, default=40, help="T (default 40)")
+    a("--activation", choices=tuple(ACTIVATIONS), default="tanh", help="f (default tanh)")
+    a("--init", choices=INITS, default="uniform", help="init_params(init=...) (default uniform)")
+    a("--spectral-radius", type=positive_float, default=None, help="rescale U to this ρ(U) > 0")
+    a(
+        "--no-sweep",
+        dest="sweep",
+        action="store_false",
+        help="skip the sweep of U's scale (default: sweep)",
+    )
+    a("--sweep-scales", type=number_list, default=None,
+      help="comma-separated scales σ of U for the sweep (default 0.25..6)")  # fmt: skip
+    a("--delays", type=integer_list, default=[],
+      help="comma-separated delays d: also train on the delay task (e.g. 2,5,10,20)")  # fmt: skip
+    a("--iterations", type=positive, default=1000, help="Adam steps per delay (default 1000)")
+    a("--seed", type=seed, default=0, help="random seed (default 0)")
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Writes the PNGs into ``--out`` and prints the report; status 0."""
+    # matplotlib is heavy and only this command (and train's last step) draws:
+    # imported when it runs.
+    from ..measure.diagnose import run_diagnose
+
+    K, H, B, T = args.vocab_size, args.hidden_size, args.batch, args.steps
+    # gradient_flow holds every δ_k^(t): (T, T, B, H) float64, a few times over.
+    require_memory(
+        f"diagnose -K {K} -H {H} -B {B} -T {T}",
+        4 * 8 * T * T * B * H + rnn_bytes(K=K, H=H, C=K, B=B, T=T, itemsize=8),
+    )
+    if args.delays and max(args.delays) >= DELAY_STEPS:
+        raise UsageError(
+            f"--delays must be below the delay task's {DELAY_STEPS} steps, got {max(args.delays)}"
+        )
+    check_writable_folder(args.out)  # before the work, not after it
+    report = run_diagnose(
+        args.out, vocab_size=K, hidden_size=H, batch=B, steps=T, activation=args.activation,
+        init=args.init, spectral_radius=args.spectral_radius, seed=args.seed, sweep=args.sweep,
+        sweep_scales=args.sweep_scales, delays=args.delays, iterations=args.iterations,
+    )  # fmt: skip
+    print(report.text)
+    return 0

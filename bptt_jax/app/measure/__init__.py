@@ -1,0 +1,1 @@
+"""The work of ``check``, ``bench``, ``diagnose``: the hand gradients checked, timed, studied."""

@@ -1,0 +1,1 @@
+"""``bptt-jax train``'s work: configuration, step, loop and its state, validation, run folder."""
