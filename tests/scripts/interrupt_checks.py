@@ -1,4 +1,4 @@
-"""Run in a subprocess by tests/app/test_loop.py: a run stopped at step 5 by a real
+"""Run in a subprocess by tests/app/training/test_loop.py: a run stopped at step 5 by a real
 SIGINT (and by a KeyboardInterrupt from a caller's own handler), resumed, against
 an uninterrupted run.
 

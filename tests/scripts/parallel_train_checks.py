@@ -28,7 +28,7 @@ from bptt_jax.referees.tolerances import max_relative_error  # noqa: E402
 
 STEPS = 8
 # A constant rate: the resume checks stop at STEPS / 2 by --steps, which would reshape
-# a cosine schedule (a schedule's resume is tested in tests/app/test_loop.py).
+# a cosine schedule (a schedule's resume is tested in tests/app/training/test_loop.py).
 TINY = dict(max_files=12, batch_size=16, seq_len=32, hidden_size=48, eval_every=0,
             save_every=0, val_chars=8192, steps=STEPS, schedule="constant",
             warmup=0)  # fmt: skip
@@ -64,7 +64,7 @@ def run(name, devices, dtype, optimizer="momentum", **kw):
 
 
 # N steps on 8 devices = N steps on 1 device, in float64 and in float32, for the
-# optimizers whose update is linear in the gradient (tests/app/test_parallel_train.py
+# optimizers whose update is linear in the gradient (tests/app/training/test_parallel_train.py
 # says why Adam is compared after one step only).
 runs = {}
 for dtype in ("float64", "float32"):

@@ -80,7 +80,7 @@ def test_resume_after_a_stop_is_bitwise_identical(corpus, uninterrupted, tmp_pat
     assert _bitwise_equal(resumed.state, uninterrupted.state)
 
 
-INTERRUPT_SCRIPT = pathlib.Path(__file__).parent.parent / "scripts" / "interrupt_checks.py"
+INTERRUPT_SCRIPT = pathlib.Path(__file__).parents[2] / "scripts" / "interrupt_checks.py"
 
 
 @pytest.fixture(scope="module")

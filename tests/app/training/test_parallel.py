@@ -9,7 +9,7 @@ from helpers import run_on_simulated_devices
 # One subprocess with 8 simulated devices, compiling every check anew: slow tier.
 pytestmark = pytest.mark.slow
 
-SCRIPT = pathlib.Path(__file__).parent.parent / "scripts" / "parallel_checks.py"
+SCRIPT = pathlib.Path(__file__).parents[2] / "scripts" / "parallel_checks.py"
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from bptt_jax.referees.tolerances import AUTODIFF
 # command line: slow tier.
 pytestmark = pytest.mark.slow
 
-SCRIPT = pathlib.Path(__file__).parent.parent / "scripts" / "parallel_train_checks.py"
+SCRIPT = pathlib.Path(__file__).parents[2] / "scripts" / "parallel_train_checks.py"
 STEPS = 8  # of each compared run (the script's STEPS)
 
 # What is compared, and the bound (helpers.linear_training_bound argues it): the
