@@ -14,7 +14,10 @@ from ..measure.bench import run_bench
 from ..training.config import DTYPES
 from ..training.preflight import require_memory, rnn_bytes
 from .errors import error
-from .flags import positive, seed
+from .flags import defaults_of, positive, seed
+
+#: The defaults of the flags: those of :func:`run_bench`, read once.
+DEFAULTS = defaults_of(run_bench)
 
 
 def add_parser(commands) -> None:
@@ -31,13 +34,17 @@ def add_parser(commands) -> None:
             "status 1 if they disagree. The full grid with plots: benchmarks/bench_bptt.py."
         ),
     )
+    d = DEFAULTS
     a = bench.add_argument
-    a("--vocab-size", "-K", type=positive, default=65, help="K (default 65)")
-    a("--hidden-size", "-H", type=positive, default=256, help="H (default 256)")
-    a("--batch", "-B", type=positive, default=32, help="B (default 32)")
-    a("--steps", "-T", type=positive, default=64, help="T (default 64)")
-    a("--repeats", type=positive, default=20, help="timed calls (default 20)")
-    a("--dtype", choices=DTYPES, default="float32", help="(default float32)")
+    a("--vocab-size", "-K", type=positive, default=d["vocab_size"],
+      help=f"K (default {d['vocab_size']})")  # fmt: skip
+    a("--hidden-size", "-H", type=positive, default=d["hidden_size"],
+      help=f"H (default {d['hidden_size']})")  # fmt: skip
+    a("--batch", "-B", type=positive, default=d["batch"], help=f"B (default {d['batch']})")
+    a("--steps", "-T", type=positive, default=d["steps"], help=f"T (default {d['steps']})")
+    a("--repeats", type=positive, default=d["repeats"],
+      help=f"timed calls (default {d['repeats']})")  # fmt: skip
+    a("--dtype", choices=DTYPES, default=d["dtype"], help=f"(default {d['dtype']})")
     a("--chunk", type=positive, default=None,
       help="steps per backward chunk (default: the backend's, about 512 rows of chunk*B on "
       "the CPU, at most T/4 steps)")  # fmt: skip
@@ -51,7 +58,7 @@ def add_parser(commands) -> None:
         default=None,
         help="bf16 matrix products with float32 accumulation (default: products in --dtype)",
     )
-    a("--seed", type=seed, default=0, help="random seed (default 0)")
+    a("--seed", type=seed, default=d["seed"], help=f"random seed (default {d['seed']})")
 
 
 def handle(args: argparse.Namespace) -> int:

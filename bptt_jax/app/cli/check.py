@@ -9,10 +9,14 @@ import argparse
 
 from ..measure.check import INPUTS, TOLERANCES, run_check
 from ..training.preflight import UsageError, require_memory, rnn_bytes
-from .flags import nonnegative, positive, seed
+from .flags import defaults_of, nonnegative, positive, seed
 
 #: ``check``'s finite differences at most: two forward passes per parameter entry.
 MAX_CHECK_WORK = 2 * 10**10
+
+
+#: The defaults of the flags: those of :func:`run_check`, read once.
+DEFAULTS = defaults_of(run_check)
 
 
 def add_parser(commands) -> None:
@@ -26,17 +30,24 @@ def add_parser(commands) -> None:
             "differences. Exits with status 1 if any gradient disagrees."
         ),
     )
+    d = DEFAULTS
     a = check.add_argument
-    a("--vocab-size", "-K", type=positive, default=11, help="K (default 11)")
-    a("--hidden-size", "-H", type=positive, default=16, help="H (default 16)")
-    a("--num-classes", "-C", type=positive, default=7, help="C output classes (default 7)")
-    a("--batch", "-B", type=positive, default=3, help="B sequences (default 3)")
-    a("--steps", "-T", type=nonnegative, default=12, help="T steps per sequence (default 12)")
-    a("--inputs", choices=INPUTS, default="ids",
-      help="token ids (gather/scatter path) or dense input vectors (default ids)")  # fmt: skip
-    a("--dtype", choices=tuple(TOLERANCES), default="float64",
-      help="precision of the model under test (default float64)")  # fmt: skip
-    a("--seed", type=seed, default=0, help="random seed (default 0)")
+    a("--vocab-size", "-K", type=positive, default=d["vocab_size"],
+      help=f"K (default {d['vocab_size']})")  # fmt: skip
+    a("--hidden-size", "-H", type=positive, default=d["hidden_size"],
+      help=f"H (default {d['hidden_size']})")  # fmt: skip
+    a("--num-classes", "-C", type=positive, default=d["num_classes"],
+      help=f"C output classes (default {d['num_classes']})")  # fmt: skip
+    a("--batch", "-B", type=positive, default=d["batch"],
+      help=f"B sequences (default {d['batch']})")  # fmt: skip
+    a("--steps", "-T", type=nonnegative, default=d["steps"],
+      help=f"T steps per sequence (default {d['steps']})")  # fmt: skip
+    a("--inputs", choices=INPUTS, default=d["inputs"],
+      help="token ids (gather/scatter path) or dense input vectors "
+      f"(default {d['inputs']})")  # fmt: skip
+    a("--dtype", choices=tuple(TOLERANCES), default=d["dtype"],
+      help=f"precision of the model under test (default {d['dtype']})")  # fmt: skip
+    a("--seed", type=seed, default=d["seed"], help=f"random seed (default {d['seed']})")
 
 
 def handle(args: argparse.Namespace) -> int:

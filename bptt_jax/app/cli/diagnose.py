@@ -1,7 +1,7 @@
 """``bptt-jax diagnose``: vanishing and exploding gradients measured and plotted (seed §6).
 
-The work is :func:`bptt_jax.app.measure.diagnose.run_diagnose`, imported when the
-command runs: matplotlib is heavy and only this command (and train's last step) draws.
+The work is :func:`bptt_jax.app.measure.diagnose.run_diagnose` (which loads matplotlib
+only when it runs); the flags' defaults are its own.
 """
 
 from __future__ import annotations
@@ -10,11 +10,16 @@ import argparse
 
 from ...core.activations import ACTIVATIONS
 from ...core.init import INITS
+from ..measure.diagnose import run_diagnose
 from ..training.preflight import UsageError, check_writable_folder, require_memory, rnn_bytes
-from .flags import integer_list, number_list, positive, positive_float, seed
+from .flags import defaults_of, integer_list, number_list, positive, positive_float, seed
 
 #: The delay task's length T in ``diagnose --delays`` (``train_delay``'s default).
 DELAY_STEPS = 30
+
+
+#: The defaults of the flags: those of :func:`run_diagnose`, read once.
+DEFAULTS = defaults_of(run_diagnose)
 
 
 def add_parser(commands) -> None:
@@ -30,35 +35,38 @@ def add_parser(commands) -> None:
             "on the delay task y_t = x_(t−d)."
         ),
     )
+    d = DEFAULTS
     a = diagnose.add_argument
     a("--out", "-o", default="diagnose", help="folder for the PNGs (default diagnose)")
-    a("--vocab-size", "-K", type=positive, default=8, help="K (default 8)")
-    a("--hidden-size", "-H", type=positive, default=32, help="H (default 32)")
-    a("--batch", "-B", type=positive, default=8, help="B (default 8)")
-    a("--steps", "-T", type=positive, default=40, help="T (default 40)")
-    a("--activation", choices=tuple(ACTIVATIONS), default="tanh", help="f (default tanh)")
-    a("--init", choices=INITS, default="uniform", help="init_params(init=...) (default uniform)")
-    a("--spectral-radius", type=positive_float, default=None, help="rescale U to this ρ(U) > 0")
+    a("--vocab-size", "-K", type=positive, default=d["vocab_size"],
+      help=f"K (default {d['vocab_size']})")  # fmt: skip
+    a("--hidden-size", "-H", type=positive, default=d["hidden_size"],
+      help=f"H (default {d['hidden_size']})")  # fmt: skip
+    a("--batch", "-B", type=positive, default=d["batch"], help=f"B (default {d['batch']})")
+    a("--steps", "-T", type=positive, default=d["steps"], help=f"T (default {d['steps']})")
+    a("--activation", choices=tuple(ACTIVATIONS), default=d["activation"],
+      help=f"f (default {d['activation']})")  # fmt: skip
+    a("--init", choices=INITS, default=d["init"],
+      help=f"init_params(init=...) (default {d['init']})")  # fmt: skip
+    a("--spectral-radius", type=positive_float, default=d["spectral_radius"],
+      help="rescale U to this ρ(U) > 0")  # fmt: skip
     a(
         "--no-sweep",
         dest="sweep",
         action="store_false",
         help="skip the sweep of U's scale (default: sweep)",
     )
-    a("--sweep-scales", type=number_list, default=None,
+    a("--sweep-scales", type=number_list, default=d["sweep_scales"],
       help="comma-separated scales σ of U for the sweep (default 0.25..6)")  # fmt: skip
     a("--delays", type=integer_list, default=[],
       help="comma-separated delays d: also train on the delay task (e.g. 2,5,10,20)")  # fmt: skip
-    a("--iterations", type=positive, default=1000, help="Adam steps per delay (default 1000)")
-    a("--seed", type=seed, default=0, help="random seed (default 0)")
+    a("--iterations", type=positive, default=d["iterations"],
+      help=f"Adam steps per delay (default {d['iterations']})")  # fmt: skip
+    a("--seed", type=seed, default=d["seed"], help=f"random seed (default {d['seed']})")
 
 
 def handle(args: argparse.Namespace) -> int:
     """Writes the PNGs into ``--out`` and prints the report; status 0."""
-    # matplotlib is heavy and only this command (and train's last step) draws:
-    # imported when it runs.
-    from ..measure.diagnose import run_diagnose
-
     K, H, B, T = args.vocab_size, args.hidden_size, args.batch, args.steps
     # gradient_flow holds every δ_k^(t): (T, T, B, H) float64, a few times over.
     require_memory(

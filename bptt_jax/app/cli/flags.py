@@ -8,7 +8,9 @@ as ``lr=inf`` is); every ``choices=`` is one of the library's lists.
 from __future__ import annotations
 
 import argparse
+import inspect
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -89,3 +91,10 @@ def _list_of(item: Callable[[str], int | float]) -> Callable[[str], list]:
 
 number_list = _list_of(positive_float)  # "0.5,1,2": finite, > 0
 integer_list = _list_of(nonnegative)  # "0,2,5,10": >= 0
+
+
+def defaults_of(function: Callable) -> dict[str, Any]:
+    """The keyword defaults of ``function``: a command's flags default to those of the
+    work it runs, stated once there."""
+    parameters = inspect.signature(function).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not p.empty}

@@ -17,11 +17,12 @@ from ..training.signals import signal_name
 from ..training.validation import Evaluation
 from .train_flags import (
     TRAIN_OPTIONS,
+    add_cadence_flags,
     add_data_flags,
     add_numerics_flags,
     add_optimizer_flags,
-    add_output_flags,
     add_process_flags,
+    add_run_folder_flags,
     add_shape_flags,
 )
 
@@ -53,7 +54,8 @@ def add_parser(commands) -> None:
     add_data_flags(a, d)
     add_shape_flags(a, d)
     add_optimizer_flags(a, d)
-    add_output_flags(a, d)
+    add_run_folder_flags(a)
+    add_cadence_flags(a, d)
     add_numerics_flags(a, d)
     add_process_flags(a)
 

@@ -145,8 +145,8 @@ def add_optimizer_flags(a, d: TrainConfig) -> None:
     )
 
 
-def add_output_flags(a, d: TrainConfig) -> None:
-    """The run folder and what is written and checked when: ``--out`` ... ``--val-chars``."""
+def add_run_folder_flags(a) -> None:
+    """The run folder: ``--out``, ``--overwrite``, ``--resume``."""
     a(
         "--out",
         metavar="DIR",
@@ -170,6 +170,10 @@ def add_output_flags(a, d: TrainConfig) -> None:
         help="continue from CHECKPOINT (default OUT/checkpoint.bptt) up to --steps; the "
         "parameters are bitwise those of an uninterrupted run (default: start afresh)",
     )
+
+
+def add_cadence_flags(a, d: TrainConfig) -> None:
+    """What is checked and written how often: ``--eval-every`` ... ``--val-chars``."""
     a(
         "--eval-every",
         type=nonnegative,

@@ -141,10 +141,10 @@ class BenchReport(NamedTuple):
 
 def run_bench(
     *,
-    vocab_size: int,
-    hidden_size: int,
-    batch: int,
-    steps: int,
+    vocab_size: int = 65,
+    hidden_size: int = 256,
+    batch: int = 32,
+    steps: int = 64,
     repeats: int = 20,
     dtype: str = "float32",
     chunk: int | None = None,

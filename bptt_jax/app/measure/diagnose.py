@@ -18,7 +18,6 @@ from ...api.lab import gradient_flow
 from ...core.params import init_params
 from ...lab.diagnostics import format_sweep, spectral_sweep
 from ...lab.tasks import REMEDIES, Remedy, train_delay
-from .plots import plot_decay, plot_delay, plot_delay_grad_norm, plot_heatmap, plot_sweep
 
 
 class DiagnoseReport(NamedTuple):
@@ -51,6 +50,10 @@ def run_diagnose(
     (:func:`bptt_jax.lab.tasks.train_delay` for each of ``remedies``, default
     :data:`bptt_jax.lab.tasks.REMEDIES`).
     """
+    # matplotlib takes seconds to load and only this command (and train's last
+    # step) draws: imported when it runs, not when the command line is parsed.
+    from .plots import plot_decay, plot_delay, plot_delay_grad_norm, plot_heatmap, plot_sweep
+
     out = pathlib.Path(out)
     kp, kx, ky, ks, kd = jax.random.split(jax.random.key(seed), 5)
     dims = dict(vocab_size=vocab_size, hidden_size=hidden_size, batch=batch, steps=steps)

@@ -4,6 +4,7 @@ and deep models on a host with several devices."""
 
 import argparse
 import contextlib
+import inspect
 import io
 import os
 import signal
@@ -20,6 +21,9 @@ from bptt_jax.app.cli.train_flags import TRAIN_OPTIONS
 from bptt_jax.app.inference.sample import sample
 from bptt_jax.app.io.checkpoint import load_checkpoint, save_checkpoint
 from bptt_jax.app.io.checkpoint_schema import load_model
+from bptt_jax.app.measure.bench import run_bench
+from bptt_jax.app.measure.check import run_check
+from bptt_jax.app.measure.diagnose import run_diagnose
 from bptt_jax.app.training.config import TrainConfig, TrainingError, check_config, default_out
 from bptt_jax.app.training.preflight import rnn_bytes
 
@@ -224,6 +228,27 @@ def test_train_help_shows_the_defaults_of_train_config():
             assert all(default_out(t) in help_ for t in ("lm", "tag")), help_
             continue
         assert any(s in help_ for s in _shown(value)), f"train --{name}: {help_!r}"
+
+
+@pytest.mark.parametrize(
+    "command, work",
+    [("check", run_check), ("bench", run_bench), ("diagnose", run_diagnose)],
+    ids=["check", "bench", "diagnose"],
+)
+def test_a_commands_defaults_are_those_of_the_work_it_runs(command, work):
+    # Stated once, in the work's signature: a flag of the same name parses to it.
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(work).parameters.items()
+        if p.default is not p.empty and name != "delays"  # the flag's [] for ()
+    }
+    checked = 0
+    for action in _subparser(command)._actions:
+        if action.dest not in defaults:
+            continue
+        assert action.default == defaults[action.dest], (command, action.dest)
+        checked += 1
+    assert checked >= 6  # the sizes, the seed and more: not vacuous
 
 
 # --------------------------------------------------------------------------- several devices

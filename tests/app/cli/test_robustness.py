@@ -305,15 +305,15 @@ def _argv(draw):
 def test_fuzz_command_lines_give_one_line_errors_or_run(argv, tmp_path, monkeypatch, capsys):
     # The work itself is stubbed out (its own tests cover it): what is fuzzed is
     # everything between the command line and the work.
-    from bptt_jax.app.cli import bench, check, sample, tag, train
+    from bptt_jax.app.cli import bench, check, diagnose, sample, tag, train
 
     def done(*args, **kwargs):  # reached the work: the command line was accepted
         raise SystemExit(0)
 
     for command, name in ((check, "run_check"), (bench, "run_bench"), (train, "train"),
-                          (sample, "load_model"), (tag, "load_model")):  # fmt: skip
+                          (sample, "load_model"), (tag, "load_model"),
+                          (diagnose, "run_diagnose")):  # fmt: skip
         monkeypatch.setattr(command, name, done)
-    monkeypatch.setattr("bptt_jax.app.measure.diagnose.run_diagnose", done)
     monkeypatch.chdir(tmp_path)
     if argv[0] == "sample":
         argv = [argv[0], "x.bptt", *argv[1:]]
