@@ -32,8 +32,9 @@ ALLOWED = {
     "top": {"core", "referees", "lab", "api", "app", "top"},
 }
 
-# The application's folders, by what they do (docs/architecture.md).
-APP_FOLDERS = ("cli", "training", "io", "inference", "measure")
+# The application's folders, by what they do, bottom to top (docs/architecture.md):
+# a folder imports its own modules and those of the folders before it.
+APP_FOLDERS = ("io", "measure", "training", "inference", "cli")
 
 # Layers whose modules must import at module level only.
 NO_FUNCTION_IMPORTS = {"core", "referees", "lab", "api"}
@@ -239,6 +240,40 @@ def test_the_app_is_grouped_in_its_folders(imports):
     # nothing flat beside app/__init__.py, and no folder that is not one of these.
     app = {m.split(".")[2] for m in imports if m.startswith("bptt_jax.app.")}
     assert app == set(APP_FOLDERS), sorted(app ^ set(APP_FOLDERS))
+
+
+def app_upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """The imports of an application module from a folder above its own."""
+    floor = {folder: i for i, folder in enumerate(APP_FOLDERS)}
+
+    def folder(m):
+        parts = m.split(".")
+        return parts[2] if len(parts) > 3 and parts[1] == "app" else None
+
+    return sorted(
+        f"{m} imports {t}"
+        for m, targets in graph.items()
+        for t in targets
+        if folder(m) in floor and folder(t) in floor and floor[folder(t)] > floor[folder(m)]
+    )
+
+
+def test_the_app_folders_import_only_downward(graph):
+    bad = app_upward_imports(graph)
+    assert not bad, "imports from a higher folder of the app:\n" + "\n".join(bad)
+    # Not vacuous: the top folder reaches down into the bottom one.
+    assert "bptt_jax.app.io.checkpoint" in graph["bptt_jax.app.cli.main"]
+
+
+def test_an_upward_import_between_app_folders_is_found():
+    graph = {
+        "bptt_jax.app.io.corpus": {"bptt_jax.app.training.config"},  # up: refused
+        "bptt_jax.app.training.loop": {"bptt_jax.app.io.corpus", "bptt_jax.app.training.step"},
+        "bptt_jax.app.cli.main": {"bptt_jax.app.inference.sample"},
+    }
+    assert app_upward_imports(graph) == [
+        "bptt_jax.app.io.corpus imports bptt_jax.app.training.config"
+    ]
 
 
 def test_the_allowed_lazy_imports_still_exist(imports):

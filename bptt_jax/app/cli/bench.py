@@ -10,9 +10,9 @@ import argparse
 import jax
 
 from ...core.checks import MATMUL_DTYPES
+from ..io.preflight import require_memory, rnn_bytes
 from ..measure.bench import run_bench
 from ..training.config import DTYPES
-from ..training.preflight import require_memory, rnn_bytes
 from .errors import error
 from .flags import defaults_of, positive, seed
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..io.preflight import UsageError, require_memory, rnn_bytes
 from ..measure.check import INPUTS, TOLERANCES, run_check
-from ..training.preflight import UsageError, require_memory, rnn_bytes
 from .flags import defaults_of, nonnegative, positive, seed
 
 #: ``check``'s finite differences at most: two forward passes per parameter entry.

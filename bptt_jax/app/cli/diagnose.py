@@ -10,8 +10,8 @@ import argparse
 
 from ...core.activations import ACTIVATIONS
 from ...core.init import INITS
+from ..io.preflight import UsageError, check_writable_folder, require_memory, rnn_bytes
 from ..measure.diagnose import run_diagnose
-from ..training.preflight import UsageError, check_writable_folder, require_memory, rnn_bytes
 from .flags import defaults_of, integer_list, number_list, positive, positive_float, seed
 
 #: The delay task's length T in ``diagnose --delays`` (``train_delay``'s default).

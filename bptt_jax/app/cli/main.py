@@ -19,10 +19,10 @@ import sys
 
 from ..io.checkpoint import CheckpointError
 from ..io.corpus import DataError
+from ..io.preflight import UsageError
 from ..training.config import TrainingError
 from ..training.distributed import ClusterError
 from ..training.outputs import silence_stdout
-from ..training.preflight import UsageError
 from ..training.signals import (
     Interrupted,
     owns_process,

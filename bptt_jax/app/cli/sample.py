@@ -17,7 +17,7 @@ from ..inference.sample import (
     check_request,
     generate,
 )
-from ..io.checkpoint_schema import load_model
+from ..training.checkpoint_schema import load_model
 from .flags import integer_range, nonnegative_float, positive, positive_float, seed
 
 

@@ -13,9 +13,9 @@ import sys
 import numpy as np
 
 from ..inference.tagging import format_tags, legend, predict_tags, tag_json
-from ..io.checkpoint_schema import load_model
 from ..io.corpus import DataError, read_text, token_labels
 from ..io.files import check_regular
+from ..training.checkpoint_schema import load_model
 
 
 def add_parser(commands) -> None:

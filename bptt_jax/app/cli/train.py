@@ -8,7 +8,7 @@ import argparse
 import pathlib
 import sys
 
-from ..io.checkpoint_schema import config_for_resume, read_training_checkpoint
+from ..training.checkpoint_schema import config_for_resume, read_training_checkpoint
 from ..training.config import PATH_LISTS, TrainConfig, TrainingError, default_config, default_out
 from ..training.distributed import cluster_from, initialize
 from ..training.loop import CHECKPOINT_NAME, train

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..io.checkpoint_schema import Model, load_model
 from ..io.corpus import TOKEN_TYPES, DataError, read_text, token_labels
 from ..io.files import check_regular
+from ..training.checkpoint_schema import Model, load_model
 from ..training.validation import HeldOut, evaluation, score
 
 

@@ -35,9 +35,9 @@ from ...core.cell import RNNCell
 from ...core.deep import deep_forward_core
 from ...core.options import Options
 from ...core.params import DeepParams
-from ..io.checkpoint_schema import Model
 from ..io.corpus import DataError
-from .models import as_deep
+from ..training.checkpoint_schema import Model
+from ..training.models import as_deep
 
 #: The longest sample: its keys and ids take 12 bytes a character (a larger scan
 #: once aborted inside XLA).

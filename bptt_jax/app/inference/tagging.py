@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...core.params import DeepParams, Params
-from ..io.checkpoint_schema import Model
 from ..io.corpus import TOKEN_LETTERS, TOKEN_TYPES, DataError
-from .models import logits_core
+from ..training.checkpoint_schema import Model
+from ..training.models import logits_core
 
 #: Files are padded to a multiple of this many characters (or the next power of
 #: two above it), so that files of similar length share one compilation.

@@ -2,7 +2,7 @@
 
 :func:`load` reads a checkpoint written by ``bptt-jax train`` through the one
 reader of training checkpoints
-(:func:`~bptt_jax.app.io.checkpoint_schema.read_training_checkpoint`: checksum,
+(:func:`~bptt_jax.app.training.checkpoint_schema.read_training_checkpoint`: checksum,
 schema and every array's dtype and shape checked before use) and returns a
 frozen :class:`TrainedModel`: the parameters (a :class:`~bptt_jax.Params` or
 :class:`~bptt_jax.DeepParams` on the default device), the vocabulary, the task
@@ -33,8 +33,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..io.checkpoint import CheckpointError
-from ..io.checkpoint_schema import Model, read_training_checkpoint
 from ..io.corpus import TOKEN_TYPES, DataError
+from ..training.checkpoint_schema import Model, read_training_checkpoint
 from .eval_report import Report, collect, held_files, held_texts, report
 from .sample import LENGTH, PRIME, TEMPERATURE, check_request, generate
 from .tagging import predict_tags

@@ -2,8 +2,8 @@
 
 This module is the FILE FORMAT; what a training checkpoint holds (its header
 schema, its arrays, the one reader
-:func:`~bptt_jax.app.io.checkpoint_schema.read_training_checkpoint`) is the
-other half, :mod:`bptt_jax.app.io.checkpoint_schema`.
+:func:`~bptt_jax.app.training.checkpoint_schema.read_training_checkpoint`) is the
+other half, :mod:`bptt_jax.app.training.checkpoint_schema`.
 
 Layout (format 2; no pickle and no compression anywhere, so a checkpoint from
 elsewhere can neither run code nor expand in memory)::
@@ -19,7 +19,7 @@ The digest covers every byte after it, so a file cut short or with any byte
 changed is refused before anything in it is used. The digest is no signature
 (anyone can recompute it), so everything is also checked: the header against
 the schema of a training checkpoint
-(:func:`bptt_jax.app.io.checkpoint_schema.check_training_header`), which
+(:func:`bptt_jax.app.training.checkpoint_schema.check_training_header`), which
 bounds the bytes its arrays may take *before* they are read, and every array's
 dtype, shape and byte range against what the configuration implies. The array
 section is a plain safetensors file (``tail -c +N`` of a checkpoint opens with

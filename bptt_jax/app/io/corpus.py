@@ -22,7 +22,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..training.preflight import require_memory
 from .files import (
     DataError,
     TextFile,
@@ -36,6 +35,7 @@ from .files import (
     stdlib_root,
     total_bytes,
 )
+from .preflight import require_memory
 
 # Token types of the tagging task, in class-id order, with a one-letter code each.
 TOKEN_TYPES = ("whitespace", "name", "keyword", "operator", "number", "string", "comment", "other")

@@ -45,13 +45,14 @@ import numpy as np
 from tqdm import tqdm
 
 from ...referees.tolerances import AUTODIFF
-from ..inference.models import init_model
 from ..io.checkpoint import CheckpointError
-from ..io.checkpoint_schema import data_fingerprint, read_training_checkpoint, restore
 from ..io.corpus import Corpus, DataError, load_corpus
+from ..io.preflight import check_writable_folder, require_memory, rnn_bytes
 from ..io.split import announce_split
 from ..io.streams import Streams
+from .checkpoint_schema import data_fingerprint, read_training_checkpoint, restore
 from .config import TrainConfig, TrainingError, check_config, is_deep
+from .models import init_model
 from .outputs import (
     CHECKPOINT_NAME,
     METRICS_NAME,
@@ -62,7 +63,6 @@ from .outputs import (
     writing,
 )
 from .parallel import AXIS, replicate, shard_batch
-from .preflight import check_writable_folder, require_memory, rnn_bytes
 from .session import (
     Loop,
     Session,
@@ -106,7 +106,7 @@ def train(
 
     Args:
       config: the run (for a resume, see
-        :func:`bptt_jax.app.io.checkpoint_schema.config_for_resume`).
+        :func:`bptt_jax.app.training.checkpoint_schema.config_for_resume`).
       resume: a checkpoint to continue from; the result is bitwise the same
         as an uninterrupted run of the same configuration (on the same
         machine and JAX).

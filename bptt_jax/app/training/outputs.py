@@ -19,7 +19,7 @@ import pathlib
 import sys
 from collections.abc import Iterator
 
-from .preflight import UsageError
+from ..io.preflight import UsageError
 
 CHECKPOINT_NAME = "checkpoint.bptt"
 BEST_NAME = "best.bptt"  # the checkpoint with the best validation loss so far

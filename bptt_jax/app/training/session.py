@@ -22,13 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..inference.models import zero_state
 from ..io.checkpoint import save_checkpoint
-from ..io.checkpoint_schema import training_arrays, training_header
 from ..io.corpus import Corpus
 from ..io.streams import Streams
+from .checkpoint_schema import training_arrays, training_header
 from .config import TrainConfig, TrainingError, learning_rate, warmup_steps
 from .divergence import NONFINITE_IN_A_ROW, divergence
+from .models import zero_state
 from .outputs import (
     BEST_NAME,
     CHECKPOINT_NAME,

@@ -20,12 +20,12 @@ from bptt_jax.app.cli.main import build_parser, main
 from bptt_jax.app.cli.train_flags import TRAIN_OPTIONS
 from bptt_jax.app.inference.sample import sample
 from bptt_jax.app.io.checkpoint import load_checkpoint, save_checkpoint
-from bptt_jax.app.io.checkpoint_schema import load_model
+from bptt_jax.app.io.preflight import rnn_bytes
 from bptt_jax.app.measure.bench import run_bench
 from bptt_jax.app.measure.check import run_check
 from bptt_jax.app.measure.diagnose import run_diagnose
+from bptt_jax.app.training.checkpoint_schema import load_model
 from bptt_jax.app.training.config import TrainConfig, TrainingError, check_config, default_out
-from bptt_jax.app.training.preflight import rnn_bytes
 
 SMALL = ["--batch-size", "2", "--seq-len", "8", "--hidden-size", "8", "--steps", "2",
          "--eval-every", "0", "--val-chars", "256", "--no-progress"]  # fmt: skip

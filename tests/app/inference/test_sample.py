@@ -7,8 +7,8 @@ import pytest
 
 from bptt_jax.app.inference.sample import sample
 from bptt_jax.app.inference.tagging import format_tags, legend, predict_tags
-from bptt_jax.app.io.checkpoint_schema import Model
 from bptt_jax.app.io.corpus import TOKEN_LETTERS, TOKEN_TYPES, DataError, Vocab
+from bptt_jax.app.training.checkpoint_schema import Model
 from bptt_jax.app.training.config import TrainConfig
 from bptt_jax.core.params import Params, init_params
 from bptt_jax.core.rnn import forward_core

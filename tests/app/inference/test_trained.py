@@ -18,12 +18,12 @@ import pytest
 
 import bptt_jax
 from bptt_jax.app.cli.main import main
-from bptt_jax.app.inference.models import init_model, zero_state
 from bptt_jax.app.io.checkpoint import MAGIC, save_checkpoint
-from bptt_jax.app.io.checkpoint_schema import training_arrays, training_header
 from bptt_jax.app.io.corpus import TOKEN_LETTERS, TOKEN_TYPES, load_corpus
+from bptt_jax.app.training.checkpoint_schema import training_arrays, training_header
 from bptt_jax.app.training.config import TrainConfig
 from bptt_jax.app.training.loop import train
+from bptt_jax.app.training.models import init_model, zero_state
 from bptt_jax.app.training.state import History, TrainState
 from bptt_jax.app.training.train_step import make_optimizer
 

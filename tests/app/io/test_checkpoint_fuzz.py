@@ -21,8 +21,8 @@ from bptt_jax.app.io.checkpoint import (
     MAGIC,
     CheckpointError,
 )
-from bptt_jax.app.io.checkpoint_schema import read_training_checkpoint
 from bptt_jax.app.io.corpus import Vocab
+from bptt_jax.app.training.checkpoint_schema import read_training_checkpoint
 from bptt_jax.app.training.config import TrainConfig
 from bptt_jax.app.training.loop import train
 

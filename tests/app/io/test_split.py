@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from bptt_jax.app.cli.main import main
+from bptt_jax.app.io import preflight
 from bptt_jax.app.io.checkpoint import load_checkpoint, save_checkpoint
-from bptt_jax.app.io.checkpoint_schema import load_model
 from bptt_jax.app.io.corpus import BYTES_PER_CHAR, DataError, load_corpus
 from bptt_jax.app.io.files import held_out_by_name
+from bptt_jax.app.io.preflight import UsageError
 from bptt_jax.app.io.split import split_lines, split_record
-from bptt_jax.app.training import preflight
-from bptt_jax.app.training.preflight import UsageError
+from bptt_jax.app.training.checkpoint_schema import load_model
 
 SMALL = ["--batch-size", "2", "--seq-len", "8", "--hidden-size", "8", "--steps", "2",
          "--eval-every", "0", "--val-chars", "256", "--no-progress"]  # fmt: skip
@@ -173,7 +173,7 @@ def test_a_corpus_that_would_not_fit_in_memory_is_refused_before_it_is_read(tmp_
 _MEASURE = """
 import pathlib, resource, sys
 import numpy as np
-from bptt_jax.app.io.checkpoint_schema import data_fingerprint
+from bptt_jax.app.training.checkpoint_schema import data_fingerprint
 from bptt_jax.app.io.corpus import load_corpus
 from bptt_jax.app.training.validation import baselines, held_out
 from bptt_jax.app.io.streams import Streams

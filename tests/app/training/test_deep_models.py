@@ -10,18 +10,17 @@ import numpy as np
 import pytest
 
 from bptt_jax.app.cli.main import main
-from bptt_jax.app.inference.models import init_model, logits_core, param_arrays, params_from_arrays
 from bptt_jax.app.inference.sample import CHUNK, generate, sample
 from bptt_jax.app.inference.tagging import format_tags, predict_tags, tag_json
 from bptt_jax.app.io.checkpoint import save_checkpoint
-from bptt_jax.app.io.checkpoint_schema import (
+from bptt_jax.app.io.corpus import TOKEN_TYPES, Vocab, load_corpus, token_labels
+from bptt_jax.app.training.checkpoint_schema import (
     Model,
     load_model,
     read_training_checkpoint,
     training_arrays,
     training_header,
 )
-from bptt_jax.app.io.corpus import TOKEN_TYPES, Vocab, load_corpus, token_labels
 from bptt_jax.app.training.config import (
     BIDIRECTIONAL_DEFAULTS,
     TrainConfig,
@@ -30,6 +29,7 @@ from bptt_jax.app.training.config import (
     default_config,
     default_out,
 )
+from bptt_jax.app.training.models import init_model, logits_core, param_arrays, params_from_arrays
 from bptt_jax.app.training.state import History, TrainState
 from bptt_jax.app.training.train_step import make_optimizer
 from bptt_jax.core.params import DeepParams, Params

@@ -15,8 +15,8 @@ import pytest
 from helpers import linear_training_bound
 
 from bptt_jax.app.io.checkpoint import CheckpointError, load_checkpoint
-from bptt_jax.app.io.checkpoint_schema import config_for_resume
 from bptt_jax.app.io.corpus import load_corpus
+from bptt_jax.app.training.checkpoint_schema import config_for_resume
 from bptt_jax.app.training.config import TrainConfig, TrainingError
 from bptt_jax.app.training.loop import train
 from bptt_jax.app.training.train_step import make_optimizer, make_train_step

@@ -18,8 +18,9 @@ import pytest
 
 from bptt_jax.app.cli.main import main
 from bptt_jax.app.io.checkpoint import load_checkpoint
+from bptt_jax.app.io.preflight import UsageError
 from bptt_jax.app.measure import plots
-from bptt_jax.app.training import session as loop_steps
+from bptt_jax.app.training import session
 from bptt_jax.app.training.config import TrainConfig, default_config
 from bptt_jax.app.training.loop import train
 from bptt_jax.app.training.outputs import (
@@ -28,7 +29,6 @@ from bptt_jax.app.training.outputs import (
     FolderLock,
     repair_metrics,
 )
-from bptt_jax.app.training.preflight import UsageError
 
 SMALL = ["--batch-size", "4", "--seq-len", "16", "--hidden-size", "16", "--val-chars", "256",
          "--eval-every", "0", "--no-progress"]  # fmt: skip
@@ -219,7 +219,7 @@ def _fails_on(path_end: str, mode: str, error: int):
 def test_a_full_disk_under_metrics_csv_saves_the_checkpoint_then_stops(data, tmp_path, capsys,
                                                                        monkeypatch):  # fmt: skip
     out = tmp_path / "run"
-    monkeypatch.setattr(loop_steps, "open", _fails_on("metrics.csv", "a", errno.ENOSPC),
+    monkeypatch.setattr(session, "open", _fails_on("metrics.csv", "a", errno.ENOSPC),
                         raising=False)  # fmt: skip
     err = _one_line_error(
         _train(data, out, "--steps", "8", "--log-every", "3"),

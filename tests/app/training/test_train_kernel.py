@@ -2,7 +2,7 @@
 
 import pytest
 
-from bptt_jax.app.io.checkpoint_schema import config_for_resume
+from bptt_jax.app.training.checkpoint_schema import config_for_resume
 from bptt_jax.app.training.config import TrainConfig, TrainingError, check_config
 from bptt_jax.app.training.train_step import model_grad_fn, run_kernel, step_grad_fn, training_mesh
 from bptt_jax.core.options import Options

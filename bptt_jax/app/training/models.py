@@ -25,7 +25,7 @@ from ...core.cell import RNNCell
 from ...core.deep import deep_forward_core
 from ...core.options import Options
 from ...core.params import DeepParams, Layer, Params, init_params, to_deep
-from ..training.config import TrainConfig, is_deep
+from .config import TrainConfig, is_deep
 
 # --------------------------------------------------------------------------- the model's arrays
 

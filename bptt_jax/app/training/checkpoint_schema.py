@@ -36,14 +36,14 @@ import optax
 from jax.experimental import multihost_utils
 
 from ...core.params import DeepParams, Params
-from ..inference.models import param_arrays, param_shapes, params_from_arrays, state_shape
-from ..training.config import PATH_LISTS, RESUMABLE, TrainConfig, TrainingError
-from ..training.parallel import local_rows
-from ..training.state import History, TrainState
-from .checkpoint import CheckpointError, PathLike, load_checkpoint
-from .corpus import TOKEN_TYPES, Corpus, Vocab
-from .split import split_record
-from .streams import streams_in_order
+from ..io.checkpoint import CheckpointError, PathLike, load_checkpoint
+from ..io.corpus import TOKEN_TYPES, Corpus, Vocab
+from ..io.split import split_record
+from ..io.streams import streams_in_order
+from .config import PATH_LISTS, RESUMABLE, TrainConfig, TrainingError
+from .models import param_arrays, param_shapes, params_from_arrays, state_shape
+from .parallel import local_rows
+from .state import History, TrainState
 
 KIND = "bptt-jax train"
 
