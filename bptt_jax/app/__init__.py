@@ -1,2 +1,3 @@
-"""The application: the command line (cli), training, reading and writing (io), using a trained
-model (inference), and the gradients checked, timed and studied (measure)."""
+"""The application, a folder per concern, each importing only those below it; from the top:
+cli (the command line), inference (using a trained model), training, measure (check, bench,
+diagnose, the plots), io (reading and writing)."""

@@ -1,1 +1,2 @@
-"""Reading and writing: the corpus and its streams, files, the split, the checkpoint format."""
+"""Reading and writing: files, the corpus and its streams, the split, the checkpoint format, and
+the checks made before any work (a writable folder, enough memory)."""
