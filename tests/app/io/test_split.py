@@ -191,7 +191,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
 @pytest.mark.slow  # a fresh Python reads a corpus of megabytes
 @pytest.mark.parametrize(("task", "megabytes"), [("lm", 16), ("tag", 3)], ids=["lm", "tag"])
 def test_bytes_per_char_bounds_the_measured_peak(tmp_path, task, megabytes):
-    # BYTES_PER_CHAR is an accounting of the arrays (data.py); the peak resident memory
+    # BYTES_PER_CHAR is an accounting of the arrays (io/corpus.py); the peak resident memory
     # a fresh process adds while it reads the corpus must stay under it, and the
     # figure must not be loose by more than a factor 2 (it would refuse usable corpora).
     folder = tmp_path / "src"
