@@ -209,7 +209,7 @@ def test_the_walk_sees_the_package(imports, graph):
     # Not vacuous: every layer's modules are found, and known edges are in the graph.
     assert {layer_of(m) for m in imports} == set(ALLOWED)
     assert len(imports) >= 30
-    assert "bptt_jax.core.bptt" in graph["bptt_jax.api.gradients"]  # from ..core.bptt import
+    assert "bptt_jax.core.deep" in graph["bptt_jax.api.gradients"]  # from ..core.deep import
     assert "bptt_jax.core.params" in graph["bptt_jax.core.bptt"]  # from .params import
     assert "bptt_jax.app.cli" in graph["bptt_jax.__main__"]
     assert "bptt_jax.app.commands" in graph["bptt_jax.app.cli"]

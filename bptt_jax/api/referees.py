@@ -194,5 +194,5 @@ def finite_difference_bptt(
         deep_loss_core, xs=d.xs, ys=d.ys, h0=d.h0, mask=d.mask, options=options,
         reduction=d.reduction,
     )  # fmt: skip
-    E, grads = finite_difference_core(loss_of, deep, eps=eps, precision=options.precision)
+    E, grads = finite_difference_core(loss_of, deep, eps=eps, options=options)
     return E, grads_like(params, grads)

@@ -67,7 +67,7 @@ def deep_loss_core(params: DeepParams, xs, ys, h0, mask=None, resets=None, *, op
     """The loss for the batched layout; differentiable by ``jax.grad`` (the referee) with
     ``kernel="scan"``."""
     m, _, top = _top(params, xs, h0, mask, resets, options)
-    return _output_layer(params, top, _time_major(ys), m, reduction, options.precision)[0]
+    return _output_layer(params, top, _time_major(ys), m, reduction, options)[0]
 
 
 def _views(T: int, mask, resets, truncate):

@@ -111,7 +111,6 @@ def _train(params, key, delays, *, sizes, learning_rate, clip, options):
     ``sizes``: ``(batch, steps, vocab_size, iterations)``; ``clip``: ``(name, value)``
     of the optax clipper; ``options``: the cell, ``clip_delta``, ``precision``."""
     batch, steps, vocab_size, iterations = sizes
-    precision = options.precision
     opt = optax.chain(make_clipper(*clip), optax.adam(learning_rate))
     grad_fn = functools.partial(hand_bptt, options=options)
     h0 = jnp.zeros((batch, params.U.shape[0]), params.U.dtype)
@@ -130,7 +129,7 @@ def _train(params, key, delays, *, sizes, learning_rate, clip, options):
             gnorm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(new.grads)))
             # Metrics on the labelled steps, t > d, of this batch before the update.
             _, hs = hidden_states(params, xs, h0, options)  # (T, B, H)
-            log_p = log_softmax(output_logits(params, hs, precision))  # (T, B, K)
+            log_p = log_softmax(output_logits(params, hs, options))  # (T, B, K)
             labelled = (t >= d)[:, None]  # (T, 1)
             target = jnp.swapaxes(jnp.argmax(ys, -1), 0, 1)  # (T, B)
             n = jnp.maximum(jnp.sum(labelled) * batch, 1).astype(h0.dtype)
