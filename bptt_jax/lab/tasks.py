@@ -22,6 +22,7 @@ parameters and the same data keys.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -148,7 +149,7 @@ def _train(params, key, delays, *, sizes, learning_rate, clip, options):
 
 def train_delay(
     key: jax.Array,
-    delays=(2, 5, 10, 20),
+    delays: Sequence[int] = (2, 5, 10, 20),
     remedy: Remedy = REMEDIES[1],
     *,
     steps: int = 30,
@@ -157,7 +158,7 @@ def train_delay(
     batch: int = 32,
     iterations: int = 400,
     learning_rate: float = 1e-2,
-    precision=None,
+    precision: str | jax.lax.Precision | None = None,
 ) -> DelayCurves:
     r"""Train one fresh RNN per delay d on the delay task; return the curves.
 
