@@ -12,7 +12,6 @@ import jax
 
 from ..core.deep import deep_bptt_core
 from ..core.deep_per_loss import deep_bptt_per_loss_core, deep_per_loss_deltas_core
-from ..core.params import DeepParams
 from .arrays import check_quadratic_size
 from .call import take
 from .device import Pending, device_checks, vary_alike
@@ -174,7 +173,7 @@ def bptt_chunk(
         deep, (d.xs, d.ys, d.h0, d.dh_T, d.mask, d.resets), pending.flags, tuple(pending[1:]),
         options, d.reduction,
     )  # fmt: skip
-    return E, grads_like(params, grads), state_like(params, inp, dh0), state_like(params, inp, h_T)
+    return E, grads_like(inp, grads), state_like(inp, dh0), state_like(inp, h_T)
 
 
 @shares(bptt_chunk, drop=("dh_T",))
@@ -287,7 +286,7 @@ def bptt_per_loss(
     E, grads = deep_bptt_per_loss_core(
         deep, d.xs, d.ys, d.h0, d.mask, options=options, reduction=d.reduction
     )
-    return E, grads_like(params, grads)
+    return E, grads_like(inp, grads)
 
 
 @shares(bptt_per_loss)
@@ -319,6 +318,6 @@ def per_loss_deltas(params: Model, xs: jax.Array, ys: jax.Array, h0: jax.Array |
     deltas = deep_per_loss_deltas_core(
         deep, d.xs, d.ys, d.h0, d.mask, options=options, reduction=d.reduction
     )
-    if not isinstance(params, DeepParams):  # the seed's Params: no layer axis
+    if inp.seed:  # the seed's Params: no layer axis
         return unbatch(inp, deltas[:, :, 0], axis=2)
     return unbatch(inp, deltas, axis=3)

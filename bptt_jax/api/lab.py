@@ -12,7 +12,6 @@ import jax.numpy as jnp
 from ..core.checks import check_float_dtype, check_key, check_number
 from ..core.clipping import make_clipper
 from ..core.init import check_init
-from ..core.params import DeepParams
 from ..lab import diagnostics, tasks
 from ..lab.diagnostics import GradientFlow, SweepRow, deep_gradient_flow_core
 from .arrays import check_quadratic_size
@@ -92,7 +91,7 @@ def gradient_flow(params: Model, xs: jax.Array, ys: jax.Array, h0: jax.Array | N
     flow = deep_gradient_flow_core(
         deep, d.xs, d.ys, d.h0, d.mask, options=options, reduction=d.reduction
     )
-    return flow if isinstance(params, DeepParams) else GradientFlow(*(f[0] for f in flow))
+    return GradientFlow(*(f[0] for f in flow)) if inp.seed else flow
 
 
 def _count(value: object, name: str, minimum: int = 1) -> int:

@@ -45,7 +45,7 @@ def _deep_grad(params: Model, inp: Inputs, options: Options) -> tuple[jax.Array,
     E, grads = deep_value_and_grad(
         deep, d.xs, d.ys, d.h0, d.mask, options=options, reduction=d.reduction
     )
-    return E, grads_like(params, grads)
+    return E, grads_like(inp, grads)
 
 
 @shares(bptt_per_loss)
@@ -87,7 +87,7 @@ def autodiff_dh0(
         return unbatch(inp, _h0_grad(params, inp.xs, inp.ys, inp.h0, options=options))
     deep, d = as_deep(params, inp)
     dh0 = deep_h0_grad(deep, d.xs, d.ys, d.h0, d.mask, options=options, reduction=d.reduction)
-    return state_like(params, inp, dh0)
+    return state_like(inp, dh0)
 
 
 @shares(bptt_per_loss)
@@ -152,4 +152,4 @@ def finite_difference_bptt(
         reduction=d.reduction,
     )  # fmt: skip
     E, grads = finite_difference_core(loss_of, deep, eps=eps, options=options)
-    return E, grads_like(params, grads)
+    return E, grads_like(inp, grads)
