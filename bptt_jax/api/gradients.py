@@ -235,19 +235,14 @@ def _per_loss_call(fn: str, params, xs, ys, h0, keywords: dict):
     return params, inp, options
 
 
-def bptt_per_loss(
-    params: Model,
-    xs: jax.Array,
-    ys: jax.Array,
-    h0: jax.Array | None = None,
-    *,
-    lengths: jax.Array | None = None,
-    mask: jax.Array | None = None,
-    reduction: str = "sum",
-    activation: str = "tanh",
-    truncate: int | None = None,
-    precision: str | jax.lax.Precision | None = None,
-) -> tuple[jax.Array, Model]:
+#: ``bptt_chunk``'s keywords that the per-loss form does not take.
+_NOT_PER_LOSS = ("dh_T", "clip_delta", "chunk", "recompute", "unroll", "matmul_dtype", "resets",
+                 "kernel")  # fmt: skip
+
+
+@shares(bptt_chunk, drop=_NOT_PER_LOSS)
+def bptt_per_loss(params: Model, xs: jax.Array, ys: jax.Array, h0: jax.Array | None = None,
+                  **keywords) -> tuple[jax.Array, Model]:  # fmt: skip
     r"""The seed's double sum: BPTT one loss :math:`E_t` at a time, :math:`O(T^2)`.
 
     .. math::
@@ -267,7 +262,7 @@ def bptt_per_loss(
 
     Args:
       params, xs, ys, h0, lengths, mask, reduction, activation, precision: as for
-        :func:`bptt`.
+        :func:`bptt_chunk` (their defaults too).
       truncate: ``None`` for the exact gradient (equal to :func:`bptt` to
         round-off), or τ ≥ 1: each :math:`E_t` back-propagates through the
         last τ steps only, :math:`t - τ < k \le t` (a sliding window,
@@ -279,8 +274,6 @@ def bptt_per_loss(
     Returns:
       ``(E, grads)`` as :func:`bptt`.
     """
-    keywords = dict(lengths=lengths, mask=mask, reduction=reduction, activation=activation,
-                    truncate=truncate, precision=precision)  # fmt: skip
     params, inp, options = _per_loss_call("bptt_per_loss", params, xs, ys, h0, keywords)
     deep, d = as_deep(params, inp)
     E, grads = deep_bptt_per_loss_core(

@@ -57,31 +57,19 @@ class Inputs(NamedTuple):
 
 
 def prepare(
-    params: object,
-    xs: object,
-    ys: object = None,
-    h0: object = None,
-    *,
-    dh_T: object = None,
-    lengths: object = None,
-    mask: object = None,
-    activation: object = "tanh",
-    reduction: object = "sum",
-    need_ys: bool = True,
-    resets: object = None,
-    defer: bool = False,
-) -> tuple[Model, Inputs]:
-    """Checks a public call's model, arrays, ``activation`` and ``reduction``.
+    params: object, xs: object, ys: object = None, h0: object = None, *,
+    activation: object = "tanh", reduction: object = "sum", resets: object = None,
+    need_ys: bool = True, defer: bool = False, **arrays,
+) -> tuple[Model, Inputs]:  # fmt: skip
+    """Checks a public call's model, arrays, ``activation``, ``reduction`` and ``resets``.
 
-    Returns the params and the :class:`Inputs` of :func:`check_inputs`, with
-    the checked ``activation`` and ``reduction`` in them (``defer``: as there).
+    Returns the params and the :class:`Inputs` of :func:`check_inputs` (which takes
+    ``arrays``: ``dh_T``, ``lengths``, ``mask``), with the checked ``activation``,
+    ``reduction`` and ``resets`` in them (``defer``: as there).
     """
     activation = check_activation(activation)
     reduction = check_reduction(reduction)
-    params, inp = check_inputs(
-        params, xs, ys, h0, dh_T=dh_T, lengths=lengths, mask=mask, need_ys=need_ys,
-        defer=defer,
-    )  # fmt: skip
+    params, inp = check_inputs(params, xs, ys, h0, need_ys=need_ys, defer=defer, **arrays)
     steps_shape = inp.xs.shape[:2] if inp.batched else inp.xs.shape[1:2]
     resets = check_resets(resets, steps_shape, inp.mask)
     inp = inp._replace(activation=activation, reduction=reduction, resets=resets)
