@@ -32,7 +32,9 @@ from jax import lax
 
 import bptt_jax
 from bptt_jax.app.measure.bench import compiled, round_robin
-from bptt_jax.core.bptt import bptt_core, input_gradient, output_layer
+from bptt_jax.core.bptt import bptt_core
+from bptt_jax.core.options import DEFAULT
+from bptt_jax.core.per_loss import input_gradient, output_layer
 from bptt_jax.core.rnn import hidden_states, time_major
 
 GRID = [(65, 256, 32, 64), (65, 512, 64, 128), (10000, 256, 32, 35), (10000, 512, 64, 128),
@@ -55,7 +57,7 @@ def parts(K, H, B, T, repeats):
         return hidden_states(p, xs, h0)[1]
 
     def output(p, hs, ys):
-        E, r, dV, dc = output_layer(p, hs, time_major(ys))
+        E, r, dV, dc = output_layer(p, hs, time_major(ys), DEFAULT)
         return E, r @ p.V, dV, dc
 
     def delta(p, Vr, hs):
@@ -68,7 +70,7 @@ def parts(K, H, B, T, repeats):
     def sums(deltas, hs, h0, xs):
         h_prev = jnp.concatenate([h0[None], hs])[:T]
         dU = jnp.einsum("tbi,tbj->ij", deltas, h_prev)
-        return dU, input_gradient(deltas, xs, K), deltas.sum((0, 1))
+        return dU, input_gradient(deltas, xs, K, DEFAULT), deltas.sum((0, 1))
 
     hs = jax.jit(forward)(p, xs, h0)
     _, Vr, _, _ = jax.jit(output)(p, hs, ys)

@@ -12,12 +12,12 @@ import jax
 
 from ..core.deep import deep_bptt_core
 from ..core.deep_per_loss import deep_bptt_per_loss_core, deep_per_loss_deltas_core
-from ..core.params import DeepParams
 from .arrays import check_quadratic_size
+from .call import take
 from .device import Pending, device_checks, vary_alike
-from .options import build_options, check_truncate
+from .options import build_options
+from .signatures import shares
 from .validate import (
-    Inputs,
     Model,
     as_deep,
     grads_like,
@@ -28,12 +28,26 @@ from .validate import (
 )
 
 
-def bptt(
+@functools.partial(jax.jit, static_argnames=("folds", "options", "reduction"))
+def _checked_bptt_core(deep, inputs, flags, folds, options, reduction):
+    """The call's device checks (:func:`.device.device_checks`) and the hand BPTT
+    (:func:`~bptt_jax.core.deep.deep_bptt_core`) in one executable: separate, the small
+    checks' dispatch and the core waiting on it cost about 0.2 ms a call on the CPU
+    (``docs/performance.md``). ``inputs``: ``(xs, ys, h0, dh_T, mask, resets)``."""
+    xs, ys, h0, dh_T, mask, resets = inputs
+    deep, xs, ys, h0 = device_checks(deep, xs, ys, h0, mask, flags, *folds)
+    deep, xs, ys, h0, dh_T, _ = vary_alike((deep, xs, ys, h0, dh_T, mask))  # shard_map
+    return deep_bptt_core(deep, xs, ys, h0, mask, dh_T, resets, options=options,
+                          reduction=reduction)  # fmt: skip
+
+
+def bptt_chunk(
     params: Model,
     xs: jax.Array,
     ys: jax.Array,
     h0: jax.Array | None = None,
     *,
+    dh_T: jax.Array | None = None,
     lengths: jax.Array | None = None,
     mask: jax.Array | None = None,
     reduction: str = "sum",
@@ -47,27 +61,20 @@ def bptt(
     resets: jax.Array | None = None,
     kernel: str = "auto",
     precision: str | jax.lax.Precision | None = None,
-) -> tuple[jax.Array, Model]:
-    r"""The loss and its gradients by hand-derived backpropagation through time.
+) -> tuple[jax.Array, Model, jax.Array, jax.Array]:
+    r"""Hand BPTT for one chunk of a longer stream: also ∂E/∂h_0 and h_T.
+
+    A long sequence split into chunks is processed forward chunk by chunk,
+    each starting from the previous chunk's final state ``h_T``. To
+    back-propagate ACROSS chunks, process them backwards in time and pass
+    each chunk the ``dh0`` of the chunk after it as ``dh_T``; the gradients
+    then add up to those of the whole sequence. With ``dh_T=None`` every
+    chunk is cut off from the future (truncated BPTT at chunk boundaries).
 
     .. math::
 
-        \delta_t = (V^\top (\hat y_t - y_t) + U^\top \delta_{t+1})
-                   \odot f'(h_t),\quad \delta_{T+1} = 0
-
-        \frac{\partial E}{\partial U} = \sum_t \delta_t \otimes h_{t-1},\
-        \frac{\partial E}{\partial W} = \sum_t \delta_t \otimes x_t,\
-        \frac{\partial E}{\partial b} = \sum_t \delta_t,\
-        \frac{\partial E}{\partial V} = \sum_t (\hat y_t - y_t) \otimes h_t,\
-        \frac{\partial E}{\partial c} = \sum_t (\hat y_t - y_t)
-
-    with :math:`f'(h_t) = 1 - h_t \odot h_t` for the seed's tanh. One forward
-    ``lax.scan`` over :math:`h` and one reverse ``lax.scan`` over
-    :math:`\delta` (per layer and direction for a :class:`DeepParams`, see
-    :mod:`bptt_jax.core.deep`, :mod:`bptt_jax.core.backward`); everything else is
-    batched over chunks of steps, and no ``(T, B, C)`` array is ever built. No
-    ``jax.grad``: the tests referee this against ``jax.grad(loss)`` and
-    finite differences.
+        \delta_T = (V^\top r_T + dh_T) \odot f'(h_T),\qquad
+        \frac{\partial E}{\partial h_0} = U^\top \delta_1
 
     Args:
       params: :class:`Params` ``U (H, H), V (C, H), W (H, K), b (H,), c (C,)``,
@@ -77,6 +84,8 @@ def bptt(
       ys: class ids ``(T,)`` / ``(B, T)`` in ``0..C-1``, or soft labels
         ``(T, C)`` / ``(B, T, C)`` (probability rows summing to 1).
       h0: ``(H,)`` / ``(B, H)`` (DeepParams: ``(L*D, [B,] H)``); zeros when ``None``.
+      dh_T: shaped like ``h0``: the gradient of the later chunks' loss with
+        respect to this chunk's final state(s), or ``None`` (zero).
       lengths: ``(B,)`` real lengths, or ``mask`` ``(B, T)`` bool prefix mask:
         padding steps contribute no loss, freeze the state and get zero
         gradient.
@@ -143,84 +152,11 @@ def bptt(
         steps of every sequence): restarts from ``h0``, as :func:`bptt_jax.forward`.
 
     Returns:
-      ``(E, grads)``: the loss (as :func:`loss`) and its gradients, a pytree
-      like ``params``. An empty sequence (T = 0) gives ``E = 0`` and zero
-      gradients.
-
-    Example:
-      >>> params = init_params(jax.random.key(0), vocab_size=5, hidden_size=8)
-      >>> E, grads = bptt(params, jnp.array([0, 3, 1]), jnp.array([3, 1, 4]))
-      >>> params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
-    """
-    E, grads, _, _ = bptt_chunk(
-        params, xs, ys, h0, lengths=lengths, mask=mask, reduction=reduction,
-        activation=activation, truncate=truncate, clip_delta=clip_delta, chunk=chunk,
-        recompute=recompute, unroll=unroll, matmul_dtype=matmul_dtype, resets=resets,
-        kernel=kernel,
-        precision=precision,
-    )  # fmt: skip
-    return E, grads
-
-
-@functools.partial(jax.jit, static_argnames=("folds", "options", "reduction"))
-def _checked_bptt_core(deep, inputs, flags, folds, options, reduction):
-    """The call's device checks (:func:`.device.device_checks`) and the hand BPTT
-    (:func:`~bptt_jax.core.deep.deep_bptt_core`) in one executable: separate, the small
-    checks' dispatch and the core waiting on it cost about 0.2 ms a call on the CPU
-    (``docs/performance.md``). ``inputs``: ``(xs, ys, h0, dh_T, mask, resets)``."""
-    xs, ys, h0, dh_T, mask, resets = inputs
-    deep, xs, ys, h0 = device_checks(deep, xs, ys, h0, mask, flags, *folds)
-    deep, xs, ys, h0, dh_T, _ = vary_alike((deep, xs, ys, h0, dh_T, mask))  # shard_map
-    return deep_bptt_core(deep, xs, ys, h0, mask, dh_T, resets, options=options,
-                          reduction=reduction)  # fmt: skip
-
-
-def bptt_chunk(
-    params: Model,
-    xs: jax.Array,
-    ys: jax.Array,
-    h0: jax.Array | None = None,
-    *,
-    dh_T: jax.Array | None = None,
-    lengths: jax.Array | None = None,
-    mask: jax.Array | None = None,
-    reduction: str = "sum",
-    activation: str = "tanh",
-    truncate: int | None = None,
-    clip_delta: float | None = None,
-    chunk: int | None = None,
-    recompute: bool = False,
-    unroll: int | None = None,
-    matmul_dtype: str | None = None,
-    resets: jax.Array | None = None,
-    kernel: str = "auto",
-    precision: str | jax.lax.Precision | None = None,
-) -> tuple[jax.Array, Model, jax.Array, jax.Array]:
-    r"""Hand BPTT for one chunk of a longer stream: also ∂E/∂h_0 and h_T.
-
-    A long sequence split into chunks is processed forward chunk by chunk,
-    each starting from the previous chunk's final state ``h_T``. To
-    back-propagate ACROSS chunks, process them backwards in time and pass
-    each chunk the ``dh0`` of the chunk after it as ``dh_T``; the gradients
-    then add up to those of the whole sequence. With ``dh_T=None`` every
-    chunk is cut off from the future (truncated BPTT at chunk boundaries).
-
-    .. math::
-
-        \delta_T = (V^\top r_T + dh_T) \odot f'(h_T),\qquad
-        \frac{\partial E}{\partial h_0} = U^\top \delta_1
-
-    Args:
-      params, xs, ys, h0, lengths, mask, reduction, activation, truncate,
-        clip_delta, chunk, recompute, unroll, matmul_dtype, resets, kernel, precision: as for
-        :func:`bptt`.
-      dh_T: shaped like ``h0``: the gradient of the later chunks' loss with
-        respect to this chunk's final state(s), or ``None`` (zero).
-
-    Returns:
-      ``(E, grads, dh0, h_T)``: as :func:`bptt`, plus :math:`\partial E /
-      \partial h_0` and the final hidden state(s) :math:`h_T` (each
-      sequence's own end when padded), each shaped like ``h0``.
+      ``(E, grads, dh0, h_T)``: the loss (as :func:`loss`) and its gradients, a
+      pytree like ``params`` (an empty sequence, T = 0, gives ``E = 0`` and zero
+      gradients), plus :math:`\partial E/\partial h_0` and the final hidden
+      state(s) :math:`h_T` (each sequence's own end when padded), each shaped like
+      ``h0``.
     """
 
     params, inp = prepare(params, xs, ys, h0, dh_T=dh_T, lengths=lengths, mask=mask,
@@ -237,7 +173,51 @@ def bptt_chunk(
         deep, (d.xs, d.ys, d.h0, d.dh_T, d.mask, d.resets), pending.flags, tuple(pending[1:]),
         options, d.reduction,
     )  # fmt: skip
-    return E, grads_like(params, grads), state_like(params, inp, dh0), state_like(params, inp, h_T)
+    return E, grads_like(inp, grads), state_like(inp, dh0), state_like(inp, h_T)
+
+
+@shares(bptt_chunk, drop=("dh_T",))
+def bptt(params: Model, xs: jax.Array, ys: jax.Array, h0: jax.Array | None = None,
+         **options) -> tuple[jax.Array, Model]:  # fmt: skip
+    r"""The loss and its gradients by hand-derived backpropagation through time.
+
+    .. math::
+
+        \delta_t = (V^\top (\hat y_t - y_t) + U^\top \delta_{t+1})
+                   \odot f'(h_t),\quad \delta_{T+1} = 0
+
+        \frac{\partial E}{\partial U} = \sum_t \delta_t \otimes h_{t-1},\
+        \frac{\partial E}{\partial W} = \sum_t \delta_t \otimes x_t,\
+        \frac{\partial E}{\partial b} = \sum_t \delta_t,\
+        \frac{\partial E}{\partial V} = \sum_t (\hat y_t - y_t) \otimes h_t,\
+        \frac{\partial E}{\partial c} = \sum_t (\hat y_t - y_t)
+
+    with :math:`f'(h_t) = 1 - h_t \odot h_t` for the seed's tanh. One forward
+    ``lax.scan`` over :math:`h` and one reverse ``lax.scan`` over
+    :math:`\delta` (per layer and direction for a :class:`DeepParams`, see
+    :mod:`bptt_jax.core.deep`, :mod:`bptt_jax.core.backward`); everything else is
+    batched over chunks of steps, and no ``(T, B, C)`` array is ever built. No
+    ``jax.grad``: the tests referee this against ``jax.grad(loss)`` and
+    finite differences.
+
+    Args:
+      params, xs, ys, h0, and every keyword of :func:`bptt_chunk` but ``dh_T``
+        (``lengths``, ``mask``, ``reduction``, ``activation``, ``truncate``,
+        ``clip_delta``, ``chunk``, ``recompute``, ``unroll``, ``matmul_dtype``,
+        ``resets``, ``kernel``, ``precision``): documented there, with their defaults.
+
+    Returns:
+      ``(E, grads)``: the loss (as :func:`loss`) and its gradients, a pytree
+      like ``params``. An empty sequence (T = 0) gives ``E = 0`` and zero
+      gradients.
+
+    Example:
+      >>> params = init_params(jax.random.key(0), vocab_size=5, hidden_size=8)
+      >>> E, grads = bptt(params, jnp.array([0, 3, 1]), jnp.array([3, 1, 4]))
+      >>> params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
+    """
+    E, grads, _, _ = bptt_chunk(params, xs, ys, h0, **options)
+    return E, grads
 
 
 _WINDOW_WHY = (
@@ -247,30 +227,22 @@ _WINDOW_WHY = (
 )
 
 
-def _per_loss_inputs(
-    params, xs, ys, h0, lengths, mask, reduction, activation, truncate, fn
-) -> tuple[Model, Inputs, int | None]:
-    """The checks shared by :func:`bptt_per_loss` and :func:`per_loss_deltas`."""
-    params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
-                          activation=activation, reduction=reduction)  # fmt: skip
-    truncate = check_truncate(truncate)
-    refuse(fn, ["truncate"] * (truncate is not None), params, inp, _WINDOW_WHY)
-    return params, inp, truncate
+def _per_loss_call(fn: str, params, xs, ys, h0, keywords: dict):
+    """``(params, inputs, options)`` of :func:`bptt_per_loss` or :func:`per_loss_deltas`:
+    their checks, and ``truncate`` refused outside the seed's setting."""
+    params, inp, options = take(fn, params, xs, ys, h0, keywords)
+    refuse(fn, ["truncate"] * (options.truncate is not None), params, inp, _WINDOW_WHY)
+    return params, inp, options
 
 
-def bptt_per_loss(
-    params: Model,
-    xs: jax.Array,
-    ys: jax.Array,
-    h0: jax.Array | None = None,
-    *,
-    lengths: jax.Array | None = None,
-    mask: jax.Array | None = None,
-    reduction: str = "sum",
-    activation: str = "tanh",
-    truncate: int | None = None,
-    precision: str | jax.lax.Precision | None = None,
-) -> tuple[jax.Array, Model]:
+#: ``bptt_chunk``'s keywords that the per-loss form does not take.
+_NOT_PER_LOSS = ("dh_T", "clip_delta", "chunk", "recompute", "unroll", "matmul_dtype", "resets",
+                 "kernel")  # fmt: skip
+
+
+@shares(bptt_chunk, drop=_NOT_PER_LOSS)
+def bptt_per_loss(params: Model, xs: jax.Array, ys: jax.Array, h0: jax.Array | None = None,
+                  **keywords) -> tuple[jax.Array, Model]:  # fmt: skip
     r"""The seed's double sum: BPTT one loss :math:`E_t` at a time, :math:`O(T^2)`.
 
     .. math::
@@ -290,7 +262,7 @@ def bptt_per_loss(
 
     Args:
       params, xs, ys, h0, lengths, mask, reduction, activation, precision: as for
-        :func:`bptt`.
+        :func:`bptt_chunk` (their defaults too).
       truncate: ``None`` for the exact gradient (equal to :func:`bptt` to
         round-off), or τ ≥ 1: each :math:`E_t` back-propagates through the
         last τ steps only, :math:`t - τ < k \le t` (a sliding window,
@@ -302,38 +274,26 @@ def bptt_per_loss(
     Returns:
       ``(E, grads)`` as :func:`bptt`.
     """
-    params, inp, truncate = _per_loss_inputs(
-        params, xs, ys, h0, lengths, mask, reduction, activation, truncate, "bptt_per_loss"
-    )
-    options = build_options(inp.activation, truncate=truncate, precision=precision)
+    params, inp, options = _per_loss_call("bptt_per_loss", params, xs, ys, h0, keywords)
     deep, d = as_deep(params, inp)
     E, grads = deep_bptt_per_loss_core(
         deep, d.xs, d.ys, d.h0, d.mask, options=options, reduction=d.reduction
     )
-    return E, grads_like(params, grads)
+    return E, grads_like(inp, grads)
 
 
-def per_loss_deltas(
-    params: Model,
-    xs: jax.Array,
-    ys: jax.Array,
-    h0: jax.Array | None = None,
-    *,
-    lengths: jax.Array | None = None,
-    mask: jax.Array | None = None,
-    reduction: str = "sum",
-    activation: str = "tanh",
-    truncate: int | None = None,
-    precision: str | jax.lax.Precision | None = None,
-) -> jax.Array:
+@shares(bptt_per_loss)
+def per_loss_deltas(params: Model, xs: jax.Array, ys: jax.Array, h0: jax.Array | None = None,
+                    **keywords) -> jax.Array:  # fmt: skip
     r"""All the seed's per-loss deltas :math:`\delta_k^{(t)} = \partial E_t/\partial s_k`.
 
     Materialises a ``(T, T, ..., H)`` array, so it is meant for inspection and
     diagnostics on short sequences.
 
     Args:
-      params, xs, ys, h0, lengths, mask, reduction, activation, truncate, precision:
-        as for :func:`bptt_per_loss`.
+      params, xs, ys, h0, and every keyword of :func:`bptt_per_loss` (``lengths``,
+        ``mask``, ``reduction``, ``activation``, ``truncate``, ``precision``):
+        documented there, with their defaults.
 
     Returns:
       ``deltas[t-1, k-1]`` = :math:`\delta_k^{(t)}`, shape ``(T, T, H)`` for one
@@ -345,15 +305,12 @@ def per_loss_deltas(
       not zero for :math:`k > t`: the backward direction, and every cell above
       it, carry :math:`E_t`'s signal to later steps.
     """
-    params, inp, truncate = _per_loss_inputs(
-        params, xs, ys, h0, lengths, mask, reduction, activation, truncate, "per_loss_deltas"
-    )
+    params, inp, options = _per_loss_call("per_loss_deltas", params, xs, ys, h0, keywords)
     check_quadratic_size("per_loss_deltas", inp.xs, inp.h0)
-    options = build_options(inp.activation, truncate=truncate, precision=precision)
     deep, d = as_deep(params, inp)
     deltas = deep_per_loss_deltas_core(
         deep, d.xs, d.ys, d.h0, d.mask, options=options, reduction=d.reduction
     )
-    if not isinstance(params, DeepParams):  # the seed's Params: no layer axis
+    if inp.seed:  # the seed's Params: no layer axis
         return unbatch(inp, deltas[:, :, 0], axis=2)
     return unbatch(inp, deltas, axis=3)

@@ -6,34 +6,25 @@ well-formed arguments and check nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import jax
 import jax.numpy as jnp
 
 from ..core.checks import check_float_dtype, check_key, check_number
 from ..core.clipping import make_clipper
 from ..core.init import check_init
-from ..core.params import DeepParams
 from ..lab import diagnostics, tasks
 from ..lab.diagnostics import GradientFlow, SweepRow, deep_gradient_flow_core
 from .arrays import check_quadratic_size
-from .options import build_options, check_activation, check_clip_delta, check_precision
-from .validate import Model, as_deep, prepare
+from .call import take
+from .gradients import bptt_per_loss
+from .options import check_activation, check_clip_delta, check_precision
+from .signatures import shares
+from .validate import Model, as_deep
 
 
-def gradient_flow(
-    params: Model,
-    xs: jax.Array,
-    ys: jax.Array,
-    h0: jax.Array | None = None,
-    *,
-    lengths: jax.Array | None = None,
-    mask: jax.Array | None = None,
-    reduction: str = "sum",
-    activation: str = "tanh",
-    precision: str | jax.lax.Precision | None = None,
-) -> GradientFlow:
+@shares(bptt_per_loss, drop=("truncate",))
+def gradient_flow(params: Model, xs: jax.Array, ys: jax.Array, h0: jax.Array | None = None,
+                  **keywords) -> GradientFlow:  # fmt: skip
     r"""How the gradient signal of each loss :math:`E_t` fades with distance.
 
     Measures :math:`\|\delta_k^{(t)}\|_2 = \|\partial E_t/\partial s_k\|_2` for
@@ -94,52 +85,41 @@ def gradient_flow(
       >>> flow.delta_norms.shape, bool(jnp.all(flow.delta_norms <= flow.bound * (1 + 1e-6)))
       ((4, 4), True)
     """
-    params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
-                          activation=activation, reduction=reduction)  # fmt: skip
+    params, inp, options = take("gradient_flow", params, xs, ys, h0, keywords)
     check_quadratic_size("gradient_flow", inp.xs, inp.h0)
-    options = build_options(inp.activation, precision=precision)
     deep, d = as_deep(params, inp)
     flow = deep_gradient_flow_core(
         deep, d.xs, d.ys, d.h0, d.mask, options=options, reduction=d.reduction
     )
-    return flow if isinstance(params, DeepParams) else GradientFlow(*(f[0] for f in flow))
+    return GradientFlow(*(f[0] for f in flow)) if inp.seed else flow
 
 
 def _count(value: object, name: str, minimum: int = 1) -> int:
     return check_number(value, name, integer=True, minimum=minimum, strict=False)
 
 
-def spectral_sweep(
-    key: jax.Array,
-    *,
-    scales: Sequence[float] = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0),
-    activations: Sequence[str] = ("tanh", "sigmoid", "relu"),
-    init: str = "orthogonal",
-    vocab_size: int = 8,
-    hidden_size: int = 32,
-    batch: int = 8,
-    steps: int = 40,
-    tol: float = 0.05,
-    precision: str | jax.lax.Precision | None = None,
-) -> list[SweepRow]:
+@shares(diagnostics.spectral_sweep)
+def spectral_sweep(key: jax.Array, **keywords) -> list[SweepRow]:
     r"""The seed's §6 claim tested on real runs: sweep the scale of :math:`U`.
 
     Checks its arguments, then runs
-    :func:`bptt_jax.lab.diagnostics.spectral_sweep` (see there); ``precision`` of
-    every matrix product as for :func:`bptt_jax.bptt`.
+    :func:`bptt_jax.lab.diagnostics.spectral_sweep`, whose parameters it takes (see
+    there for them and their defaults); ``precision`` of every matrix product as for
+    :func:`bptt_jax.bptt`.
 
     Returns:
       One :class:`~bptt_jax.lab.diagnostics.SweepRow` per (activation, scale).
     """
-    key = check_key(key)
-    activations = tuple(check_activation(a) for a in activations)
-    scales = tuple(check_init(init, s)[1] for s in scales)
+    kw = keywords
+    init = kw["init"]
     return diagnostics.spectral_sweep(
-        key, scales=scales, activations=activations, init=init,
-        vocab_size=_count(vocab_size, "vocab_size"),
-        hidden_size=_count(hidden_size, "hidden_size"),
-        batch=_count(batch, "batch"), steps=_count(steps, "steps"),
-        tol=check_number(tol, "tol", strict=False), precision=check_precision(precision),
+        check_key(key), scales=tuple(check_init(init, s)[1] for s in kw["scales"]),
+        activations=tuple(check_activation(a) for a in kw["activations"]), init=init,
+        vocab_size=_count(kw["vocab_size"], "vocab_size"),
+        hidden_size=_count(kw["hidden_size"], "hidden_size"),
+        batch=_count(kw["batch"], "batch"), steps=_count(kw["steps"], "steps"),
+        tol=check_number(kw["tol"], "tol", strict=False),
+        precision=check_precision(kw["precision"]),
     )  # fmt: skip
 
 
@@ -173,29 +153,20 @@ def delay_task(
     )  # fmt: skip
 
 
-def train_delay(
-    key: jax.Array,
-    delays: Sequence[int] = (2, 5, 10, 20),
-    remedy: tasks.Remedy = tasks.REMEDIES[1],
-    *,
-    steps: int = 30,
-    vocab_size: int = 4,
-    hidden_size: int = 32,
-    batch: int = 32,
-    iterations: int = 400,
-    learning_rate: float = 1e-2,
-    precision: str | jax.lax.Precision | None = None,
-) -> tasks.DelayCurves:
+@shares(tasks.train_delay)
+def train_delay(key: jax.Array, **keywords) -> tasks.DelayCurves:
     r"""Train one fresh RNN per delay d on the delay task; return the curves.
 
     Checks the configuration (delays in ``0..steps-1``, the remedy's
     activation, init, clipping), then runs :func:`bptt_jax.lab.tasks.train_delay`
-    (see there for the arguments and the returned ``DelayCurves``); ``precision`` of
+    (whose parameters it takes: see there for them, their defaults and the returned
+    ``DelayCurves``); ``precision`` of
     every matrix product as for :func:`bptt_jax.bptt`. ``remedy`` is a
     :class:`bptt_jax.lab.tasks.Remedy` (one of ``tasks.REMEDIES``, or your own), not
     a name: anything else is a TypeError listing the prepared ones.
     """
-    key = check_key(key)
+    kw = keywords
+    key, remedy = check_key(key), kw["remedy"]
     if not isinstance(remedy, tasks.Remedy):
         names = "; ".join(f"REMEDIES[{i}] = {r.label!r}" for i, r in enumerate(tasks.REMEDIES))
         raise TypeError(
@@ -206,14 +177,14 @@ def train_delay(
     check_init(remedy.init, remedy.spectral_radius)
     remedy = remedy._replace(clip_delta=check_clip_delta(remedy.clip_delta))
     make_clipper(remedy.clip, remedy.clip_value)  # raises the clear error, if any
-    precision = check_precision(precision)
-    steps = _count(steps, "steps")
-    delays = tuple(_count(d, "delays[i]", minimum=0) for d in delays)
+    steps = _count(kw["steps"], "steps")
+    delays = tuple(_count(d, "delays[i]", minimum=0) for d in kw["delays"])
     if not delays or max(delays) >= steps:
         raise ValueError(f"delays must be in 0..steps-1 = 0..{steps - 1}, got {delays}")
     return tasks.train_delay(
-        key, delays, remedy, steps=steps, vocab_size=_count(vocab_size, "vocab_size"),
-        hidden_size=_count(hidden_size, "hidden_size"), batch=_count(batch, "batch"),
-        iterations=_count(iterations, "iterations"),
-        learning_rate=check_number(learning_rate, "learning_rate"), precision=precision,
+        key, delays, remedy, steps=steps, vocab_size=_count(kw["vocab_size"], "vocab_size"),
+        hidden_size=_count(kw["hidden_size"], "hidden_size"),
+        batch=_count(kw["batch"], "batch"), iterations=_count(kw["iterations"], "iterations"),
+        learning_rate=check_number(kw["learning_rate"], "learning_rate"),
+        precision=check_precision(kw["precision"]),
     )  # fmt: skip

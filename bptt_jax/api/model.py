@@ -79,7 +79,7 @@ def forward(
                             precision=precision)  # fmt: skip
     deep, d = as_deep(params, inp)
     hs, z, h_T = deep_forward_core(deep, d.xs, d.h0, d.mask, d.resets, options=options)
-    h_T = state_like(params, inp, h_T)
+    h_T = state_like(inp, h_T)
     hs, z = unbatch(inp, hs), unbatch(inp, z)
     return (hs, z, h_T) if return_state else (hs, z)
 

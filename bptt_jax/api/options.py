@@ -127,14 +127,12 @@ def resolve_kernel(kernel: str, H: int, B: int, dtype, fn: str, backend: str | N
     return kernel
 
 
-def kernel_option(kernel: object, params, xs, fn: str, matmul_dtype=None) -> str:
-    """Checks ``kernel`` and resolves it for a model and batched inputs ``xs (B, T[, K])``:
-    the largest cell's ``H``, ``B`` and the recurrent products' dtype decide."""
-    kernel = check_kernel(kernel)
+def _kernel_shape(params, xs, matmul_dtype) -> tuple[int, int, object]:
+    """``(H, B, dtype)`` the kernel choice depends on: the largest cell's ``H``, the batch
+    of ``xs (B, T[, K])`` and the recurrent products' dtype."""
     Us = [params.U] if hasattr(params, "U") else [c.U for cell in params.cells() for c in cell]
     H = max(U.shape[0] for U in Us)
-    dtype = Us[0].dtype if matmul_dtype is None else matmul_dtype
-    return resolve_kernel(kernel, H, max(xs.shape[0], 1), dtype, fn)
+    return H, max(xs.shape[0], 1), Us[0].dtype if matmul_dtype is None else matmul_dtype
 
 
 #: The names ``precision=`` accepts (JAX's), besides a ``jax.lax.Precision`` and ``None``.
@@ -190,10 +188,8 @@ def build_options(
     matmul_dtype = check_matmul_dtype(matmul_dtype)
     recompute = check_recompute(recompute)
     chunk, unroll = check_chunk(chunk), check_unroll(unroll)
-    if params is None:
-        kernel = resolve_kernel(check_kernel(kernel), 1, 1, jnp.float32, fn, "cpu")
-    else:
-        kernel = kernel_option(kernel, params, xs, fn, matmul_dtype)
+    shape = (1, 1, jnp.float32) if params is None else _kernel_shape(params, xs, matmul_dtype)
+    kernel = resolve_kernel(check_kernel(kernel), *shape, fn, "cpu" if params is None else None)
     if schedule:
         chunk, unroll = resolve_schedule(chunk, unroll, recompute, *xs.shape[:2])
     return Options(

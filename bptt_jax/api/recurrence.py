@@ -168,7 +168,7 @@ def recurrence(
                             precision=precision)  # fmt: skip
     deep, d = as_deep(params, inp)  # the seed's Params as one layer (differentiably)
     hs, h_T = recurrence_jit(deep, d.xs, d.h0, d.mask, resets, options)
-    return unbatch(inp, hs), state_like(params, inp, h_T)
+    return unbatch(inp, hs), state_like(inp, h_T)
 
 
 def hand_loss(

@@ -23,13 +23,14 @@ from ..referees.autodiff import (
     deep_value_and_grad,
 )
 from ..referees.finite_difference import finite_difference_core
-from .options import build_options
+from .call import take
+from .gradients import bptt_per_loss
+from .signatures import shares
 from .validate import (
     Inputs,
     Model,
     as_deep,
     grads_like,
-    prepare,
     refuse,
     state_like,
     unbatch,
@@ -44,25 +45,17 @@ def _deep_grad(params: Model, inp: Inputs, options: Options) -> tuple[jax.Array,
     E, grads = deep_value_and_grad(
         deep, d.xs, d.ys, d.h0, d.mask, options=options, reduction=d.reduction
     )
-    return E, grads_like(params, grads)
+    return E, grads_like(inp, grads)
 
 
+@shares(bptt_per_loss)
 def autodiff_bptt(
-    params: Model,
-    xs: jax.Array,
-    ys: jax.Array,
-    h0: jax.Array | None = None,
-    *,
-    lengths: jax.Array | None = None,
-    mask: jax.Array | None = None,
-    reduction: str = "sum",
-    activation: str = "tanh",
-    truncate: int | None = None,
-    precision: str | jax.lax.Precision | None = None,
+    params: Model, xs: jax.Array, ys: jax.Array, h0: jax.Array | None = None, **keywords
 ) -> tuple[jax.Array, Model]:
     """Reference ``(E, grads)`` by ``jax.value_and_grad`` of :func:`bptt_jax.loss`.
 
-    Same arguments, checks and return value as :func:`bptt_jax.bptt`; with
+    The arguments of :func:`bptt_per_loss` (documented there), the checks and return
+    value of :func:`bptt_jax.bptt`; with
     ``truncate=τ`` (the seed's Params on unpadded sequences with
     ``reduction="sum"`` only) the state is detached after every τ-th step, so
     autodiff cuts the gradient where :func:`bptt_jax.bptt` does. ``precision``, of
@@ -70,9 +63,7 @@ def autodiff_bptt(
     :func:`bptt_jax.bptt`: compare at ``"highest"`` for backend-independent
     tolerances.
     """
-    params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
-                          activation=activation, reduction=reduction)  # fmt: skip
-    options = build_options(inp.activation, truncate=truncate, precision=precision)
+    params, inp, options = take("autodiff_bptt", params, xs, ys, h0, keywords)
     refuse("autodiff_bptt", ["truncate"] * (options.truncate is not None), params, inp,
            _TRUNCATE_WHY)  # fmt: skip
     if options.truncate is not None:  # the seed's loss with the state detached every τ steps
@@ -80,48 +71,28 @@ def autodiff_bptt(
     return _deep_grad(params, inp, options)
 
 
+@shares(bptt_per_loss)
 def autodiff_dh0(
-    params: Model,
-    xs: jax.Array,
-    ys: jax.Array,
-    h0: jax.Array | None = None,
-    *,
-    lengths: jax.Array | None = None,
-    mask: jax.Array | None = None,
-    reduction: str = "sum",
-    activation: str = "tanh",
-    truncate: int | None = None,
-    precision: str | jax.lax.Precision | None = None,
+    params: Model, xs: jax.Array, ys: jax.Array, h0: jax.Array | None = None, **keywords
 ) -> jax.Array:
     r"""Reference :math:`\partial E/\partial h_0` by ``jax.grad``, shaped like ``h0``.
 
     ``(H,)`` / ``(B, H)`` for :class:`Params`, ``(L*D, [B,] H)`` for a
     :class:`DeepParams`. Arguments (``precision`` too) as :func:`autodiff_bptt`.
     """
-    params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
-                          activation=activation, reduction=reduction)  # fmt: skip
-    options = build_options(inp.activation, truncate=truncate, precision=precision)
+    params, inp, options = take("autodiff_dh0", params, xs, ys, h0, keywords)
     refuse("autodiff_dh0", ["truncate"] * (options.truncate is not None), params, inp,
            _TRUNCATE_WHY)  # fmt: skip
     if options.truncate is not None:  # the seed's loss with the state detached every τ steps
         return unbatch(inp, _h0_grad(params, inp.xs, inp.ys, inp.h0, options=options))
     deep, d = as_deep(params, inp)
     dh0 = deep_h0_grad(deep, d.xs, d.ys, d.h0, d.mask, options=options, reduction=d.reduction)
-    return state_like(params, inp, dh0)
+    return state_like(inp, dh0)
 
 
+@shares(bptt_per_loss)
 def autodiff_bptt_per_loss(
-    params: Model,
-    xs: jax.Array,
-    ys: jax.Array,
-    h0: jax.Array | None = None,
-    *,
-    lengths: jax.Array | None = None,
-    mask: jax.Array | None = None,
-    reduction: str = "sum",
-    activation: str = "tanh",
-    truncate: int | None = None,
-    precision: str | jax.lax.Precision | None = None,
+    params: Model, xs: jax.Array, ys: jax.Array, h0: jax.Array | None = None, **keywords
 ) -> tuple[jax.Array, Model]:
     """Reference for :func:`bptt_jax.bptt_per_loss` by ``jax.value_and_grad``.
 
@@ -130,9 +101,7 @@ def autodiff_bptt_per_loss(
     window; without it this is :func:`autodiff_bptt`'s exact gradient. ``precision`` as
     :func:`autodiff_bptt`.
     """
-    params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
-                          activation=activation, reduction=reduction)  # fmt: skip
-    options = build_options(inp.activation, truncate=truncate, precision=precision)
+    params, inp, options = take("autodiff_bptt_per_loss", params, xs, ys, h0, keywords)
     refuse(
         "autodiff_bptt_per_loss", ["truncate"] * (options.truncate is not None), params, inp,
         _TRUNCATE_WHY,
@@ -142,18 +111,9 @@ def autodiff_bptt_per_loss(
     return _deep_grad(params, inp, options)
 
 
+@shares(bptt_per_loss, drop=("truncate",), extra={"eps": ("float", 2e-4)})
 def finite_difference_bptt(
-    params: Model,
-    xs: jax.Array,
-    ys: jax.Array,
-    h0: jax.Array | None = None,
-    *,
-    lengths: jax.Array | None = None,
-    mask: jax.Array | None = None,
-    reduction: str = "sum",
-    activation: str = "tanh",
-    eps: float = 2e-4,
-    precision: str | jax.lax.Precision | None = None,
+    params: Model, xs: jax.Array, ys: jax.Array, h0: jax.Array | None = None, **keywords
 ) -> tuple[jax.Array, Model]:
     r"""Reference ``(E, grads)`` by central finite differences of the loss.
 
@@ -176,23 +136,20 @@ def finite_difference_bptt(
     pytree of parameters is raveled into one vector).
 
     Args:
-      params, xs, ys, h0, lengths, mask, reduction, activation: as for
-        :func:`bptt_jax.bptt`.
+      params, xs, ys, h0, lengths, mask, reduction, activation, precision: as for
+        :func:`bptt_per_loss` (``precision``: of every matrix product of the loss
+        evaluations, and of the stencil's weighted sum).
       eps: the step :math:`\epsilon > 0`.
-      precision: of every matrix product of the loss evaluations (and of the
-        stencil's weighted sum), as for :func:`bptt_jax.bptt`.
 
     Returns:
       ``(E, grads)``, ``grads`` a pytree like ``params``.
     """
-    params, inp = prepare(params, xs, ys, h0, lengths=lengths, mask=mask,
-                          activation=activation, reduction=reduction)  # fmt: skip
-    eps = check_number(eps, "eps")
-    options = build_options(inp.activation, precision=precision)
+    eps = check_number(keywords.pop("eps"), "eps")
+    params, inp, options = take("finite_difference_bptt", params, xs, ys, h0, keywords)
     deep, d = as_deep(params, inp)
     loss_of = functools.partial(
         deep_loss_core, xs=d.xs, ys=d.ys, h0=d.h0, mask=d.mask, options=options,
         reduction=d.reduction,
     )  # fmt: skip
-    E, grads = finite_difference_core(loss_of, deep, eps=eps, precision=options.precision)
-    return E, grads_like(params, grads)
+    E, grads = finite_difference_core(loss_of, deep, eps=eps, options=options)
+    return E, grads_like(inp, grads)

@@ -53,34 +53,23 @@ class Inputs(NamedTuple):
     reduction: str = "sum"  # "sum" (the seed's E) or "mean" over the real steps
     resets: jax.Array | None = None  # (B, T) bool: where the state entering a step is h0
     pending: Pending | None = None  # device checks not yet made (check_inputs(defer=True))
+    seed: bool = False  # the caller passed the seed's Params (states (B, H)): decided once
 
 
 def prepare(
-    params: object,
-    xs: object,
-    ys: object = None,
-    h0: object = None,
-    *,
-    dh_T: object = None,
-    lengths: object = None,
-    mask: object = None,
-    activation: object = "tanh",
-    reduction: object = "sum",
-    need_ys: bool = True,
-    resets: object = None,
-    defer: bool = False,
-) -> tuple[Model, Inputs]:
-    """Checks a public call's model, arrays, ``activation`` and ``reduction``.
+    params: object, xs: object, ys: object = None, h0: object = None, *,
+    activation: object = "tanh", reduction: object = "sum", resets: object = None,
+    need_ys: bool = True, defer: bool = False, **arrays,
+) -> tuple[Model, Inputs]:  # fmt: skip
+    """Checks a public call's model, arrays, ``activation``, ``reduction`` and ``resets``.
 
-    Returns the params and the :class:`Inputs` of :func:`check_inputs`, with
-    the checked ``activation`` and ``reduction`` in them (``defer``: as there).
+    Returns the params and the :class:`Inputs` of :func:`check_inputs` (which takes
+    ``arrays``: ``dh_T``, ``lengths``, ``mask``), with the checked ``activation``,
+    ``reduction`` and ``resets`` in them (``defer``: as there).
     """
     activation = check_activation(activation)
     reduction = check_reduction(reduction)
-    params, inp = check_inputs(
-        params, xs, ys, h0, dh_T=dh_T, lengths=lengths, mask=mask, need_ys=need_ys,
-        defer=defer,
-    )  # fmt: skip
+    params, inp = check_inputs(params, xs, ys, h0, need_ys=need_ys, defer=defer, **arrays)
     steps_shape = inp.xs.shape[:2] if inp.batched else inp.xs.shape[1:2]
     resets = check_resets(resets, steps_shape, inp.mask)
     inp = inp._replace(activation=activation, reduction=reduction, resets=resets)
@@ -88,14 +77,9 @@ def prepare(
     return (params, inp) if defer else vary_alike((params, inp))
 
 
-def is_seed(params: Model, inp: Inputs) -> bool:
+def is_seed(inp: Inputs) -> bool:
     """True for the seed's own setting: :class:`Params`, no padding or resets, a sum."""
-    return (
-        isinstance(params, Params)
-        and inp.mask is None
-        and inp.resets is None
-        and inp.reduction == "sum"
-    )
+    return inp.seed and inp.mask is None and inp.resets is None and inp.reduction == "sum"
 
 
 def as_deep(params: Model, inp: Inputs) -> tuple[DeepParams, Inputs]:
@@ -103,7 +87,7 @@ def as_deep(params: Model, inp: Inputs) -> tuple[DeepParams, Inputs]:
     one-layer :class:`DeepParams`, its states ``(1, B, H)`` (a pytree restructuring,
     so ``jax.grad`` through it returns a ``Params``). Results go back to the caller's
     model with :func:`grads_like` and :func:`state_like`."""
-    if isinstance(params, DeepParams):
+    if not inp.seed:
         return params, inp
     lift = lambda a: None if a is None else a[None]  # noqa: E731  (B, H) -> (1, B, H)
     pending = inp.pending
@@ -112,9 +96,9 @@ def as_deep(params: Model, inp: Inputs) -> tuple[DeepParams, Inputs]:
     return to_deep(params), inp._replace(h0=lift(inp.h0), dh_T=lift(inp.dh_T), pending=pending)
 
 
-def grads_like(params: Model, grads: DeepParams) -> Model:
-    """Gradients of :func:`as_deep`'s model returned as a pytree like ``params``."""
-    return grads if isinstance(params, DeepParams) else from_deep(grads)
+def grads_like(inp: Inputs, grads: DeepParams) -> Model:
+    """Gradients of :func:`as_deep`'s model returned as a pytree like the caller's model."""
+    return from_deep(grads) if inp.seed else grads
 
 
 def unbatch(inp: Inputs, x: jax.Array, axis: int = 0) -> jax.Array:
@@ -122,21 +106,18 @@ def unbatch(inp: Inputs, x: jax.Array, axis: int = 0) -> jax.Array:
     return x if inp.batched else jnp.take(x, 0, axis=axis)
 
 
-def state_like(params: Model, inp: Inputs, state: jax.Array) -> jax.Array:
+def state_like(inp: Inputs, state: jax.Array) -> jax.Array:
     """A state of :func:`as_deep`'s model, ``(L*D, B, H)``, in the layout of ``h0``:
     ``(H,)`` / ``(B, H)`` for :class:`Params`, ``(L*D, [B,] H)`` for DeepParams."""
-    if isinstance(params, DeepParams):
-        return unbatch(inp, state, axis=1)
-    return unbatch(inp, state[0])
+    return unbatch(inp, state[0]) if inp.seed else unbatch(inp, state, axis=1)
 
 
 def describe(params: Model, inp: Inputs) -> str:
     """The model and the options that left the seed's setting, for error messages."""
-    if isinstance(params, DeepParams):
+    parts = []
+    if not inp.seed:
         kind = "bidirectional " if params.bidirectional else ""
         parts = [f"a {kind}DeepParams ({params.num_layers} layers)"]
-    else:
-        parts = []
     if inp.mask is not None:
         parts.append("lengths/mask")
     if inp.reduction != "sum":
@@ -147,7 +128,7 @@ def describe(params: Model, inp: Inputs) -> str:
 def refuse(fn: str, given: list[str], params: Model, inp: Inputs, why: str) -> None:
     """ValueError naming ``fn``, the ``given`` options and the model, if any were given
     outside the seed's setting (:func:`is_seed`): for options implemented only there."""
-    if given and not is_seed(params, inp):
+    if given and not is_seed(inp):
         raise ValueError(
             f"{fn}: {', '.join(given)}: implemented for the seed's Params on unpadded "
             f"sequences with reduction='sum' only, got {describe(params, inp)}; {why}"
@@ -345,12 +326,9 @@ def check_inputs(
     ``mask``) or ``None``, and whether the caller passed a batch.
     """
     params, (K, H, C) = check_model(params)
-    if isinstance(params, DeepParams):
-        dtype = params.V.dtype
-        stack = params.num_layers * params.num_directions
-    else:
-        dtype = params.U.dtype
-        stack = None
+    seed = isinstance(params, Params)  # the one test of the model's type: Inputs.seed
+    dtype = params.V.dtype
+    stack = None if seed else params.num_layers * params.num_directions
 
     xs, ids, batched = _check_xs(xs, K, dtype)
     xs_shape = xs.shape
@@ -373,7 +351,7 @@ def check_inputs(
     pending = Pending(tuple(f for f in flags if f is not None), fold_x, fold_y,
                       (B, H) if stack is None else (stack, B, H))  # fmt: skip
     inp = Inputs(xs=xs, ys=ys, h0=h0, dh_T=dh_T, mask=steps.mask, batched=batched,
-                 pending=pending)  # fmt: skip
+                 pending=pending, seed=seed)  # fmt: skip
     return (params, inp) if defer else checked(params, inp)
 
 

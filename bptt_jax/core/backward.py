@@ -117,8 +117,10 @@ def _transposed(a):
     return lax.optimization_barrier(a.T)
 
 
-def _cell_backward(ctx: _Ctx, layer: Layer, X_c, hs_c, h_start, h0, g, acc, G, m, e, k):
-    """A cell's part of one chunk: ``(γ, dh0 acc, (dU, dW rows, db), δ (c, B, H))``."""
+def _cell_backward(ctx: _Ctx, layer: Layer, X_c, hs_c, h_start, h0, carry, G, marks):
+    """A cell's part of one chunk: ``(γ, dh0 acc, (dU, dW rows, db), δ (c, B, H))``;
+    ``carry = (γ, dh0 acc)``, ``marks = (m, e, k)`` (padding, entry resets, truncation)."""
+    (g, acc), (m, e, k) = carry, marks
     if ctx.options.pallas:
         flags = step_flags(*G.shape[:2], real=m, reset=e, keep=k)
         deltas, g, acc_k = backward_recursion(G, hs_c, g, ctx.cast(layer.U), flags, acc,
@@ -199,8 +201,8 @@ def _chunk_body(ctx: _Ctx, cells, r0s, out: _Out | None, emit_below: bool):
         for i in reversed(range(len(cells))):
             X_i = X_c if i == 0 else _masked(hs_c[i - 1], m_c)
             gs[i], accs[i], (dU, dW, db), deltas = _cell_backward(
-                ctx, cells[i], X_i, hs_c[i], starts[i], r0s[i], gs[i], accs[i], G_c, m_c,
-                e_c, k_c,
+                ctx, cells[i], X_i, hs_c[i], starts[i], r0s[i], (gs[i], accs[i]), G_c,
+                (m_c, e_c, k_c),
             )  # fmt: skip
             gU, gW, gb = grads[i]
             if jnp.issubdtype(X_i.dtype, jnp.integer):  # scatter δ_t into rows x_t of dWᵀ
@@ -243,10 +245,11 @@ def _stored_starts(hs, h0s, split, n, rem):
     )
 
 
-def _forward(ctx: _Ctx, cells, h0s, r0s, X, m, e, split, n, rem, recompute):
+def _forward(ctx: _Ctx, cells, h0s, r0s, X, m, e, chunks):
     """A stack's forward pass in its view: ``(finals, hs per cell or None, body starts)``;
     ``r0s``: the states a reset restores (``h0s``, or zeros)."""
-    if not recompute:
+    split, n, rem = chunks
+    if not ctx.options.recompute:
         hs, finals, inp = [], [], X
         for cell, h0, r0 in zip(cells, h0s, r0s, strict=True):
             h_fin, states = _run(ctx, cell, inp, h0, r0, m, e)  # (T, B, H): carried states
@@ -270,7 +273,7 @@ def _forward(ctx: _Ctx, cells, h0s, r0s, X, m, e, split, n, rem, recompute):
     return finals, None, starts
 
 
-def _sweep(ctx: _Ctx, cells, h0s, g0s, view, cs: int, recompute: bool, out, emit_below,
+def _sweep(ctx: _Ctx, cells, h0s, g0s, view, cs: int, out, emit_below,
            stored=None, r0s=None):  # fmt: skip
     """One chunked backward sweep of a stack of cells (same view), last chunk first.
 
@@ -289,7 +292,7 @@ def _sweep(ctx: _Ctx, cells, h0s, g0s, view, cs: int, recompute: bool, out, emit
     own_r0s = r0s is not None
     r0s = tuple(h0s) if r0s is None else tuple(r0s)
     if stored is None:
-        finals, hs, starts = _forward(ctx, cells, h0s, r0s, X, m, e, split, n, rem, recompute)
+        finals, hs, starts = _forward(ctx, cells, h0s, r0s, X, m, e, (split, n, rem))
     else:
         finals, hs, starts = stored
         starts = _stored_starts(hs, h0s, split, n, rem) if starts is None else starts

@@ -43,54 +43,10 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 
 from .deep import deep_bptt_core
-from .losses import cross_entropy, log_softmax, residual
 from .options import DEFAULT, Options
 from .params import Params, from_deep, to_deep
-from .rnn import output_logits
-
-
-def input_gradient(deltas: jax.Array, xs: jax.Array, K: int, precision=None) -> jax.Array:
-    r""":math:`\partial E/\partial W = \sum_t \delta_t \otimes x_t`, ``(H, K)``.
-
-    Args:
-      deltas: :math:`\delta_t`, time-major ``(T, B, H)``.
-      xs: ``(B, T)`` ids -- a scatter-add of each :math:`\delta_t` into
-        column :math:`x_t` (repeated ids accumulate) -- or ``(B, T, K)``
-        vectors, a batched outer-product sum.
-      K: the vocabulary size.
-      precision: the product's ``jax.lax.Precision`` (``None``: JAX's default).
-    """
-    H = deltas.shape[-1]
-    if jnp.issubdtype(xs.dtype, jnp.integer):
-        ids = xs.T.reshape(-1)  # (T*B,) in the order of deltas
-        dWT = jnp.zeros((K, H), deltas.dtype).at[ids].add(deltas.reshape(-1, H))  # (K, H)
-        return dWT.T
-    return jnp.einsum("tbh,btk->hk", deltas, xs, precision=precision)
-
-
-def output_layer(params: Params, hs: jax.Array, ys_tm: jax.Array, precision=None):
-    r"""Loss and output-layer gradients for all steps at once.
-
-    Args:
-      params: the model.
-      hs: :math:`h_t`, ``(T, B, H)``.
-      ys_tm: labels, time-major: ids ``(T, B)`` or probabilities ``(T, B, C)``.
-      precision: the products' ``jax.lax.Precision`` (``None``: JAX's default).
-
-    Returns:
-      ``(E, r, dV, dc)``: the loss, :math:`r_t = \partial E_t/\partial z_t`
-      ``(T, B, C)`` (appendix 1), :math:`\sum_t r_t \otimes h_t` and
-      :math:`\sum_t r_t`.
-    """
-    log_yhat = log_softmax(output_logits(params, hs, precision))  # (T, B, C)
-    E = cross_entropy(log_yhat, ys_tm)
-    r = residual(log_yhat, ys_tm)  # (T, B, C): ŷ_t − y_t
-    dV = jnp.einsum("tbc,tbh->ch", r, hs, precision=precision)  # Σ_t r_t ⊗ h_t
-    dc = jnp.sum(r, axis=(0, 1))  # Σ_t r_t
-    return E, r, dV, dc
 
 
 @functools.partial(jax.jit, static_argnames=("options",))

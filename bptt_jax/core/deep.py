@@ -67,7 +67,7 @@ def deep_loss_core(params: DeepParams, xs, ys, h0, mask=None, resets=None, *, op
     """The loss for the batched layout; differentiable by ``jax.grad`` (the referee) with
     ``kernel="scan"``."""
     m, _, top = _top(params, xs, h0, mask, resets, options)
-    return _output_layer(params, top, _time_major(ys), m, reduction, options.precision)[0]
+    return _output_layer(params, top, _time_major(ys), m, reduction, options)[0]
 
 
 def _views(T: int, mask, resets, truncate):
@@ -124,16 +124,16 @@ def _input_again(ctx, cells, X, after, h0, r0, views, l):
     return inp
 
 
-def _bidirectional(ctx, params: DeepParams, X, Y, h0, dh_final, views, scale, cs, r0,
-                   recompute=False):  # fmt: skip
+def _bidirectional(ctx, params: DeepParams, X, Y, h0, dh_final, views, scale, cs, r0):
     """Per cell sweeps, top layer first; ``(E, grads[l][d], dV, dc, dh0s, finals)``;
     ``r0``: the states resets restore (``h0``, or zeros), like ``h0``.
 
-    ``recompute``: each cell keeps only the states entering its chunks (its sweep runs
+    ``ctx.options.recompute``: each cell keeps only the states entering its chunks (its sweep runs
     the rest again), and a middle layer's input is run again from ``X`` when its sweeps
     begin; what stays of size ``T·B·H`` is the top layer's input and outputs and the
     gradient handed down one layer boundary (both directions' δ at every step)."""
     cells, H = params.cells(), params.layers[0].U.shape[0]
+    recompute = ctx.options.recompute
     L = len(cells)
     n, rem, split, _ = _splitter(X.shape[0], cs)
     inputs, stored, inp = [], {}, X  # the forward pass
@@ -158,7 +158,7 @@ def _bidirectional(ctx, params: DeepParams, X, Y, h0, dh_final, views, scale, cs
             else:
                 G = fl(extra if l == L - 1 else G_buf[..., d * H : (d + 1) * H])
             view = (fl(layer_in), Y if out else None, m, e, k, top, G)
-            res = _sweep(ctx, (layer,), (h0[i],), (dh_final[i],), view, cs, recompute, out,
+            res = _sweep(ctx, (layer,), (h0[i],), (dh_final[i],), view, cs, out,
                          l > 0, stored=stored[i], r0s=None if r0 is h0 else (r0[i],))  # fmt: skip
             E_i, (g,), dV_i, dc_i, (dh0s[i],), _, (below, ex) = res
             if out is not None:
@@ -209,7 +209,7 @@ def deep_bptt_core(params: DeepParams, xs, ys, h0, mask=None, dh_final=None, res
     r0 = jnp.zeros_like(h0) if zero_resets else h0  # what a reset restores
     if params.bidirectional:
         E, grads, dV, dc, dh0, finals = _bidirectional(
-            ctx, params, X, Y, h0, dh_final, views, scale, cs, r0, recompute
+            ctx, params, X, Y, h0, dh_final, views, scale, cs, r0
         )
         layers, reverse = tuple(g[0] for g in grads), tuple(g[1] for g in grads)
     else:
@@ -218,7 +218,7 @@ def deep_bptt_core(params: DeepParams, xs, ys, h0, mask=None, dh_final=None, res
         out = _Out(params.V, params.c, scale, 0, H, None)
         E, grads, dV, dc, dh0, finals, _ = _sweep(
             ctx, params.layers, tuple(h0), tuple(dh_final), (X, Y, m, e, k, None, None), cs,
-            recompute, out, False, r0s=tuple(r0) if zero_resets else None,
+            out, False, r0s=tuple(r0) if zero_resets else None,
         )  # fmt: skip
         layers, reverse = tuple(Layer(*g) for g in grads), ()
         dh0, finals = jnp.stack(dh0), jnp.stack(finals)

@@ -66,7 +66,7 @@ def _losses(params: DeepParams, xs, ys, h0, mask, options: Options, reduction):
     X, m, _ = _prepare(xs, mask, None)
     cells = params.cells()
     inputs, states, _, top = _forward(cells, X, h0, m, None, options)
-    E, r, dV, dc, _, _ = _output_layer(params, top, _time_major(ys), m, reduction, precision)
+    E, r, dV, dc, _, _ = _output_layer(params, top, _time_major(ys), m, reduction, options)
     steps = jnp.arange(r.shape[0])
 
     def one_loss(t):

@@ -36,7 +36,6 @@ from .options import Options
 from .recurrence import (
     _as_params,
     _backward,
-    _dot,
     _forward,
     _is_ids,
     _output_layer,
@@ -60,8 +59,8 @@ def _loss_general(params, xs, ys, h0, mask, resets, options: Options, reduction)
     cells = params.cells()
     inputs, states, _, top = _forward(cells, X, h0, m, r, options)
     Y = _time_major(ys)
-    E, r_out, dV, dc, log_yhat, scale = _output_layer(params, top, Y, m, reduction, precision)
-    G = _dot(r_out, params.V, precision)  # (T, B, D*H): ∂E/∂h_t = Vᵀ r_t, all steps at once
+    E, r_out, dV, dc, log_yhat, scale = _output_layer(params, top, Y, m, reduction, options)
+    G = jnp.matmul(r_out, params.V, precision=precision)  # (T, B, D*H): ∂E/∂h_t = Vᵀ r_t
     grads, dh0, dX = _backward(cells, inputs, states, h0, m, r, G, jnp.zeros_like(h0), options)
     dparams = _as_params(params, grads, zero_output=False, dV=dV, dc=dc)
     dxs = None if dX is None else _time_major(dX)
@@ -79,7 +78,7 @@ def hand_loss_core(params, xs, ys, h0, mask, resets, options: Options, reduction
     (every product's ``jax.lax.Precision``; ``None``: JAX's default)."""
     X, m, r = _prepare(xs, mask, resets)
     _, _, _, top = _forward(params.cells(), X, h0, m, r, options)
-    return _output_layer(params, top, _time_major(ys), m, reduction, options.precision)[0]
+    return _output_layer(params, top, _time_major(ys), m, reduction, options)[0]
 
 
 def _hand_loss_fwd(params, xs, ys, h0, mask, resets, options, reduction):

@@ -128,19 +128,6 @@ def step_flags(T: int, B: int, real=None, reset=None, keep=None) -> jax.Array:
     return bits(real, REAL, True) | bits(reset, RESET, False) | bits(keep, KEEP, True)
 
 
-def _precision(precision):
-    """The products' precision: ``None`` follows ``jax_default_matmul_precision`` as XLA's
-    products do (Triton's own default for float32 is TF32; "highest" gives IEEE float32)."""
-    if precision is not None:
-        return precision
-    name = jax.config.jax_default_matmul_precision
-    if name in ("highest", "float32"):
-        return lax.Precision.HIGHEST
-    if name in ("high", "tensorfloat32", "bfloat16_3x"):
-        return lax.Precision.HIGH
-    return None
-
-
 def _interpret(interpret: bool | None) -> bool:
     return jax.default_backend() != "gpu" if interpret is None else interpret
 
@@ -156,8 +143,17 @@ def _flag(fl, bit):
     return ((fl & bit) != 0)[:, None]
 
 
-def _kernel_mm(precision):
-    """The kernels' product: operands in the matrix's dtype, accumulated in the state's."""
+def _kernel_mm(options):
+    """The kernels' product: operands in the matrix's dtype, accumulated in the state's, at
+    ``options.precision``; ``None`` follows ``jax_default_matmul_precision`` as XLA's
+    products do (Triton's own default for float32 is TF32; "highest" gives IEEE float32)."""
+    precision = options.precision
+    if precision is None:
+        name = jax.config.jax_default_matmul_precision
+        if name in ("highest", "float32"):
+            precision = lax.Precision.HIGHEST
+        elif name in ("high", "tensorfloat32", "bfloat16_3x"):
+            precision = lax.Precision.HIGH
 
     def mm(x, M):
         return jnp.dot(x.astype(M.dtype), M, precision=precision, preferred_element_type=x.dtype)
@@ -169,7 +165,7 @@ def _forward_kernel(options, a_ref, fl_ref, hs_ref0, h0_ref, UT_ref, hs_ref):
     """One block of sequences: :func:`.steps.forward_step` of the cell for every t."""
     UT = UT_ref[...]  # (Hp, Hp): loaded once, on chip for every step
     h0 = h0_ref[...]  # (bB, Hp): the state every reset restarts from
-    step = forward_step(options.cell, _kernel_mm(_precision(options.precision)), UT, h0)
+    step = forward_step(options.cell, _kernel_mm(options), UT, h0)
 
     def body(t, h_prev):
         fl = fl_ref[t]  # (bB,)
@@ -185,7 +181,7 @@ def _backward_kernel(options, G_ref, hs_ref, fl_ref, g_ref, acc_ref, U_ref, d_re
     """One block of sequences: :func:`.steps.delta_step` of the cell, last step first."""
     U = U_ref[...]  # (Hp, Hp): loaded once, on chip for every step
     T = G_ref.shape[0]
-    mm = _kernel_mm(_precision(options.precision))
+    mm = _kernel_mm(options)
     step = delta_step(options.cell, mm, U, options.clip_delta)
 
     def body(i, carry):

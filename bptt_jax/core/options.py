@@ -54,7 +54,17 @@ class Options(NamedTuple):
     def products(self, dtype) -> tuple[Any, Any]:
         """``(mm, cast)``: the matrix product of every step and chunk, and the cast of its
         operands (to ``matmul_dtype``, once per call); accumulation in ``dtype``."""
-        return matmuls(self.matmul_dtype, dtype, self.precision), casting(self.matmul_dtype)
+        matmul_dtype, precision = self.matmul_dtype, self.precision
+        if matmul_dtype is None:
+            return functools.partial(jnp.matmul, precision=precision), casting(None)
+
+        def mm(a, b):  # bf16 operands, accumulated in dtype (mixed precision)
+            return jnp.matmul(
+                a.astype(matmul_dtype), b.astype(matmul_dtype), precision=precision,
+                preferred_element_type=dtype,
+            )  # fmt: skip
+
+        return mm, casting(matmul_dtype)
 
 
 def casting(matmul_dtype):
@@ -62,23 +72,6 @@ def casting(matmul_dtype):
     if matmul_dtype is None:
         return lambda a: a
     return lambda a: a.astype(matmul_dtype)
-
-
-def matmuls(matmul_dtype, acc_dtype, precision=None):
-    """``a @ b``: plain, or with operands cast to ``matmul_dtype`` and accumulated in
-    ``acc_dtype`` (mixed precision: ``matmul_dtype=jnp.bfloat16``); at ``precision`` (a
-    ``jax.lax.Precision``, or ``None``: JAX's default matmul precision, the
-    ``jax_default_matmul_precision`` config when the product is traced)."""
-    if matmul_dtype is None:
-        return functools.partial(jnp.matmul, precision=precision)
-
-    def mm(a, b):
-        return jnp.matmul(
-            a.astype(matmul_dtype), b.astype(matmul_dtype), precision=precision,
-            preferred_element_type=acc_dtype,
-        )  # fmt: skip
-
-    return mm
 
 
 #: The seed's model with every option at its default.

@@ -33,11 +33,52 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .bptt import input_gradient, output_layer
+from .losses import cross_entropy, log_softmax, residual
 from .options import DEFAULT, Options
 from .params import Params
-from .rnn import hidden_states, time_major
+from .rnn import hidden_states, output_logits, time_major
 from .steps import delta_step
+
+
+def input_gradient(deltas: jax.Array, xs: jax.Array, K: int, options: Options) -> jax.Array:
+    r""":math:`\partial E/\partial W = \sum_t \delta_t \otimes x_t`, ``(H, K)``.
+
+    Args:
+      deltas: :math:`\delta_t`, time-major ``(T, B, H)``.
+      xs: ``(B, T)`` ids -- a scatter-add of each :math:`\delta_t` into
+        column :math:`x_t` (repeated ids accumulate) -- or ``(B, T, K)``
+        vectors, a batched outer-product sum.
+      K: the vocabulary size.
+      options: the product's ``precision``.
+    """
+    H = deltas.shape[-1]
+    if jnp.issubdtype(xs.dtype, jnp.integer):
+        ids = xs.T.reshape(-1)  # (T*B,) in the order of deltas
+        dWT = jnp.zeros((K, H), deltas.dtype).at[ids].add(deltas.reshape(-1, H))  # (K, H)
+        return dWT.T
+    return jnp.einsum("tbh,btk->hk", deltas, xs, precision=options.precision)
+
+
+def output_layer(params: Params, hs: jax.Array, ys_tm: jax.Array, options: Options):
+    r"""Loss and output-layer gradients for all steps at once.
+
+    Args:
+      params: the model.
+      hs: :math:`h_t`, ``(T, B, H)``.
+      ys_tm: labels, time-major: ids ``(T, B)`` or probabilities ``(T, B, C)``.
+      options: the products' ``precision``.
+
+    Returns:
+      ``(E, r, dV, dc)``: the loss, :math:`r_t = \partial E_t/\partial z_t`
+      ``(T, B, C)`` (appendix 1), :math:`\sum_t r_t \otimes h_t` and
+      :math:`\sum_t r_t`.
+    """
+    log_yhat = log_softmax(output_logits(params, hs, options))  # (T, B, C)
+    E = cross_entropy(log_yhat, ys_tm)
+    r = residual(log_yhat, ys_tm)  # (T, B, C): ŷ_t − y_t
+    dV = jnp.einsum("tbc,tbh->ch", r, hs, precision=options.precision)  # Σ_t r_t ⊗ h_t
+    dc = jnp.sum(r, axis=(0, 1))  # Σ_t r_t
+    return E, r, dV, dc
 
 
 def _deltas_of_loss(t, U, Vr, hs, options: Options):
@@ -80,7 +121,7 @@ def _deltas_of_loss(t, U, Vr, hs, options: Options):
 def _prepare(params, xs, ys, h0, options: Options):
     """Forward pass and the per-step quantities every per-loss recursion reuses."""
     _, hs = hidden_states(params, xs, h0, options)  # (T, B, H)
-    E, r, dV, dc = output_layer(params, hs, time_major(ys), options.precision)
+    E, r, dV, dc = output_layer(params, hs, time_major(ys), options)
     Vr = jnp.matmul(r, params.V, precision=options.precision)  # (T, B, H): Vᵀ r_t
     return hs, E, r, dV, dc, Vr
 
@@ -113,7 +154,7 @@ def bptt_per_loss_core(params, xs, ys, h0, *, options: Options = DEFAULT):
         return Params(
             U=grads.U + dU,  # Σ_k δ_k^(t) ⊗ h_{k−1}
             V=grads.V + jnp.matmul(r_t.T, h_t, precision=precision),  # r_t ⊗ h_t
-            W=grads.W + input_gradient(deltas, xs, K, precision),  # Σ_k δ_k^(t) ⊗ x_k
+            W=grads.W + input_gradient(deltas, xs, K, options),  # Σ_k δ_k^(t) ⊗ x_k
             b=grads.b + jnp.sum(deltas, axis=(0, 1)),  # Σ_k δ_k^(t)
             c=grads.c + jnp.sum(r_t, axis=0),  # r_t
         ), None

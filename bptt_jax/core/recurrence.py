@@ -63,11 +63,6 @@ def _is_ids(X) -> bool:
     return jnp.issubdtype(X.dtype, jnp.integer)
 
 
-def _dot(a, b, precision):
-    """``a @ b`` at ``precision`` (a ``jax.lax.Precision``, or ``None``: JAX's default)."""
-    return jnp.matmul(a, b, precision=precision)
-
-
 def _entry_resets(resets, mask, reverse: bool):
     """``(T, B, 1)`` bool: where the state entering a step is ``h0`` (besides the first step).
 
@@ -147,13 +142,13 @@ def _backprop(layer: Layer, X, h0, hs, m, r, G, dh_final, *, reverse: bool, opti
     h_in = _entering(hs, h0, r, reverse=reverse)
     H = deltas.shape[-1]
     d2 = deltas.reshape(-1, H)  # (T·B, H): 2-D products, faster than 3-D einsums on CPU
-    dU = _dot(d2.T, h_in.reshape(-1, H), precision)  # Σ_t δ_t ⊗ h_in_t
+    dU = jnp.matmul(d2.T, h_in.reshape(-1, H), precision=precision)  # Σ_t δ_t ⊗ h_in_t
     db = jnp.sum(d2, axis=0)  # Σ_t δ_t
     if _is_ids(X):  # Σ_t δ_t ⊗ x_t for one-hot x_t: a scatter-add into column x_t
         K = layer.W.shape[1]
         dW = jnp.zeros((K, H), deltas.dtype).at[X.reshape(-1)].add(d2).T
     else:
-        dW = _dot(d2.T, X.reshape(d2.shape[0], -1), precision)  # Σ_t δ_t ⊗ x_t
+        dW = jnp.matmul(d2.T, X.reshape(d2.shape[0], -1), precision=precision)  # Σ_t δ_t ⊗ x_t
     return Layer(U=dU, W=dW, b=db), dh0, deltas
 
 
@@ -220,7 +215,7 @@ def _backward(cells, inputs, states, h0s, m, r, G, dfinals, options: Options):
                 dfinals[i], reverse=rev, options=options,
             )  # fmt: skip
             if l > 0 or not _is_ids(inputs[0]):
-                term = _dot(deltas, layer.W, options.precision)  # W^{ℓ}ᵀ δ^{ℓ}_t, all steps
+                term = jnp.matmul(deltas, layer.W, precision=options.precision)  # W^{ℓ}ᵀ δ^{ℓ}_t
                 G_below = term if G_below is None else G_below + term
         G = G_below
     return grads, jnp.stack(dh0), G
@@ -287,9 +282,11 @@ recurrence_jit = jax.jit(recurrence_core, static_argnums=(5,))
 # --- the output layer of the loss (:mod:`.hand_loss`, :mod:`.deep`) -------------------
 
 
-def _output_layer(params, top, Y, m, reduction, precision=None):
-    """Loss, :math:`r_t` (masked, scaled), ∂E/∂V, ∂E/∂c, and log ŷ (time-major)."""
-    z = _dot(top, params.V.T, precision) + params.c  # (T, B, C)
+def _output_layer(params, top, Y, m, reduction, options: Options):
+    """Loss, :math:`r_t` (masked, scaled), ∂E/∂V, ∂E/∂c, and log ŷ (time-major); the
+    products at ``options.precision``."""
+    precision = options.precision
+    z = jnp.matmul(top, params.V.T, precision=precision) + params.c  # (T, B, C)
     log_yhat = log_softmax(z)
     yhat = jnp.exp(log_yhat)
     if jnp.issubdtype(Y.dtype, jnp.floating):

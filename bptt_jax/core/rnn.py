@@ -74,9 +74,10 @@ def recursion(
     return lax.scan(scan_step, h0, a, unroll=options.unroll)  # (B, H), (T, B, H)
 
 
-def output_logits(params: Params, hs: jax.Array, precision=None) -> jax.Array:
-    r""":math:`z_t = V h_t + c` for all steps at once: ``(T, B, H) -> (T, B, C)``."""
-    return jnp.matmul(hs, params.V.T, precision=precision) + params.c
+def output_logits(params: Params, hs: jax.Array, options: Options = DEFAULT) -> jax.Array:
+    r""":math:`z_t = V h_t + c` for all steps at once: ``(T, B, H) -> (T, B, C)``, the
+    product at ``options.precision``."""
+    return jnp.matmul(hs, params.V.T, precision=options.precision) + params.c
 
 
 def time_major(a: jax.Array) -> jax.Array:
@@ -88,7 +89,7 @@ def time_major(a: jax.Array) -> jax.Array:
 def forward_core(params: Params, xs: jax.Array, h0: jax.Array, *, options: Options = DEFAULT):
     """``(B, T[, K]), (B, H) -> hs (B, T, H), logits (B, T, C)``; no checks."""
     _, hs = hidden_states(params, xs, h0, options)
-    z = output_logits(params, hs, options.precision)  # (T, B, C)
+    z = output_logits(params, hs, options)  # (T, B, C)
     return time_major(hs), time_major(z)
 
 
@@ -98,5 +99,5 @@ def loss_core(
 ) -> jax.Array:
     """``E`` for the batched layout (``ys`` ids ``(B, T)`` or probabilities ``(B, T, C)``)."""
     _, hs = hidden_states(params, xs, h0, options)
-    z = output_logits(params, hs, options.precision)
+    z = output_logits(params, hs, options)
     return cross_entropy(log_softmax(z), time_major(ys))

@@ -23,6 +23,7 @@ across scales of :math:`U` and activations. No autodiff here, no I/O.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -243,15 +244,15 @@ class SweepRow(NamedTuple):
 def spectral_sweep(
     key: jax.Array,
     *,
-    scales=(0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0),
-    activations=("tanh", "sigmoid", "relu"),
+    scales: Sequence[float] = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0),
+    activations: Sequence[str] = ("tanh", "sigmoid", "relu"),
     init: str = "orthogonal",
     vocab_size: int = 8,
     hidden_size: int = 32,
     batch: int = 8,
     steps: int = 40,
     tol: float = 0.05,
-    precision=None,
+    precision: str | jax.lax.Precision | None = None,
 ) -> list[SweepRow]:
     r"""The seed's claim tested on real runs: sweep the scale of :math:`U`.
 

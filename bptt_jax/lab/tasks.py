@@ -22,6 +22,7 @@ parameters and the same data keys.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -111,7 +112,6 @@ def _train(params, key, delays, *, sizes, learning_rate, clip, options):
     ``sizes``: ``(batch, steps, vocab_size, iterations)``; ``clip``: ``(name, value)``
     of the optax clipper; ``options``: the cell, ``clip_delta``, ``precision``."""
     batch, steps, vocab_size, iterations = sizes
-    precision = options.precision
     opt = optax.chain(make_clipper(*clip), optax.adam(learning_rate))
     grad_fn = functools.partial(hand_bptt, options=options)
     h0 = jnp.zeros((batch, params.U.shape[0]), params.U.dtype)
@@ -130,7 +130,7 @@ def _train(params, key, delays, *, sizes, learning_rate, clip, options):
             gnorm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(new.grads)))
             # Metrics on the labelled steps, t > d, of this batch before the update.
             _, hs = hidden_states(params, xs, h0, options)  # (T, B, H)
-            log_p = log_softmax(output_logits(params, hs, precision))  # (T, B, K)
+            log_p = log_softmax(output_logits(params, hs, options))  # (T, B, K)
             labelled = (t >= d)[:, None]  # (T, 1)
             target = jnp.swapaxes(jnp.argmax(ys, -1), 0, 1)  # (T, B)
             n = jnp.maximum(jnp.sum(labelled) * batch, 1).astype(h0.dtype)
@@ -149,7 +149,7 @@ def _train(params, key, delays, *, sizes, learning_rate, clip, options):
 
 def train_delay(
     key: jax.Array,
-    delays=(2, 5, 10, 20),
+    delays: Sequence[int] = (2, 5, 10, 20),
     remedy: Remedy = REMEDIES[1],
     *,
     steps: int = 30,
@@ -158,7 +158,7 @@ def train_delay(
     batch: int = 32,
     iterations: int = 400,
     learning_rate: float = 1e-2,
-    precision=None,
+    precision: str | jax.lax.Precision | None = None,
 ) -> DelayCurves:
     r"""Train one fresh RNN per delay d on the delay task; return the curves.
 

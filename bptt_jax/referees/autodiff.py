@@ -9,6 +9,8 @@ reference only evaluates the loss, so it shares no derivative code with either.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -19,15 +21,11 @@ from ..core.options import DEFAULT
 from ..core.rnn import hidden_states, loss_core, time_major
 
 
-def _dot(a, b, precision):
-    return jnp.matmul(a, b, precision=precision)
-
-
-def _projection(params, xs, precision):
+def _projection(params, xs, mm):
     """:math:`W x_t + b` for every step, ``(T, B, H)``: a gather for ids, else a product."""
     if jnp.issubdtype(xs.dtype, jnp.integer):
         return jnp.take(params.W.T, xs.T, axis=0, mode="fill") + params.b
-    return jnp.einsum("btk,hk->tbh", xs, params.W, precision=precision) + params.b
+    return mm(jnp.swapaxes(xs, 0, 1), params.W.T) + params.b
 
 
 def chunked_loss(params, xs, ys, h0, *, options=DEFAULT):
@@ -36,19 +34,20 @@ def chunked_loss(params, xs, ys, h0, *, options=DEFAULT):
     :func:`bptt_jax.loss`. Batched layout, no checks. Every product at ``precision``
     (``jax.grad``'s transposed products too: JAX keeps a product's precision).
     ``options``: the cell's activation, ``truncate`` and ``precision``."""
-    truncate, precision, f = options.truncate, options.precision, options.cell.f
+    truncate, f = options.truncate, options.cell.f
+    mm = functools.partial(jnp.matmul, precision=options.precision)
     if truncate is None:
         return loss_core(params, xs, ys, h0, options=options)
-    a = _projection(params, xs, precision)  # (T, B, H)
+    a = _projection(params, xs, mm)  # (T, B, H)
 
     def step(h_prev, inputs):
         t, a_t = inputs  # t is 1-based
-        h = f(_dot(h_prev, params.U.T, precision) + a_t)
+        h = f(mm(h_prev, params.U.T) + a_t)
         carried = jnp.where(t % truncate == 0, lax.stop_gradient(h), h)
         return carried, h
 
     _, hs = lax.scan(step, h0, (jnp.arange(1, a.shape[0] + 1), a))
-    z = _dot(hs, params.V.T, precision) + params.c
+    z = mm(hs, params.V.T) + params.c
     return cross_entropy(log_softmax(z), time_major(ys))
 
 
@@ -57,12 +56,13 @@ def windowed_loss(params, xs, ys, h0, *, options=DEFAULT):
     back: its autodiff gradient is the sliding-window truncation of
     :func:`bptt_jax.bptt_per_loss`. Same value as :func:`bptt_jax.loss`.
     Batched layout, no checks; every product at ``options.precision``."""
-    truncate, precision, f = options.truncate, options.precision, options.cell.f
+    truncate, f = options.truncate, options.cell.f
+    mm = functools.partial(jnp.matmul, precision=options.precision)
     if truncate is None:
         return loss_core(params, xs, ys, h0, options=options)
     _, hs = hidden_states(params, xs, h0, options)
     states = lax.stop_gradient(jnp.concatenate([h0[None], hs]))  # (T+1, B, H): h_0..h_T
-    a = _projection(params, xs, precision)  # (T, B, H)
+    a = _projection(params, xs, mm)  # (T, B, H)
     ys_tm = time_major(ys)
 
     def E_t(t):  # 0-based loss index; the window is steps t-τ+1 .. t
@@ -70,11 +70,11 @@ def windowed_loss(params, xs, ys, h0, *, options=DEFAULT):
 
         def step(h, i):
             j = start + i
-            h_new = f(_dot(h, params.U.T, precision) + a[jnp.maximum(j, 0)])
+            h_new = f(mm(h, params.U.T) + a[jnp.maximum(j, 0)])
             return jnp.where(j >= 0, h_new, h), None
 
         h, _ = lax.scan(step, states[jnp.maximum(start, 0)], jnp.arange(truncate))
-        z = _dot(h, params.V.T, precision) + params.c  # (B, C)
+        z = mm(h, params.V.T) + params.c  # (B, C)
         return cross_entropy(log_softmax(z), ys_tm[t])
 
     return jnp.sum(jax.vmap(E_t)(jnp.arange(xs.shape[1])))

@@ -8,11 +8,17 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from ..core.options import DEFAULT, Options
+
 PyTree = object
 
 
 def finite_difference_core(
-    loss_of: Callable[[PyTree], jax.Array], params: PyTree, *, eps: float = 2e-4, precision=None
+    loss_of: Callable[[PyTree], jax.Array],
+    params: PyTree,
+    *,
+    eps: float = 2e-4,
+    options: Options = DEFAULT,
 ) -> tuple[jax.Array, PyTree]:
     """``(E, grads)`` of ``loss_of`` at ``params`` (any pytree of float arrays); no checks.
 
@@ -33,7 +39,7 @@ def finite_difference_core(
     def partials(flat):
         def one(i):  # the partial derivative along coordinate i
             Es = jax.vmap(lambda s: loss_at(flat.at[i].add(s)))(steps)  # (6,)
-            return jnp.matmul(Es, weights, precision=precision)
+            return jnp.matmul(Es, weights, precision=options.precision)
 
         return jax.lax.map(one, jnp.arange(flat.size), batch_size=64)  # (P,)
 

@@ -27,6 +27,11 @@ TINY = dict(max_files=12, batch_size=16, seq_len=32, hidden_size=48, eval_every=
             save_every=0, val_chars=8192, schedule="constant", warmup=0, steps=12)  # fmt: skip
 STOP = 5
 
+# A process started with SIGINT ignored (a pytest-xdist worker's child, a background
+# job) keeps it ignored, and train() then leaves it so: restore Python's handler, as a
+# terminal's process has it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 corpus = load_corpus(max_files=TINY["max_files"])
 quiet = dict(corpus=corpus, progress=False, echo=lambda s: None)
 tmp = tempfile.mkdtemp()
