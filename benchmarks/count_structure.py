@@ -1,7 +1,8 @@
 """Counts the structural figures of issue 22 (the redesign) over ``bptt_jax/``.
 
-    python benchmarks/count_structure.py            # a table
-    python benchmarks/count_structure.py --json     # the same as JSON
+    python benchmarks/count_structure.py                       # a table
+    python benchmarks/count_structure.py --json                # the same as JSON
+    python benchmarks/count_structure.py --package OTHER/bptt_jax   # another checkout's
 
 - ``precision_params`` / ``kernel_params``: functions (and methods) with a parameter of
   that name;
@@ -65,8 +66,10 @@ def count(package: Path = PACKAGE) -> dict[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print JSON")
-    figures = count()
-    if parser.parse_args().json:
+    parser.add_argument("--package", type=Path, default=PACKAGE, help="the package folder")
+    args = parser.parse_args()
+    figures = count(args.package)
+    if args.json:
         print(json.dumps(figures, indent=2))
         return
     for name, value in figures.items():
