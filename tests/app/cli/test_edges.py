@@ -265,7 +265,9 @@ def test_deep_models_take_one_device_by_default_and_say_so(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "a --num-layers 2 model trains on one device: using 1 of the 8" in proc.stdout
     assert "on 1 device;" in proc.stdout
-    # asked for explicitly, several devices are still refused with one line
+    # asked for explicitly, several devices are still refused with one line (a fresh --out:
+    # the first run's folder now holds a run, which train refuses to overwrite)
+    argv[-1] = str(tmp_path / "o2")
     proc = subprocess.run([sys.executable, "-m", "bptt_jax", *argv, "--devices", "2"],
                           capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
     assert proc.returncode == 1 and "train on one device" in proc.stderr

@@ -278,7 +278,9 @@ def test_standard_output_closed_by_the_reader_ends_with_one_line(data, tmp_path)
     assert proc.wait(timeout=120) == 1, err
     assert err.strip().splitlines() == [err.strip()], err
     assert "cannot write standard output: Broken pipe" in err
-    assert load_checkpoint(out / "checkpoint.bptt")[0]["step"] == 4
+    # the first line out (which text is held out) comes before any step: the run stops
+    # there, before any work (a pipe closed later: the in-process test above)
+    assert not (out / "checkpoint.bptt").exists()
 
 
 # --------------------------------------------------------------------------- metrics.csv
