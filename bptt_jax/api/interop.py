@@ -162,7 +162,7 @@ def to_torch(
       ``bias_ih_l{k}``, ``bias_hh_l{k}`` (and ``_reverse`` twins); ``weight``, ``bias``.
     """
     params, _ = check_model(params)
-    deep = params if isinstance(params, DeepParams) else to_deep(params)
+    deep = to_deep(params)
     if as_numpy:
         convert = np.asarray
     else:

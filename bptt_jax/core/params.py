@@ -94,8 +94,12 @@ class DeepParams(NamedTuple):
         return [(f,) for f in self.layers]
 
 
-def to_deep(params: Params) -> DeepParams:
-    """The seed's :class:`Params` as a one-layer, one-direction :class:`DeepParams`."""
+def to_deep(params: Params | DeepParams) -> DeepParams:
+    """The model as a :class:`DeepParams`: the seed's :class:`Params` as one layer in one
+    direction, a DeepParams as it is (a pytree restructuring: ``jax.grad`` through it
+    returns the caller's type)."""
+    if isinstance(params, DeepParams):
+        return params
     return DeepParams(
         layers=(Layer(U=params.U, W=params.W, b=params.b),), reverse_layers=(), V=params.V,
         c=params.c,
@@ -117,9 +121,8 @@ def as_layers(params: Params | DeepParams, state: jax.Array) -> tuple[DeepParams
     """The one model type of the drivers: the seed's :class:`Params` as a one-layer
     :class:`DeepParams` and its state ``(B, H)`` as ``(1, B, H)``; a DeepParams as is.
     :func:`like` turns results back."""
-    if isinstance(params, Params):
-        return to_deep(params), state[None]
-    return params, state
+    deep = to_deep(params)
+    return deep, (state if deep is params else state[None])
 
 
 def like(params: Params | DeepParams, grads: DeepParams, *states: jax.Array):

@@ -34,10 +34,9 @@ from ...core.activations import get_activation
 from ...core.cell import RNNCell
 from ...core.deep import deep_forward_core
 from ...core.options import Options
-from ...core.params import DeepParams
+from ...core.params import DeepParams, to_deep
 from ..io.corpus import DataError
 from ..training.checkpoint_schema import Model
-from ..training.models import as_deep
 
 #: The longest sample: its keys and ids take 12 bytes a character (a larger scan
 #: once aborted inside XLA).
@@ -191,7 +190,7 @@ def generate(
       DataError: see :func:`check_request` (before anything is yielded).
     """
     check_request(model, prime, length, temperature, top_k, top_p)
-    params = as_deep(model.params)
+    params = to_deep(model.params)
     activation = model.config.activation
     dtype = params.V.dtype
     h, z = prime_core(params, jnp.asarray(model.vocab.encode(prime), jnp.int32),

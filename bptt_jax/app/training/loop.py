@@ -51,7 +51,7 @@ from ..io.preflight import check_writable_folder, require_memory, rnn_bytes
 from ..io.split import announce_split
 from ..io.streams import Streams
 from .checkpoint_schema import data_fingerprint, read_training_checkpoint, restore
-from .config import TrainConfig, TrainingError, check_config, is_deep
+from .config import TrainConfig, check_config
 from .models import init_model
 from .outputs import (
     CHECKPOINT_NAME,
@@ -78,8 +78,8 @@ from .signals import Interrupted, Interrupts, signal_name
 from .state import History, Result, TrainState
 from .train_step import (
     cached_step,
-    default_devices,
     model_grad_fn,
+    run_devices,
     run_options,
     step_grad_fn,
     training_mesh,
@@ -193,11 +193,7 @@ def _stop_before_start(signals: Interrupts, where: str) -> None:
 
 
 def _session(config, corpus, progress, echo, grad_fn, devices) -> Session:
-    mesh = training_mesh(default_devices(config, devices, echo), config.batch_size)
-    if is_deep(config) and mesh.shape[AXIS] > 1:
-        raise TrainingError(
-            "--num-layers > 1 and --bidirectional train on one device; give --devices 1"
-        )
+    mesh = training_mesh(run_devices(config, devices, echo), config.batch_size)
     if corpus is None:
         corpus = load_corpus(config.text, task=config.task, max_files=config.max_files,
                              val_text=config.val_text, strict_text=config.strict_text)  # fmt: skip

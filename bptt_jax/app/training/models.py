@@ -17,6 +17,8 @@ shapes the model's arrays (in checkpoints), initialises it and runs it forward (
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,31 +26,36 @@ import numpy as np
 from ...core.cell import RNNCell
 from ...core.deep import deep_forward_core
 from ...core.options import Options
-from ...core.params import DeepParams, Layer, Params, init_params, to_deep
+from ...core.params import DeepParams, Params, init_params, to_deep
 from .config import TrainConfig, is_deep
 
 # --------------------------------------------------------------------------- the model's arrays
 
 
+def _name(path) -> str:
+    """An array's name in a checkpoint: its path in the model's pytree, ``params/U`` or
+    ``params/layers/0/W`` (field names and indices joined by ``/``)."""
+    return "/".join(["params", *(str(getattr(k, "name", getattr(k, "idx", k))) for k in path)])
+
+
+def _structure(config: TrainConfig, K: int, C: int):
+    """The model of ``config`` as shapes only (``jax.eval_shape``: nothing is drawn)."""
+    shape_only = dataclasses.replace(config, dtype="float32")  # the layout, whatever the dtype
+    return jax.eval_shape(lambda: init_model(shape_only, jax.random.key(0), K, C))
+
+
 def param_shapes(config: TrainConfig, K: int, H: int, C: int) -> dict[str, tuple[int, ...]]:
-    """The name and shape of every parameter array of ``config``'s model.
+    """The name and shape of every parameter array of ``config``'s model (``H`` is the
+    configuration's).
 
     The seed's model: ``params/U (H, H)``, ``params/V (C, H)``, ``params/W (H, K)``,
     ``params/b (H,)``, ``params/c (C,)``. A deep one (L layers, D directions):
     ``params/layers/l/U (H, H)``, ``.../W (H, K)`` for l = 0 and ``(H, D*H)`` above,
     ``.../b (H,)``, the same under ``params/reverse_layers/l`` when bidirectional,
-    ``params/V (C, D*H)`` and ``params/c (C,)``.
+    ``params/V (C, D*H)`` and ``params/c (C,)``: the names are the pytree's paths.
     """
-    if not is_deep(config):
-        return {"params/U": (H, H), "params/V": (C, H), "params/W": (H, K), "params/b": (H,),
-                "params/c": (C,)}  # fmt: skip
-    D = 2 if config.bidirectional else 1
-    shapes = {}
-    for group in ("layers", "reverse_layers")[:D]:
-        for l in range(config.num_layers):
-            shapes |= {f"params/{group}/{l}/U": (H, H), f"params/{group}/{l}/b": (H,),
-                       f"params/{group}/{l}/W": (H, K if l == 0 else D * H)}  # fmt: skip
-    return shapes | {"params/V": (C, D * H), "params/c": (C,)}
+    leaves = jax.tree_util.tree_flatten_with_path(_structure(config, K, C))[0]
+    return {_name(path): tuple(leaf.shape) for path, leaf in leaves}
 
 
 def state_shape(config: TrainConfig) -> tuple[int, ...]:
@@ -61,32 +68,15 @@ def state_shape(config: TrainConfig) -> tuple[int, ...]:
 
 def param_arrays(params: Params | DeepParams) -> dict[str, np.ndarray]:
     """The parameters as host arrays named as :func:`param_shapes` says."""
-    if isinstance(params, Params):
-        return {f"params/{n}": np.asarray(getattr(params, n)) for n in Params._fields}
-    arrays = {"params/V": np.asarray(params.V), "params/c": np.asarray(params.c)}
-    for group in ("layers", "reverse_layers"):
-        for l, layer in enumerate(getattr(params, group)):
-            arrays |= {f"params/{group}/{l}/{n}": np.asarray(getattr(layer, n)) for n in "UWb"}
-    return arrays
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    return {_name(path): np.asarray(leaf) for path, leaf in leaves}
 
 
 def params_from_arrays(config: TrainConfig, arrays: dict) -> Params | DeepParams:
     """The model of ``config`` from arrays named as :func:`param_shapes` says (checked)."""
-    if not is_deep(config):
-        return Params(*(jnp.asarray(arrays[f"params/{n}"]) for n in Params._fields))
-
-    def group(name: str) -> tuple[Layer, ...]:
-        return tuple(
-            Layer(*(jnp.asarray(arrays[f"params/{name}/{l}/{n}"]) for n in "UWb"))
-            for l in range(config.num_layers)
-        )
-
-    return DeepParams(
-        layers=group("layers"),
-        reverse_layers=group("reverse_layers") if config.bidirectional else (),
-        V=jnp.asarray(arrays["params/V"]),
-        c=jnp.asarray(arrays["params/c"]),
-    )
+    paths, treedef = jax.tree_util.tree_flatten_with_path(_structure(config, 1, 1))
+    leaves = [jnp.asarray(arrays[_name(path)]) for path, _ in paths]
+    return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 def init_model(config: TrainConfig, key: jax.Array, K: int, C: int) -> Params | DeepParams:
@@ -103,15 +93,10 @@ def zero_state(config: TrainConfig, rows: int) -> np.ndarray:
     return np.zeros((*shape[:-2], rows, shape[-1]), config.dtype)
 
 
-def as_deep(params: Params | DeepParams) -> DeepParams:
-    """Either kind of model as a :class:`DeepParams` (the seed's as one layer)."""
-    return to_deep(params) if isinstance(params, Params) else params
-
-
 def logits_core(params: Params | DeepParams, xs: jax.Array, activation: str = "tanh",
                 mask: jax.Array | None = None) -> jax.Array:  # fmt: skip
     """``z (B, T, C)`` of ``xs (B, T)`` ids, every row from a zero state (zeros at padding)."""
-    deep = as_deep(params)
+    deep = to_deep(params)
     H = deep.layers[0].U.shape[0]
     h0 = jnp.zeros((len(deep.layers) * deep.num_directions, xs.shape[0], H), deep.V.dtype)
     return deep_forward_core(deep, xs, h0, mask, options=Options(cell=RNNCell(activation)))[1]

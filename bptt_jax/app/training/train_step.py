@@ -21,7 +21,6 @@ from jax.sharding import Mesh
 from ...api.options import resolve_kernel
 from ...core.cell import RNNCell
 from ...core.options import DEFAULT, Options
-from ...core.params import DeepParams
 from ...core.step import hand_bptt, train_step
 from .config import (
     OPTIMIZERS,
@@ -36,7 +35,6 @@ from .parallel import AXIS, check_batch_divides, data_parallel_bptt_core, make_m
 
 __all__ = [
     "cached_step",
-    "check_parallel_model",
     "data_parallel_grad_fn",
     "make_optimizer",
     "make_train_step",
@@ -170,30 +168,14 @@ def step_grad_fn(
     config: TrainConfig, mesh: Mesh, grad_fn: Callable | None = None
 ) -> Callable | None:
     """The gradient function of the step: ``grad_fn`` if given, else the hand BPTT
-    with the configuration's options (data-parallel on several devices); ``None``
-    means the plain ``hand_bptt`` (the seed's tanh model, every option at its default)."""
+    with the configuration's options (data-parallel on several devices: the one-layer
+    model only, :func:`run_devices`)."""
     if grad_fn is not None:
         return grad_fn
     options = run_options(config, mesh.shape[AXIS])
-    if mesh.shape[AXIS] > 1:  # the seed's model only (check_parallel_model)
+    if mesh.shape[AXIS] > 1:
         return data_parallel_grad_fn(mesh, options)
-    if is_deep(config) or options != DEFAULT:
-        return model_grad_fn(options, bool(config.bidirectional))
-    return None
-
-
-def check_parallel_model(params, mesh: Mesh) -> None:
-    """Refuses data-parallel training of a :class:`DeepParams` (its states are
-    ``(L*D, B, H)``; the data-parallel step shards ``(B, H)`` states only).
-
-    Raises:
-      TrainingError: a DeepParams on a mesh of more than one device.
-    """
-    if isinstance(params, DeepParams) and mesh.shape[AXIS] > 1:
-        raise TrainingError(
-            f"--devices {mesh.shape[AXIS]}: data-parallel training supports the one-layer "
-            "model only; use --devices 1 with --num-layers > 1"
-        )
+    return model_grad_fn(options, bool(config.bidirectional))
 
 
 def training_mesh(devices: int | None, batch_size: int) -> Mesh:
@@ -218,13 +200,24 @@ def training_mesh(devices: int | None, batch_size: int) -> Mesh:
     return mesh
 
 
-def default_devices(config: TrainConfig, devices: int | None, echo: Callable[[str], None]):
-    """``--devices`` as given; left out, 1 for a deep or bidirectional model (they are not
-    data-parallel) on a single-process host with several devices, said with ``echo``."""
-    if devices is not None or not is_deep(config) or jax.process_count() > 1:
+def run_devices(config: TrainConfig, devices: int | None, echo: Callable[[str], None]):
+    """``--devices`` as given, checked against the model; left out, 1 for a deep or
+    bidirectional model on a single-process host with several devices, said with ``echo``.
+    Only the one-layer model is data-parallel: its states are ``(B, H)``, which the
+    data-parallel step shards; a deep model's are ``(L*D, B, H)``.
+
+    Raises:
+      TrainingError: a deep or bidirectional model on several devices.
+    """
+    if not is_deep(config):
         return devices
-    if jax.device_count() > 1:
-        model = f"--num-layers {config.num_layers}" if config.num_layers > 1 else "--bidirectional"
-        echo(f"devices: a {model} model trains on one device: using 1 of the "
-             f"{jax.device_count()} (--devices)")  # fmt: skip
-    return 1
+    model = f"--num-layers {config.num_layers}" if config.num_layers > 1 else "--bidirectional"
+    if devices is None and jax.process_count() == 1:
+        if jax.device_count() > 1:
+            echo(f"devices: a {model} model trains on one device: using 1 of the "
+                 f"{jax.device_count()} (--devices)")  # fmt: skip
+        return 1
+    if (jax.device_count() if devices is None else devices) > 1:
+        raise TrainingError(f"--num-layers > 1 and --bidirectional train on one device "
+                            f"(a {model} model); give --devices 1")  # fmt: skip
+    return devices

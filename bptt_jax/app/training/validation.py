@@ -131,7 +131,7 @@ def score(
       rows, segment: parallel rows and characters per call. A bidirectional model
         reads each file in one call (its backward direction starts at the file's end).
     """
-    deep = params if isinstance(params, DeepParams) else to_deep(params)
+    deep = to_deep(params)
     if deep.bidirectional:  # one call per row and file: the segment holds the longest file
         longest = max((len(x) for x in held.xs), default=1)
         segment = -(-longest // segment) * segment

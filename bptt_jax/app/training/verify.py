@@ -15,7 +15,7 @@ from jax.typing import ArrayLike
 from ...api.referees import autodiff_bptt
 from ...core.cell import RNNCell
 from ...core.options import Options
-from ...core.params import DeepParams, Params, from_deep, to_deep
+from ...core.params import DeepParams, Params, as_layers, like
 from ...core.step import hand_bptt
 from ...referees.autodiff import zero_reset_value_and_grad
 from ...referees.tolerances import AUTODIFF, VERIFY_PRECISION, max_relative_error
@@ -25,11 +25,10 @@ from .config import TrainingError
 def _zero_reset_referee(params, xs, ys, h0, resets, activation: str):
     """``(E, grads like params)`` by ``jax.grad`` of the chunk's loss with documents
     starting from zero (:func:`bptt_jax.referees.autodiff.zero_reset_loss`)."""
-    seed = isinstance(params, Params)
-    deep, h0 = (to_deep(params), h0[None]) if seed else (params, h0)
+    deep, h0 = as_layers(params, h0)
     options = Options(cell=RNNCell(activation), precision=lax.Precision(VERIFY_PRECISION))
     E, grads = zero_reset_value_and_grad(deep, xs, ys, h0, resets, options=options)
-    return E, (from_deep(grads) if seed else grads)
+    return E, like(params, grads)[0]
 
 
 def verify_gradients(

@@ -24,7 +24,7 @@ def test_forced_pallas_beyond_the_kernels_sizes_is_a_training_error():
 def test_auto_trains_with_the_scan_and_pallas_reaches_the_step():
     config = TrainConfig(kernel="auto", batch_size=4, hidden_size=64)
     assert run_kernel(config) == "scan"
-    assert step_grad_fn(config, training_mesh(1, 4)) is None  # the plain hand_bptt
+    assert step_grad_fn(config, training_mesh(1, 4)) is model_grad_fn(Options(), False)
     fn = step_grad_fn(
         TrainConfig(kernel="pallas", batch_size=4, hidden_size=64), training_mesh(1, 4)
     )
