@@ -25,12 +25,12 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ...core.activations import get_activation
 from ...core.cell import RNNCell
 from ...core.deep import deep_forward_core
 from ...core.options import Options
@@ -80,54 +80,53 @@ def _filter(z, temperature, top_p, top_k: int | None, banned: int | None):
     return jnp.where(p < threshold, -jnp.inf, logits)
 
 
-@functools.partial(jax.jit, static_argnames=("length", "greedy", "top_k", "banned", "activation"))
+class Draw(NamedTuple):
+    """How :func:`sample_core` draws (static: one compilation per setting)."""
+
+    length: int  # how many ids to generate
+    greedy: bool  # take arg max z_t instead of sampling
+    top_k: int | None  # sample among the top_k largest logits only (None: all)
+    banned: int | None = None  # an id never to emit (the vocabulary's unknown id)
+
+
+@functools.partial(jax.jit, static_argnames=("draw", "cell"))
 def sample_core(
-    params: DeepParams,
-    h: jax.Array,
-    z: jax.Array,
-    key: jax.Array,
-    temperature: jax.Array,
-    top_p: jax.Array,
-    *,
-    length: int,
-    greedy: bool,
-    top_k: int | None,
-    banned: int | None = None,
-    activation: str = "tanh",
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    r"""``length`` ids drawn after the state ``h (L, H)`` with logits ``z (C,)``; no checks.
+    params: DeepParams, h: jax.Array, z: jax.Array, key: jax.Array, temperature: jax.Array,
+    top_p: jax.Array, *, draw: Draw, cell: RNNCell,
+) -> tuple[jax.Array, jax.Array, jax.Array]:  # fmt: skip
+    r"""``draw.length`` ids drawn after the state ``h (L, H)`` with logits ``z (C,)``; no
+    checks. Each id is read by the cell's own step (:mod:`bptt_jax.core.cell`), layer by
+    layer: :math:`h^\ell_t = f(U^\ell h^\ell_{t-1} + W^\ell h^{\ell-1}_t + b^\ell)`.
 
     Args:
       params: a left-to-right language model (``C == K``) as a :class:`DeepParams`.
       h, z: from :func:`prime_core` or the previous call.
       key: a ``jax.random`` key; one split per generated character.
-      temperature: :math:`\tau > 0` (ignored when ``greedy``).
+      temperature: :math:`\tau > 0` (ignored when ``draw.greedy``).
       top_p: in ``(0, 1]``; 1 keeps every character.
-      length: how many ids to generate.
-      greedy: take :math:`\arg\max z_t` instead of sampling.
-      top_k: sample among the ``top_k`` largest logits only (``None``: all).
-      banned: an id never to emit (the vocabulary's unknown id).
-      activation: the hidden units' f.
+      draw: the length, greedy, top-k and banned id (:class:`Draw`).
+      cell: the model's cell (its activation).
 
     Returns:
       ``(h, z, ids (length,) int32)``: the state and logits after the last id, and the ids.
     """
-    f = get_activation(activation).f
+    mm = jnp.matmul
 
     def step(carry, key_t):
         h, z = carry  # (L, H), (C,)
-        if greedy:
-            x = jnp.argmax(z if banned is None else z.at[banned].set(-jnp.inf))
+        if draw.greedy:
+            x = jnp.argmax(z if draw.banned is None else z.at[draw.banned].set(-jnp.inf))
         else:
-            x = jax.random.categorical(key_t, _filter(z, temperature, top_p, top_k, banned))
-        new, below = [], None
-        for l, layer in enumerate(params.layers):  # s_t = U h_{t-1} + W x_t + b
-            a = layer.W[:, x] if l == 0 else layer.W @ below
-            below = f(layer.U @ h[l] + a + layer.b)
+            logits = _filter(z, temperature, top_p, draw.top_k, draw.banned)
+            x = jax.random.categorical(key_t, logits)
+        new, below = [], x
+        for l, layer in enumerate(params.layers):  # the cell's step, layer above layer
+            a = cell.project(layer, below, mm, lambda m: m)  # W x_t + b (a column for ids)
+            below = cell.forward(mm, layer.U.T, h[l], a)
             new.append(below)
         return (jnp.stack(new), params.V @ below + params.c), x.astype(jnp.int32)
 
-    (h, z), ids = lax.scan(step, (h, z), jax.random.split(key, length))
+    (h, z), ids = lax.scan(step, (h, z), jax.random.split(key, draw.length))
     return h, z, ids
 
 
@@ -198,10 +197,10 @@ def generate(
     key = jax.random.fold_in(jax.random.key(seed), index)
     tau = jnp.asarray(temperature if temperature > 0 else 1.0, dtype)
     for j, start in enumerate(range(0, length, CHUNK)):
+        draw = Draw(CHUNK, temperature == 0, top_k, model.vocab.unknown)
         h, z, ids = sample_core(
             params, h, z, jax.random.fold_in(key, j), tau, jnp.asarray(top_p, dtype),
-            length=CHUNK, greedy=temperature == 0, top_k=top_k, banned=model.vocab.unknown,
-            activation=activation,
+            draw=draw, cell=RNNCell(activation),
         )  # fmt: skip
         yield model.vocab.decode(ids[: min(CHUNK, length - start)])
 
