@@ -6,18 +6,19 @@ The work is :func:`bptt_jax.app.measure.bench.run_bench`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import jax
 
 from ...core.checks import MATMUL_DTYPES
 from ..io.preflight import require_memory, rnn_bytes
-from ..measure.bench import run_bench
+from ..measure.bench import BenchSettings, run_bench
 from ..training.config import DTYPES
 from .errors import error
 from .flags import defaults_of, positive, seed
 
 #: The defaults of the flags: those of :func:`run_bench`, read once.
-DEFAULTS = defaults_of(run_bench)
+DEFAULTS = defaults_of(BenchSettings)
 
 
 def add_parser(commands) -> None:
@@ -71,12 +72,8 @@ def handle(args: argparse.Namespace) -> int:
         3 * rnn_bytes(K=K, H=H, C=K, B=B, T=T, itemsize=itemsize),
     )
     with jax.enable_x64(args.dtype == "float64"):
-        report = run_bench(
-            vocab_size=args.vocab_size, hidden_size=args.hidden_size, batch=args.batch,
-            steps=args.steps, repeats=args.repeats, dtype=args.dtype, chunk=args.chunk,
-            recompute=args.recompute, unroll=args.unroll, matmul_dtype=args.matmul_dtype,
-            seed=args.seed,
-        )  # fmt: skip
+        given = {f.name for f in dataclasses.fields(BenchSettings)} & vars(args).keys()
+        report = run_bench(BenchSettings(**{name: getattr(args, name) for name in given}))
     print(report.format())
     if not report.ok:
         return error("bench", report.disagreement())

@@ -7,11 +7,12 @@ only when it runs); the flags' defaults are its own.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from ...core.activations import ACTIVATIONS
 from ...core.init import INITS
 from ..io.preflight import UsageError, check_writable_folder, require_memory, rnn_bytes
-from ..measure.diagnose import run_diagnose
+from ..measure.diagnose import DiagnoseSettings, run_diagnose
 from .flags import defaults_of, integer_list, number_list, positive, positive_float, seed
 
 #: The delay task's length T in ``diagnose --delays`` (``train_delay``'s default).
@@ -19,7 +20,7 @@ DELAY_STEPS = 30
 
 
 #: The defaults of the flags: those of :func:`run_diagnose`, read once.
-DEFAULTS = defaults_of(run_diagnose)
+DEFAULTS = defaults_of(DiagnoseSettings)
 
 
 def add_parser(commands) -> None:
@@ -78,10 +79,7 @@ def handle(args: argparse.Namespace) -> int:
             f"--delays must be below the delay task's {DELAY_STEPS} steps, got {max(args.delays)}"
         )
     check_writable_folder(args.out)  # before the work, not after it
-    report = run_diagnose(
-        args.out, vocab_size=K, hidden_size=H, batch=B, steps=T, activation=args.activation,
-        init=args.init, spectral_radius=args.spectral_radius, seed=args.seed, sweep=args.sweep,
-        sweep_scales=args.sweep_scales, delays=args.delays, iterations=args.iterations,
-    )  # fmt: skip
+    given = {f.name for f in dataclasses.fields(DiagnoseSettings)} & vars(args).keys()
+    report = run_diagnose(args.out, DiagnoseSettings(**{n: getattr(args, n) for n in given}))
     print(report.text)
     return 0

@@ -18,6 +18,7 @@ each is kept, so that a slow spell of a shared machine hits them alike.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import statistics
 import time
@@ -139,22 +140,28 @@ class BenchReport(NamedTuple):
         return "\n".join(lines)
 
 
-def run_bench(
-    *,
-    vocab_size: int = 65,
-    hidden_size: int = 256,
-    batch: int = 32,
-    steps: int = 64,
-    repeats: int = 20,
-    dtype: str = "float32",
-    chunk: int | None = None,
-    recompute: bool = False,
-    unroll: int | None = None,
-    matmul_dtype: str | None = None,
-    seed: int = 0,
-    precision=None,
-) -> BenchReport:
-    """Times hand BPTT, autodiff of the same loss and naive autodiff on one shape.
+@dataclasses.dataclass(frozen=True)
+class BenchSettings:
+    """What ``bptt-jax bench`` measures: the shape, the repeats and the hand BPTT's options
+    (its flags default to these fields)."""
+
+    vocab_size: int = 65
+    hidden_size: int = 256
+    batch: int = 32
+    steps: int = 64
+    repeats: int = 20
+    dtype: str = "float32"
+    chunk: int | None = None
+    recompute: bool = False
+    unroll: int | None = None
+    matmul_dtype: str | None = None
+    seed: int = 0
+    precision: object = None
+
+
+def run_bench(settings: BenchSettings | None = None, **fields) -> BenchReport:
+    """Times hand BPTT, autodiff of the same loss and naive autodiff on one shape:
+    ``settings`` (:class:`BenchSettings`; ``fields`` replace some of them).
 
     ``chunk`` and ``unroll`` left ``None`` take the defaults of the backend the
     methods run on (``bptt_jax.api.options.resolve_schedule``, the table
@@ -166,8 +173,13 @@ def run_bench(
     tolerance means the same on every backend.
     Call inside ``jax.enable_x64(True)`` for ``dtype="float64"``.
     """
-    K, H, B, T = vocab_size, hidden_size, batch, steps
-    chunk, unroll = resolve_schedule(chunk, unroll, recompute, B, T)
+    s = dataclasses.replace(settings or BenchSettings(), **fields)
+    K, H, B, T = s.vocab_size, s.hidden_size, s.batch, s.steps
+    repeats, dtype, recompute, matmul_dtype, seed = (
+        s.repeats, s.dtype, s.recompute, s.matmul_dtype, s.seed,
+    )  # fmt: skip
+    precision = s.precision
+    chunk, unroll = resolve_schedule(s.chunk, s.unroll, recompute, B, T)
     kp, kx, ky = jax.random.split(jax.random.key(seed), 3)
     params = init_params(kp, K, H, dtype=jnp.dtype(dtype))
     xs = jax.random.randint(kx, (B, T), 0, K)

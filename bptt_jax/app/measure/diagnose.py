@@ -6,6 +6,7 @@ the pictures from :mod:`bptt_jax.app.measure.plots`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 from collections.abc import Sequence
@@ -25,24 +26,30 @@ class DiagnoseReport(NamedTuple):
     paths: list[pathlib.Path]
 
 
+@dataclasses.dataclass(frozen=True)
+class DiagnoseSettings:
+    """What ``bptt-jax diagnose`` measures (its flags default to these fields)."""
+
+    vocab_size: int = 8
+    hidden_size: int = 32
+    batch: int = 8
+    steps: int = 40
+    activation: str = "tanh"
+    init: str = "uniform"
+    spectral_radius: float | None = None
+    seed: int = 0
+    sweep: bool = True
+    sweep_scales: Sequence[float] | None = None
+    delays: Sequence[int] = ()
+    iterations: int = 1000
+    remedies: Sequence[Remedy] | None = None
+
+
 def run_diagnose(
-    out: str | os.PathLike,
-    *,
-    vocab_size: int = 8,
-    hidden_size: int = 32,
-    batch: int = 8,
-    steps: int = 40,
-    activation: str = "tanh",
-    init: str = "uniform",
-    spectral_radius: float | None = None,
-    seed: int = 0,
-    sweep: bool = True,
-    sweep_scales: Sequence[float] | None = None,
-    delays: Sequence[int] = (),
-    iterations: int = 1000,
-    remedies: Sequence[Remedy] | None = None,
+    out: str | os.PathLike, settings: DiagnoseSettings | None = None, **fields
 ) -> DiagnoseReport:
-    """Measure, plot into ``out``, and return the text report and the files written.
+    """Measure, plot into ``out``, and return the text report and the files written:
+    ``settings`` (:class:`DiagnoseSettings`; ``fields`` replace some of them).
 
     Writes ``delta_heatmap.png`` and ``decay.png`` (one model: ``init``,
     ``activation``, float64), ``sweep.png`` (unless ``sweep=False``) and, when
@@ -54,6 +61,10 @@ def run_diagnose(
     # step) draws: imported when it runs, not when the command line is parsed.
     from .plots import plot_decay, plot_delay, plot_delay_grad_norm, plot_heatmap, plot_sweep
 
+    s = dataclasses.replace(settings or DiagnoseSettings(), **fields)
+    vocab_size, hidden_size, batch, steps = s.vocab_size, s.hidden_size, s.batch, s.steps
+    activation, init, spectral_radius, seed = s.activation, s.init, s.spectral_radius, s.seed
+    delays, iterations, remedies = s.delays, s.iterations, s.remedies
     out = pathlib.Path(out)
     kp, kx, ky, ks, kd = jax.random.split(jax.random.key(seed), 5)
     dims = dict(vocab_size=vocab_size, hidden_size=hidden_size, batch=batch, steps=steps)
@@ -72,8 +83,8 @@ def run_diagnose(
         paths.append(plot_heatmap(flow, out / "delta_heatmap.png", what=what))
         paths.append(plot_decay(flow, out / "decay.png", what=what))
         lines += _flow_lines(flow, what, seed=seed, **dims)
-        if sweep:
-            kwargs = {} if sweep_scales is None else {"scales": tuple(sweep_scales)}
+        if s.sweep:
+            kwargs = {} if s.sweep_scales is None else {"scales": tuple(s.sweep_scales)}
             rows = spectral_sweep(ks, **dims, **kwargs)
             paths.append(plot_sweep(rows, out / "sweep.png"))
             lines += ["", "sweep of U = σ·orthogonal (float64):", format_sweep(rows)]

@@ -21,9 +21,9 @@ from bptt_jax.app.cli.train_flags import TRAIN_OPTIONS
 from bptt_jax.app.inference.sample import sample
 from bptt_jax.app.io.checkpoint import load_checkpoint, save_checkpoint
 from bptt_jax.app.io.preflight import rnn_bytes
-from bptt_jax.app.measure.bench import run_bench
+from bptt_jax.app.measure.bench import BenchSettings
 from bptt_jax.app.measure.check import run_check
-from bptt_jax.app.measure.diagnose import run_diagnose
+from bptt_jax.app.measure.diagnose import DiagnoseSettings
 from bptt_jax.app.training.checkpoint_schema import load_model
 from bptt_jax.app.training.config import TrainConfig, TrainingError, check_config, default_out
 
@@ -232,11 +232,12 @@ def test_train_help_shows_the_defaults_of_train_config():
 
 @pytest.mark.parametrize(
     "command, work",
-    [("check", run_check), ("bench", run_bench), ("diagnose", run_diagnose)],
+    [("check", run_check), ("bench", BenchSettings), ("diagnose", DiagnoseSettings)],
     ids=["check", "bench", "diagnose"],
 )
 def test_a_commands_defaults_are_those_of_the_work_it_runs(command, work):
-    # Stated once, in the work's signature: a flag of the same name parses to it.
+    # Stated once, in the work's signature (or its settings' fields): a flag of the same name
+    # parses to it.
     defaults = {
         name: p.default
         for name, p in inspect.signature(work).parameters.items()

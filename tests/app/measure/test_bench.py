@@ -54,14 +54,14 @@ def _report(hand_error: float) -> _bench.BenchReport:
 
 
 def test_a_disagreement_is_one_line_on_stderr_naming_what_disagreed(monkeypatch, capsys):
-    monkeypatch.setattr(bench_command, "run_bench", lambda **kwargs: _report(3e-2))
+    monkeypatch.setattr(bench_command, "run_bench", lambda *args, **kwargs: _report(3e-2))
     assert main(["bench", *TINY]) == 1
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [
         "bptt-jax bench: error: the gradients disagree with autodiff: relative error hand "
         "3.0e-02 above the tolerance 1e-05 (float32, scan)"
     ]
-    monkeypatch.setattr(bench_command, "run_bench", lambda **kwargs: _report(float("nan")))
+    monkeypatch.setattr(bench_command, "run_bench", lambda *args, **kwargs: _report(float("nan")))
     assert main(["bench", *TINY]) == 1
     assert "hand nan above" in capsys.readouterr().err
 
