@@ -15,34 +15,31 @@ from ..io.preflight import require_memory, rnn_bytes
 from ..measure.bench import BenchSettings, run_bench
 from ..training.config import DTYPES
 from .errors import error
-from .flags import defaults_of, positive, seed
+from .flags import add_sizes, defaults_of, positive, seed
 
 #: The defaults of the flags: those of :func:`run_bench`, read once.
 DEFAULTS = defaults_of(BenchSettings)
 
 
+#: ``bptt-jax bench``'s line in the list of commands, and its description (argparse
+#: reflows it).
+HELP = "time the hand BPTT against autodiff on this machine"
+DESCRIPTION = """\
+Times one loss-and-gradient evaluation of the seed's RNN three ways on this machine's
+default JAX device: the hand BPTT (with the options below),
+jax.jit(jax.value_and_grad(loss)) of the same forward, and autodiff of the naive
+step-by-step loss. Prints the median time, GFLOP/s, compile time, XLA's temp bytes and the
+hand result's relative error against autodiff; exits with status 1 if they disagree. The
+full grid with plots: benchmarks/bench_bptt.py.
+"""
+
+
 def add_parser(commands) -> None:
     """Declares ``bptt-jax bench`` and its flags."""
-    bench = commands.add_parser(
-        "bench",
-        help="time the hand BPTT against autodiff on this machine",
-        description=(
-            "Times one loss-and-gradient evaluation of the seed's RNN three ways on this "
-            "machine's default JAX device: the hand BPTT (with the options below), "
-            "jax.jit(jax.value_and_grad(loss)) of the same forward, and autodiff of the "
-            "naive step-by-step loss. Prints the median time, GFLOP/s, compile time, XLA's "
-            "temp bytes and the hand result's relative error against autodiff; exits with "
-            "status 1 if they disagree. The full grid with plots: benchmarks/bench_bptt.py."
-        ),
-    )
+    bench = commands.add_parser("bench", help=HELP, description=DESCRIPTION)
     d = DEFAULTS
     a = bench.add_argument
-    a("--vocab-size", "-K", type=positive, default=d["vocab_size"],
-      help=f"K (default {d['vocab_size']})")  # fmt: skip
-    a("--hidden-size", "-H", type=positive, default=d["hidden_size"],
-      help=f"H (default {d['hidden_size']})")  # fmt: skip
-    a("--batch", "-B", type=positive, default=d["batch"], help=f"B (default {d['batch']})")
-    a("--steps", "-T", type=positive, default=d["steps"], help=f"T (default {d['steps']})")
+    add_sizes(a, d)
     a("--repeats", type=positive, default=d["repeats"],
       help=f"timed calls (default {d['repeats']})")  # fmt: skip
     a("--dtype", choices=DTYPES, default=d["dtype"], help=f"(default {d['dtype']})")

@@ -9,7 +9,7 @@ import argparse
 
 from ..io.preflight import UsageError, require_memory, rnn_bytes
 from ..measure.check import INPUTS, TOLERANCES, run_check
-from .flags import defaults_of, nonnegative, positive, seed
+from .flags import add_sizes, defaults_of, nonnegative, positive, seed
 
 #: ``check``'s finite differences at most: two forward passes per parameter entry.
 MAX_CHECK_WORK = 2 * 10**10
@@ -19,29 +19,24 @@ MAX_CHECK_WORK = 2 * 10**10
 DEFAULTS = defaults_of(run_check)
 
 
+#: ``bptt-jax check``'s line in the list of commands, and its description (argparse
+#: reflows it).
+HELP = "compare the hand gradients with jax.grad and finite differences"
+DESCRIPTION = """\
+Runs the hand-derived BPTT on an embedded model and prints, per parameter, the max relative
+error against jax.grad and against float64 central finite differences. Exits with status 1
+if any gradient disagrees.
+"""
+
+
 def add_parser(commands) -> None:
     """Declares ``bptt-jax check`` and its flags."""
-    check = commands.add_parser(
-        "check",
-        help="compare the hand gradients with jax.grad and finite differences",
-        description=(
-            "Runs the hand-derived BPTT on an embedded model and prints, per parameter, "
-            "the max relative error against jax.grad and against float64 central finite "
-            "differences. Exits with status 1 if any gradient disagrees."
-        ),
-    )
+    check = commands.add_parser("check", help=HELP, description=DESCRIPTION)
     d = DEFAULTS
     a = check.add_argument
-    a("--vocab-size", "-K", type=positive, default=d["vocab_size"],
-      help=f"K (default {d['vocab_size']})")  # fmt: skip
-    a("--hidden-size", "-H", type=positive, default=d["hidden_size"],
-      help=f"H (default {d['hidden_size']})")  # fmt: skip
+    add_sizes(a, d, steps_type=nonnegative)
     a("--num-classes", "-C", type=positive, default=d["num_classes"],
       help=f"C output classes (default {d['num_classes']})")  # fmt: skip
-    a("--batch", "-B", type=positive, default=d["batch"],
-      help=f"B sequences (default {d['batch']})")  # fmt: skip
-    a("--steps", "-T", type=nonnegative, default=d["steps"],
-      help=f"T steps per sequence (default {d['steps']})")  # fmt: skip
     a("--inputs", choices=INPUTS, default=d["inputs"],
       help="token ids (gather/scatter path) or dense input vectors "
       f"(default {d['inputs']})")  # fmt: skip

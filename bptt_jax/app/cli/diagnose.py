@@ -13,7 +13,15 @@ from ...core.activations import ACTIVATIONS
 from ...core.init import INITS
 from ..io.preflight import UsageError, check_writable_folder, require_memory, rnn_bytes
 from ..measure.diagnose import DiagnoseSettings, run_diagnose
-from .flags import defaults_of, integer_list, number_list, positive, positive_float, seed
+from .flags import (
+    add_sizes,
+    defaults_of,
+    integer_list,
+    number_list,
+    positive,
+    positive_float,
+    seed,
+)
 
 #: The delay task's length T in ``diagnose --delays`` (``train_delay``'s default).
 DELAY_STEPS = 30
@@ -23,28 +31,24 @@ DELAY_STEPS = 30
 DEFAULTS = defaults_of(DiagnoseSettings)
 
 
+#: ``bptt-jax diagnose``'s line in the list of commands, and its description (argparse
+#: reflows it).
+HELP = "measure and plot vanishing/exploding gradients (the seed's §6)"
+DESCRIPTION = """\
+Measures every ‖δ_k^(t)‖ = ‖∂E_t/∂s_k‖ of a model by the hand recursion, prints it against
+the §6 bound γ^(t−k), and writes PNG plots into --out: the heat map, the decay with distance
+against the bound, the sweep of the scale of U for tanh, sigmoid and ReLU, and (with
+--delays) training curves on the delay task y_t = x_(t−d).
+"""
+
+
 def add_parser(commands) -> None:
     """Declares ``bptt-jax diagnose`` and its flags."""
-    diagnose = commands.add_parser(
-        "diagnose",
-        help="measure and plot vanishing/exploding gradients (the seed's §6)",
-        description=(
-            "Measures every ‖δ_k^(t)‖ = ‖∂E_t/∂s_k‖ of a model by the hand recursion, "
-            "prints it against the §6 bound γ^(t−k), and writes PNG plots into --out: "
-            "the heat map, the decay with distance against the bound, the sweep of the "
-            "scale of U for tanh, sigmoid and ReLU, and (with --delays) training curves "
-            "on the delay task y_t = x_(t−d)."
-        ),
-    )
+    diagnose = commands.add_parser("diagnose", help=HELP, description=DESCRIPTION)
     d = DEFAULTS
     a = diagnose.add_argument
     a("--out", "-o", default="diagnose", help="folder for the PNGs (default diagnose)")
-    a("--vocab-size", "-K", type=positive, default=d["vocab_size"],
-      help=f"K (default {d['vocab_size']})")  # fmt: skip
-    a("--hidden-size", "-H", type=positive, default=d["hidden_size"],
-      help=f"H (default {d['hidden_size']})")  # fmt: skip
-    a("--batch", "-B", type=positive, default=d["batch"], help=f"B (default {d['batch']})")
-    a("--steps", "-T", type=positive, default=d["steps"], help=f"T (default {d['steps']})")
+    add_sizes(a, d)
     a("--activation", choices=tuple(ACTIVATIONS), default=d["activation"],
       help=f"f (default {d['activation']})")  # fmt: skip
     a("--init", choices=INITS, default=d["init"],

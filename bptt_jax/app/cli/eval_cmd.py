@@ -12,20 +12,20 @@ import json
 from ..inference.eval_report import format_report, run_eval
 from ..training.config import TASKS
 
+#: ``bptt-jax eval``'s line in the list of commands, and its description (argparse
+#: reflows it).
+HELP = "score a checkpoint on files: bits/char (lm) or accuracy (tag)"
+DESCRIPTION = """\
+Scores the model of CHECKPOINT on the files PATH... (folders are read recursively), each
+file from a zero state with the state carried through the whole file. lm: bits/char,
+nats/char, perplexity; tag: accuracy, per class and the confusion table against tokenize.
+Characters outside the model's vocabulary are counted and reported.
+"""
+
 
 def add_parser(commands) -> None:
     """Declares ``bptt-jax eval`` and its flags."""
-    ev = commands.add_parser(
-        "eval",
-        help="score a checkpoint on files: bits/char (lm) or accuracy (tag)",
-        description=(
-            "Scores the model of CHECKPOINT on the files PATH... (folders are read "
-            "recursively), each file from a zero state with the state carried through the "
-            "whole file. lm: bits/char, nats/char, perplexity; tag: accuracy, per class and "
-            "the confusion table against tokenize. Characters outside the model's "
-            "vocabulary are counted and reported."
-        ),
-    )
+    ev = commands.add_parser("eval", help=HELP, description=DESCRIPTION)
     a = ev.add_argument
     a("checkpoint", metavar="CHECKPOINT", help="a checkpoint written by bptt-jax train")
     a("paths", metavar="PATH", nargs="+", help="UTF-8 text files or folders")

@@ -98,3 +98,18 @@ def defaults_of(function: Callable) -> dict[str, Any]:
     work it runs, stated once there."""
     parameters = inspect.signature(function).parameters.values()
     return {p.name: p.default for p in parameters if p.default is not p.empty}
+
+
+def add_sizes(add: Callable, defaults: dict, *, steps_type: Callable = positive) -> None:
+    """The model's and the batch's sizes, ``-K -H -B -T``, as ``check``, ``bench`` and
+    ``diagnose`` take them (``add``: the parser's ``add_argument``; ``defaults``: the
+    work's)."""
+    d = defaults
+    add("--vocab-size", "-K", type=positive, default=d["vocab_size"],
+        help=f"K (default {d['vocab_size']})")  # fmt: skip
+    add("--hidden-size", "-H", type=positive, default=d["hidden_size"],
+        help=f"H (default {d['hidden_size']})")  # fmt: skip
+    add("--batch", "-B", type=positive, default=d["batch"],
+        help=f"B sequences (default {d['batch']})")  # fmt: skip
+    add("--steps", "-T", type=steps_type, default=d["steps"],
+        help=f"T steps per sequence (default {d['steps']})")  # fmt: skip

@@ -20,20 +20,20 @@ from ..inference.sample import (
 from ..training.checkpoint_schema import load_model
 from .flags import integer_range, nonnegative_float, positive, positive_float, seed
 
+#: ``bptt-jax sample``'s line in the list of commands, and its description (argparse
+#: reflows it).
+HELP = "generate text with a trained language model"
+DESCRIPTION = """\
+Generates --length characters after --prime with the language model of CHECKPOINT and prints
+them as they are generated (a jitted lax.scan per chunk of characters). Every sample starts
+from the zero state and reads --prime. The same --seed gives the same text; --temperature 0
+gives the greedy (argmax) sequence.
+"""
+
 
 def add_parser(commands) -> None:
     """Declares ``bptt-jax sample`` and its flags."""
-    sample = commands.add_parser(
-        "sample",
-        help="generate text with a trained language model",
-        description=(
-            "Generates --length characters after --prime with the language model of "
-            "CHECKPOINT and prints them as they are generated (a jitted lax.scan per chunk "
-            "of characters). Every sample starts from the zero state and reads --prime. "
-            "The same --seed gives the same text; --temperature 0 gives the greedy "
-            "(argmax) sequence."
-        ),
-    )
+    sample = commands.add_parser("sample", help=HELP, description=DESCRIPTION)
     a = sample.add_argument
     a("checkpoint", metavar="CHECKPOINT", help="a checkpoint written by bptt-jax train")
     a("--prime", default=PRIME,

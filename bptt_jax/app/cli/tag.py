@@ -17,20 +17,21 @@ from ..io.corpus import DataError, read_text, token_labels
 from ..io.files import check_regular
 from ..training.checkpoint_schema import load_model
 
+#: ``bptt-jax tag``'s line in the list of commands, and its description (argparse
+#: reflows it).
+HELP = "print a Python file with each character's predicted token type"
+DESCRIPTION = """\
+Runs the tagging model of CHECKPOINT (trained with --task tag) over FILE and prints it with
+each character's predicted token type: coloured in a terminal, otherwise with a line of
+one-letter codes under each line. When tokenize can read FILE, also prints the accuracy
+against its token types; --diff marks the characters where they disagree; --json prints one
+JSON object instead.
+"""
+
 
 def add_parser(commands) -> None:
     """Declares ``bptt-jax tag`` and its flags."""
-    tag = commands.add_parser(
-        "tag",
-        help="print a Python file with each character's predicted token type",
-        description=(
-            "Runs the tagging model of CHECKPOINT (trained with --task tag) over FILE and "
-            "prints it with each character's predicted token type: coloured in a terminal, "
-            "otherwise with a line of one-letter codes under each line. When tokenize can "
-            "read FILE, also prints the accuracy against its token types; --diff marks the "
-            "characters where they disagree; --json prints one JSON object instead."
-        ),
-    )
+    tag = commands.add_parser("tag", help=HELP, description=DESCRIPTION)
     a = tag.add_argument
     a("checkpoint", metavar="CHECKPOINT", help="a checkpoint written by bptt-jax train --task tag")
     a("file", metavar="FILE.py", help="a UTF-8 Python source file")
