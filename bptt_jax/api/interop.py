@@ -161,7 +161,7 @@ def to_torch(
       ``(rnn_state_dict, head_state_dict)``: ``weight_ih_l{k}``, ``weight_hh_l{k}``,
       ``bias_ih_l{k}``, ``bias_hh_l{k}`` (and ``_reverse`` twins); ``weight``, ``bias``.
     """
-    params, _ = check_model(params)
+    params, _, _ = check_model(params)
     deep = to_deep(params)
     if as_numpy:
         convert = np.asarray

@@ -40,7 +40,7 @@ def _no_output_layer(params) -> bool:
     return (
         isinstance(params, Layer)
         or _is_layers(params)
-        or (isinstance(params, DeepParams) and params.V is None and params.c is None)
+        or (hasattr(params, "layers") and params.V is None and params.c is None)
     )
 
 
@@ -53,12 +53,11 @@ def _with_unused_head(params):
     if isinstance(params, Layer):
         V, c = _zero_head(params.U, 1)
         return Params(U=params.U, V=V, W=params.W, b=params.b, c=c)
-    if isinstance(params, DeepParams):
-        V, c = _zero_head(params.layers[0].U if params.layers else None,
-                          2 if params.reverse_layers else 1)  # fmt: skip
-        return params._replace(V=V, c=c)
-    V, c = _zero_head(params[0].U, 1)
-    return DeepParams(layers=tuple(params), reverse_layers=(), V=V, c=c)
+    if _is_layers(params):  # a unidirectional stack
+        params = DeepParams(layers=tuple(params), reverse_layers=(), V=None, c=None)
+    V, c = _zero_head(params.layers[0].U if params.layers else None,
+                      2 if params.reverse_layers else 1)  # fmt: skip
+    return params._replace(V=V, c=c)
 
 
 def _zero_head(U, D: int):

@@ -137,14 +137,12 @@ def refuse(fn: str, given: list[str], params: Model, inp: Inputs, why: str) -> N
 
 def check_params(params: object) -> tuple[Params, Dims]:
     """Validates the shapes and dtypes of ``params``; returns them and (K, H, C)."""
-    if not isinstance(params, Params):
-        if isinstance(params, tuple) and len(params) == len(Params._fields):
-            params = Params(*params)
-        else:
-            raise TypeError(
-                "params must be a bptt_jax.Params(U, V, W, b, c) "
-                f"(see bptt_jax.init_params), got {type(params).__name__}"
-            )
+    if not (isinstance(params, tuple) and len(params) == len(Params._fields)):
+        raise TypeError(
+            "params must be a bptt_jax.Params(U, V, W, b, c) "
+            f"(see bptt_jax.init_params), got {type(params).__name__}"
+        )
+    params = Params(*params)  # a plain 5-tuple too
     leaves = {}
     for name in Params._fields:
         leaf = _leaf(getattr(params, name), f"params.{name}")
@@ -195,11 +193,13 @@ def _dims(K: int, H: int, C: int) -> Dims:
     return Dims(K=K, H=H, C=C)
 
 
-def check_model(params: object) -> tuple[Model, Dims]:
-    """Validates a :class:`Params` or :class:`DeepParams`; returns it and (K, H, C)."""
+def check_model(params: object) -> tuple[Model, Dims, bool]:
+    """Validates a :class:`Params` or :class:`DeepParams`; returns it, (K, H, C) and
+    whether it is the seed's :class:`Params`: the one test of the model's type the
+    public calls make (kept in :attr:`Inputs.seed`)."""
     if isinstance(params, DeepParams):
-        return check_deep_params(params)
-    return check_params(params)
+        return (*check_deep_params(params), False)
+    return (*check_params(params), True)
 
 
 def _check_layer(layer, name: str, H: int, D_in: int, dtype) -> Layer:
@@ -325,8 +325,7 @@ def check_inputs(
     or ``None``, the ``(B, T)`` mask of real steps (from ``lengths`` or
     ``mask``) or ``None``, and whether the caller passed a batch.
     """
-    params, (K, H, C) = check_model(params)
-    seed = isinstance(params, Params)  # the one test of the model's type: Inputs.seed
+    params, (K, H, C), seed = check_model(params)
     dtype = params.V.dtype
     stack = None if seed else params.num_layers * params.num_directions
 
