@@ -6,8 +6,10 @@ For a change that must not cost speed (issue 22's redesign): the other checkout'
 ``bptt_jax`` is imported under another name (its imports are relative), and both
 versions' public calls run round robin on the same arrays, so a loaded machine slows
 both alike. Each point times three entries: ``base``, ``new`` and ``base again`` (the
-base's call a second time, in the same rotation): the gap between the two base entries
-is the noise of the measurement, against which ``new / base`` is read. Wall and process
+other checkout imported a second time under a third name, so compiled apart: the same
+code run twice); the gap between the two base entries is the noise of the measurement
+(timing jitter and what a compilation's placement in memory changes), against which
+``new / base`` is read. Wall and process
 CPU medians (``bench_deep.round_robin``); every call compiled before timing; float32.
 
 Points: the seed's model on the issue-7 grid points that the README's tables use, and
@@ -44,14 +46,14 @@ POINTS = [
 ]
 
 
-def load_base(checkout: str):
-    """The other checkout's package, imported as ``bptt_jax_base``."""
+def load_base(checkout: str, name: str = "bptt_jax_base"):
+    """The other checkout's package, imported as ``name``."""
     root = pathlib.Path(checkout, "bptt_jax").resolve()
     spec = importlib.util.spec_from_file_location(
-        "bptt_jax_base", root / "__init__.py", submodule_search_locations=[str(root)]
+        name, root / "__init__.py", submodule_search_locations=[str(root)]
     )
     module = importlib.util.module_from_spec(spec)
-    sys.modules["bptt_jax_base"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -63,24 +65,28 @@ def _call(pkg, what, args):
     return lambda: jax.block_until_ready(grad(*args))
 
 
-def run_point(base, point, repeats):
+def _as_base(base, params):
+    """``params`` as the other checkout's types (NamedTuples of the same fields)."""
+    if isinstance(params, bptt_jax.Params):
+        return base.Params(*params)
+    return base.DeepParams(
+        layers=tuple(base.Layer(*layer) for layer in params.layers),
+        reverse_layers=tuple(base.Layer(*layer) for layer in params.reverse_layers),
+        V=params.V, c=params.c,
+    )  # fmt: skip
+
+
+def run_point(bases, point, repeats):
     label, K, H, B, T, L, bi, what = point
     params = bptt_jax.init_params(jax.random.key(0), K, H, num_layers=L, bidirectional=bi)
     xs = jax.random.randint(jax.random.key(1), (B, T), 0, K)
     ys = jax.random.randint(jax.random.key(2), (B, T), 0, K)
-    if L == 1 and not bi:  # the base's own Params type (a NamedTuple of the same fields)
-        base_params = base.Params(*params)
-    else:
-        base_params = base.DeepParams(
-            layers=tuple(base.Layer(*layer) for layer in params.layers),
-            reverse_layers=tuple(base.Layer(*layer) for layer in params.reverse_layers),
-            V=params.V, c=params.c,
-        )  # fmt: skip
+    base, again = bases
     fns = {
-        "base": _call(base, what, (base_params, xs, ys)),
+        "base": _call(base, what, (_as_base(base, params), xs, ys)),
         "new": _call(bptt_jax, what, (params, xs, ys)),
+        "base again": _call(again, what, (_as_base(again, params), xs, ys)),
     }
-    fns["base again"] = fns["base"]
     times = round_robin(fns, repeats)
     ms = {name: (1e3 * w, 1e3 * c) for name, (w, c) in times.items()}
     return dict(
@@ -97,13 +103,13 @@ def main():
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--json", default=None, help="write the rows here")
     args = parser.parse_args()
-    base = load_base(args.base)
+    bases = (load_base(args.base), load_base(args.base, "bptt_jax_base_again"))
     print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
     print(f"{'point':34s} {'base':>9s} {'new':>9s} {'again':>9s} {'new/base':>9s} "
           f"{'noise':>7s}   (wall ms; cpu ratio)")  # fmt: skip
     rows = []
     for point in POINTS:
-        r = run_point(base, point, args.repeats)
+        r = run_point(bases, point, args.repeats)
         rows.append(r)
         name = f"{r['label']} ({r['K']}, {r['H']}, {r['B']}, {r['T']})"
         noise = abs(r["base_again_ms"] / r["base_ms"] - 1)

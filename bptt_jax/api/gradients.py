@@ -18,27 +18,30 @@ from .device import Pending, device_checks, vary_alike
 from .options import build_options
 from .signatures import shares
 from .validate import (
+    Layout,
     Model,
     as_deep,
     grads_like,
     prepare,
     refuse,
-    state_like,
+    restore,
     unbatch,
 )
 
 
-@functools.partial(jax.jit, static_argnames=("folds", "options", "reduction"))
-def _checked_bptt_core(deep, inputs, flags, folds, options, reduction):
+@functools.partial(jax.jit, static_argnames=("folds", "options", "reduction", "layout"))
+def _checked_bptt_core(deep, inputs, flags, folds, options, reduction, layout):
     """The call's device checks (:func:`.device.device_checks`) and the hand BPTT
     (:func:`~bptt_jax.core.deep.deep_bptt_core`) in one executable: separate, the small
     checks' dispatch and the core waiting on it cost about 0.2 ms a call on the CPU
-    (``docs/performance.md``). ``inputs``: ``(xs, ys, h0, dh_T, mask, resets)``."""
+    (``docs/performance.md``). ``inputs``: ``(xs, ys, h0, dh_T, mask, resets)``; the
+    results come out in the caller's ``layout`` (:func:`.validate.restore`)."""
     xs, ys, h0, dh_T, mask, resets = inputs
     deep, xs, ys, h0 = device_checks(deep, xs, ys, h0, mask, flags, *folds)
     deep, xs, ys, h0, dh_T, _ = vary_alike((deep, xs, ys, h0, dh_T, mask))  # shard_map
-    return deep_bptt_core(deep, xs, ys, h0, mask, dh_T, resets, options=options,
-                          reduction=reduction)  # fmt: skip
+    E, grads, dh0, h_T = deep_bptt_core(deep, xs, ys, h0, mask, dh_T, resets, options=options,
+                                        reduction=reduction)  # fmt: skip
+    return E, *restore(layout, grads, dh0, h_T)
 
 
 def bptt_chunk(
@@ -169,11 +172,10 @@ def bptt_chunk(
     )  # fmt: skip
     deep, d = as_deep(params, inp)
     pending = d.pending if d.pending is not None else Pending((), None, None, None)
-    E, grads, dh0, h_T = _checked_bptt_core(
+    return _checked_bptt_core(
         deep, (d.xs, d.ys, d.h0, d.dh_T, d.mask, d.resets), pending.flags, tuple(pending[1:]),
-        options, d.reduction,
+        options, d.reduction, Layout(inp.seed, inp.batched),
     )  # fmt: skip
-    return E, grads_like(inp, grads), state_like(inp, dh0), state_like(inp, h_T)
 
 
 @shares(bptt_chunk, drop=("dh_T",))

@@ -39,14 +39,22 @@ def shares(source: Callable, *, drop: tuple[str, ...] = (), extra: dict | None =
             kept + own, return_annotation=inspect.signature(fn).return_annotation
         )
 
+        parameters = signature.parameters.values()
+        positional = [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]
+        required = {p.name for p in parameters if p.default is p.empty}
+        defaults = {p.name: p.default for p in parameters if p.default is not p.empty}
+
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            try:
-                bound = signature.bind(*args, **kwargs)
-            except TypeError as e:
-                raise TypeError(f"{fn.__name__}() {e}") from None
-            bound.apply_defaults()  # every argument, by name: the defaults are source's
-            return fn(**bound.arguments)
+            given = dict(zip(positional, args, strict=False))  # too many args: bind says so
+            named = given.keys() | kwargs.keys()
+            if (len(args) > len(positional) or not kwargs.keys() <= signature.parameters.keys()
+                    or given.keys() & kwargs.keys() or not required <= named):  # fmt: skip
+                try:  # the exact message of the mistake (a call that binds never gets here)
+                    signature.bind(*args, **kwargs)
+                except TypeError as e:
+                    raise TypeError(f"{fn.__name__}() {e}") from None
+            return fn(**(defaults | given | kwargs))  # every argument by name; source's defaults
 
         wrapper.__signature__ = signature
         return wrapper

@@ -101,6 +101,24 @@ def grads_like(inp: Inputs, grads: DeepParams) -> Model:
     return from_deep(grads) if inp.seed else grads
 
 
+class Layout(NamedTuple):
+    """How the caller's results are laid out: for the seed's :class:`Params` (states
+    ``(B, H)``) or a DeepParams (``(L*D, B, H)``), for a batch or for one sequence."""
+
+    seed: bool
+    batched: bool
+
+
+def restore(layout: Layout, grads: DeepParams, *states: jax.Array):
+    """``(grads, *states)`` of the cores' model (:func:`as_deep`) in the caller's layout:
+    traceable, so a core's executable returns them ready (no eager op per result)."""
+    if layout.seed:
+        grads, states = from_deep(grads), tuple(s[0] for s in states)
+    if not layout.batched:
+        states = tuple(s[0] if layout.seed else s[:, 0] for s in states)
+    return grads, *states
+
+
 def unbatch(inp: Inputs, x: jax.Array, axis: int = 0) -> jax.Array:
     """Drops the batch ``axis`` of ``x`` when the caller passed one sequence."""
     return x if inp.batched else jnp.take(x, 0, axis=axis)
