@@ -46,8 +46,8 @@ def _poison(tree, bad: jax.Array):
     return jax.tree.map(poison, tree)
 
 
-@functools.partial(jax.jit, static_argnames=("fold_x", "fold_y", "h0_shape"))
-def device_checks(params: Model, xs, ys, h0, mask, flags, fold_x, fold_y, h0_shape):
+@functools.partial(jax.jit, static_argnames=("fold_x", "fold_y", "h0_shape", "hand"))
+def device_checks(params: Model, xs, ys, h0, mask, flags, fold_x, fold_y, h0_shape, hand=False):
     """Every check of a call that is made on the device, in one dispatch.
 
     Folds the ids of ``xs`` (``fold_x`` = K) and ``ys`` (``fold_y`` = C) when they
@@ -57,7 +57,11 @@ def device_checks(params: Model, xs, ys, h0, mask, flags, fold_x, fold_y, h0_sha
     (:func:`_poison`): the loss, the outputs, the final state and every gradient leaf
     -- the library's and those JAX's autodiff takes through the call -- all come out
     NaN, without reading anything back to the host. ``h0`` ``None``: zeros of
-    ``h0_shape`` in the params' dtype. One call instead of one per check:
+    ``h0_shape`` in the params' dtype. ``hand``: for a call whose gradients are the
+    hand BPTT's (no autodiff through it, ``bptt``), only the biases, ``h0`` and
+    floating ``xs``/``ys`` are multiplied: a NaN there reaches every output, without
+    a pass over the weight matrices (at K = 10000, ``V`` and ``W`` are 2.6 M entries
+    each). One call instead of one per check:
     each small dispatch, and the core waiting on its result, cost the CPU about
     0.1 ms (``docs/performance.md``, the public call's checks).
     """
@@ -71,7 +75,13 @@ def device_checks(params: Model, xs, ys, h0, mask, flags, fold_x, fold_y, h0_sha
     if h0 is None:
         h0 = jnp.zeros(h0_shape, jax.tree.leaves(params)[0].dtype)
     if flags:
-        params, xs, ys, h0 = _poison((params, xs, ys, h0), jnp.any(jnp.stack(flags)))
+        bad = jnp.any(jnp.stack(flags))
+        if hand:  # no autodiff through the call: NaN biases and h0 reach every output
+            biases = lambda x: _poison(x, bad) if x.ndim == 1 else x  # noqa: E731
+            params = jax.tree.map(biases, params)
+            xs, ys, h0 = _poison((xs, ys, h0), bad)
+        else:
+            params, xs, ys, h0 = _poison((params, xs, ys, h0), bad)
     return params, xs, ys, h0
 
 

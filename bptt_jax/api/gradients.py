@@ -37,7 +37,7 @@ def _checked_bptt_core(deep, inputs, flags, folds, options, reduction, layout):
     (``docs/performance.md``). ``inputs``: ``(xs, ys, h0, dh_T, mask, resets)``; the
     results come out in the caller's ``layout`` (:func:`.validate.restore`)."""
     xs, ys, h0, dh_T, mask, resets = inputs
-    deep, xs, ys, h0 = device_checks(deep, xs, ys, h0, mask, flags, *folds)
+    deep, xs, ys, h0 = device_checks(deep, xs, ys, h0, mask, flags, *folds, hand=True)
     deep, xs, ys, h0, dh_T, _ = vary_alike((deep, xs, ys, h0, dh_T, mask))  # shard_map
     E, grads, dh0, h_T = deep_bptt_core(deep, xs, ys, h0, mask, dh_T, resets, options=options,
                                         reduction=reduction)  # fmt: skip
