@@ -175,37 +175,22 @@ def run_bench(settings: BenchSettings | None = None, **fields) -> BenchReport:
     """
     s = dataclasses.replace(settings or BenchSettings(), **fields)
     K, H, B, T = s.vocab_size, s.hidden_size, s.batch, s.steps
-    repeats, dtype, recompute, matmul_dtype, seed = (
-        s.repeats, s.dtype, s.recompute, s.matmul_dtype, s.seed,
-    )  # fmt: skip
-    precision = s.precision
-    chunk, unroll = resolve_schedule(s.chunk, s.unroll, recompute, B, T)
-    kp, kx, ky = jax.random.split(jax.random.key(seed), 3)
-    params = init_params(kp, K, H, dtype=jnp.dtype(dtype))
+    chunk, unroll = resolve_schedule(s.chunk, s.unroll, s.recompute, B, T)
+    s = dataclasses.replace(s, chunk=chunk, unroll=unroll)
+    kp, kx, ky = jax.random.split(jax.random.key(s.seed), 3)
+    params = init_params(kp, K, H, dtype=jnp.dtype(s.dtype))
     xs = jax.random.randint(kx, (B, T), 0, K)
     ys = jax.random.randint(ky, (B, T), 0, K)
-    args = (params, xs, ys, jnp.zeros((B, H), dtype))
-    mm = None if matmul_dtype is None else jnp.dtype(matmul_dtype)
-
-    def methods(precision):
-        hand = Options(chunk=chunk, recompute=recompute, unroll=unroll, matmul_dtype=mm,
-                       precision=precision)  # fmt: skip
-        plain = Options(precision=precision)
-        return {
-            "hand": lambda p, x, y, h: bptt_core(p, x, y, h, options=hand)[:2],
-            "autodiff": jax.value_and_grad(functools.partial(loss_core, options=plain)),
-            "naive AD": jax.value_and_grad(functools.partial(naive_loss, precision=precision)),
-        }
-
-    exes = {name: compiled(fn, args) for name, fn in methods(precision).items()}
+    args = (params, xs, ys, jnp.zeros((B, H), s.dtype))
+    exes = {name: compiled(fn, args) for name, fn in _methods(s, s.precision).items()}
     medians = round_robin(
         {name: (lambda e=e: jax.block_until_ready(e(*args))) for name, (e, _, _) in exes.items()},
-        repeats,
+        s.repeats,
     )
     verify = {name: exe for name, (exe, _, _) in exes.items()}
-    if precision != lax.Precision(VERIFY_PRECISION):
+    if s.precision != lax.Precision(VERIFY_PRECISION):
         verify = {
-            name: jax.jit(fn) for name, fn in methods(lax.Precision(VERIFY_PRECISION)).items()
+            name: jax.jit(fn) for name, fn in _methods(s, lax.Precision(VERIFY_PRECISION)).items()
         }
     reference = verify["autodiff"](*args)
     rows = []
@@ -213,18 +198,25 @@ def run_bench(settings: BenchSettings | None = None, **fields) -> BenchReport:
         err = None if name == "autodiff" else max_relative_error(verify[name](*args), reference)
         rows.append(BenchRow(name, medians[name], compile_s, temp, err))
     options = ", ".join(
-        f"{k}={v}"
-        for k, v in dict(
-            chunk=chunk,
-            recompute=recompute,
-            unroll=unroll,
-            matmul_dtype=matmul_dtype,
-            precision=precision,
-        ).items()
+        f"{k}={getattr(s, k)}"
+        for k in ("chunk", "recompute", "unroll", "matmul_dtype", "precision")
     )
     device = jax.devices()[0]
     return BenchReport(
-        shape=(K, H, B, T), dtype=dtype, options=options,
-        device=f"{device.platform} ({device.device_kind})", repeats=repeats, rows=rows,
-        tolerance=AUTODIFF[matmul_dtype or dtype],
+        shape=(K, H, B, T), dtype=s.dtype, options=options,
+        device=f"{device.platform} ({device.device_kind})", repeats=s.repeats, rows=rows,
+        tolerance=AUTODIFF[s.matmul_dtype or s.dtype],
     )  # fmt: skip
+
+
+def _methods(s: BenchSettings, precision) -> dict:
+    """The three timed methods of :func:`run_bench`, every product at ``precision``."""
+    mm = None if s.matmul_dtype is None else jnp.dtype(s.matmul_dtype)
+    hand = Options(chunk=s.chunk, recompute=s.recompute, unroll=s.unroll, matmul_dtype=mm,
+                   precision=precision)  # fmt: skip
+    plain = Options(precision=precision)
+    return {
+        "hand": lambda p, x, y, h: bptt_core(p, x, y, h, options=hand)[:2],
+        "autodiff": jax.value_and_grad(functools.partial(loss_core, options=plain)),
+        "naive AD": jax.value_and_grad(functools.partial(naive_loss, precision=precision)),
+    }
