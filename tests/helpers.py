@@ -11,6 +11,7 @@ import numpy as np
 
 import bptt_jax
 from bptt_jax import Params
+from bptt_jax.app.cli.main import main
 from bptt_jax.referees.tolerances import (
     AUTODIFF,
     FINITE_DIFF,
@@ -212,3 +213,23 @@ def assert_valid_png(path, min_size=(200, 150)):
     assert width >= min_size[0] and height >= min_size[1], (path.name, width, height)
     assert data[-8:-4] == b"IEND", f"{path.name} is truncated"
     assert len(data) > 5000, f"{path.name}: {len(data)} bytes, an empty figure?"
+
+
+def cli_status(argv) -> int:
+    """``bptt-jax ARGV``'s exit status, run in this process (argparse's exits included)."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def one_line_error(argv, capsys, match: str) -> str:
+    """Runs ``bptt-jax ARGV``, asserts it failed as every error must (status 1, one line on
+    stderr naming ``match``, no traceback, not an internal error) and returns that line."""
+    status = cli_status(argv)
+    err = capsys.readouterr().err
+    assert status == 1, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err and "internal error" not in err
+    assert match in err, err
+    return err

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import with_device_count
+from helpers import one_line_error, with_device_count
 
 import bptt_jax
 from bptt_jax.app.cli.main import build_parser, main
@@ -39,22 +39,6 @@ def ckpt(tmp_path_factory):
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["train", *SMALL, "--text", str(tmp / "a.py"), "--out", str(tmp)]) == 0
     return tmp / "checkpoint.bptt"
-
-
-def _status(argv) -> int:
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code
-
-
-def _one_line_error(argv, capsys, match: str) -> str:
-    status = _status(argv)
-    err = capsys.readouterr().err
-    assert status == 1, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert "internal error" not in err and match in err, err
-    return err
 
 
 @contextlib.contextmanager
@@ -103,7 +87,7 @@ def test_inputs_that_are_not_regular_files_are_refused_without_waiting(
     paths = {"fifo": fifo, "dir": tmp_path, "ckpt": ckpt, "py": tmp_path / "f.py"}
     argv = [a.format(**paths) for a in argv]
     with _deadline(120):
-        _one_line_error(argv, capsys, match)
+        one_line_error(argv, capsys, match)
 
 
 # --------------------------------------------------------------------------- underflow
@@ -122,7 +106,7 @@ def test_inputs_that_are_not_regular_files_are_refused_without_waiting(
 )  # fmt: skip
 def test_numbers_that_underflow_are_refused(argv, match, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _one_line_error(argv, capsys, match)
+    one_line_error(argv, capsys, match)
 
 
 def test_float64_runs_accept_what_float32_cannot_hold():
@@ -134,7 +118,7 @@ def test_float64_runs_accept_what_float32_cannot_hold():
 
 @pytest.mark.parametrize(("flag", "value"), [("--temperature", "1e-45"), ("--top-p", "1e-40")])
 def test_sampling_numbers_that_underflow_the_models_dtype_are_refused(ckpt, capsys, flag, value):
-    _one_line_error(["sample", str(ckpt), flag, value], capsys, f"{flag} {value} underflows")
+    one_line_error(["sample", str(ckpt), flag, value], capsys, f"{flag} {value} underflows")
 
 
 def test_a_tiny_normal_temperature_samples_the_greedy_text(ckpt, tmp_path):
@@ -153,7 +137,7 @@ def test_a_tiny_normal_temperature_samples_the_greedy_text(ckpt, tmp_path):
 
 def test_an_absurd_depth_is_refused_by_the_memory_preflight(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _one_line_error(["train", "--num-layers", "100000"], capsys, "of memory, but")
+    one_line_error(["train", "--num-layers", "100000"], capsys, "of memory, but")
 
 
 def test_the_memory_estimate_grows_with_layers_and_directions():
@@ -182,7 +166,7 @@ COMMANDS = {"train": [], "sample": ["x.bptt"], "tag": ["x.bptt", "f.py"], "check
 
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_an_unknown_flag_names_its_command(command, capsys):
-    err = _one_line_error([command, *COMMANDS[command], "--foo", "3"], capsys, "")
+    err = one_line_error([command, *COMMANDS[command], "--foo", "3"], capsys, "")
     assert err == (
         f"bptt-jax {command}: error: unrecognized arguments: --foo 3 "
         f"(see bptt-jax {command} --help)\n"

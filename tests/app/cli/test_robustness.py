@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+from helpers import cli_status, one_line_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,23 +32,6 @@ def _text(path: pathlib.Path, order=None) -> pathlib.Path:
         lines = [lines[i] for i in order]
     path.write_text("".join(lines))
     return path
-
-
-def _status(argv) -> int:
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code
-
-
-def _one_line_error(argv, capsys, match: str) -> str:
-    status = _status(argv)
-    err = capsys.readouterr().err
-    assert status == 1, err
-    assert len(err.strip().splitlines()) == 1, err
-    assert "Traceback" not in err and "internal error" not in err
-    assert match in err, err
-    return err
 
 
 @pytest.mark.parametrize(
@@ -77,13 +61,13 @@ def _one_line_error(argv, capsys, match: str) -> str:
 def test_bad_requests_are_one_line_errors_with_status_1(argv, match, capsys, tmp_path,
                                                         monkeypatch):  # fmt: skip
     monkeypatch.chdir(tmp_path)
-    _one_line_error(argv, capsys, match)
+    one_line_error(argv, capsys, match)
     assert not any(tmp_path.iterdir())  # nothing written
 
 
 def test_diagnose_exits_1_like_every_command(tmp_path, capsys):
     argv = ["diagnose", "-o", str(tmp_path), "--no-sweep", "-T", "3", "--init", "spectral"]
-    _one_line_error(argv, capsys, "init='spectral' needs spectral_radius")
+    one_line_error(argv, capsys, "init='spectral' needs spectral_radius")
 
 
 @pytest.mark.parametrize("command", ["train", "diagnose"])
@@ -91,8 +75,8 @@ def test_an_out_that_is_a_file_fails_before_any_work(command, tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("precious")
     started = time.perf_counter()
-    _one_line_error([command, "--out", str(afile)], capsys, "is a file, not a folder")
-    _one_line_error([command, "--out", str(afile / "sub")], capsys, "cannot write there")
+    one_line_error([command, "--out", str(afile)], capsys, "is a file, not a folder")
+    one_line_error([command, "--out", str(afile / "sub")], capsys, "cannot write there")
     assert time.perf_counter() - started < 5  # no corpus read, no training, no plots
     assert afile.read_text() == "precious"
 
@@ -103,7 +87,7 @@ def test_a_read_only_out_fails_before_any_work(tmp_path, capsys):
     ro.mkdir()
     ro.chmod(0o555)
     try:
-        _one_line_error(["train", "--out", str(ro / "run")], capsys, "cannot write there")
+        one_line_error(["train", "--out", str(ro / "run")], capsys, "cannot write there")
     finally:
         ro.chmod(0o755)
 
@@ -184,7 +168,7 @@ def test_lr_1e3_is_caught_keeps_no_broken_checkpoint_and_exits_1(tmp_path, capsy
     out = tmp_path / "run"
     argv = ["train", "--text", str(text), *SMALL, "--steps", "40", "--lr", "1e3",
             "--out", str(out)]  # fmt: skip
-    err = _one_line_error(argv, capsys, "training diverged at step")
+    err = one_line_error(argv, capsys, "training diverged at step")
     assert "try a lower --lr (now 1000)" in err
     assert not (out / "checkpoint.bptt").exists()
 
@@ -197,12 +181,12 @@ def test_resume_on_permuted_lines_is_refused_unless_allowed(tmp_path, capsys):
     data = _text(tmp_path / "data.txt")
     out = tmp_path / "run"
     base = ["train", "--text", str(data), *SMALL, "--out", str(out)]
-    assert _status([*base, "--steps", "4"]) == 0
+    assert cli_status([*base, "--steps", "4"]) == 0
     _text(data, order=list(range(199, -1, -1)))  # the same characters, other text
     capsys.readouterr()
-    _one_line_error([*base, "--steps", "8", "--resume"], capsys, "training data has changed")
+    one_line_error([*base, "--steps", "8", "--resume"], capsys, "training data has changed")
     assert load_checkpoint(out / "checkpoint.bptt")[0]["step"] == 4
-    assert _status([*base, "--steps", "8", "--resume", "--allow-data-change"]) == 0
+    assert cli_status([*base, "--steps", "8", "--resume", "--allow-data-change"]) == 0
     assert load_checkpoint(out / "checkpoint.bptt")[0]["step"] == 8
 
 

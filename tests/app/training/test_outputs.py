@@ -15,8 +15,8 @@ import time
 
 import jax
 import pytest
+from helpers import cli_status, one_line_error
 
-from bptt_jax.app.cli.main import main
 from bptt_jax.app.io.checkpoint import load_checkpoint
 from bptt_jax.app.io.preflight import UsageError
 from bptt_jax.app.measure import plots
@@ -37,23 +37,6 @@ SMALL = ["--batch-size", "4", "--seq-len", "16", "--hidden-size", "16", "--val-c
 def _text(path: pathlib.Path) -> pathlib.Path:
     path.write_text("".join(f"def f{i}(x):\n    return x * {i} + {i * i}\n" for i in range(200)))
     return path
-
-
-def _status(argv) -> int:
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code
-
-
-def _one_line_error(argv, capsys, match: str) -> str:
-    status = _status(argv)
-    err = capsys.readouterr().err
-    assert status == 1, err
-    assert len(err.strip().splitlines()) == 1, err
-    assert "Traceback" not in err and "internal error" not in err
-    assert match in err, err
-    return err
 
 
 def _rows(path: pathlib.Path) -> list[list[str]]:
@@ -82,30 +65,30 @@ def test_each_task_has_its_own_default_out():
 
 def test_resume_without_a_path_reads_the_tasks_default_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    err = _one_line_error(["train", "--task", "tag", "--resume"], capsys, "no such checkpoint")
+    err = one_line_error(["train", "--task", "tag", "--resume"], capsys, "no such checkpoint")
     assert str(pathlib.Path("runs/tag/checkpoint.bptt")) in err
 
 
 def test_a_second_run_into_a_folder_with_a_checkpoint_is_refused(data, tmp_path, capsys):
     out = tmp_path / "run"
-    assert _status(_train(data, out, "--steps", "3")) == 0
+    assert cli_status(_train(data, out, "--steps", "3")) == 0
     before = {n: (out / n).read_bytes() for n in ("checkpoint.bptt", "best.bptt")}
     capsys.readouterr()
     started = time.perf_counter()
-    err = _one_line_error(_train(data, out, "--steps", "2"), capsys, "already holds a run")
+    err = one_line_error(_train(data, out, "--steps", "2"), capsys, "already holds a run")
     assert time.perf_counter() - started < 5  # refused before the corpus is read
     for way in ("--resume", "--out", "--overwrite"):
         assert way in err
     assert {n: (out / n).read_bytes() for n in before} == before  # untouched
     # --overwrite starts afresh: the earlier run's outputs are gone, the new ones written
-    assert _status(_train(data, out, "--steps", "2", "--overwrite")) == 0
+    assert cli_status(_train(data, out, "--steps", "2", "--overwrite")) == 0
     assert load_checkpoint(out / "checkpoint.bptt")[0]["step"] == 2
     assert [r[0] for r in _rows(out / "metrics.csv")] == ["2"]
     # --resume continues it; --overwrite with --resume is a contradiction
-    assert _status(_train(data, out, "--steps", "4", "--resume")) == 0
+    assert cli_status(_train(data, out, "--steps", "4", "--resume")) == 0
     assert load_checkpoint(out / "checkpoint.bptt")[0]["step"] == 4
     capsys.readouterr()
-    _one_line_error(_train(data, out, "--steps", "5", "--resume", "--overwrite"), capsys,
+    one_line_error(_train(data, out, "--steps", "5", "--resume", "--overwrite"), capsys,
                     "cannot go with --resume")  # fmt: skip
 
 
@@ -113,17 +96,17 @@ def test_a_best_checkpoint_alone_also_counts_as_a_run(data, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (out / "best.bptt").write_bytes(b"an earlier model")
-    _one_line_error(_train(data, out, "--steps", "2"), capsys, "(best.bptt)")
+    one_line_error(_train(data, out, "--steps", "2"), capsys, "(best.bptt)")
     assert (out / "best.bptt").read_bytes() == b"an earlier model"
 
 
 def test_resuming_into_a_folder_holding_another_run_is_refused(data, tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
-    assert _status(_train(data, a, "--steps", "2")) == 0
-    assert _status(_train(data, b, "--steps", "2")) == 0
+    assert cli_status(_train(data, a, "--steps", "2")) == 0
+    assert cli_status(_train(data, b, "--steps", "2")) == 0
     capsys.readouterr()
     argv = _train(data, b, "--steps", "4", "--resume", str(a / "checkpoint.bptt"))
-    _one_line_error(argv, capsys, "holds another run")
+    one_line_error(argv, capsys, "holds another run")
     assert load_checkpoint(b / "checkpoint.bptt")[0]["step"] == 2
 
 
@@ -155,13 +138,13 @@ def _held_by_another_process(folder: pathlib.Path):
 def test_a_second_writer_on_one_out_is_refused(data, tmp_path, capsys):
     out = tmp_path / "run"
     with _held_by_another_process(out) as pid:
-        err = _one_line_error(_train(data, out, "--steps", "2"), capsys, "is writing there")
+        err = one_line_error(_train(data, out, "--steps", "2"), capsys, "is writing there")
         assert f"(pid {pid})" in err
         with pytest.raises(UsageError, match="another bptt-jax train"):
             FolderLock(out).acquire()
     assert not (out / "checkpoint.bptt").exists()
     # the holder is dead: its lock went with it, and the run goes ahead
-    assert _status(_train(data, out, "--steps", "2")) == 0
+    assert cli_status(_train(data, out, "--steps", "2")) == 0
 
 
 def test_the_lock_is_exclusive_and_released(tmp_path):
@@ -188,7 +171,7 @@ def test_a_folder_in_the_way_of_an_output_is_found_before_training(name, data, t
     out = tmp_path / "run"
     (out / name).mkdir(parents=True)
     started = time.perf_counter()
-    err = _one_line_error(_train(data, out, "--steps", "2"), capsys, "is a folder")
+    err = one_line_error(_train(data, out, "--steps", "2"), capsys, "is a folder")
     assert str(out / name) in err
     assert time.perf_counter() - started < 5
     assert (out / name).is_dir() and not (out / "metrics.csv").is_file()
@@ -198,7 +181,7 @@ def test_a_fifo_in_the_way_of_the_plot_is_found_before_training(data, tmp_path, 
     out = tmp_path / "run"
     out.mkdir()
     os.mkfifo(out / "loss.png")
-    _one_line_error(_train(data, out, "--steps", "2"), capsys, "is not a regular file")
+    one_line_error(_train(data, out, "--steps", "2"), capsys, "is not a regular file")
 
 
 # --------------------------------------------------------------------------- failed writes
@@ -221,7 +204,7 @@ def test_a_full_disk_under_metrics_csv_saves_the_checkpoint_then_stops(data, tmp
     out = tmp_path / "run"
     monkeypatch.setattr(session, "open", _fails_on("metrics.csv", "a", errno.ENOSPC),
                         raising=False)  # fmt: skip
-    err = _one_line_error(
+    err = one_line_error(
         _train(data, out, "--steps", "8", "--log-every", "3"),
         capsys,
         f"cannot write {out / 'metrics.csv'}: No space left on device",
@@ -238,7 +221,7 @@ def test_a_failed_plot_is_one_line_naming_it_after_the_checkpoint(data, tmp_path
 
     monkeypatch.setattr(plots, "plot_history", refused)
     out = tmp_path / "run"
-    err = _one_line_error(_train(data, out, "--steps", "4"), capsys,
+    err = one_line_error(_train(data, out, "--steps", "4"), capsys,
                           f"cannot write {out / 'loss.png'}: Permission denied")  # fmt: skip
     assert load_checkpoint(out / "checkpoint.bptt")[0]["step"] == 4
     assert "continue with" not in err  # every step was taken
@@ -261,7 +244,7 @@ def test_a_closed_standard_output_is_one_line_after_the_checkpoint(data, tmp_pat
     out = tmp_path / "run"
     monkeypatch.setattr(sys, "stdout", _ClosedPipe())
     # all held-out text (no line about a cap): the first line out is the last validation's
-    err = _one_line_error(_train(data, out, "--steps", "4", "--val-chars", "100000"), capsys,
+    err = one_line_error(_train(data, out, "--steps", "4", "--val-chars", "100000"), capsys,
                           "cannot write standard output: Broken pipe")  # fmt: skip
     assert f"the checkpoint of step 4 is saved in {out / 'checkpoint.bptt'}" in err
     assert load_checkpoint(out / "checkpoint.bptt")[0]["step"] == 4
@@ -322,15 +305,15 @@ def _assert_one_row_a_step(path: pathlib.Path) -> list[int]:
 
 def test_resume_over_a_cut_metrics_file_writes_one_row_a_step(data, tmp_path):
     out = tmp_path / "run"
-    assert _status(_train(data, out, "--steps", "6", "--log-every", "2")) == 0
+    assert cli_status(_train(data, out, "--steps", "6", "--log-every", "2")) == 0
     metrics = out / "metrics.csv"
     assert _assert_one_row_a_step(metrics) == [2, 4, 6]  # the last once, with its validation
     assert _rows(metrics)[-1][2] != ""
     metrics.write_text(metrics.read_text()[:-7])  # a save cut short in the last row
-    assert _status(_train(data, out, "--steps", "10", "--log-every", "2", "--resume")) == 0
+    assert cli_status(_train(data, out, "--steps", "10", "--log-every", "2", "--resume")) == 0
     assert _assert_one_row_a_step(metrics) == [2, 4, 8, 10]
     metrics.write_text("")  # emptied
-    assert _status(_train(data, out, "--steps", "12", "--log-every", "2", "--resume")) == 0
+    assert cli_status(_train(data, out, "--steps", "12", "--log-every", "2", "--resume")) == 0
     assert _assert_one_row_a_step(metrics) == [12]
 
 
@@ -338,7 +321,7 @@ def test_a_fresh_run_does_not_append_to_an_old_metrics_file(data, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.csv").write_text(METRICS_HEADER + "\n" + _GOOD[0] + "\n")
-    assert _status(_train(data, out, "--steps", "4", "--log-every", "2")) == 0
+    assert cli_status(_train(data, out, "--steps", "4", "--log-every", "2")) == 0
     assert _assert_one_row_a_step(out / "metrics.csv") == [2, 4]
 
 
