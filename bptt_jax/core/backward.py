@@ -65,7 +65,7 @@ def make_ctx(options: Options, dtype) -> _Ctx:
     return _Ctx(options, *options.products(dtype))
 
 
-def _run(ctx: _Ctx, layer: Layer, X, h_start, h0, m, e):
+def run_cell(ctx: _Ctx, layer: Layer, X, h_start, h0, m, e):
     """One cell over a chunk of its view: ``(h_end, hs (c, B, H))`` (carried states)."""
     cell, options = ctx.options.cell, ctx.options
     a = cell.project(layer, X, ctx.mm, ctx.cast)  # W x_t + b, all steps at once
@@ -188,7 +188,7 @@ def _chunk_body(ctx: _Ctx, cells, r0s, out: _Out | None, emit_below: bool):
         if hs_c is None:  # recompute the chunk's states, layer by layer
             hs_c, inp = [], X_c
             for cell, start, r0 in zip(cells, starts, r0s, strict=True):
-                hs_c.append(_run(ctx, cell, inp, start, r0, m_c, e_c)[1])
+                hs_c.append(run_cell(ctx, cell, inp, start, r0, m_c, e_c)[1])
                 inp = _masked(hs_c[-1], m_c)
         extra = None
         if out is not None:
@@ -252,7 +252,7 @@ def _forward(ctx: _Ctx, cells, h0s, r0s, X, m, e, chunks):
     if not ctx.options.recompute:
         hs, finals, inp = [], [], X
         for cell, h0, r0 in zip(cells, h0s, r0s, strict=True):
-            h_fin, states = _run(ctx, cell, inp, h0, r0, m, e)  # (T, B, H): carried states
+            h_fin, states = run_cell(ctx, cell, inp, h0, r0, m, e)  # (T, B, H): carried states
             hs.append(states)
             finals.append(h_fin)
             inp = _masked(states, m)
@@ -262,7 +262,7 @@ def _forward(ctx: _Ctx, cells, h0s, r0s, X, m, e, chunks):
         X_c, m_c, e_c = data
         new, inp = [], X_c
         for cell, start, r0 in zip(cells, states, r0s, strict=True):
-            h_end, hs_c = _run(ctx, cell, inp, start, r0, m_c, e_c)
+            h_end, hs_c = run_cell(ctx, cell, inp, start, r0, m_c, e_c)
             new.append(h_end)
             inp = _masked(hs_c, m_c)
         return tuple(new), states

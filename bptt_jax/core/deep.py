@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .backward import _masked, _Out, _run, _splitter, _stored_starts, _sweep, make_ctx
+from .backward import _masked, _Out, _splitter, _stored_starts, _sweep, make_ctx, run_cell
 from .options import DEFAULT, Options
 from .params import DeepParams, Layer
 from .recurrence import _forward, _output_layer, _prepare, _time_major
@@ -108,7 +108,7 @@ def _layer(ctx, cell, inp, h0, r0, views, l):
     finals, states, outs = [], [], []
     for d, layer in enumerate(cell):
         m, e, _ = views[d]
-        h_fin, hs = _run(ctx, layer, _FLIPS[d](inp), h0[2 * l + d], r0[2 * l + d], m, e)
+        h_fin, hs = run_cell(ctx, layer, _FLIPS[d](inp), h0[2 * l + d], r0[2 * l + d], m, e)
         finals.append(h_fin)
         states.append(hs)
         outs.append(_FLIPS[d](_masked(hs, m)))

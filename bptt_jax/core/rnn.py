@@ -23,13 +23,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from .kernels import forward_recursion
+from .backward import make_ctx, run_cell
 from .losses import cross_entropy, log_softmax
 from .options import DEFAULT, Options
 from .params import Layer, Params
-from .steps import forward_step
 
 
 def hidden_states(
@@ -40,7 +38,8 @@ def hidden_states(
     The input projection :math:`a_t = W x_t + b` of every step is one batched
     operation before the scan (a gather of columns of ``W`` for ids); only the
     recursion over :math:`h` is sequential: a ``lax.scan`` of the cell's step, or the
-    fused Pallas kernel (``options.kernel == "pallas"``; ``unroll`` then unused).
+    fused Pallas kernel (``options.kernel == "pallas"``; ``unroll`` then unused) -- the
+    chunked driver's own runner (:mod:`.backward`), without padding or resets.
 
     Args:
       params: the model (its ``U``, ``W``, ``b``).
@@ -52,26 +51,8 @@ def hidden_states(
       ``(h_T, hs)``: the final state ``(B, H)`` (``h0`` when T = 0) and
       :math:`h_1 \ldots h_T`, time-major ``(T, B, H)``.
     """
-    return recursion(params, time_major(xs), h0, options)
-
-
-def recursion(
-    params: Params | Layer, X: jax.Array, h0: jax.Array, options: Options = DEFAULT
-) -> tuple[jax.Array, jax.Array]:
-    """:func:`hidden_states` for time-major inputs ``X`` ``(T, B)`` / ``(T, B, K)``."""
-    mm, cast = options.products(params.U.dtype)
-    a = options.cell.project(params, X, mm, cast)  # (T, B, H): W x_t + b
-    UT = cast(params.U.T)  # (H, H)
-    if options.pallas:
-        hs = forward_recursion(a, h0, UT, options=options)
-        return (hs[-1] if hs.shape[0] else h0), hs
-    step = forward_step(options.cell, mm, UT)
-
-    def scan_step(h_prev, a_t):  # (B, H), (B, H)
-        h = step(h_prev, a_t)  # h_t = f(U h_{t-1} + W x_t + b)
-        return h, h
-
-    return lax.scan(scan_step, h0, a, unroll=options.unroll)  # (B, H), (T, B, H)
+    ctx = make_ctx(options, params.U.dtype)
+    return run_cell(ctx, params, time_major(xs), h0, h0, None, None)  # no padding, no resets
 
 
 def output_logits(params: Params, hs: jax.Array, options: Options = DEFAULT) -> jax.Array:

@@ -20,7 +20,7 @@ from jax import export
 import bptt_jax
 from bptt_jax.api.options import check_kernel, resolve_kernel
 from bptt_jax.core import kernels
-from bptt_jax.core.backward import _run, _scan_step, make_ctx
+from bptt_jax.core.backward import _scan_step, make_ctx, run_cell
 from bptt_jax.core.cell import RNNCell
 from bptt_jax.core.options import Options
 from bptt_jax.core.params import Layer
@@ -53,7 +53,7 @@ def _scan_reference(activation, dtype, B, clip_delta, masks):
     layer, X, h_start, h0, m, e, k, G, g = _case(B, dtype)
     m, e, k = (m, e, k) if masks else (None, None, None)
     ctx = make_ctx(Options(cell=RNNCell(activation), clip_delta=clip_delta), jnp.dtype(dtype))
-    h_end, hs = _run(ctx, layer, X, h_start, h0, m, e)
+    h_end, hs = run_cell(ctx, layer, X, h_start, h0, m, e)
     acc = None if e is None else jnp.zeros_like(g)
     (g, acc), deltas = jax.lax.scan(
         _scan_step(ctx, layer.U), (g, acc), (G, hs, m, e, k), reverse=True
@@ -108,7 +108,7 @@ def test_bfloat16_products_accumulate_in_float32():
     a = RNNCell().project(layer, X, ctx.mm, ctx.cast)  # W x_t + b as the scan path has it
     hs = kernels.forward_recursion(a, h_start, layer.U.T.astype(jnp.bfloat16))
     assert hs.dtype == jnp.float32
-    want = _run(ctx, layer, X, h_start, h_start, None, None)[1]
+    want = run_cell(ctx, layer, X, h_start, h_start, None, None)[1]
     # bf16 products of bf16 operands are exact in float32; the sums then differ only
     # in order (RTOL), while bf16 accumulation would round each to 2**-8 = 3.9e-3.
     assert max_rel_error(hs, want) <= KERNEL_RTOL["float32"] < 2.0**-8 / 10
