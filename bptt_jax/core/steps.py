@@ -52,7 +52,7 @@ def forward_step(cell, mm, UT, h0=None):
 def delta_step(cell, mm, U, clip_delta=None):
     r"""``step(g, acc, G_t, h_t, m_t=None, e_t=None, k_t=None) -> (γ_t, acc, δ_t)``.
 
-    :math:`\delta_t = \mathrm{cell.delta}(G_t + g) ` with ``g`` = :math:`\gamma_{t+1}`
+    :math:`\delta_t = \mathrm{cell.delta}(G_t + g)` with ``g`` = :math:`\gamma_{t+1}`
     (zero across a truncation cut), clipped to norm ≤ ``clip_delta`` when given;
     :math:`\gamma_t = U^\top\delta_t` goes back to step t − 1, or into ``acc`` (the
     gradient of ``h0``) at a reset.

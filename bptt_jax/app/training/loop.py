@@ -6,7 +6,7 @@ chunk as :math:`h_0`, and runs, in one ``jax.jit``,
 
 .. math::
 
-    E, \nabla E, h_T = \mathrm{bptt\_core}(\theta, x, y, h_0),\qquad
+    E, \nabla E, h_T = \mathrm{hand\_bptt}(\theta, x, y, h_0),\qquad
     g = \nabla E / (B T),\qquad
     \theta := \theta + \mathrm{optax}(g)
 
@@ -113,7 +113,7 @@ def train(
       corpus: the corpus of ``config`` when the caller has already loaded it.
       progress: show a progress bar (on stderr).
       echo: where the validation lines go.
-      grad_fn: the gradient function (default the hand ``bptt_core``, or on
+      grad_fn: the gradient function (default the hand ``hand_bptt``, or on
         several devices its data-parallel twin
         :func:`bptt_jax.app.training.parallel.data_parallel_bptt_core`).
       on_step: called with the state after each step (for tests and tools).

@@ -123,9 +123,9 @@ def zeros_h(s: Session) -> jax.Array:
 
 def _chunk_resets(s: Session, chunk: int) -> jax.Array | None:
     """The chunk's ``(B, T)`` resets (documents start from zero), or ``None`` when no
-    document starts in it (most chunks): the step then runs the seed's ``bptt_core``
-    instead of the general core, the same gradient for about 7 % less time. One process
-    only: several must run the same program."""
+    document starts in it (most chunks): the step then traces no reset, the same
+    gradient for about 7 % less time. One process only: several must run the same
+    program."""
     resets = s.streams.resets(chunk)
     if jax.process_count() == 1 and not resets.any():
         return None
