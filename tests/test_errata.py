@@ -1,4 +1,4 @@
-"""The seed's slips (docs/math.md §10, the errata), one test each: the
+"""The seed's slips (docs/math.md §14, the errata), one test each: the
 corrected form agrees with jax.grad and, where the slip is a formula, the
 literal formula as printed does not."""
 

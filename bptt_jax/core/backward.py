@@ -65,32 +65,46 @@ def make_ctx(options: Options, dtype) -> _Ctx:
     return _Ctx(options, *options.products(dtype))
 
 
-def run_cell(ctx: _Ctx, layer: Layer, X, h_start, h0, m, e):
-    """One cell over a chunk of its view: ``(h_end, hs (c, B, H))`` (carried states)."""
+def run_cell(ctx: _Ctx, layer: Layer, X, s_start, s0, m, e):
+    """One cell over a chunk of its view: ``(s_end, traces)``, the state leaving it and
+    every step's trace (``(c, B, ·)`` leaves; the vanilla cell's is its states)."""
     cell, options = ctx.options.cell, ctx.options
     a = cell.project(layer, X, ctx.mm, ctx.cast)  # W x_t + b, all steps at once
-    UT = ctx.cast(layer.U.T)
+    R = cell.weights(layer, ctx.cast)
     if options.pallas:
         flags = step_flags(*a.shape[:2], real=m, reset=e)
-        hs = forward_recursion(a, h_start, UT, h0, flags, options=options)
-        return (hs[-1] if hs.shape[0] else h_start), hs
-    step = forward_step(cell, ctx.mm, UT, h0)
+        hs = forward_recursion(a, s_start, R, s0, flags, options=options)
+        return (hs[-1] if hs.shape[0] else s_start), hs
+    step = forward_step(cell, ctx.mm, R, s0)
 
-    def scan_step(h_prev, inputs):
-        h = step(h_prev, *inputs)
-        return h, h
+    def scan_step(s_prev, inputs):
+        trace = step(s_prev, *inputs)
+        return cell.state(trace), trace
 
-    return lax.scan(scan_step, h_start, (a, m, e), unroll=options.unroll)
+    return lax.scan(scan_step, s_start, (a, m, e), unroll=options.unroll)
+
+
+def entering(cell, traces, s_start, s0, e):
+    """The state each step of a view read, ``(c, B, H)`` leaves: the previous step's
+    (``s_start`` at the first), ``s0`` at a reset."""
+    prev = jax.tree.map(lambda s, a: jnp.concatenate([s[None], a[:-1]]), s_start,
+                        cell.state(traces))  # fmt: skip
+    return prev if e is None else jax.tree.map(lambda r, p: jnp.where(e, r, p), s0, prev)
 
 
 def _masked(hs, m):
-    """A cell's outputs: its states, zero at padding."""
+    """A cell's outputs ``(c, B, H)``, zero at padding."""
     return hs if m is None else jnp.where(m, hs, 0)
 
 
+def outputs(ctx: _Ctx, traces, m):
+    """The outputs :math:`h_t` of a cell's traces, zero at padding."""
+    return _masked(ctx.options.cell.output(traces), m)
+
+
 def _scan_step(ctx: _Ctx, U_):
-    r"""``((γ, dh0), (G_t, h_t, m_t, e_t, k_t)) -> ((γ', dh0'), δ_t)``: the reverse scan's
-    step, :func:`.steps.delta_step` of the cell (§4)."""
+    r"""``((γ, acc), (G_t, trace_t, s_in_t, m_t, e_t, k_t)) -> ((γ', acc'), δ_t)``: the
+    reverse scan's step, :func:`.steps.delta_step` of the cell (§4)."""
     step = delta_step(ctx.options.cell, ctx.mm, U_, ctx.options.clip_delta)
 
     def scan_step(carry, inputs):
@@ -117,26 +131,27 @@ def _transposed(a):
     return lax.optimization_barrier(a.T)
 
 
-def _cell_backward(ctx: _Ctx, layer: Layer, X_c, hs_c, h_start, h0, carry, G, marks):
-    """A cell's part of one chunk: ``(γ, dh0 acc, (dU, dW rows, db), δ (c, B, H))``;
-    ``carry = (γ, dh0 acc)``, ``marks = (m, e, k)`` (padding, entry resets, truncation)."""
-    (g, acc), (m, e, k) = carry, marks
+def cell_backward(ctx: _Ctx, layer: Layer, X_c, tr_c, s_start, s0, carry, G, marks):
+    """A cell's part of one chunk: ``(γ, acc, (dU, dW rows, db), δ (c, B, ·))``;
+    ``carry = (γ, acc)`` (pytrees like the state; ``acc`` the reset steps' gradient of
+    ``s0``), ``marks = (m, e, k)`` (padding, entry resets, truncation)."""
+    (g, acc), (m, e, k), cell = carry, marks, ctx.options.cell
+    s_in = entering(cell, tr_c, s_start, s0, e)
     if ctx.options.pallas:
         flags = step_flags(*G.shape[:2], real=m, reset=e, keep=k)
-        deltas, g, acc_k = backward_recursion(G, hs_c, g, ctx.cast(layer.U), flags, acc,
+        deltas, g, acc_k = backward_recursion(G, tr_c, g, ctx.cast(layer.U), flags, acc,
                                               options=ctx.options)  # fmt: skip
         acc = None if acc is None else acc_k
     else:
         step = _scan_step(ctx, ctx.cast(layer.U))
-        (g, acc), deltas = lax.scan(step, (g, acc), (G, hs_c, m, e, k), reverse=True,
+        read = s_in if cell.reads_state_in else None
+        (g, acc), deltas = lax.scan(step, (g, acc), (G, tr_c, read, m, e, k), reverse=True,
                                     unroll=ctx.options.unroll)  # fmt: skip
-    h_prev = jnp.concatenate([h_start[None], hs_c[:-1]])  # h_{t-1} in the view
-    h_in = h_prev if e is None else jnp.where(e, h0, h_prev)
     d2 = _rows(deltas)
-    d2T = _transposed(d2)
-    dU = ctx.mm(d2T, _rows(h_in))  # Σ_t δ_t ⊗ h_in_t
+    dU = ctx.mm(_transposed(cell.u_rows(d2)), _rows(cell.h_of(s_in)))  # Σ_t δ_t ⊗ h_in_t
     ids = jnp.issubdtype(X_c.dtype, jnp.integer)
-    dW = d2 if ids else ctx.mm(d2T, _rows(X_c))  # ids: rows to scatter into dWᵀ
+    dW = cell.w_rows(d2)
+    dW = dW if ids else ctx.mm(_transposed(dW), _rows(X_c))  # ids: rows to scatter into dWᵀ
     return g, acc, (dU, dW, jnp.sum(d2, axis=0)), deltas
 
 
@@ -185,22 +200,22 @@ def _chunk_body(ctx: _Ctx, cells, r0s, out: _Out | None, emit_below: bool):
     def body(carry, chunk_data):
         gs, accs, E, grads, dV, dc = carry
         starts, (X_c, hs_c, y_c, m_c, e_c, k_c, top_c, G_c) = chunk_data
-        if hs_c is None:  # recompute the chunk's states, layer by layer
+        if hs_c is None:  # recompute the chunk's traces, layer by layer
             hs_c, inp = [], X_c
             for cell, start, r0 in zip(cells, starts, r0s, strict=True):
                 hs_c.append(run_cell(ctx, cell, inp, start, r0, m_c, e_c)[1])
-                inp = _masked(hs_c[-1], m_c)
+                inp = outputs(ctx, hs_c[-1], m_c)
         extra = None
         if out is not None:
-            top_c = _masked(hs_c[-1], m_c) if top_c is None else top_c
+            top_c = outputs(ctx, hs_c[-1], m_c) if top_c is None else top_c
             E_c, dV_c, dc_c, Vr = _output_chunk(ctx, out.V, out.c, top_c, y_c, m_c, out.scale)
             E, dV, dc = E + E_c, dV + dV_c, dc + dc_c
             G_c = Vr[..., out.lo : out.hi]
             extra = None if out.extra is None else Vr[..., out.extra[0] : out.extra[1]]
         gs, accs, grads = list(gs), list(accs), list(grads)
         for i in reversed(range(len(cells))):
-            X_i = X_c if i == 0 else _masked(hs_c[i - 1], m_c)
-            gs[i], accs[i], (dU, dW, db), deltas = _cell_backward(
+            X_i = X_c if i == 0 else outputs(ctx, hs_c[i - 1], m_c)
+            gs[i], accs[i], (dU, dW, db), deltas = cell_backward(
                 ctx, cells[i], X_i, hs_c[i], starts[i], r0s[i], (gs[i], accs[i]), G_c,
                 (m_c, e_c, k_c),
             )  # fmt: skip
@@ -211,7 +226,7 @@ def _chunk_body(ctx: _Ctx, cells, r0s, out: _Out | None, emit_below: bool):
                 gW = gW + dW
             grads[i] = (gU + dU, gW, gb + db)
             if i > 0 or emit_below:
-                G_c = ctx.mm(deltas, ctx.cast(cells[i].W))  # W^{ℓ}ᵀ δ^{ℓ}_t for the layer below
+                G_c = ctx.mm(ctx.options.cell.w_rows(deltas), ctx.cast(cells[i].W))  # W^ℓᵀ δ^ℓ_t
         new = (tuple(gs), tuple(accs), E, tuple(grads), dV, dc)
         return new, (G_c if emit_below else None, extra)
 
@@ -235,14 +250,16 @@ def _splitter(T: int, cs: int):
     return n, rem, split, join
 
 
-def _stored_starts(hs, h0s, split, n, rem):
-    """The state entering each full chunk, from the stored states of every cell."""
-    head, body = split(tuple(hs))
-    mid = tuple(h[-1] for h in head) if rem else tuple(h0s)
-    return tuple(
-        jnp.concatenate([mid_i[None], b[:-1, -1]]) if n else b[:, 0]
-        for mid_i, b in zip(mid, body, strict=True)
-    )
+def _stored_starts(states, h0s, split, n, rem):
+    """The state entering each full chunk, from the stored states of every cell (each a
+    pytree of ``(T, B, H)`` leaves)."""
+    head, body = split(tuple(states))
+    mid = tuple(jax.tree.map(lambda h: h[-1], h) for h in head) if rem else tuple(h0s)
+
+    def entering_chunks(mid_i, b):
+        return jnp.concatenate([mid_i[None], b[:-1, -1]]) if n else b[:, 0]
+
+    return tuple(jax.tree.map(entering_chunks, mid_i, b) for mid_i, b in zip(mid, body, strict=True))
 
 
 def _forward(ctx: _Ctx, cells, h0s, r0s, X, m, e, chunks):
@@ -252,11 +269,12 @@ def _forward(ctx: _Ctx, cells, h0s, r0s, X, m, e, chunks):
     if not ctx.options.recompute:
         hs, finals, inp = [], [], X
         for cell, h0, r0 in zip(cells, h0s, r0s, strict=True):
-            h_fin, states = run_cell(ctx, cell, inp, h0, r0, m, e)  # (T, B, H): carried states
-            hs.append(states)
+            h_fin, traces = run_cell(ctx, cell, inp, h0, r0, m, e)  # (T, B, ·) leaves
+            hs.append(traces)
             finals.append(h_fin)
-            inp = _masked(states, m)
-        return tuple(finals), tuple(hs), _stored_starts(hs, h0s, split, n, rem)
+            inp = outputs(ctx, traces, m)
+        states = [ctx.options.cell.state(t) for t in hs]
+        return tuple(finals), tuple(hs), _stored_starts(states, h0s, split, n, rem)
 
     def run_stack(states, data):  # the chunk through every layer: the states leaving it
         X_c, m_c, e_c = data
@@ -264,7 +282,7 @@ def _forward(ctx: _Ctx, cells, h0s, r0s, X, m, e, chunks):
         for cell, start, r0 in zip(cells, states, r0s, strict=True):
             h_end, hs_c = run_cell(ctx, cell, inp, start, r0, m_c, e_c)
             new.append(h_end)
-            inp = _masked(hs_c, m_c)
+            inp = outputs(ctx, hs_c, m_c)
         return tuple(new), states
 
     head, body = split((X, m, e))
@@ -295,17 +313,18 @@ def _sweep(ctx: _Ctx, cells, h0s, g0s, view, cs: int, out, emit_below,
         finals, hs, starts = _forward(ctx, cells, h0s, r0s, X, m, e, (split, n, rem))
     else:
         finals, hs, starts = stored
-        starts = _stored_starts(hs, h0s, split, n, rem) if starts is None else starts
-    zeros = functools.partial(jnp.zeros_like, h0s[0])
+        if starts is None:
+            states = [ctx.options.cell.state(t) for t in hs]
+            starts = _stored_starts(states, h0s, split, n, rem)
+    zeros = functools.partial(jnp.zeros, dtype=cells[0].U.dtype)
     grads = tuple(
-        (zeros(shape=c.U.shape), zeros(shape=c.W.shape[::-1] if i == 0 and ids else
-                                       c.W.shape), zeros(shape=c.b.shape))
+        (zeros(c.U.shape), zeros((c.W.shape[1], ctx.options.cell.gates * c.U.shape[1]))
+         if i == 0 and ids else zeros(c.W.shape), zeros(c.b.shape))
         for i, c in enumerate(cells)
     )  # fmt: skip
-    accs = tuple(None if e is None else zeros() for _ in cells)
+    accs = tuple(None if e is None else jax.tree.map(jnp.zeros_like, h0) for h0 in h0s)
     V_shape = (1, 1) if out is None else out.V.shape
-    carry = (tuple(g0s), accs, zeros(shape=()), grads, zeros(shape=V_shape),
-             zeros(shape=V_shape[:1]))  # fmt: skip
+    carry = (tuple(g0s), accs, zeros(()), grads, zeros(V_shape), zeros(V_shape[:1]))
     body = _chunk_body(ctx, cells, r0s, out, emit_below)
     data_head, data_body = split((X, hs, y, m, e, k, top, G))
     emitted_body = emitted_head = None
@@ -321,7 +340,8 @@ def _sweep(ctx: _Ctx, cells, h0s, g0s, view, cs: int, out, emit_below,
     elif emitted_head is not None:
         emitted = emitted_head
     gs, accs, E, grads, dV, dc = carry
-    dh0s = tuple(g if a is None or own_r0s else g + a for g, a in zip(gs, accs, strict=True))
+    dh0s = tuple(g if a is None or own_r0s else jax.tree.map(jnp.add, g, a)
+                 for g, a in zip(gs, accs, strict=True))  # fmt: skip
     grads = tuple((dU, dW.T if i == 0 and ids else dW, db)
                   for i, (dU, dW, db) in enumerate(grads))  # fmt: skip
     return E, grads, dV, dc, dh0s, finals, emitted

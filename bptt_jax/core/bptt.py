@@ -47,6 +47,7 @@ import jax
 from .deep import deep_bptt_core
 from .options import DEFAULT, Options
 from .params import Params, from_deep, to_deep
+from .steps import pick
 
 
 @functools.partial(jax.jit, static_argnames=("options",))
@@ -85,7 +86,8 @@ def bptt_core(
       final state :math:`h_T` ``(B, H)`` (to carry into the next chunk of a
       long stream).
     """
-    dh = None if dh_T is None else dh_T[None]
-    E, grads, dh0, h_T = deep_bptt_core(to_deep(params), xs, ys, h0[None], dh_final=dh,
+    lift = functools.partial(jax.tree.map, lambda a: a[None])  # one cell's state, stacked
+    dh = None if dh_T is None else lift(dh_T)
+    E, grads, dh0, h_T = deep_bptt_core(to_deep(params), xs, ys, lift(h0), dh_final=dh,
                                         options=options)  # fmt: skip
-    return E, from_deep(grads), dh0[0], h_T[0]
+    return E, from_deep(grads), pick(dh0, 0), pick(h_T, 0)

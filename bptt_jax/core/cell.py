@@ -1,4 +1,4 @@
-r"""The seed's vanilla cell: its forward step and its δ step, the only place they are written.
+r"""The cell contract, and the seed's vanilla cell: the only place its equations are written.
 
 .. math::
 
@@ -13,19 +13,35 @@ with :math:`h^{\mathrm{in}}_t` the state the step reads (:math:`h_{t-1}`, or
 :math:`\gamma_{t+1}` the one from the next step. :math:`f'` is written from
 :math:`h_t` (:mod:`.activations`), so the backward pass keeps only the states.
 
-A cell is a frozen, hashable value (a static argument of the jitted cores, inside
-:class:`~bptt_jax.core.options.Options`) with four methods:
+**The contract.** A cell is a frozen, hashable value (a static argument of the jitted
+cores, inside :class:`~bptt_jax.core.options.Options`). Its parameters are a
+:class:`~bptt_jax.core.params.Layer` ``(U (G·H, H), W (G·H, D_in), b)`` with ``G``
+:attr:`gates` row blocks; its *state* is a pytree of ``(B, H)`` arrays (``h``, or
+``(h, c)`` for the LSTM) and each step leaves a *trace*, a pytree holding the state
+and whatever the δ step needs (the LSTM's gates), stored for the backward pass. Its
+methods:
 
-- ``project(layer, X, mm, cast)``: :math:`a_t` for every step at once (batched work,
-  outside the recursion);
-- ``forward(mm, UT, h_in, a_t)``: one step of the forward recursion;
-- ``delta(total, h_t)``: :math:`\delta_t` from :math:`G_t + \gamma_{t+1}`;
-- ``back(mm, U, delta)``: :math:`\gamma_t = U^\top\delta_t`, the gradient handed to
-  the state the step read.
+- ``project(layer, X, mm, cast)``: :math:`a_t = W x_t + b` for every step at once
+  (batched work, outside the recursion), ``(T, B, G·H)``;
+- ``weights(layer, cast)``: what the forward step reads (:math:`U^\top`, cast);
+- ``forward(mm, R, s_in, a_t) -> trace_t``: one step of the forward recursion;
+- ``state(trace)``, ``output(trace)`` (:math:`h_t`), ``with_state(trace, s)``,
+  ``h_of(state)``: the trace's parts;
+- ``total(g, G_t)``: the gradient of the step's state, :math:`G_t` added to the
+  carried :math:`\gamma_{t+1}`;
+- ``delta(mm, U, total, trace_t, s_in_t, clip) -> (γ_t, δ_t)``: the step's
+  :math:`\delta_t` (the rows of :math:`\partial E/\partial U, W, b`) and the
+  gradient :math:`\gamma_t` of the state it read; ``clip`` (``None`` or a function
+  of a pytree) is applied where the cell defines δ clipping;
+- ``u_rows(δ)``, ``w_rows(δ)``: the columns of δ that multiply :math:`h^{\mathrm{in}}`
+  into :math:`\partial E/\partial U`, and :math:`x_t` into :math:`\partial E/\partial W`
+  (and go down to the layer below as :math:`W^\top\delta`); :math:`\partial E/\partial b
+  = \sum_t \delta_t`.
 
 The drivers (:mod:`.steps` and the modules that scan them) apply padding, resets,
 truncation and δ clipping around these, once for every cell; the Pallas kernels
-(:mod:`.kernels`) call the same methods inside their loops.
+(:mod:`.kernels`) call the same methods inside their loops. The gated cells are
+:mod:`.lstm` and :mod:`.gru`.
 """
 
 from __future__ import annotations
@@ -38,8 +54,19 @@ import jax.numpy as jnp
 from .activations import get_activation
 
 
+def project_inputs(layer, X: jax.Array, mm, cast, b: jax.Array) -> jax.Array:
+    r""":math:`W x_t + b` for every step: ``X`` time-major ``(T, B)`` ids (a gather of
+    columns of ``W``; an id out of range gives NaN) or ``(T, B, D_in)``."""
+    if jnp.issubdtype(X.dtype, jnp.integer):
+        return jnp.take(layer.W.T, X, axis=0, mode="fill") + b  # (T, B, G·H)
+    return mm(X, cast(layer.W.T)) + b  # (T, B, G·H)
+
+
 class RNNCell(NamedTuple):
     r"""The vanilla cell :math:`h_t = f(U h_{t-1} + W x_t + b)` of the source (seed §2).
+
+    State :math:`h` ``(B, H)``; trace :math:`h_t`. ``U (H, H)``, ``W (H, D_in)``,
+    ``b (H,)``.
 
     Attributes:
       activation: the name of :math:`f` (``"tanh"``, the seed's; ``"sigmoid"``,
@@ -47,6 +74,11 @@ class RNNCell(NamedTuple):
     """
 
     activation: str = "tanh"
+
+    name = "rnn"
+    gates = 1
+    #: Whether ``delta`` reads the state the step read (``s_in_t``).
+    reads_state_in = False
 
     @property
     def f(self):
@@ -59,22 +91,44 @@ class RNNCell(NamedTuple):
         return get_activation(self.activation).df_from_h
 
     def project(self, layer, X: jax.Array, mm, cast) -> jax.Array:
-        r""":math:`a_t = W x_t + b` for every step: ``X`` time-major ``(T, B)`` ids (a
-        gather of columns of ``W``; an id out of range gives NaN) or ``(T, B, D_in)``."""
-        if jnp.issubdtype(X.dtype, jnp.integer):
-            return jnp.take(layer.W.T, X, axis=0, mode="fill") + layer.b  # (T, B, H)
-        return mm(X, cast(layer.W.T)) + layer.b  # (T, B, H)
+        r""":math:`a_t = W x_t + b` for every step, ``(T, B, H)``."""
+        return project_inputs(layer, X, mm, cast, layer.b)
+
+    def weights(self, layer, cast):
+        """:math:`U^\\top`, cast for the products."""
+        return cast(layer.U.T)
 
     def forward(self, mm, UT: jax.Array, h_in: jax.Array, a_t: jax.Array) -> jax.Array:
-        r""":math:`h_t = f(U h^{\mathrm{in}}_t + a_t)`: ``(B, H), (B, H) -> (B, H)``
-        (``UT`` is :math:`U^\top`, cast for the product)."""
+        r""":math:`h_t = f(U h^{\mathrm{in}}_t + a_t)`: ``(B, H), (B, H) -> (B, H)``."""
         return self.f(mm(h_in, UT) + a_t)
 
-    def delta(self, total: jax.Array, h_t: jax.Array) -> jax.Array:
-        r""":math:`\delta_t = (G_t + \gamma_{t+1}) \odot f'(h_t)`; ``total`` is the sum in
-        brackets, ``(B, H)``."""
-        return total * self.df_from_h(h_t)
+    def state(self, trace):
+        return trace
 
-    def back(self, mm, U: jax.Array, delta: jax.Array) -> jax.Array:
-        r""":math:`\gamma_t = U^\top \delta_t` (``U`` cast for the product): ``(B, H)``."""
-        return mm(delta, U)
+    def output(self, trace):
+        return trace
+
+    def with_state(self, trace, state):
+        return state
+
+    def h_of(self, state):
+        return state
+
+    def total(self, g, G_t):
+        r""":math:`G_t + \gamma_{t+1}`."""
+        return G_t + g
+
+    def delta(self, mm, U, total, h_t, s_in=None, clip=None):
+        r"""``(γ_t, δ_t)``: :math:`\delta_t = (G_t + \gamma_{t+1}) \odot f'(h_t)` (``total``
+        the sum in brackets, ``(B, H)``), clipped by ``clip``; :math:`\gamma_t = U^\top
+        \delta_t` (``U`` cast for the product)."""
+        delta = total * self.df_from_h(h_t)
+        if clip is not None:
+            delta = clip(delta)
+        return mm(delta, U), delta
+
+    def u_rows(self, delta):
+        return delta
+
+    def w_rows(self, delta):
+        return delta

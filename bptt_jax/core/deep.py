@@ -25,11 +25,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .backward import _masked, _Out, _splitter, _stored_starts, _sweep, make_ctx, run_cell
+from .backward import _Out, _splitter, _stored_starts, _sweep, make_ctx, outputs, run_cell
 from .options import DEFAULT, Options
 from .params import DeepParams, Layer
 from .recurrence import _forward, _output_layer, _prepare, _time_major
 from .schedule import default_chunk
+from .steps import pick, stack
 
 
 def _top(params: DeepParams, xs, h0, mask, resets, options: Options):
@@ -45,10 +46,11 @@ def cell_outputs(params: DeepParams, xs, h0, mask, options: Options = DEFAULT):
     if mask is None:
         mask = jnp.ones(xs.shape[:2], bool)
     X, m, _ = _prepare(xs, mask, None)
-    _, states, _, _ = _forward(params.cells(), X, h0, m, None, options)
+    _, traces, _, _ = _forward(params.cells(), X, h0, m, None, options)
     D = params.num_directions
-    L = len(states) // D
-    outs = [[jnp.where(m, states[l * D + d], 0) for d in range(D)] for l in range(L)]
+    L = len(traces) // D
+    out = options.cell.output
+    outs = [[jnp.where(m, out(traces[l * D + d]), 0) for d in range(D)] for l in range(L)]
     return m[..., 0], outs
 
 
@@ -108,10 +110,11 @@ def _layer(ctx, cell, inp, h0, r0, views, l):
     finals, states, outs = [], [], []
     for d, layer in enumerate(cell):
         m, e, _ = views[d]
-        h_fin, hs = run_cell(ctx, layer, _FLIPS[d](inp), h0[2 * l + d], r0[2 * l + d], m, e)
+        i = 2 * l + d
+        h_fin, hs = run_cell(ctx, layer, _FLIPS[d](inp), pick(h0, i), pick(r0, i), m, e)
         finals.append(h_fin)
         states.append(hs)
-        outs.append(_FLIPS[d](_masked(hs, m)))
+        outs.append(_FLIPS[d](outputs(ctx, hs, m)))
     return finals, states, jnp.concatenate(outs, axis=-1)
 
 
@@ -132,7 +135,7 @@ def _bidirectional(ctx, params: DeepParams, X, Y, h0, dh_final, views, scale, cs
     the rest again), and a middle layer's input is run again from ``X`` when its sweeps
     begin; what stays of size ``T·B·H`` is the top layer's input and outputs and the
     gradient handed down one layer boundary (both directions' δ at every step)."""
-    cells, H = params.cells(), params.layers[0].U.shape[0]
+    cells, H = params.cells(), params.layers[0].U.shape[1]
     recompute = ctx.options.recompute
     L = len(cells)
     n, rem, split, _ = _splitter(X.shape[0], cs)
@@ -142,7 +145,8 @@ def _bidirectional(ctx, params: DeepParams, X, Y, h0, dh_final, views, scale, cs
         fins, states, inp = _layer(ctx, cell, inp, h0, r0, views, l)
         for d, (h_fin, hs) in enumerate(zip(fins, states, strict=True)):
             i = 2 * l + d
-            starts = _stored_starts((hs,), (h0[i],), split, n, rem) if recompute else None
+            state = ctx.options.cell.state(hs)
+            starts = _stored_starts((state,), (pick(h0, i),), split, n, rem) if recompute else None
             stored[i] = ((h_fin,), None if recompute else (hs,), starts)
     grads = [[None, None] for _ in cells]
     dh0s, G_buf, extra = {}, None, None
@@ -158,8 +162,8 @@ def _bidirectional(ctx, params: DeepParams, X, Y, h0, dh_final, views, scale, cs
             else:
                 G = fl(extra if l == L - 1 else G_buf[..., d * H : (d + 1) * H])
             view = (fl(layer_in), Y if out else None, m, e, k, top, G)
-            res = _sweep(ctx, (layer,), (h0[i],), (dh_final[i],), view, cs, out,
-                         l > 0, stored=stored[i], r0s=None if r0 is h0 else (r0[i],))  # fmt: skip
+            res = _sweep(ctx, (layer,), (pick(h0, i),), (pick(dh_final, i),), view, cs, out,
+                         l > 0, stored=stored[i], r0s=None if r0 is h0 else (pick(r0, i),))  # fmt: skip
             E_i, (g,), dV_i, dc_i, (dh0s[i],), _, (below, ex) = res
             if out is not None:
                 E, dV, dc, extra = E_i, dV_i, dc_i, ex
@@ -167,8 +171,8 @@ def _bidirectional(ctx, params: DeepParams, X, Y, h0, dh_final, views, scale, cs
             if l > 0:
                 G_next = fl(below) if G_next is None else G_next + fl(below)
         G_buf = G_next
-    finals = jnp.stack([stored[i][0][0] for i in range(2 * L)])
-    return E, grads, dV, dc, jnp.stack([dh0s[i] for i in range(2 * L)]), finals
+    finals = stack([stored[i][0][0] for i in range(2 * L)])
+    return E, grads, dV, dc, stack([dh0s[i] for i in range(2 * L)]), finals
 
 
 @functools.partial(jax.jit, static_argnames=("options", "reduction", "zero_resets"))
@@ -197,7 +201,7 @@ def deep_bptt_core(params: DeepParams, xs, ys, h0, mask=None, dh_final=None, res
     cs = default_chunk(T, B, recompute) if chunk is None else min(chunk, max(T, 1))
     X, _, _ = _prepare(xs, mask, None)  # ids at padding set in range
     Y = _time_major(ys)
-    dh_final = jnp.zeros_like(h0) if dh_final is None else dh_final
+    dh_final = jax.tree.map(jnp.zeros_like, h0) if dh_final is None else dh_final
     if T == 0:  # no steps: E = 0, zero gradients, dh0 = dh_final, h_final = h0
         zero = jax.tree.map(jnp.zeros_like, params)
         return jnp.zeros((), params.V.dtype), zero, dh_final, h0
@@ -206,7 +210,7 @@ def deep_bptt_core(params: DeepParams, xs, ys, h0, mask=None, dh_final=None, res
     if reduction == "mean":
         scale = 1 / jnp.maximum(n_real, 1).astype(params.V.dtype)
     views = _views(T, mask, resets, options.truncate)
-    r0 = jnp.zeros_like(h0) if zero_resets else h0  # what a reset restores
+    r0 = jax.tree.map(jnp.zeros_like, h0) if zero_resets else h0  # what a reset restores
     if params.bidirectional:
         E, grads, dV, dc, dh0, finals = _bidirectional(
             ctx, params, X, Y, h0, dh_final, views, scale, cs, r0
@@ -214,13 +218,14 @@ def deep_bptt_core(params: DeepParams, xs, ys, h0, mask=None, dh_final=None, res
         layers, reverse = tuple(g[0] for g in grads), tuple(g[1] for g in grads)
     else:
         m, e, k = views[0]
-        H = params.layers[0].U.shape[0]
+        H, L = params.layers[0].U.shape[1], params.num_layers
         out = _Out(params.V, params.c, scale, 0, H, None)
+        cells_of = lambda s: tuple(pick(s, i) for i in range(L))  # noqa: E731
         E, grads, dV, dc, dh0, finals, _ = _sweep(
-            ctx, params.layers, tuple(h0), tuple(dh_final), (X, Y, m, e, k, None, None), cs,
-            out, False, r0s=tuple(r0) if zero_resets else None,
+            ctx, params.layers, cells_of(h0), cells_of(dh_final), (X, Y, m, e, k, None, None),
+            cs, out, False, r0s=cells_of(r0) if zero_resets else None,
         )  # fmt: skip
         layers, reverse = tuple(Layer(*g) for g in grads), ()
-        dh0, finals = jnp.stack(dh0), jnp.stack(finals)
+        dh0, finals = stack(dh0), stack(finals)
     grads = DeepParams(layers=layers, reverse_layers=reverse, V=dV, c=dc)
     return E, grads, dh0, finals

@@ -35,12 +35,13 @@ from .options import DEFAULT, Options
 from .params import DeepParams, from_deep, seed_case, to_deep
 from .per_loss import bptt_per_loss_core, per_loss_deltas_core
 from .recurrence import _backprop, _forward, _output_layer, _prepare, _time_major
+from .steps import pick
 
 
 def _backward(cells, inputs, states, h0, m, G, options: Options):
     """Every cell's hand backward (:mod:`.recurrence`), top first: ``(cells, deltas)``."""
     D = len(cells[0])
-    H = cells[0][0].U.shape[0]
+    H = cells[0][0].U.shape[1]
     grads = [[None] * D for _ in cells]
     deltas = [None] * (len(cells) * D)
     for l in reversed(range(len(cells))):
@@ -49,13 +50,15 @@ def _backward(cells, inputs, states, h0, m, G, options: Options):
             i = l * D + d
             G_d = jnp.where(m, G[..., d * H : (d + 1) * H], 0)
             grads[l][d], _, deltas[i] = _backprop(
-                layer, inputs[l], h0[i], states[i], m, None, G_d, jnp.zeros_like(h0[i]),
+                layer, inputs[l], pick(h0, i), states[i], m, None, G_d,
+                jax.tree.map(jnp.zeros_like, pick(h0, i)),
                 reverse=d == 1, options=options,
             )  # fmt: skip
-            term = jnp.matmul(deltas[i], layer.W, precision=options.precision)  # W^{ℓ}ᵀ δ^{ℓ}_t
+            term = jnp.matmul(options.cell.w_rows(deltas[i]), layer.W,
+                              precision=options.precision)  # W^{ℓ}ᵀ δ^{ℓ}_t
             G_below = G_below + term
         G = G_below
-    return grads, jnp.stack(deltas)
+    return grads, jnp.stack(deltas)  # every cell's δ has one width
 
 
 def _losses(params: DeepParams, xs, ys, h0, mask, options: Options, reduction):
@@ -97,13 +100,14 @@ def deep_per_loss_deltas_core(params: DeepParams, xs, ys, h0, mask=None, *, opti
     (:func:`~bptt_jax.core.params.seed_case`) runs the seed's double sum, which also
     takes ``options.truncate`` (a sliding window).
     """
-    if seed_case(params, mask, None, reduction):
+    if seed_case(params, mask, None, reduction, options.cell):
         deltas = per_loss_deltas_core(from_deep(params), xs, ys, h0[0], options=options)
         return deltas[:, :, None]  # (T_t, T_k, 1, B, H)
     _, _, _, one_loss = _losses(params, xs, ys, h0, mask, options, reduction)
-    T, (LD, B, H) = xs.shape[1], h0.shape
+    T, (LD, B, H) = xs.shape[1], jax.tree.leaves(h0)[0].shape
     if T == 0:
-        return jnp.zeros((0, 0, LD, B, H), h0.dtype)
+        width = params.layers[0].b.shape[0]  # δ's width: the cell's gate rows
+        return jnp.zeros((0, 0, LD, B, width), params.V.dtype)
     deltas = lax.map(lambda t: one_loss(t)[1], jnp.arange(T))  # (T_t, L*D, T_k, B, H)
     return jnp.swapaxes(deltas, 1, 2)  # (T_t, T_k, L*D, B, H)
 
@@ -119,7 +123,7 @@ def deep_bptt_per_loss_core(params: DeepParams, xs, ys, h0, mask=None, *, option
     (:func:`~bptt_jax.core.params.seed_case`) runs the seed's double sum, which also
     takes ``options.truncate`` (a sliding window).
     """
-    if seed_case(params, mask, None, reduction):
+    if seed_case(params, mask, None, reduction, options.cell):
         E, grads = bptt_per_loss_core(from_deep(params), xs, ys, h0[0], options=options)
         return E, to_deep(grads)
     E, dV, dc, one_loss = _losses(params, xs, ys, h0, mask, options, reduction)

@@ -187,7 +187,7 @@ def _backward_kernel(options, G_ref, hs_ref, fl_ref, g_ref, acc_ref, U_ref, d_re
     def body(i, carry):
         t = T - 1 - i
         fl = fl_ref[t]
-        g, acc, delta = step(*carry, G_ref[t], hs_ref[t], _flag(fl, REAL), _flag(fl, RESET),
+        g, acc, delta = step(*carry, G_ref[t], hs_ref[t], None, _flag(fl, REAL), _flag(fl, RESET),
                              _flag(fl, KEEP))  # fmt: skip
         d_ref[t] = delta
         return g, acc

@@ -8,7 +8,7 @@ r"""Softmax with cross-entropy, and its gradient (the seed's appendix 1).
 which is :math:`\hat y - y` whenever :math:`\sum_j y_j = 1`: for one-hot
 labels, and equally for any probability vector (label smoothing, soft
 targets). The seed's appendix prints :math:`\hat y_i \sum_{j \ne i} y_j - y_i`,
-dropping the :math:`j = i` term (``docs/math.md`` §9, §10).
+dropping the :math:`j = i` term (``docs/math.md`` §9, §14).
 
 Labels come as integer class ids ``(...)`` or probability vectors
 ``(..., C)``; the dtype tells which.

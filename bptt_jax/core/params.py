@@ -132,11 +132,13 @@ def like(params: Params | DeepParams, grads: DeepParams, *states: jax.Array):
     return grads, *states
 
 
-def seed_case(params: DeepParams, mask=None, resets=None, reduction: str = "sum") -> bool:
-    """Whether a call is the seed's own setting: one layer in one direction, no padding,
-    no resets, the summed loss. The one test the core makes before a path that exists
+def seed_case(params: DeepParams, mask=None, resets=None, reduction: str = "sum",
+              cell=None) -> bool:  # fmt: skip
+    """Whether a call is the seed's own setting: the vanilla cell (``cell`` ``None`` or
+    named ``"rnn"``), one layer in one direction, no padding, no resets, the summed loss. The one test the core makes before a path that exists
     only there (the per-loss form's sliding window, :mod:`.deep_per_loss`)."""
     one_cell = params.num_layers == 1 and not params.bidirectional
+    one_cell = one_cell and (cell is None or cell.name == "rnn")
     return one_cell and mask is None and resets is None and reduction == "sum"
 
 

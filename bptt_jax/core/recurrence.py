@@ -52,11 +52,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .kernels import backward_recursion, forward_recursion, step_flags
+from .backward import cell_backward, make_ctx, run_cell
 from .losses import log_softmax
 from .options import DEFAULT, Options
 from .params import DeepParams, Layer
-from .steps import delta_step, forward_step
+from .steps import pick, stack
 
 
 def _is_ids(X) -> bool:
@@ -83,73 +83,39 @@ def _flip(a, reverse: bool):
 
 
 def _run(layer: Layer, X, h0, m, r, *, reverse: bool, options: Options):
-    """One direction: ``(h_final (B, H), hs (T, B, H))``, states frozen at padding; the
+    """One direction: ``(s_final, traces (T, B, ·))``, states frozen at padding; the
     cell's :func:`.steps.forward_step` (or the Pallas kernel) in the direction's order."""
-    mm, cast = options.products(layer.U.dtype)
-    a = options.cell.project(layer, X, mm, cast)  # (T, B, H): W x_t + b, all steps at once
-    UT = cast(layer.U.T)
-    if options.pallas:
-        flags = step_flags(*a.shape[:2], real=_flip(m, reverse), reset=_flip(r, reverse))
-        hs = forward_recursion(_flip(a, reverse), h0, UT, h0, flags, options=options)
-        return (hs[-1] if hs.shape[0] else h0), _flip(hs, reverse)
-    step = forward_step(options.cell, mm, UT, h0)
-
-    def scan_step(h_prev, inputs):  # (B, H)
-        h = step(h_prev, *inputs)  # h_t = f(U h_in + W x_t + b)
-        return h, h
-
-    return lax.scan(scan_step, h0, (a, m, r), reverse=reverse)
+    ctx = make_ctx(options, layer.U.dtype)
+    fl = functools.partial(_flip, reverse=reverse)
+    s_T, traces = run_cell(ctx, layer, fl(X), h0, h0, fl(m), fl(r))
+    return s_T, jax.tree.map(fl, traces)
 
 
-def _entering(hs, h0, r, *, reverse: bool):
-    r""":math:`h^{\mathrm{in}}_t`, the state each step read, ``(T, B, H)``."""
-    after = jnp.concatenate([hs, h0[None]])[1:]  # h_{t+1}, h0 entering step T
-    before = jnp.concatenate([h0[None], hs])[:-1]  # h_{t-1}, h0 entering step 1
-    prev = after if reverse else before
-    return prev if r is None else jnp.where(r, h0, prev)
-
-
-def _backprop(layer: Layer, X, h0, hs, m, r, G, dh_final, *, reverse: bool, options: Options):
-    """The hand backward through one direction of one layer: the cell's
-    :func:`.steps.delta_step` (or the Pallas kernel) in reverse processing order.
+def _backprop(layer: Layer, X, h0, traces, m, r, G, dh_final, *, reverse: bool,
+              options: Options):  # fmt: skip
+    """The hand backward through one direction of one layer: the chunked driver's cell
+    backward (:func:`.backward.cell_backward`, one chunk) in reverse processing order.
 
     Args:
       G: ``(T, B, H)``, ∂L/∂(outputs), zero at padding.
-      dh_final: ``(B, H)``, ∂L/∂(final state).
+      dh_final: like the state, ∂L/∂(final state).
       options: the cell and the products' precision.
 
     Returns:
-      ``(grads Layer, dh0 (B, H), deltas (T, B, H))``.
+      ``(grads Layer, dh0 like the state, deltas (T, B, ·))``.
     """
-    mm, cast = options.products(layer.U.dtype)
-    step = delta_step(options.cell, mm, cast(layer.U))
-
-    def scan_step(carry, inputs):  # g: ∂L/∂h_t through the steps that read h_t
-        g, dh0, delta = step(*carry, *inputs)
-        return (g, dh0), delta
-
-    carry = (dh_final, None if r is None else jnp.zeros_like(h0))
-    if not options.pallas:
-        (g, dh0), deltas = lax.scan(scan_step, carry, (G, hs, m, r), reverse=not reverse)
-    else:  # the kernel runs last step first in the view: forward in time for `reverse`
-        fl = functools.partial(_flip, reverse=reverse)
-        flags = step_flags(*G.shape[:2], real=fl(m), reset=fl(r))
-        deltas, g, dh0_k = backward_recursion(fl(G), fl(hs), dh_final, cast(layer.U), flags,
-                                              carry[1], options=options)  # fmt: skip
-        deltas, dh0 = fl(deltas), None if r is None else dh0_k
-    precision = options.precision
-    dh0 = g if dh0 is None else dh0 + g  # the first step read h0
-    h_in = _entering(hs, h0, r, reverse=reverse)
-    H = deltas.shape[-1]
-    d2 = deltas.reshape(-1, H)  # (T·B, H): 2-D products, faster than 3-D einsums on CPU
-    dU = jnp.matmul(d2.T, h_in.reshape(-1, H), precision=precision)  # Σ_t δ_t ⊗ h_in_t
-    db = jnp.sum(d2, axis=0)  # Σ_t δ_t
+    ctx = make_ctx(options, layer.U.dtype)
+    fl = functools.partial(_flip, reverse=reverse)
+    acc = None if r is None else jax.tree.map(jnp.zeros_like, h0)
+    tr = jax.tree.map(fl, traces)
+    g, acc, (dU, dW, db), deltas = cell_backward(
+        ctx, layer, fl(X), tr, h0, h0, (dh_final, acc), fl(G), (fl(m), fl(r), None)
+    )
+    dh0 = g if acc is None else jax.tree.map(jnp.add, g, acc)  # the first step read h0
     if _is_ids(X):  # Σ_t δ_t ⊗ x_t for one-hot x_t: a scatter-add into column x_t
         K = layer.W.shape[1]
-        dW = jnp.zeros((K, H), deltas.dtype).at[X.reshape(-1)].add(d2).T
-    else:
-        dW = jnp.matmul(d2.T, X.reshape(d2.shape[0], -1), precision=precision)  # Σ_t δ_t ⊗ x_t
-    return Layer(U=dU, W=dW, b=db), dh0, deltas
+        dW = jnp.zeros((K, dW.shape[-1]), dW.dtype).at[fl(X).reshape(-1)].add(dW).T
+    return Layer(U=dU, W=dW, b=db), dh0, fl(deltas)
 
 
 def _time_major(a):
@@ -181,26 +147,20 @@ def _forward(cells, X, h0s, m, r, options: Options):
         outs = []
         for d, layer in enumerate(cell):
             rev = d == 1
-            h_fin, hs = _run(
-                layer,
-                X,
-                h0s[l * D + d],
-                m,
-                _entry_resets(r, m, rev),
-                reverse=rev,
-                options=options,
-            )
-            states.append(hs)
+            h_fin, traces = _run(layer, X, pick(h0s, l * D + d), m, _entry_resets(r, m, rev),
+                                 reverse=rev, options=options)  # fmt: skip
+            states.append(traces)
             finals.append(h_fin)
+            hs = options.cell.output(traces)
             outs.append(hs if m is None else jnp.where(m, hs, 0))  # zeros at padding
         X = outs[0] if D == 1 else jnp.concatenate(outs, axis=-1)  # (T, B, D*H)
-    return inputs, states, jnp.stack(finals), X
+    return inputs, states, stack(finals), X
 
 
 def _backward(cells, inputs, states, h0s, m, r, G, dfinals, options: Options):
     """All layers backward, top first: ``(grads per cell, dh0 (L*D, B, H), dX or None)``."""
     D = len(cells[0])
-    H = cells[0][0].U.shape[0]
+    H = cells[0][0].U.shape[1]
     grads = [[None] * D for _ in cells]
     dh0 = [None] * (len(cells) * D)
     for l in reversed(range(len(cells))):
@@ -211,14 +171,15 @@ def _backward(cells, inputs, states, h0s, m, r, G, dfinals, options: Options):
             if m is not None:
                 G_d = jnp.where(m, G_d, 0)  # outputs at padding are constants
             grads[l][d], dh0[i], deltas = _backprop(
-                layer, inputs[l], h0s[i], states[i], m, _entry_resets(r, m, rev), G_d,
-                dfinals[i], reverse=rev, options=options,
+                layer, inputs[l], pick(h0s, i), states[i], m, _entry_resets(r, m, rev), G_d,
+                pick(dfinals, i), reverse=rev, options=options,
             )  # fmt: skip
             if l > 0 or not _is_ids(inputs[0]):
-                term = jnp.matmul(deltas, layer.W, precision=options.precision)  # W^{ℓ}ᵀ δ^{ℓ}_t
+                term = jnp.matmul(options.cell.w_rows(deltas), layer.W,
+                                  precision=options.precision)  # W^{ℓ}ᵀ δ^{ℓ}_t
                 G_below = term if G_below is None else G_below + term
         G = G_below
-    return grads, jnp.stack(dh0), G
+    return grads, stack(dh0), G
 
 
 def _as_params(params: DeepParams, grads, zero_output: bool, dV=None, dc=None) -> DeepParams:

@@ -56,7 +56,7 @@ def _scan_reference(activation, dtype, B, clip_delta, masks):
     h_end, hs = run_cell(ctx, layer, X, h_start, h0, m, e)
     acc = None if e is None else jnp.zeros_like(g)
     (g, acc), deltas = jax.lax.scan(
-        _scan_step(ctx, layer.U), (g, acc), (G, hs, m, e, k), reverse=True
+        _scan_step(ctx, layer.U), (g, acc), (G, hs, None, m, e, k), reverse=True
     )
     return hs, h_end, deltas, g, acc
 

@@ -35,6 +35,7 @@ from ...core.cell import RNNCell
 from ...core.deep import deep_forward_core
 from ...core.options import Options
 from ...core.params import DeepParams, to_deep
+from ...core.steps import pick, stack
 from ..io.corpus import DataError
 from ..training.checkpoint_schema import Model
 
@@ -122,9 +123,10 @@ def sample_core(
         new, below = [], x
         for l, layer in enumerate(params.layers):  # the cell's step, layer above layer
             a = cell.project(layer, below, mm, lambda m: m)  # W x_t + b (a column for ids)
-            below = cell.forward(mm, layer.U.T, h[l], a)
-            new.append(below)
-        return (jnp.stack(new), params.V @ below + params.c), x.astype(jnp.int32)
+            trace = cell.forward(mm, cell.weights(layer, lambda m: m), pick(h, l), a)
+            new.append(cell.state(trace))
+            below = cell.output(trace)
+        return (stack(new), params.V @ below + params.c), x.astype(jnp.int32)
 
     (h, z), ids = lax.scan(step, (h, z), jax.random.split(key, draw.length))
     return h, z, ids
