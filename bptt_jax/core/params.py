@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from .checks import check_float_dtype, check_key, check_number
+from .cells import CELL_NAMES, bias_size
 from .init import init_layer, init_matrix
 
 
@@ -142,6 +144,16 @@ def seed_case(params: DeepParams, mask=None, resets=None, reduction: str = "sum"
     return one_cell and mask is None and resets is None and reduction == "sum"
 
 
+def _check_cell(cell: object, forget_bias: object) -> tuple[int, float]:
+    """``(G, forget_bias)`` of a checked ``cell`` name; a one-line error otherwise."""
+    if not isinstance(cell, str) or cell not in CELL_NAMES:
+        raise ValueError(f"cell must be one of {', '.join(map(repr, CELL_NAMES))}, got {cell!r}")
+    forget_bias = check_number(forget_bias, "forget_bias", minimum=-math.inf, strict=False)
+    if cell != "lstm" and forget_bias != 0:
+        raise ValueError(f"forget_bias is the LSTM's forget-gate bias; cell={cell!r} has none")
+    return {"rnn": 1, "lstm": 4, "gru": 3}[cell], forget_bias
+
+
 def _count(value: object, name: str) -> int:
     return check_number(value, name, integer=True, minimum=1, strict=False)
 
@@ -157,6 +169,8 @@ def init_params(
     dtype: jnp.dtype | str | type = jnp.float32,
     init: str = "uniform",
     spectral_radius: float | None = None,
+    cell: str = "rnn",
+    forget_bias: float = 0.0,
 ) -> Params | DeepParams:
     r"""Initialise the parameters for a vocabulary of ``K`` and ``H`` hidden units.
 
@@ -181,7 +195,16 @@ def init_params(
         (``jax.config.update("jax_enable_x64", True)``): without it, a ValueError.
       init: the name of the initialisation scheme (``bptt_jax.inits``).
       spectral_radius: ``None``, or ρ > 0: rescale ``U`` so that its largest
-        :math:`|\lambda_i(U)|` is ρ (required by ``init="spectral"``).
+        :math:`|\lambda_i(U)|` is ρ (required by ``init="spectral"``); for a gated
+        cell, each gate's ``(H, H)`` block.
+      cell: ``"rnn"`` (the seed's), ``"lstm"`` or ``"gru"`` (``docs/math.md`` §10,
+        §11): ``U (G·H, H)``, ``W (G·H, D_in)`` with ``G`` = 1, 4 (gates i, f, g, o)
+        or 3 (r, z, n), each gate's block drawn as the scheme draws an ``(H, H)``
+        / ``(H, D_in)`` matrix; ``b`` is ``(H,)``, ``(4H,)`` or the GRU's ``(4H,)``
+        ``[b_r; b_z; b_in; b_hn]``, zero.
+      forget_bias: the LSTM's forget-gate bias (the f block of ``b``); 0 as in
+        PyTorch's ``nn.LSTM`` (whose biases are drawn around 0). Only for
+        ``cell="lstm"``.
 
     Returns:
       The seed's ``Params(U (H, H), V (C, H), W (H, K), b (H,), c (C,))`` when
@@ -208,28 +231,27 @@ def init_params(
     if not isinstance(bidirectional, bool):
         raise TypeError(f"bidirectional must be True or False, got {bidirectional!r}")
     dtype = check_float_dtype(dtype)  # float64 without x64: an error, not float32
+    G, forget_bias = _check_cell(cell, forget_bias)
     D = 2 if bidirectional else 1
+
+    def layer(kU, kW, D_in):  # each gate's block as the scheme draws one (H, H) / (H, D_in)
+        pairs = zip(jax.random.split(kU, G), jax.random.split(kW, G)) if G > 1 else [(kU, kW)]
+        blocks = [init_layer(ku, kw, D_in, H, init=init, spectral_radius=spectral_radius,
+                             dtype=dtype) for ku, kw in pairs]  # fmt: skip
+        U, W = (jnp.concatenate(m) if G > 1 else m[0] for m in zip(*blocks, strict=True))
+        b = jnp.zeros((bias_size(cell, H),), dtype)
+        return Layer(U=U, W=W, b=b.at[H : 2 * H].set(forget_bias) if cell == "lstm" else b)
 
     if L == 1 and not bidirectional:
         kU, kV, kW = jax.random.split(key, 3)
-        U, W = init_layer(kU, kW, K, H, init=init, spectral_radius=spectral_radius, dtype=dtype)
-        return Params(
-            U=U,
-            V=init_matrix(kV, (C, H), H, init=init, dtype=dtype),
-            W=W,
-            b=jnp.zeros((H,), dtype),
-            c=jnp.zeros((C,), dtype),
-        )
+        one = layer(kU, kW, K)
+        V = init_matrix(kV, (C, H), H, init=init, dtype=dtype)
+        return Params(U=one.U, V=V, W=one.W, b=one.b, c=jnp.zeros((C,), dtype))
 
     kV, *kcells = jax.random.split(key, 1 + L * D)
 
-    def layer(k, l):
-        kU, kW = jax.random.split(k)
-        D_in = K if l == 0 else D * H
-        U, W = init_layer(kU, kW, D_in, H, init=init, spectral_radius=spectral_radius, dtype=dtype)
-        return Layer(U=U, W=W, b=jnp.zeros((H,), dtype))
-
-    cells = [[layer(kcells[l * D + d], l) for d in range(D)] for l in range(L)]
+    cells = [[layer(*jax.random.split(kcells[l * D + d]), K if l == 0 else D * H)
+              for d in range(D)] for l in range(L)]  # fmt: skip
     return DeepParams(
         layers=tuple(c[0] for c in cells),
         reverse_layers=tuple(c[1] for c in cells) if bidirectional else (),
