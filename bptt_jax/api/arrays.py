@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..core.cells import bias_size, cell_named
+
 
 def is_concrete(x: object) -> bool:
     """True when ``x`` holds values (not a tracer inside jit/vmap/grad)."""
@@ -246,6 +248,29 @@ def _soft_flag(ys: jax.Array, mask: jax.Array | None, tol: float) -> jax.Array:
     return jnp.any(bad if mask is None else bad & mask)
 
 
+def check_cell_state(state, name: str, cell: str, B: int, H: int, batched: bool, dtype,
+                     stack=None):  # fmt: skip
+    """``None``, or the state of a ``cell`` (:func:`check_state` of each part): the
+    LSTM's is a pair ``(h, c)`` (``name`` given as ``(h0, c0)``), the others' one array."""
+    if state is None:
+        return None
+    parts = cell_named(cell).state_parts
+    if len(parts) == 1:
+        if isinstance(state, tuple | list):
+            raise TypeError(
+                f"{name} must be one array for the {cell} cell (a pair is the LSTM's "
+                f"state), got a {type(state).__name__} of {len(state)}"
+            )
+        return check_state(state, name, B, H, batched, dtype, stack)
+    if not (isinstance(state, tuple | list) and len(state) == len(parts)):
+        raise TypeError(
+            f"{name} must be a pair (h, c) of arrays for the {cell} cell (its state), got "
+            f"{type(state).__name__}"
+        )
+    return tuple(check_state(s, f"{name}[{i}] ({p})", B, H, batched, dtype, stack)
+                 for i, (s, p) in enumerate(zip(state, parts, strict=True)))  # fmt: skip
+
+
 def check_state(state, name: str, B: int, H: int, batched: bool, dtype, stack=None):
     """``None``, or a floating state returned in the batched layout.
 
@@ -280,15 +305,17 @@ def check_state(state, name: str, B: int, H: int, batched: bool, dtype, stack=No
 QUADRATIC_CAP_BYTES = 2 * 1024**3
 
 
-def check_quadratic_size(fn: str, xs: jax.Array, h0: jax.Array) -> None:
+def check_quadratic_size(fn: str, xs: jax.Array, h0, cell: str = "rnn") -> None:
     """Refuses, before any work, a call that would materialise T²·B·H deltas above the cap.
 
-    ``xs`` is ``(B, T[, K])`` and ``h0`` ``(B, H)`` or ``(L*D, B, H)`` (batched layout).
+    ``xs`` is ``(B, T[, K])`` and ``h0`` ``(B, H)`` or ``(L*D, B, H)`` (batched layout;
+    each part of the ``cell``'s state). A gated cell's δ is 4H wide.
     """
     T = xs.shape[1]
+    h0 = jax.tree.leaves(h0)[0]
     cells = h0.shape[0] if h0.ndim == 3 else 1
     B, H = h0.shape[-2:]
-    size = T * T * B * H * cells * h0.dtype.itemsize
+    size = T * T * B * bias_size(cell, H) * cells * h0.dtype.itemsize
     if size > QUADRATIC_CAP_BYTES:
         raise ValueError(
             f"{fn} holds all T² per-loss deltas: T = {T}, B = {B}, H = {H}"

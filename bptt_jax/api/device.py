@@ -15,6 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ..core.cells import cell_named
 from ..core.params import DeepParams, Params
 from .arrays import fold_ids
 
@@ -27,7 +28,8 @@ class Pending(NamedTuple):
     flags: tuple[jax.Array, ...]  # device flags of bad values found so far
     fold_x: int | None  # K when xs are device ids still to be checked
     fold_y: int | None  # C when ys are device ids still to be checked
-    h0_shape: tuple[int, ...]  # of the zero h0 when h0 was not given
+    h0_shape: tuple[int, ...]  # of the zero h0 (each part) when h0 was not given
+    cell: str = "rnn"  # the model's cell: the structure of its state
 
 
 def _poison(tree, bad: jax.Array):
@@ -46,8 +48,9 @@ def _poison(tree, bad: jax.Array):
     return jax.tree.map(poison, tree)
 
 
-@functools.partial(jax.jit, static_argnames=("fold_x", "fold_y", "h0_shape", "hand"))
-def device_checks(params: Model, xs, ys, h0, mask, flags, fold_x, fold_y, h0_shape, hand=False):
+@functools.partial(jax.jit, static_argnames=("fold_x", "fold_y", "h0_shape", "cell", "hand"))
+def device_checks(params: Model, xs, ys, h0, mask, flags, fold_x, fold_y, h0_shape, cell="rnn",
+                  hand=False):  # fmt: skip
     """Every check of a call that is made on the device, in one dispatch.
 
     Folds the ids of ``xs`` (``fold_x`` = K) and ``ys`` (``fold_y`` = C) when they
@@ -56,8 +59,8 @@ def device_checks(params: Model, xs, ys, h0, mask, flags, fold_x, fold_y, h0_sha
     NaN when any of those or of ``flags`` (bad lengths, masks, soft labels) is set
     (:func:`_poison`): the loss, the outputs, the final state and every gradient leaf
     -- the library's and those JAX's autodiff takes through the call -- all come out
-    NaN, without reading anything back to the host. ``h0`` ``None``: zeros of
-    ``h0_shape`` in the params' dtype. ``hand``: for a call whose gradients are the
+    NaN, without reading anything back to the host. ``h0`` ``None``: the ``cell``'s
+    zero state of ``h0_shape`` (each part) in the params' dtype. ``hand``: for a call whose gradients are the
     hand BPTT's (no autodiff through it, ``bptt``), only the biases, ``h0`` and
     floating ``xs``/``ys`` are multiplied: a NaN there reaches every output, without
     a pass over the weight matrices (at K = 10000, ``V`` and ``W`` are 2.6 M entries
@@ -73,7 +76,7 @@ def device_checks(params: Model, xs, ys, h0, mask, flags, fold_x, fold_y, h0_sha
         ys, flag = fold_ids(ys, fold_y, mask)
         flags.append(flag)
     if h0 is None:
-        h0 = jnp.zeros(h0_shape, jax.tree.leaves(params)[0].dtype)
+        h0 = cell_named(cell).zero_state(h0_shape, jax.tree.leaves(params)[0].dtype)
     if flags:
         bad = jnp.any(jnp.stack(flags))
         if hand:  # no autodiff through the call: NaN biases and h0 reach every output

@@ -308,7 +308,7 @@ def per_loss_deltas(params: Model, xs: jax.Array, ys: jax.Array, h0: jax.Array |
       it, carry :math:`E_t`'s signal to later steps.
     """
     params, inp, options = _per_loss_call("per_loss_deltas", params, xs, ys, h0, keywords)
-    check_quadratic_size("per_loss_deltas", inp.xs, inp.h0)
+    check_quadratic_size("per_loss_deltas", inp.xs, inp.h0, inp.cell)
     deep, d = as_deep(params, inp)
     deltas = deep_per_loss_deltas_core(
         deep, d.xs, d.ys, d.h0, d.mask, options=options, reduction=d.reduction

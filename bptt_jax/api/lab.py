@@ -86,7 +86,7 @@ def gradient_flow(params: Model, xs: jax.Array, ys: jax.Array, h0: jax.Array | N
       ((4, 4), True)
     """
     params, inp, options = take("gradient_flow", params, xs, ys, h0, keywords)
-    check_quadratic_size("gradient_flow", inp.xs, inp.h0)
+    check_quadratic_size("gradient_flow", inp.xs, inp.h0, inp.cell)
     deep, d = as_deep(params, inp)
     flow = deep_gradient_flow_core(
         deep, d.xs, d.ys, d.h0, d.mask, options=options, reduction=d.reduction

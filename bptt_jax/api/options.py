@@ -15,7 +15,7 @@ import numpy as np
 from jax import lax
 
 from ..core.activations import get_activation
-from ..core.cell import RNNCell
+from ..core.cells import cell_name_of_shape, cell_named
 from ..core.checks import MATMUL_DTYPES, check_number
 from ..core.clipping import check_clip_delta as check_clip_delta
 from ..core.kernels import kernel_supported, unsupported_reason
@@ -131,7 +131,7 @@ def _kernel_shape(params, xs, matmul_dtype) -> tuple[int, int, object]:
     """``(H, B, dtype)`` the kernel choice depends on: the largest cell's ``H``, the batch
     of ``xs (B, T[, K])`` and the recurrent products' dtype."""
     Us = [params.U] if hasattr(params, "U") else [c.U for cell in params.cells() for c in cell]
-    H = max(U.shape[0] for U in Us)
+    H = max(U.shape[1] for U in Us)
     return H, max(xs.shape[0], 1), Us[0].dtype if matmul_dtype is None else matmul_dtype
 
 
@@ -153,6 +153,21 @@ def check_precision(precision: object) -> lax.Precision | None:
         f"precision must be None (JAX's default), {', '.join(map(repr, PRECISIONS))} "
         f"or a jax.lax.Precision, got {precision!r}"
     )
+
+
+def model_cell(params, activation: str, fn: str):
+    """The cell of a checked model (its shapes say which, :mod:`bptt_jax.core.cells`)
+    with the checked ``activation``; the vanilla cell's when ``params`` is ``None``.
+    An activation other than tanh is the vanilla cell's alone: a one-line ValueError
+    for a gated cell (whose gates fix their own)."""
+    first = None if params is None else (params if hasattr(params, "U") else params.layers[0])
+    name = "rnn" if first is None else cell_name_of_shape(first.U.shape[0], first.U.shape[1])
+    if name != "rnn" and activation != "tanh":
+        raise ValueError(
+            f"{fn}: activation={activation!r} is the rnn cell's f; the {name} cell's gates "
+            "use sigmoid and tanh (leave activation at 'tanh')"
+        )
+    return cell_named(name, activation)
 
 
 def build_options(
@@ -188,12 +203,18 @@ def build_options(
     matmul_dtype = check_matmul_dtype(matmul_dtype)
     recompute = check_recompute(recompute)
     chunk, unroll = check_chunk(chunk), check_unroll(unroll)
+    cell = model_cell(params, activation, fn)
     shape = (1, 1, jnp.float32) if params is None else _kernel_shape(params, xs, matmul_dtype)
     kernel = resolve_kernel(check_kernel(kernel), *shape, fn, "cpu" if params is None else None)
+    if kernel == "pallas" and cell.name != "rnn":
+        raise ValueError(
+            f"{fn}: kernel='pallas' runs the rnn cell only; the {cell.name} cell runs "
+            "kernel='scan' (or 'auto')"
+        )
     if schedule:
         chunk, unroll = resolve_schedule(chunk, unroll, recompute, *xs.shape[:2])
     return Options(
-        cell=RNNCell(activation), truncate=check_truncate(truncate),
+        cell=cell, truncate=check_truncate(truncate),
         clip_delta=check_clip_delta(clip_delta), chunk=chunk, recompute=recompute,
         unroll=1 if unroll is None else unroll, matmul_dtype=matmul_dtype, kernel=kernel,
         precision=check_precision(precision),

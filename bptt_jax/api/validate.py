@@ -16,13 +16,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ..core.cells import bias_size, cell_name_of_shape
 from ..core.params import DeepParams, Layer, Params, from_deep, to_deep
 from .arrays import (
     as_array,
     check_ids,
     check_labels,
+    check_cell_state,
     check_mask,
-    check_state,
     host_or_device,
 )
 from .device import Pending, device_checks, vary_alike
@@ -32,12 +33,15 @@ from .resets import check_resets
 Model = Params | DeepParams
 
 _FIELD_NDIM = {"U": 2, "V": 2, "W": 2, "b": 1, "c": 1}
+#: Row blocks of U and W per cell.
+CELL_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
 
 class Dims(NamedTuple):
     K: int  # vocabulary size: columns of W
     H: int  # hidden units
     C: int  # output classes: rows of V
+    cell: str = "rnn"  # the cell the shapes say (core.cells): U is (G·H, H)
 
 
 class Inputs(NamedTuple):
@@ -45,7 +49,7 @@ class Inputs(NamedTuple):
 
     xs: jax.Array  # (B, T) int ids or (B, T, K) dense, in the params' dtype
     ys: jax.Array | None  # (B, T) int class ids, or (B, T, C) probabilities
-    h0: jax.Array  # (B, H); (L*D, B, H) for DeepParams
+    h0: jax.Array  # (B, H); (L*D, B, H) for DeepParams; the LSTM's: a pair (h0, c0)
     dh_T: jax.Array | None  # like h0: incoming gradient at the final state, or None
     mask: jax.Array | None  # (B, T) bool prefix mask of the real steps, or None
     batched: bool  # False when the caller passed one sequence (T,) / (T, K)
@@ -54,6 +58,7 @@ class Inputs(NamedTuple):
     resets: jax.Array | None = None  # (B, T) bool: where the state entering a step is h0
     pending: Pending | None = None  # device checks not yet made (check_inputs(defer=True))
     seed: bool = False  # the caller passed the seed's Params (states (B, H)): decided once
+    cell: str = "rnn"  # the model's cell, from its shapes (core.cells)
 
 
 def prepare(
@@ -78,8 +83,10 @@ def prepare(
 
 
 def is_seed(inp: Inputs) -> bool:
-    """True for the seed's own setting: :class:`Params`, no padding or resets, a sum."""
-    return inp.seed and inp.mask is None and inp.resets is None and inp.reduction == "sum"
+    """True for the seed's own setting: :class:`Params` of the vanilla cell, no padding or
+    resets, a sum."""
+    plain = inp.mask is None and inp.resets is None and inp.reduction == "sum"
+    return inp.seed and inp.cell == "rnn" and plain
 
 
 def as_deep(params: Model, inp: Inputs) -> tuple[DeepParams, Inputs]:
@@ -89,8 +96,8 @@ def as_deep(params: Model, inp: Inputs) -> tuple[DeepParams, Inputs]:
     model with :func:`grads_like` and :func:`state_like`."""
     if not inp.seed:
         return params, inp
-    lift = lambda a: None if a is None else a[None]  # noqa: E731  (B, H) -> (1, B, H)
-    pending = inp.pending
+    lift = lambda s: None if s is None else jax.tree.map(lambda a: a[None], s)  # noqa: E731
+    pending = inp.pending  # (B, H) -> (1, B, H), every part of the state
     if pending is not None and pending.h0_shape is not None:
         pending = pending._replace(h0_shape=(1, *pending.h0_shape))
     return to_deep(params), inp._replace(h0=lift(inp.h0), dh_T=lift(inp.dh_T), pending=pending)
@@ -112,22 +119,26 @@ class Layout(NamedTuple):
 def restore(layout: Layout, grads: DeepParams, *states: jax.Array):
     """``(grads, *states)`` of the cores' model (:func:`as_deep`) in the caller's layout:
     traceable, so a core's executable returns them ready (no eager op per result)."""
+    take = lambda s, i, axis: jax.tree.map(lambda a: jnp.take(a, i, axis=axis), s)  # noqa: E731
     if layout.seed:
-        grads, states = from_deep(grads), tuple(s[0] for s in states)
+        grads, states = from_deep(grads), tuple(take(s, 0, 0) for s in states)
     if not layout.batched:
-        states = tuple(s[0] if layout.seed else s[:, 0] for s in states)
+        states = tuple(take(s, 0, 0 if layout.seed else 1) for s in states)
     return grads, *states
 
 
-def unbatch(inp: Inputs, x: jax.Array, axis: int = 0) -> jax.Array:
-    """Drops the batch ``axis`` of ``x`` when the caller passed one sequence."""
-    return x if inp.batched else jnp.take(x, 0, axis=axis)
+def unbatch(inp: Inputs, x, axis: int = 0):
+    """Drops the batch ``axis`` of ``x`` (an array or a state pytree) when the caller
+    passed one sequence."""
+    return x if inp.batched else jax.tree.map(lambda a: jnp.take(a, 0, axis=axis), x)
 
 
-def state_like(inp: Inputs, state: jax.Array) -> jax.Array:
-    """A state of :func:`as_deep`'s model, ``(L*D, B, H)``, in the layout of ``h0``:
-    ``(H,)`` / ``(B, H)`` for :class:`Params`, ``(L*D, [B,] H)`` for DeepParams."""
-    return unbatch(inp, state[0]) if inp.seed else unbatch(inp, state, axis=1)
+def state_like(inp: Inputs, state):
+    """A state of :func:`as_deep`'s model, ``(L*D, B, H)`` leaves, in the layout of
+    ``h0``: ``(H,)`` / ``(B, H)`` for :class:`Params`, ``(L*D, [B,] H)`` for DeepParams."""
+    if inp.seed:
+        return unbatch(inp, jax.tree.map(lambda a: a[0], state))
+    return unbatch(inp, state, axis=1)
 
 
 def describe(params: Model, inp: Inputs) -> str:
@@ -136,6 +147,8 @@ def describe(params: Model, inp: Inputs) -> str:
     if not inp.seed:
         kind = "bidirectional " if params.bidirectional else ""
         parts = [f"a {kind}DeepParams ({params.num_layers} layers)"]
+    if inp.cell != "rnn":
+        parts.append(f"the {inp.cell} cell")
     if inp.mask is not None:
         parts.append("lengths/mask")
     if inp.reduction != "sum":
@@ -148,7 +161,7 @@ def refuse(fn: str, given: list[str], params: Model, inp: Inputs, why: str) -> N
     outside the seed's setting (:func:`is_seed`): for options implemented only there."""
     if given and not is_seed(inp):
         raise ValueError(
-            f"{fn}: {', '.join(given)}: implemented for the seed's Params on unpadded "
+            f"{fn}: {', '.join(given)}: implemented for the seed's Params (rnn) on unpadded "
             f"sequences with reduction='sum' only, got {describe(params, inp)}; {why}"
         )
 
@@ -173,11 +186,11 @@ def check_params(params: object) -> tuple[Params, Dims]:
         leaves[name] = leaf
     params = Params(**leaves)
     U, V, W = params.U, params.V, params.W
-    H = U.shape[0]
+    H, cell = U.shape[1], cell_of_U(U.shape, "params.U")
+    G = U.shape[0] // max(H, 1)
     expected = {
-        "U": (H, H),
-        "W": (H, W.shape[1]),
-        "b": (H,),
+        "W": (G * H, W.shape[1]),
+        "b": (bias_size(cell, H),),
         "V": (V.shape[0], H),
         "c": (V.shape[0],),
     }
@@ -185,12 +198,26 @@ def check_params(params: object) -> tuple[Params, Dims]:
         if getattr(params, name).shape != shape:
             raise ValueError(
                 f"params.{name} has shape {getattr(params, name).shape}, expected {shape} "
-                f"(U (H, H), V (C, H), W (H, K), b (H,), c (C,) with H = U.shape[0] = {H})"
+                f"(the {cell} cell: U {(G * H, H)}, V (C, H), W {(G * H, 'K')}, b "
+                f"{(bias_size(cell, H),)}, c (C,) with H = U.shape[1] = {H})"
             )
     dtypes = {name: getattr(params, name).dtype for name in Params._fields}
     if len(set(dtypes.values())) > 1:
         raise TypeError(f"params must share one floating dtype, got {dtypes}")
-    return params, _dims(K=W.shape[1], H=H, C=V.shape[0])
+    return params, _dims(K=W.shape[1], H=H, C=V.shape[0], cell=cell)
+
+
+def cell_of_U(shape: tuple[int, ...], name: str) -> str:
+    """The cell a recurrent matrix's shape ``(G·H, H)`` says (``core.cells``), or a
+    one-line ValueError naming the shapes each cell takes."""
+    H = shape[1]
+    cell = cell_name_of_shape(shape[0], H) if H >= 1 else "rnn"
+    if cell is None:
+        raise ValueError(
+            f"{name} has shape {tuple(shape)}, expected (H, H) for the rnn cell, (4H, H) "
+            f"for the lstm or (3H, H) for the gru, with H = {name}.shape[1] = {H}"
+        )
+    return cell
 
 
 def _leaf(leaf: object, name: str):
@@ -202,13 +229,13 @@ def _leaf(leaf: object, name: str):
     return as_array(leaf, name)
 
 
-def _dims(K: int, H: int, C: int) -> Dims:
+def _dims(K: int, H: int, C: int, cell: str = "rnn") -> Dims:
     """``Dims``, refusing a model without hidden units or classes (nothing to compute)."""
     if H < 1:
-        raise ValueError(f"the model has H = {H} hidden units (U.shape[0]); expected H >= 1")
+        raise ValueError(f"the model has H = {H} hidden units (U.shape[1]); expected H >= 1")
     if C < 1:
         raise ValueError(f"the model has C = {C} classes (V.shape[0]); expected C >= 1")
-    return Dims(K=K, H=H, C=C)
+    return Dims(K=K, H=H, C=C, cell=cell)
 
 
 def check_model(params: object) -> tuple[Model, Dims, bool]:
@@ -220,7 +247,7 @@ def check_model(params: object) -> tuple[Model, Dims, bool]:
     return (*check_params(params), True)
 
 
-def _check_layer(layer, name: str, H: int, D_in: int, dtype) -> Layer:
+def _check_layer(layer, name: str, H: int, D_in: int, dtype, cell: str = "rnn") -> Layer:
     if not isinstance(layer, Layer):
         if isinstance(layer, tuple) and len(layer) == len(Layer._fields):
             layer = Layer(*layer)
@@ -228,8 +255,8 @@ def _check_layer(layer, name: str, H: int, D_in: int, dtype) -> Layer:
             raise TypeError(
                 f"{name} must be a bptt_jax.Layer(U, W, b), got {type(layer).__name__}"
             )
-    leaves = {}
-    for field, shape in (("U", (H, H)), ("W", (H, D_in)), ("b", (H,))):
+    leaves, G = {}, CELL_GATES[cell]
+    for field, shape in (("U", (G * H, H)), ("W", (G * H, D_in)), ("b", (bias_size(cell, H),))):
         leaf = _leaf(getattr(layer, field), f"{name}.{field}")
         if leaf.shape != shape:
             raise ValueError(f"{name}.{field} has shape {leaf.shape}, expected {shape}")
@@ -259,7 +286,8 @@ def check_deep_params(params: DeepParams) -> tuple[DeepParams, Dims]:
         raise ValueError(
             f"layers[0].U and .W must be matrices, got shapes {U0.shape} and {W0.shape}"
         )
-    H, K, dtype = U0.shape[0], W0.shape[1], U0.dtype
+    H, K, dtype = U0.shape[1], W0.shape[1], U0.dtype
+    cell = cell_of_U(U0.shape, "layers[0].U")
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"parameters must be floating point, got dtype {dtype}")
     D = 2 if reverse else 1
@@ -267,7 +295,7 @@ def check_deep_params(params: DeepParams) -> tuple[DeepParams, Dims]:
     for group, name in ((layers, "layers"), (reverse, "reverse_layers")):
         checked.append(
             tuple(
-                _check_layer(layer, f"{name}[{l}]", H, K if l == 0 else D * H, dtype)
+                _check_layer(layer, f"{name}[{l}]", H, K if l == 0 else D * H, dtype, cell)
                 for l, layer in enumerate(group)
             )
         )
@@ -282,7 +310,7 @@ def check_deep_params(params: DeepParams) -> tuple[DeepParams, Dims]:
         raise ValueError(f"c has shape {c.shape}, expected ({C},)")
     if V.dtype != dtype or c.dtype != dtype:
         raise TypeError(f"V and c must share the layers' dtype {dtype}, got {V.dtype}, {c.dtype}")
-    return DeepParams(layers=checked[0], reverse_layers=checked[1], V=V, c=c), _dims(K, H, C)
+    return DeepParams(layers=checked[0], reverse_layers=checked[1], V=V, c=c), _dims(K, H, C, cell)
 
 
 def _check_xs(xs: object, K: int, dtype: jnp.dtype) -> tuple[object, bool, bool]:
@@ -343,7 +371,7 @@ def check_inputs(
     or ``None``, the ``(B, T)`` mask of real steps (from ``lengths`` or
     ``mask``) or ``None``, and whether the caller passed a batch.
     """
-    params, (K, H, C), seed = check_model(params)
+    params, (K, H, C, cell), seed = check_model(params)
     dtype = params.V.dtype
     stack = None if seed else params.num_layers * params.num_directions
 
@@ -363,12 +391,12 @@ def check_inputs(
         flags.append(flag)
 
     B = steps_shape[0] if batched else 1
-    h0 = check_state(h0, "h0", B, H, batched, dtype, stack)
-    dh_T = check_state(dh_T, "dh_T", B, H, batched, dtype, stack)
+    h0 = check_cell_state(h0, "h0", cell, B, H, batched, dtype, stack)
+    dh_T = check_cell_state(dh_T, "dh_T", cell, B, H, batched, dtype, stack)
     pending = Pending(tuple(f for f in flags if f is not None), fold_x, fold_y,
-                      (B, H) if stack is None else (stack, B, H))  # fmt: skip
+                      (B, H) if stack is None else (stack, B, H), cell)  # fmt: skip
     inp = Inputs(xs=xs, ys=ys, h0=h0, dh_T=dh_T, mask=steps.mask, batched=batched,
-                 pending=pending, seed=seed)  # fmt: skip
+                 pending=pending, seed=seed, cell=cell)  # fmt: skip
     return (params, inp) if defer else checked(params, inp)
 
 

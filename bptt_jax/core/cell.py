@@ -26,7 +26,8 @@ methods:
 - ``weights(layer, cast)``: what the forward step reads (:math:`U^\top`, cast);
 - ``forward(mm, R, s_in, a_t) -> trace_t``: one step of the forward recursion;
 - ``state(trace)``, ``output(trace)`` (:math:`h_t`), ``with_state(trace, s)``,
-  ``h_of(state)``: the trace's parts;
+  ``h_of(state)``, ``zero_state(shape, dtype)``, ``state_parts``: the trace's and the
+  state's parts;
 - ``total(g, G_t)``: the gradient of the step's state, :math:`G_t` added to the
   carried :math:`\gamma_{t+1}`;
 - ``delta(mm, U, total, trace_t, s_in_t, clip) -> (γ_t, δ_t)``: the step's
@@ -79,6 +80,8 @@ class RNNCell(NamedTuple):
     gates = 1
     #: Whether ``delta`` reads the state the step read (``s_in_t``).
     reads_state_in = False
+    #: The names of the state's parts, as the public keywords give them.
+    state_parts = ("h",)
 
     @property
     def f(self):
@@ -113,6 +116,10 @@ class RNNCell(NamedTuple):
 
     def h_of(self, state):
         return state
+
+    def zero_state(self, shape, dtype):
+        """The zero state of ``shape`` (each part's) and ``dtype``."""
+        return jnp.zeros(shape, dtype)
 
     def total(self, g, G_t):
         r""":math:`G_t + \gamma_{t+1}`."""

@@ -53,6 +53,7 @@ class GRUCell(NamedTuple):
     name = "gru"
     gates = 3
     reads_state_in = True  # δ^z and the direct path read h_{t-1}
+    state_parts = ("h",)
 
     def project(self, layer, X: jax.Array, mm, cast) -> jax.Array:
         """:math:`W x_t + [b_r; b_z; b_{in}]` for every step, ``(T, B, 3H)``."""
@@ -87,6 +88,9 @@ class GRUCell(NamedTuple):
 
     def h_of(self, state):
         return state
+
+    def zero_state(self, shape, dtype):
+        return jnp.zeros(shape, dtype)
 
     def total(self, g, G_t):
         return G_t + g

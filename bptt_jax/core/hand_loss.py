@@ -93,7 +93,7 @@ def _hand_loss_fwd(params, xs, ys, h0, mask, resets, options, reduction):
 def _hand_loss_bwd(options, reduction, res, ct):
     grads, dxs, dys, dh0 = res
     scale = lambda a: None if a is None else ct * a  # noqa: E731
-    return jax.tree.map(scale, grads), scale(dxs), scale(dys), scale(dh0), None, None
+    return jax.tree.map(scale, grads), scale(dxs), scale(dys), jax.tree.map(scale, dh0), None, None
 
 
 hand_loss_core.defvjp(_hand_loss_fwd, _hand_loss_bwd)

@@ -60,6 +60,7 @@ class LSTMCell(NamedTuple):
     name = "lstm"
     gates = 4
     reads_state_in = True  # δ^f reads c_{t-1}
+    state_parts = ("h", "c")
 
     def project(self, layer, X: jax.Array, mm, cast) -> jax.Array:
         """:math:`W x_t + b` for every step, ``(T, B, 4H)``."""
@@ -91,6 +92,9 @@ class LSTMCell(NamedTuple):
 
     def h_of(self, state):
         return state[0]
+
+    def zero_state(self, shape, dtype):
+        return (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
     def total(self, g, G_t):
         r""":math:`(G_t + \gamma^h_{t+1}, \gamma^c_{t+1})`."""

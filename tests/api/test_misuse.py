@@ -55,7 +55,7 @@ def test_a_model_without_hidden_units_is_refused():
     empty = Params(U=jnp.zeros((0, 0)), V=jnp.zeros((K, 0)), W=jnp.zeros((0, K)),
                    b=jnp.zeros(0), c=jnp.zeros(K))  # fmt: skip
     for fn in (bptt_jax.bptt, bptt_jax.loss):
-        with pytest.raises(ValueError, match=r"H = 0 hidden units \(U.shape\[0\]\); expected H"):
+        with pytest.raises(ValueError, match=r"H = 0 hidden units \(U.shape\[1\]\); expected H"):
             fn(empty, XS, YS)
     with pytest.raises(ValueError, match="H = 0 hidden units"):
         bptt_jax.forward(empty, XS)
