@@ -1,4 +1,5 @@
-r"""PyTorch interop: ``nn.RNN`` + ``nn.Linear`` state dicts <-> bptt_jax parameters.
+r"""PyTorch interop: ``nn.RNN``/``nn.LSTM``/``nn.GRU`` + ``nn.Linear`` state dicts <->
+bptt_jax parameters.
 
 PyTorch's ``nn.RNN`` computes, per layer ``k`` and direction,
 
@@ -12,6 +13,12 @@ which is the seed's :math:`s_t = U h_{t-1} + W x_t + b` with
 below, both directions concatenated (forward first), as :class:`DeepParams`
 does. The activation (``nonlinearity``) is not part of a state dict: pass the
 same ``activation=`` to :func:`bptt_jax.bptt` and friends.
+
+``nn.LSTM`` and ``nn.GRU`` (``docs/math.md`` §10, §11) stack their gates' rows:
+``weight_hh`` is ``(4H, H)`` (i, f, g, o) or ``(3H, H)`` (r, z, n), so the cell
+follows from the shapes. The LSTM's two biases only add (:math:`b = b_{ih} +
+b_{hh}`); the GRU's add in the r and z blocks, while :math:`b_{hn}` sits inside
+:math:`r \odot (\cdot)`: its ``b`` is ``[b_r; b_z; b_in; b_hn]``, ``(4H,)``.
 
 Neither function imports torch to read a state dict; values may be tensors
 (``.detach().cpu().numpy()`` is called on them) or numpy arrays.
@@ -27,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..core.cells import bias_size, cell_name_of_shape
 from ..core.checks import check_float_dtype
 from ..core.params import DeepParams, Layer, Params, from_deep, to_deep
 from .validate import check_model
@@ -71,23 +79,47 @@ def _read_cells(
     return cells, L, D
 
 
-def _layer(found: dict[str, np.ndarray], suffix: str, l: int, H: int, D: int, dtype: Any) -> Layer:
-    """One layer-direction of ``nn.RNN`` as a :class:`Layer`, ``b = b_ih + b_hh``."""
-    W_hh, W_ih = found["weight_hh"], found["weight_ih"]
-    if W_hh.shape != (H, H):
+def _cell(W_hh: np.ndarray) -> str:
+    """The cell a ``weight_hh_l0`` of shape ``(G·H, H)`` says, or a one-line ValueError."""
+    cell = cell_name_of_shape(*W_hh.shape) if W_hh.ndim == 2 else None
+    if cell is None:
         raise ValueError(
-            f"weight_hh{suffix} has shape {W_hh.shape}, expected ({H}, {H}); "
-            "(gated cells such as LSTM/GRU stack 4H or 3H rows and are not vanilla RNNs)"
+            f"weight_hh_l0 has shape {W_hh.shape}, which fits no cell: expected (H, H) for "
+            "nn.RNN, (4H, H) for nn.LSTM or (3H, H) for nn.GRU"
         )
-    D_in = W_ih.shape[1] if l == 0 else D * H
-    if W_ih.shape != (H, D_in):
-        raise ValueError(f"weight_ih{suffix} has shape {W_ih.shape}, expected ({H}, {D_in})")
-    b = np.zeros(H, dtype)
-    for kind in ("bias_ih", "bias_hh"):
+    return cell
+
+
+def _bias(found: dict[str, np.ndarray], suffix: str, cell: str, H: int, dtype) -> np.ndarray:
+    """``b`` from PyTorch's two biases: their sum, and the GRU's ``b_hn`` kept apart."""
+    rows = bias_size(cell, H) if cell != "gru" else 3 * H
+    parts = {kind: np.zeros(rows, dtype) for kind in ("bias_ih", "bias_hh")}
+    for kind in parts:
         if kind in found:
-            if found[kind].shape != (H,):
-                raise ValueError(f"{kind}{suffix} has shape {found[kind].shape}, expected ({H},)")
-            b = b + found[kind]
+            if found[kind].shape != (rows,):
+                raise ValueError(
+                    f"{kind}{suffix} has shape {found[kind].shape}, expected ({rows},)"
+                )
+            parts[kind] = found[kind]
+    b_ih, b_hh = parts["bias_ih"], parts["bias_hh"]
+    if cell != "gru":
+        return b_ih + b_hh
+    return np.concatenate([b_ih[: 2 * H] + b_hh[: 2 * H], b_ih[2 * H :], b_hh[2 * H :]])
+
+
+def _layer(found: dict[str, np.ndarray], suffix: str, l: int, H: int, D: int, dtype: Any,
+           cell: str) -> Layer:  # fmt: skip
+    """One layer-direction of ``nn.RNN``/``LSTM``/``GRU`` as a :class:`Layer`."""
+    W_hh, W_ih = found["weight_hh"], found["weight_ih"]
+    G = W_hh.shape[0] // H if W_hh.ndim == 2 and H else 1
+    rows = {"rnn": H, "lstm": 4 * H, "gru": 3 * H}[cell]
+    if W_hh.shape != (rows, H) or G * H != rows:
+        raise ValueError(f"weight_hh{suffix} has shape {W_hh.shape}, expected ({rows}, {H})"
+                         f" as weight_hh_l0 (the {cell} cell)")  # fmt: skip
+    D_in = W_ih.shape[1] if l == 0 else D * H
+    if W_ih.shape != (rows, D_in):
+        raise ValueError(f"weight_ih{suffix} has shape {W_ih.shape}, expected ({rows}, {D_in})")
+    b = _bias(found, suffix, cell, H, dtype)
     return Layer(U=jnp.asarray(W_hh, dtype), W=jnp.asarray(W_ih, dtype), b=jnp.asarray(b, dtype))
 
 
@@ -97,11 +129,13 @@ def from_torch(
     *,
     dtype: jnp.dtype | str | None = None,
 ) -> Params | DeepParams:
-    """Parameters from a PyTorch ``nn.RNN`` and its ``nn.Linear`` output head.
+    """Parameters from a PyTorch ``nn.RNN``, ``nn.LSTM`` or ``nn.GRU`` and its ``nn.Linear``
+    output head; the cell follows from ``weight_hh_l0``'s shape (H, 4H or 3H rows).
 
     Args:
       rnn_state_dict: ``nn.RNN(...).state_dict()`` (any ``num_layers``,
-        ``bidirectional``, ``nonlinearity``, with or without biases): keys
+        ``bidirectional``, ``nonlinearity``, with or without biases), or an
+        ``nn.LSTM``'s / ``nn.GRU``'s (without ``proj_size``): keys
         ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``,
         ``bias_hh_l{k}`` and their ``_reverse`` twins.
       head_state_dict: ``nn.Linear(D*H, C).state_dict()``: ``weight``
@@ -115,13 +149,14 @@ def from_torch(
       :class:`DeepParams`.
     """
     cells, L, D = _read_cells(rnn_state_dict)
-    H = cells[(0, 0)]["weight_hh"].shape[0]
+    cell = _cell(cells[(0, 0)]["weight_hh"])
+    H = cells[(0, 0)]["weight_hh"].shape[1]
     if dtype is None:
         dtype = jax.dtypes.canonicalize_dtype(cells[(0, 0)]["weight_hh"].dtype)
     dtype = check_float_dtype(dtype)
     layers = [[None] * D for _ in range(L)]
     for (l, d), found in cells.items():
-        layers[l][d] = _layer(found, f"_l{l}{'_reverse' if d else ''}", l, H, D, dtype)
+        layers[l][d] = _layer(found, f"_l{l}{'_reverse' if d else ''}", l, H, D, dtype, cell)
     head = dict(head_state_dict)
     if "weight" not in head:
         raise ValueError("the nn.Linear head state dict lacks 'weight'")
@@ -141,17 +176,24 @@ def from_torch(
 
 
 def to_torch(
-    params: Params | DeepParams, *, as_numpy: bool = False
+    params: Params | DeepParams, *, as_numpy: bool = False, gradient: bool = False
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(rnn_state_dict, head_state_dict)`` for ``nn.RNN`` and ``nn.Linear``.
+    """``(rnn_state_dict, head_state_dict)`` for ``nn.RNN``/``nn.LSTM``/``nn.GRU`` (the
+    cell the shapes say) and ``nn.Linear``.
 
-    PyTorch's two biases become ``bias_ih = b`` and ``bias_hh = 0``. Load them
-    with ``rnn.load_state_dict(rnn_sd)`` and ``head.load_state_dict(head_sd)``
-    into ``nn.RNN(K, H, num_layers=L, bidirectional=..., nonlinearity=...,
-    batch_first=True)`` and ``nn.Linear(D*H, C)``.
+    PyTorch's two biases become ``bias_ih = b`` and ``bias_hh = 0`` (the GRU's:
+    ``bias_ih = [b_r; b_z; b_in]``, ``bias_hh = [0; 0; b_hn]``). Load them with
+    ``rnn.load_state_dict(rnn_sd)`` and ``head.load_state_dict(head_sd)`` into
+    ``nn.RNN(K, H, num_layers=L, bidirectional=..., nonlinearity=...,
+    batch_first=True)`` (or ``nn.LSTM``/``nn.GRU`` alike) and ``nn.Linear(D*H, C)``.
 
     Args:
-      params: :class:`Params` or :class:`DeepParams`.
+      params: :class:`Params` or :class:`DeepParams`, or their gradients (see
+        ``gradient``).
+      gradient: ``params`` is a gradient pytree (:func:`bptt_jax.bptt`'s): every
+        value is then PyTorch's ``.grad`` of that tensor, ``bias_hh`` included
+        (where the two biases only add, both receive ``∂E/∂b``; the GRU's n block of
+        ``bias_hh`` is ``∂E/∂b_hn`` and its ``bias_ih`` n block ``∂E/∂b_in``).
       as_numpy: ``False`` (the default): every value a ``torch.Tensor`` (a copy, in
         the parameters' dtype), which needs PyTorch installed (an ImportError saying
         so otherwise); ``True``: every value a ``numpy.ndarray``, and torch is not
@@ -161,8 +203,8 @@ def to_torch(
       ``(rnn_state_dict, head_state_dict)``: ``weight_ih_l{k}``, ``weight_hh_l{k}``,
       ``bias_ih_l{k}``, ``bias_hh_l{k}`` (and ``_reverse`` twins); ``weight``, ``bias``.
     """
-    params, _, _ = check_model(params)
-    deep = to_deep(params)
+    params, dims, _ = check_model(params)
+    deep, cell, H = to_deep(params), dims.cell, dims.H
     if as_numpy:
         convert = np.asarray
     else:
@@ -177,12 +219,21 @@ def to_torch(
             return torch.from_numpy(np.array(a))
 
     rnn = {}
-    for l, cell in enumerate(deep.cells()):
-        for d, layer in enumerate(cell):
+    for l, layers in enumerate(deep.cells()):
+        for d, layer in enumerate(layers):
             suffix = f"_l{l}{'_reverse' if d else ''}"
             rnn[f"weight_ih{suffix}"] = convert(layer.W)
             rnn[f"weight_hh{suffix}"] = convert(layer.U)
-            rnn[f"bias_ih{suffix}"] = convert(layer.b)
-            rnn[f"bias_hh{suffix}"] = convert(np.zeros_like(np.asarray(layer.b)))
+            b_ih, b_hh = _torch_biases(np.asarray(layer.b), cell, H, gradient)
+            rnn[f"bias_ih{suffix}"] = convert(b_ih)
+            rnn[f"bias_hh{suffix}"] = convert(b_hh)
     head = {"weight": convert(deep.V), "bias": convert(deep.c)}
     return rnn, head
+
+
+def _torch_biases(b: np.ndarray, cell: str, H: int, gradient: bool):
+    """``(bias_ih, bias_hh)`` of a layer's ``b`` (or, with ``gradient``, of ``∂E/∂b``)."""
+    if cell != "gru":
+        return b, (b if gradient else np.zeros_like(b))
+    zero_rz = b[: 2 * H] if gradient else np.zeros_like(b[: 2 * H])
+    return b[: 3 * H], np.concatenate([zero_rz, b[3 * H :]])

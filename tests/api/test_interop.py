@@ -109,7 +109,12 @@ def _lstm_like(rnn):
 
 
 BAD = {
-    "lstm": (lambda r, h: (_lstm_like(r), h), r"weight_hh_l0 has shape \(12, 3\), expected"),
+    # an LSTM's weight_hh_l0 (4H rows) among an nn.RNN's other weights: the cell is the
+    # LSTM's, so weight_ih_l0 has too few rows
+    "lstm_hh_in_rnn": (lambda r, h: (_lstm_like(r), h),
+                       r"weight_ih_l0 has shape \(3, 4\), expected \(12, 4\)"),
+    "no_cell": (lambda r, h: ({**r, "weight_hh_l0": np.zeros((5 * H, H))}, h),
+                r"weight_hh_l0 has shape \(15, 3\), which fits no cell"),
     "missing": (lambda r, h: ({k: v for k, v in r.items() if k != "weight_ih_l1"}, h),
                 "lacks weight_ih_l1"),
     "unknown_key": (lambda r, h: ({**r, "weight_ih_l0_extra": r["weight_ih_l0"]}, h),
