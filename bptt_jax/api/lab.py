@@ -14,6 +14,7 @@ from ..core.clipping import make_clipper
 from ..core.init import check_init
 from ..lab import diagnostics, tasks
 from ..lab.diagnostics import GradientFlow, SweepRow, deep_gradient_flow_core
+from ..lab.flow import state_flow_core
 from .arrays import check_quadratic_size
 from .call import take
 from .gradients import bptt_per_loss
@@ -70,8 +71,15 @@ def gradient_flow(params: Model, xs: jax.Array, ys: jax.Array, h0: jax.Array | N
       activation: ``"tanh"``, ``"sigmoid"`` or ``"relu"``.
       precision: of every matrix product, as for :func:`bptt_jax.bptt`.
 
+    For a gated cell (``docs/math.md`` §13; one layer in one direction, unpadded,
+    summed) the vanilla cell's bounds do not apply: what is measured is the
+    gradient that reaches each state, :math:`\|\partial E_t/\partial h_k\|` and
+    for the LSTM :math:`\|\partial E_t/\partial c_k\|` through :math:`c_{k+1}`,
+    returned as a :class:`bptt_jax.lab.flow.StateFlow` (``norms``, ``decay``,
+    ``decay_rate``, ``c_norms``, ``c_decay``), by the cell's hand recursion.
+
     Returns:
-      A :class:`GradientFlow`: ``delta_norms`` ``(T, T)``, ``decay`` ``(T,)``,
+      A :class:`GradientFlow` (a ``StateFlow`` for a gated cell): ``delta_norms`` ``(T, T)``, ``decay`` ``(T,)``,
       ``decay_rate`` ``()``, ``U_norm`` ``()``, ``max_slopes`` ``(T,)``,
       ``gamma`` ``()``, ``bound`` ``(T, T)``, ``gamma_bound`` ``(T, T)``,
       ``bound_decay`` ``(T,)``, ``gamma_decay`` ``(T,)``; for a
@@ -88,10 +96,27 @@ def gradient_flow(params: Model, xs: jax.Array, ys: jax.Array, h0: jax.Array | N
     params, inp, options = take("gradient_flow", params, xs, ys, h0, keywords)
     check_quadratic_size("gradient_flow", inp.xs, inp.h0, inp.cell)
     deep, d = as_deep(params, inp)
+    if inp.cell != "rnn":  # the §6 bounds are the vanilla cell's: measure the states'
+        _gated_flow_refusals(deep, d)
+        return state_flow_core(deep, d.xs, d.ys, d.h0, options=options)
     flow = deep_gradient_flow_core(
         deep, d.xs, d.ys, d.h0, d.mask, options=options, reduction=d.reduction
     )
     return GradientFlow(*(f[0] for f in flow)) if inp.seed else flow
+
+
+def _gated_flow_refusals(deep, inp) -> None:
+    """One-line errors for what :func:`gradient_flow` does not measure for a gated cell."""
+    if deep.num_layers != 1 or deep.bidirectional:
+        raise ValueError(
+            f"gradient_flow of the {inp.cell} cell measures one layer in one direction; got "
+            f"{deep.num_layers} layers, bidirectional={deep.bidirectional}"
+        )
+    if inp.mask is not None or inp.reduction != "sum":
+        raise ValueError(
+            f"gradient_flow of the {inp.cell} cell takes unpadded sequences and "
+            "reduction='sum'"
+        )
 
 
 def _count(value: object, name: str, minimum: int = 1) -> int:

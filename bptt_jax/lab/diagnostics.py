@@ -66,20 +66,23 @@ class GradientFlow(NamedTuple):
     gamma_decay: jax.Array  # (T,): γ^d, ≥ bound_decay
 
 
-def _decay_by_distance(norms: jax.Array) -> jax.Array:
-    r"""``(T, T) -> (T,)``: :math:`\sum_{t>d} n[t, t-d] / \sum_{t>d} n[t, t]`.
+def _decay_by_distance(norms: jax.Array, head: jax.Array | None = None) -> jax.Array:
+    r"""``(T, T) -> (T,)``: :math:`\sum_{t>d} n[t, t-d] / \sum_{t>d} m[t, t]`, ``m`` the
+    ``head`` norms (``norms`` itself when ``None``; :mod:`.flow` measures the LSTM's
+    c path, which E_t does not enter at step t, against its h path).
 
     Ratio of sums over the same losses t = d+1..T, so a bound that holds entry
     by entry, :math:`n[t, t-d] \le n[t, t]\, c_d`, holds for the ratio too. A
-    distance with no signal at all (every :math:`n[t,t] = 0`) gives 0.
+    distance with no signal at all (every :math:`m[t,t] = 0`) gives 0.
     """
+    head = norms if head is None else head
     T = norms.shape[0]
     t = jnp.arange(T)
     d = jnp.arange(T)
     valid = t[None, :] >= d[:, None]  # (d, t): loss t reaches back d steps
     k = jnp.clip(t[None, :] - d[:, None], 0, T - 1)  # (d, t)
     num = jnp.sum(jnp.where(valid, norms[t[None, :], k], 0), axis=1)  # (T,)
-    den = jnp.sum(jnp.where(valid, jnp.diagonal(norms)[None, :], 0), axis=1)  # (T,)
+    den = jnp.sum(jnp.where(valid, jnp.diagonal(head)[None, :], 0), axis=1)  # (T,)
     return jnp.where(den > 0, num / jnp.where(den > 0, den, 1), 0)
 
 
