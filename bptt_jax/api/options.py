@@ -107,7 +107,8 @@ def check_kernel(kernel: object) -> str:
     return kernel
 
 
-def resolve_kernel(kernel: str, H: int, B: int, dtype, fn: str, backend: str | None = None) -> str:
+def resolve_kernel(kernel: str, H: int, B: int, dtype, fn: str, backend: str | None = None,
+                   gates: int = 1) -> str:  # fmt: skip
     """The static ``"scan"`` or ``"pallas"`` a core runs for a checked ``kernel``.
 
     ``dtype``: of the recurrent products (``matmul_dtype`` or the parameters').
@@ -116,10 +117,11 @@ def resolve_kernel(kernel: str, H: int, B: int, dtype, fn: str, backend: str | N
     :data:`AUTO_PICKS_PALLAS_ON_GPU` and the shapes fit on a GPU.
     """
     backend = jax.default_backend() if backend is None else backend
-    fits = kernel_supported(H, B, dtype, backend)
+    fits = kernel_supported(H, B, dtype, backend, gates)
     if kernel == "pallas" and not fits:
+        reason = unsupported_reason(H, B, dtype, backend, gates)
         raise ValueError(
-            f"{fn}: kernel='pallas' does not support {unsupported_reason(H, B, dtype, backend)};"
+            f"{fn}: kernel='pallas' does not support {reason};"
             " use kernel='scan' or 'auto'"
         )
     if kernel == "auto":
@@ -127,12 +129,13 @@ def resolve_kernel(kernel: str, H: int, B: int, dtype, fn: str, backend: str | N
     return kernel
 
 
-def _kernel_shape(params, xs, matmul_dtype) -> tuple[int, int, object]:
-    """``(H, B, dtype)`` the kernel choice depends on: the largest cell's ``H``, the batch
-    of ``xs (B, T[, K])`` and the recurrent products' dtype."""
+def _kernel_shape(params, xs, matmul_dtype) -> tuple[int, int, object, int]:
+    """``(H, B, dtype, gates)`` the kernel choice depends on: the largest cell's ``H``, the
+    batch of ``xs (B, T[, K])``, the recurrent products' dtype and ``U``'s gate blocks."""
     Us = [params.U] if hasattr(params, "U") else [c.U for cell in params.cells() for c in cell]
     H = max(U.shape[1] for U in Us)
-    return H, max(xs.shape[0], 1), Us[0].dtype if matmul_dtype is None else matmul_dtype
+    dtype = Us[0].dtype if matmul_dtype is None else matmul_dtype
+    return H, max(xs.shape[0], 1), dtype, Us[0].shape[0] // max(Us[0].shape[1], 1)
 
 
 #: The names ``precision=`` accepts (JAX's), besides a ``jax.lax.Precision`` and ``None``.
@@ -204,13 +207,10 @@ def build_options(
     recompute = check_recompute(recompute)
     chunk, unroll = check_chunk(chunk), check_unroll(unroll)
     cell = model_cell(params, activation, fn)
-    shape = (1, 1, jnp.float32) if params is None else _kernel_shape(params, xs, matmul_dtype)
-    kernel = resolve_kernel(check_kernel(kernel), *shape, fn, "cpu" if params is None else None)
-    if kernel == "pallas" and cell.name != "rnn":
-        raise ValueError(
-            f"{fn}: kernel='pallas' runs the rnn cell only; the {cell.name} cell runs "
-            "kernel='scan' (or 'auto')"
-        )
+    H, B, dtype, gates = (1, 1, jnp.float32, 1) if params is None else _kernel_shape(
+        params, xs, matmul_dtype)  # fmt: skip
+    kernel = resolve_kernel(check_kernel(kernel), H, B, dtype, fn,
+                            "cpu" if params is None else None, gates)  # fmt: skip
     if schedule:
         chunk, unroll = resolve_schedule(chunk, unroll, recompute, *xs.shape[:2])
     return Options(

@@ -73,8 +73,9 @@ def run_cell(ctx: _Ctx, layer: Layer, X, s_start, s0, m, e):
     R = cell.weights(layer, ctx.cast)
     if options.pallas:
         flags = step_flags(*a.shape[:2], real=m, reset=e)
-        hs = forward_recursion(a, s_start, R, s0, flags, options=options)
-        return (hs[-1] if hs.shape[0] else s_start), hs
+        traces = forward_recursion(a, s_start, R, s0, flags, options=options)
+        end = jax.tree.map(lambda x: x[-1], cell.state(traces)) if a.shape[0] else s_start
+        return end, traces
     step = forward_step(cell, ctx.mm, R, s0)
 
     def scan_step(s_prev, inputs):
@@ -137,14 +138,14 @@ def cell_backward(ctx: _Ctx, layer: Layer, X_c, tr_c, s_start, s0, carry, G, mar
     ``s0``), ``marks = (m, e, k)`` (padding, entry resets, truncation)."""
     (g, acc), (m, e, k), cell = carry, marks, ctx.options.cell
     s_in = entering(cell, tr_c, s_start, s0, e)
+    read = s_in if cell.reads_state_in else None
     if ctx.options.pallas:
         flags = step_flags(*G.shape[:2], real=m, reset=e, keep=k)
-        deltas, g, acc_k = backward_recursion(G, tr_c, g, ctx.cast(layer.U), flags, acc,
+        deltas, g, acc_k = backward_recursion(G, tr_c, g, ctx.cast(layer.U), flags, acc, read,
                                               options=ctx.options)  # fmt: skip
         acc = None if acc is None else acc_k
     else:
         step = _scan_step(ctx, ctx.cast(layer.U))
-        read = s_in if cell.reads_state_in else None
         (g, acc), deltas = lax.scan(step, (g, acc), (G, tr_c, read, m, e, k), reverse=True,
                                     unroll=ctx.options.unroll)  # fmt: skip
     d2 = _rows(deltas)

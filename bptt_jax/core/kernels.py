@@ -83,31 +83,39 @@ def padded_size(H: int) -> int:
     return max(16, 1 << max(int(H) - 1, 0).bit_length())
 
 
-def kernel_supported(H: int, B: int, dtype, backend: str) -> bool:
-    """Whether the kernels take a cell of ``H`` units, ``B`` sequences, products in
-    ``dtype``, on ``backend`` ("gpu" compiled; any other backend in interpret mode).
+def kernel_supported(H: int, B: int, dtype, backend: str, gates: int = 1) -> bool:
+    """Whether the kernels take a cell of ``H`` units and ``gates`` row blocks of ``U``
+    (1 vanilla, 4 LSTM, 3 GRU), ``B`` sequences, products in ``dtype``, on ``backend``
+    ("gpu" compiled; any other backend in interpret mode).
 
     ``B`` is any positive count (padded to the block); the limit is ``U`` on chip:
-    :math:`H_p^2 \\cdot \\mathrm{itemsize} \\le` :data:`U_BYTES_MAX`.
+    :math:`G \\cdot H_p^2 \\cdot \\mathrm{itemsize} \\le` :data:`U_BYTES_MAX`.
     """
     name = jnp.dtype(dtype).name
     dtypes = GPU_DTYPES if backend == "gpu" else INTERPRET_DTYPES
-    if name not in dtypes or H < 1 or B < 1:
+    if name not in dtypes or H < 1 or B < 1 or (backend == "gpu" and gates > 1):
         return False
-    return padded_size(H) ** 2 * jnp.dtype(dtype).itemsize <= U_BYTES_MAX
+    return gates * padded_size(H) ** 2 * jnp.dtype(dtype).itemsize <= U_BYTES_MAX
 
 
-def unsupported_reason(H: int, B: int, dtype, backend: str) -> str:
+def unsupported_reason(H: int, B: int, dtype, backend: str, gates: int = 1) -> str:
     """One line saying why :func:`kernel_supported` is False (for the caller's error)."""
     name = jnp.dtype(dtype).name
     dtypes = GPU_DTYPES if backend == "gpu" else INTERPRET_DTYPES
     if name not in dtypes:
         return f"products in {name} on {backend} (expected {' or '.join(dtypes)})"
+    if backend == "gpu" and gates > 1:
+        return (
+            "a gated cell on the GPU (its kernels run in interpret mode only: Pallas' "
+            "Triton lowering has no slice of a value, which splits the gates)"
+        )
     Hp = padded_size(H)
+    size = gates * Hp * Hp * jnp.dtype(dtype).itemsize
+    limits = "float32: H <= 128, bfloat16: H <= 256" if gates == 1 else (
+        f"{gates} gate blocks: float32 H <= 64, bfloat16 H <= 128")  # fmt: skip
     return (
-        f"H={H} (padded to {Hp}) with {name} products: U is {Hp * Hp * jnp.dtype(dtype).itemsize}"
-        f" bytes, over the {U_BYTES_MAX} one program keeps on chip (float32: H <= 128, "
-        "bfloat16: H <= 256)"
+        f"H={H} (padded to {Hp}) with {name} products: U is {size} bytes, over the "
+        f"{U_BYTES_MAX} one program keeps on chip ({limits})"
     )
 
 
@@ -161,62 +169,73 @@ def _kernel_mm(options):
     return mm
 
 
-def _forward_kernel(options, a_ref, fl_ref, hs_ref0, h0_ref, UT_ref, hs_ref):
+def _get(refs):
+    """The values of a pytree of refs (whole blocks)."""
+    return jax.tree.map(lambda r: r[...], refs)
+
+
+def _forward_kernel(options, trees, *refs):
     """One block of sequences: :func:`.steps.forward_step` of the cell for every t."""
-    UT = UT_ref[...]  # (Hp, Hp): loaded once, on chip for every step
-    h0 = h0_ref[...]  # (bB, Hp): the state every reset restarts from
-    step = forward_step(options.cell, _kernel_mm(options), UT, h0)
+    a_ref, fl_ref, s_refs, s0_refs, R_refs, out_refs = jax.tree.unflatten(trees, refs)
+    R = _get(R_refs)  # loaded once, on chip for every step
+    cell = options.cell
+    step = forward_step(cell, _kernel_mm(options), R, _get(s0_refs))
 
-    def body(t, h_prev):
+    def body(t, s_prev):
         fl = fl_ref[t]  # (bB,)
-        h = step(h_prev, a_ref[t], _flag(fl, REAL), _flag(fl, RESET))
-        hs_ref[t] = h
-        return h
+        trace = step(s_prev, a_ref[t], _flag(fl, REAL), _flag(fl, RESET))
+        jax.tree.map(lambda ref, v: ref.__setitem__(t, v), out_refs, trace)
+        return cell.state(trace)
 
-    lax.fori_loop(0, a_ref.shape[0], body, hs_ref0[...])
+    lax.fori_loop(0, a_ref.shape[0], body, _get(s_refs))
 
 
-def _backward_kernel(options, G_ref, hs_ref, fl_ref, g_ref, acc_ref, U_ref, d_ref, g_out_ref,
-                     acc_out_ref):  # fmt: skip
+def _backward_kernel(options, trees, *refs):
     """One block of sequences: :func:`.steps.delta_step` of the cell, last step first."""
-    U = U_ref[...]  # (Hp, Hp): loaded once, on chip for every step
+    (G_ref, tr_refs, in_refs, fl_ref, g_refs, acc_refs, U_ref,
+     (d_ref, g_out_refs, acc_out_refs)) = jax.tree.unflatten(trees, refs)  # fmt: skip
+    U = U_ref[...]  # loaded once, on chip for every step
     T = G_ref.shape[0]
-    mm = _kernel_mm(options)
-    step = delta_step(options.cell, mm, U, options.clip_delta)
+    step = delta_step(options.cell, _kernel_mm(options), U, options.clip_delta)
+    at = lambda refs, t: jax.tree.map(lambda r: r[t], refs)  # noqa: E731
 
     def body(i, carry):
         t = T - 1 - i
         fl = fl_ref[t]
-        g, acc, delta = step(*carry, G_ref[t], hs_ref[t], None, _flag(fl, REAL), _flag(fl, RESET),
-                             _flag(fl, KEEP))  # fmt: skip
+        s_in = None if in_refs is None else at(in_refs, t)
+        g, acc, delta = step(*carry, G_ref[t], at(tr_refs, t), s_in, _flag(fl, REAL),
+                             _flag(fl, RESET), _flag(fl, KEEP))  # fmt: skip
         d_ref[t] = delta
         return g, acc
 
-    g, acc = lax.fori_loop(0, T, body, (g_ref[...], acc_ref[...]))
-    g_out_ref[...] = g
-    acc_out_ref[...] = acc
+    g, acc = lax.fori_loop(0, T, body, (_get(g_refs), _get(acc_refs)))
+    jax.tree.map(lambda ref, v: ref.__setitem__(Ellipsis, v), g_out_refs, g)
+    jax.tree.map(lambda ref, v: ref.__setitem__(Ellipsis, v), acc_out_refs, acc)
 
 
-def _specs(T, bB, Hp):
-    """BlockSpecs: per-step arrays, flags, per-sequence states, the resident matrix."""
-    steps = pl.BlockSpec((T, bB, Hp), lambda i: (0, i, 0))
-    flags = pl.BlockSpec((T, bB), lambda i: (0, i))
-    state = pl.BlockSpec((bB, Hp), lambda i: (i, 0))
-    matrix = pl.BlockSpec((Hp, Hp), lambda i: (0, 0))
-    return steps, flags, state, matrix
+def _spec(x, bB: int, kind: str):
+    """The BlockSpec of one (padded) array: per-step ``(T, bB, w)``, flags ``(T, bB)``,
+    per-sequence ``(bB, w)`` or a resident weight (whole, every program)."""
+    if kind == "steps":
+        return pl.BlockSpec((x.shape[0], bB, x.shape[2]), lambda i: (0, i, 0))
+    if kind == "flags":
+        return pl.BlockSpec((x.shape[0], bB), lambda i: (0, i))
+    if kind == "state":
+        return pl.BlockSpec((bB, x.shape[1]), lambda i: (i, 0))
+    return pl.BlockSpec(x.shape, lambda i: (0,) * x.ndim)
 
 
-def num_warps_for(Hp: int, itemsize: int) -> int:
-    """Warps per program on a GPU: enough threads that ``U``'s ``Hp² · itemsize`` bytes
-    take at most ~128 registers per thread (4 to 16 warps, 32 threads each)."""
-    regs = Hp * Hp * itemsize // 4  # 32-bit registers holding U
+def num_warps_for(Hp: int, itemsize: int, gates: int = 1) -> int:
+    """Warps per program on a GPU: enough threads that ``U``'s ``gates · Hp² · itemsize``
+    bytes take at most ~128 registers per thread (4 to 16 warps, 32 threads each)."""
+    regs = gates * Hp * Hp * itemsize // 4  # 32-bit registers holding U
     return max(4, min(16, pl.next_power_of_2(-(-regs // (128 * 32)))))
 
 
-def _compiler_params(interpret: bool, Hp: int, U, num_warps: int | None):
+def _compiler_params(interpret: bool, Hp: int, U, num_warps: int | None, gates: int = 1):
     if interpret:
         return None
-    warps = num_warps_for(Hp, U.dtype.itemsize) if num_warps is None else num_warps
+    warps = num_warps_for(Hp, U.dtype.itemsize, gates) if num_warps is None else num_warps
     return pltriton.CompilerParams(num_warps=warps, num_stages=1)
 
 
@@ -226,16 +245,88 @@ def _layout(T, B, H, block_b):
     return bB, Bp, padded_size(H)
 
 
+def _blocks(x, axis: int, H: int, Hp: int):
+    """``x`` with ``axis`` (a whole number of H-unit blocks: one per gate) padded to
+    blocks of ``Hp`` units, zeros appended to each block."""
+    n = x.shape[axis] // H
+    shape = (*x.shape[:axis], n, H, *x.shape[axis + 1 :])
+    pads = [(0, 0)] * (x.ndim + 1)
+    pads[axis + 1] = (0, Hp - H)
+    y = jnp.pad(x.reshape(shape), pads) if Hp != H else x.reshape(shape)
+    return y.reshape(*x.shape[:axis], n * Hp, *x.shape[axis + 1 :])
+
+
+def _unblocks(x, axis: int, H: int, Hp: int):
+    """The inverse of :func:`_blocks`: each block's first ``H`` units."""
+    n = x.shape[axis] // Hp
+    y = x.reshape(*x.shape[:axis], n, Hp, *x.shape[axis + 1 :])
+    y = lax.slice_in_dim(y, 0, H, axis=axis + 1)
+    return y.reshape(*x.shape[:axis], n * H, *x.shape[axis + 1 :])
+
+
+def _padder(B: int, Bp: int, H: int, Hp: int):
+    """``(pad, unpad)`` of per-step ``(T, B, w)`` and per-sequence ``(B, w)`` arrays:
+    rows to ``Bp`` (frozen padding), units to ``Hp`` in every gate's block."""
+
+    def pad(x):
+        rows = 1 if x.ndim == 3 else 0
+        x = _blocks(x, x.ndim - 1, H, Hp)
+        return _pad(x, tuple(Bp if a == rows else None for a in range(x.ndim)))
+
+    def unpad(x):
+        rows = 1 if x.ndim == 3 else 0
+        return _unblocks(lax.slice_in_dim(x, 0, B, axis=rows), x.ndim - 1, H, Hp)
+
+    return pad, unpad
+
+
+def _weights(R, H: int, Hp: int):
+    """A cell's resident weights padded: every axis is whole gate blocks of H units."""
+
+    def pad(x):
+        for axis in range(x.ndim):
+            x = _blocks(x, axis, H, Hp)
+        return x
+
+    return jax.tree.map(pad, R)
+
+
+def _call(kernel, options, name, args, kinds, outs, grid, interpret, Hp, U, num_warps):
+    """``pl.pallas_call`` over flattened pytrees: ``args``/``outs`` trees of arrays /
+    ShapeDtypeStructs with a BlockSpec kind per leaf (``kinds``, trees alike)."""
+    bB = grid[1]
+    kind_leaves = jax.tree.leaves(kinds)
+    in_specs = [_spec(x, bB, k) for x, k in zip(jax.tree.leaves(args), kind_leaves, strict=True)]
+    out_leaves, out_tree = jax.tree.flatten(outs[0])
+    out_specs = [_spec(x, bB, k) for x, k in zip(out_leaves, jax.tree.leaves(outs[1]),
+                                                 strict=True)]  # fmt: skip
+    trees = jax.tree.structure((*args, outs[0]))
+    result = pl.pallas_call(
+        functools.partial(kernel, options, trees),
+        out_shape=out_leaves,
+        grid=(grid[0],),
+        in_specs=in_specs,
+        out_specs=out_specs,
+        interpret=_interpret(interpret),
+        compiler_params=_compiler_params(_interpret(interpret), Hp, U, num_warps,
+                                         options.cell.gates),  # fmt: skip
+        name=name,
+    )(*jax.tree.leaves(args))
+    return jax.tree.unflatten(out_tree, result)
+
+
 @functools.partial(jax.jit, static_argnames=("options", "block_b", "interpret", "num_warps"))
 def forward_recursion(a, h_start, UT, h0=None, flags=None, *, options=DEFAULT, block_b=BLOCK_B,
                       interpret=None, num_warps=None):  # fmt: skip
-    r"""Every :math:`h_t = f(U h^{\mathrm{in}}_t + a_t)`, ``(T, B, H)``, in one kernel.
+    r"""Every step's trace (for the vanilla cell, every :math:`h_t = f(U h^{\mathrm{in}}_t +
+    a_t)`, ``(T, B, H)``) in one kernel.
 
     Args:
-      a: ``(T, B, H)`` the input projections :math:`W x_t + b` (the state's dtype).
-      h_start: ``(B, H)`` the state entering step 1.
-      UT: ``(H, H)`` :math:`U^\top` in the products' dtype.
-      h0: ``(B, H)`` the state a reset restarts from (``None``: ``h_start``).
+      a: ``(T, B, G·H)`` the input projections :math:`W x_t + b` (the state's dtype).
+      h_start: the state entering step 1 (``(B, H)``; the LSTM's a pair).
+      UT: the cell's resident weights, ``cell.weights(layer, cast)`` (the vanilla
+        cell's :math:`U^\top` ``(H, H)``) in the products' dtype.
+      h0: the state a reset restarts from (``None``: ``h_start``).
       flags: ``(T, B)`` int32 of :func:`step_flags` (``REAL``, ``RESET``), or ``None``.
       options: the cell (its step) and the products' ``precision`` (``None``: as
         ``jax_default_matmul_precision``).
@@ -244,79 +335,92 @@ def forward_recursion(a, h_start, UT, h0=None, flags=None, *, options=DEFAULT, b
       num_warps: Triton warps per program (``None``: :func:`num_warps_for`).
 
     Returns:
-      ``hs (T, B, H)``: the states carried out of each step (frozen at padding).
+      The traces, ``(T, B, ·)`` leaves (the vanilla cell's: the states, frozen at
+      padding).
     """
-    T, B, H = a.shape
-    if T == 0:
-        return a
+    cell, s_start = options.cell, h_start
+    (T, B), H = a.shape[:2], jax.tree.leaves(s_start)[0].shape[-1]
+    dt = jax.tree.leaves(s_start)[0].dtype
+    if T == 0:  # no steps: empty traces
+        return _empty_traces(cell, a, s_start, UT)
     bB, Bp, Hp = _layout(T, B, H, block_b)
-    h0 = h_start if h0 is None else h0
+    s0 = s_start if h0 is None else h0
     flags = step_flags(T, B) if flags is None else flags
-    steps, fspec, state, matrix = _specs(T, bB, Hp)
-    kernel = functools.partial(_forward_kernel, options)
-    hs = pl.pallas_call(
-        kernel,
-        out_shape=jax.ShapeDtypeStruct((T, Bp, Hp), h_start.dtype),
-        grid=(Bp // bB,),
-        in_specs=[steps, fspec, state, state, matrix],
-        out_specs=steps,
-        interpret=_interpret(interpret),
-        compiler_params=_compiler_params(_interpret(interpret), Hp, UT, num_warps),
-        name="rnn_forward_recursion",
-    )(
-        _pad(a.astype(h_start.dtype), (T, Bp, Hp)), _pad(flags, (T, Bp)),
-        _pad(h_start, (Bp, Hp)), _pad(h0, (Bp, Hp)), _pad(UT, (Hp, Hp)),
-    )  # fmt: skip
-    return hs[:, :B, :H]
+    pad, unpad = _padder(B, Bp, H, Hp)
+    R = _weights(UT, H, Hp)
+    a_p, s_p, s0_p = pad(a.astype(dt)), jax.tree.map(pad, s_start), jax.tree.map(pad, s0)
+    trace = jax.eval_shape(lambda: cell.forward(_kernel_mm(options), R, s_p, a_p[0]))
+    outs = jax.tree.map(lambda x: jax.ShapeDtypeStruct((T, *x.shape), x.dtype), trace)
+    args = (a_p, _pad(flags, (T, Bp)), s_p, s0_p, R)
+    kinds = ("steps", "flags", jax.tree.map(lambda _: "state", s_p),
+             jax.tree.map(lambda _: "state", s0_p), jax.tree.map(lambda _: "weight", R))
+    out = _call(_forward_kernel, options, f"{cell.name}_forward_recursion", args, kinds,
+                (outs, jax.tree.map(lambda _: "steps", outs)), (Bp // bB, bB), interpret, Hp,
+                jax.tree.leaves(R)[0], num_warps)  # fmt: skip
+    return jax.tree.map(unpad, out)
+
+
+def _empty_traces(cell, a, s_start, R):
+    """The traces of no steps: ``(0, B, ·)`` leaves."""
+    trace = jax.eval_shape(lambda: cell.forward(jnp.matmul, R, s_start, a[0] if a.shape[0] else
+                                                jnp.zeros(a.shape[1:], a.dtype)))  # fmt: skip
+    return jax.tree.map(lambda x: jnp.zeros((0, *x.shape), x.dtype), trace)
 
 
 @functools.partial(jax.jit, static_argnames=("options", "block_b", "interpret", "num_warps"))
-def backward_recursion(G, hs, g, U, flags=None, acc=None, *, options=DEFAULT, block_b=BLOCK_B,
-                       interpret=None, num_warps=None):  # fmt: skip
+def backward_recursion(G, hs, g, U, flags=None, acc=None, s_in=None, *, options=DEFAULT,
+                       block_b=BLOCK_B, interpret=None, num_warps=None):  # fmt: skip
     r"""Every :math:`\delta_t` of a chunk and the gradient leaving it, in one kernel.
 
     Args:
       G: ``(T, B, H)`` the gradient reaching each :math:`h_t` from outside the
         recursion (:math:`V^\top r_t`, or the layer above's :math:`W^\top\delta_t`).
-      hs: ``(T, B, H)`` the states :math:`h_t` (:math:`f'` is computed from them).
-      g: ``(B, H)`` :math:`\gamma`, the gradient carried into the chunk's last step.
-      U: ``(H, H)`` in the products' dtype.
+      hs: the traces of :func:`forward_recursion` (the vanilla cell's states
+        :math:`h_t`: :math:`f'` is computed from them).
+      g: :math:`\gamma`, the gradient carried into the chunk's last step (like the
+        state: ``(B, H)``, the LSTM's a pair).
+      U: ``(G·H, H)`` in the products' dtype.
       flags: ``(T, B)`` int32 of :func:`step_flags` (``REAL``, ``RESET``, ``KEEP``).
-      acc: ``(B, H)`` the running :math:`\partial E/\partial h_0` of reset steps
+      acc: like ``g``, the running :math:`\partial E/\partial h_0` of reset steps
         (``None``: zeros).
-      options: the cell (its δ step), ``clip_delta`` (``None`` or θ > 0: each
-        sequence's :math:`\delta_t` rescaled to norm ≤ θ) and ``precision``.
+      s_in: the states each step read, for a cell that reads them
+        (``cell.reads_state_in``), else ``None``.
+      options: the cell (its δ step), ``clip_delta`` (``None`` or θ > 0, as the cell
+        applies it) and ``precision``.
       block_b, interpret, num_warps: as :func:`forward_recursion`.
 
     Returns:
-      ``(deltas (T, B, H), g_out (B, H), acc_out (B, H))``: every :math:`\delta_t`, the
-      gradient leaving the chunk through the state entering its first step, and ``acc``
-      plus the reset steps' :math:`U^\top\delta_t`.
+      ``(deltas (T, B, ·), g_out, acc_out)``: every :math:`\delta_t`, the gradient
+      leaving the chunk through the state entering its first step, and ``acc`` plus
+      the reset steps' :math:`\gamma_t`.
     """
-    T, B, H = G.shape
-    acc = jnp.zeros_like(g) if acc is None else acc
+    cell = options.cell
+    acc = jax.tree.map(jnp.zeros_like, g) if acc is None else acc
+    (T, B, H), dt = G.shape, jax.tree.leaves(g)[0].dtype
     if T == 0:
-        return G, g, acc
+        width = cell.gates * H if cell.name != "gru" else 4 * H
+        return jnp.zeros((0, B, width), dt), g, acc
     bB, Bp, Hp = _layout(T, B, H, block_b)
     flags = step_flags(T, B) if flags is None else flags
-    steps, fspec, state, matrix = _specs(T, bB, Hp)
-    kernel = functools.partial(_backward_kernel, options)
-    dt = g.dtype
-    deltas, g_out, acc_out = pl.pallas_call(
-        kernel,
-        out_shape=(
-            jax.ShapeDtypeStruct((T, Bp, Hp), dt),
-            jax.ShapeDtypeStruct((Bp, Hp), dt),
-            jax.ShapeDtypeStruct((Bp, Hp), dt),
-        ),
-        grid=(Bp // bB,),
-        in_specs=[steps, steps, fspec, state, state, matrix],
-        out_specs=(steps, state, state),
-        interpret=_interpret(interpret),
-        compiler_params=_compiler_params(_interpret(interpret), Hp, U, num_warps),
-        name="rnn_backward_recursion",
-    )(
-        _pad(G.astype(dt), (T, Bp, Hp)), _pad(hs.astype(dt), (T, Bp, Hp)), _pad(flags, (T, Bp)),
-        _pad(g, (Bp, Hp)), _pad(acc, (Bp, Hp)), _pad(U, (Hp, Hp)),
+    pad, unpad = _padder(B, Bp, H, Hp)
+    cast = lambda tree: jax.tree.map(lambda x: pad(x.astype(dt)), tree)  # noqa: E731
+    U_p = _weights(U, H, Hp)
+    tr_p, in_p = cast(hs), None if s_in is None else cast(s_in)
+    g_p, acc_p, G_p = cast(g), cast(acc), cast(G)
+    d_shape = jax.eval_shape(
+        lambda: cell.delta(_kernel_mm(options), U_p, cell.total(g_p, G_p[0]),
+                           jax.tree.map(lambda x: x[0], tr_p),
+                           None if in_p is None else jax.tree.map(lambda x: x[0], in_p))[1]
     )  # fmt: skip
-    return deltas[:, :B, :H], g_out[:B, :H], acc_out[:B, :H]
+    st = lambda tree: jax.tree.map(lambda _: "state", tree)  # noqa: E731
+    sp = lambda tree: jax.tree.map(lambda _: "steps", tree)  # noqa: E731
+    args = (G_p, tr_p, in_p, _pad(flags, (T, Bp)), g_p, acc_p, U_p)
+    kinds = ("steps", sp(tr_p), sp(in_p), "flags", st(g_p), st(acc_p), "weight")
+    like = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)  # noqa: E731
+    outs = (jax.ShapeDtypeStruct((T, *d_shape.shape), dt), like(g_p), like(acc_p))
+    out_kinds = ("steps", st(g_p), st(acc_p))
+    deltas, g_out, acc_out = _call(
+        _backward_kernel, options, f"{cell.name}_backward_recursion", args, kinds,
+        (outs, out_kinds), (Bp // bB, bB), interpret, Hp, U_p, num_warps,
+    )  # fmt: skip
+    return unpad(deltas), jax.tree.map(unpad, g_out), jax.tree.map(unpad, acc_out)

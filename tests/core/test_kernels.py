@@ -231,3 +231,36 @@ def test_forward_and_loss_pallas_equal_scan():
     assert_tree_close(got, want, rtol=KERNEL_RTOL["float32"])
     E = bptt_jax.loss(params, xs, ys, h0, kernel="pallas")
     assert max_rel_error(E, bptt_jax.loss(params, xs, ys, h0)) <= KERNEL_RTOL["float32"]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gated_kernels_match_the_scan_with_every_option(cell, x64):
+    # The LSTM's (h, c) carry, the GRU's b_hn and both cells' gate blocks padded per
+    # gate (H = 5 -> 16 units in each block), through the public call: resets, ragged
+    # lengths, truncation, clipping of the state gradient and chunks, stacked and
+    # bidirectional. Interpret mode off the GPU.
+    p = bptt_jax.init_params(jax.random.key(1), K, H, num_classes=C, cell=cell, num_layers=2,
+                             bidirectional=True, dtype="float64")  # fmt: skip
+    p = jax.tree.map(lambda a: a + 0.1 * jnp.sin(jnp.arange(a.size).reshape(a.shape)), p)
+    xs = jax.random.randint(jax.random.key(2), (3, T), 0, K)
+    ys = jax.random.randint(jax.random.key(3), (3, T), 0, C)
+    kw = dict(lengths=jnp.array([T, 4, 2]), resets=jnp.zeros((3, T), bool).at[0, 3].set(True),
+              truncate=4, clip_delta=0.7, chunk=4)  # fmt: skip
+    want = bptt_jax.bptt_chunk(p, xs, ys, **kw)
+    got = bptt_jax.bptt_chunk(p, xs, ys, kernel="pallas", **kw)
+    assert_tree_close(got, want, rtol=KERNEL_RTOL["float64"])
+    assert max_rel_error(bptt_jax.forward(p, xs, kernel="pallas")[1],
+                         bptt_jax.forward(p, xs)[1]) <= KERNEL_RTOL["float64"]  # fmt: skip
+
+
+def test_gated_kernel_sizes_count_every_gate_block():
+    assert kernels.kernel_supported(64, 1, "float32", "cpu", gates=4)  # 4·64² · 4 B = 64 KiB
+    assert not kernels.kernel_supported(128, 1, "float32", "cpu", gates=4)  # 256 KiB
+    assert kernels.kernel_supported(128, 1, "bfloat16", "cpu", gates=4)
+    # on a GPU the gated kernels are refused: Triton lowers no slice of a value
+    assert not kernels.kernel_supported(16, 1, "float32", "gpu", gates=3)
+    assert "interpret mode only" in kernels.unsupported_reason(16, 1, "float32", "gpu", 3)
+    p = bptt_jax.init_params(jax.random.key(0), K, 100, cell="lstm")
+    xs = jnp.zeros((2, 3), int)
+    with pytest.raises(ValueError, match=r"4 gate blocks: float32 H <= 64"):
+        bptt_jax.bptt(p, xs, xs, kernel="pallas")
