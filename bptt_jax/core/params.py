@@ -124,13 +124,13 @@ def as_layers(params: Params | DeepParams, state: jax.Array) -> tuple[DeepParams
     :class:`DeepParams` and its state ``(B, H)`` as ``(1, B, H)``; a DeepParams as is.
     :func:`like` turns results back."""
     deep = to_deep(params)
-    return deep, (state if deep is params else state[None])
+    return deep, (state if deep is params else jax.tree.map(lambda s: s[None], state))
 
 
 def like(params: Params | DeepParams, grads: DeepParams, *states: jax.Array):
     """``(grads, *states)`` of :func:`as_layers`'s model in the layout of ``params``."""
     if isinstance(params, Params):
-        return from_deep(grads), *(s[0] for s in states)
+        return from_deep(grads), *(jax.tree.map(lambda a: a[0], s) for s in states)
     return grads, *states
 
 

@@ -44,15 +44,17 @@ def hidden_states(
     Args:
       params: the model (its ``U``, ``W``, ``b``).
       xs: ``(B, T)`` ids or ``(B, T, K)`` vectors.
-      h0: ``(B, H)``.
+      h0: ``(B, H)`` (the LSTM's: a pair).
       options: the cell and how to run it (:class:`~bptt_jax.core.options.Options`).
 
     Returns:
-      ``(h_T, hs)``: the final state ``(B, H)`` (``h0`` when T = 0) and
-      :math:`h_1 \ldots h_T`, time-major ``(T, B, H)``.
+      ``(h_T, hs)``: the final state (like ``h0``: ``(B, H)``, the LSTM's a pair;
+      ``h0`` when T = 0) and the outputs :math:`h_1 \ldots h_T`, time-major
+      ``(T, B, H)``.
     """
     ctx = make_ctx(options, params.U.dtype)
-    return run_cell(ctx, params, time_major(xs), h0, h0, None, None)  # no padding, no resets
+    s_T, traces = run_cell(ctx, params, time_major(xs), h0, h0, None, None)  # no padding/resets
+    return s_T, options.cell.output(traces)
 
 
 def output_logits(params: Params, hs: jax.Array, options: Options = DEFAULT) -> jax.Array:

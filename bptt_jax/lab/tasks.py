@@ -31,14 +31,15 @@ import numpy as np
 import optax
 from jax import lax
 
-from ..core.cell import RNNCell
+from ..core.cells import cell_named
 from ..core.clipping import make_clipper
 from ..core.losses import log_softmax
 from ..core.options import Options
-from ..core.params import init_params
+from ..core.params import init_params, to_deep
 from ..core.rnn import hidden_states, output_logits
 from ..core.step import hand_bptt, train_step
 from .diagnostics import gradient_flow_core
+from .flow import state_flow_core
 
 
 def delay_task(key: jax.Array, *, batch: int, steps: int, delay, vocab_size: int, dtype=None):
@@ -83,6 +84,8 @@ class Remedy(NamedTuple):
     clip: str = "none"  # make_clipper name
     clip_value: float | None = None
     clip_delta: float | None = None  # per-step δ clipping in the hand recursion
+    cell: str = "rnn"  # "rnn", "lstm", "gru" (init_params(cell=)); activation: rnn only
+    forget_bias: float = 0.0  # the LSTM's (init_params(forget_bias=))
 
 
 #: The configurations of the recorded experiment (README).
@@ -94,6 +97,8 @@ REMEDIES = (
     Remedy("IRNN + global-norm clip 1", init="identity", activation="relu",
            clip="global_norm", clip_value=1.0),
     Remedy("IRNN + per-step δ clip 0.1", init="identity", activation="relu", clip_delta=0.1),
+    Remedy("LSTM, forget bias 1", cell="lstm", forget_bias=1.0),
+    Remedy("GRU", cell="gru"),
 )  # fmt: skip
 
 
@@ -114,14 +119,14 @@ def _train(params, key, delays, *, sizes, learning_rate, clip, options):
     batch, steps, vocab_size, iterations = sizes
     opt = optax.chain(make_clipper(*clip), optax.adam(learning_rate))
     grad_fn = functools.partial(hand_bptt, options=options)
-    h0 = jnp.zeros((batch, params.U.shape[0]), params.U.dtype)
+    h0 = options.cell.zero_state((batch, params.U.shape[1]), params.U.dtype)
     t = jnp.arange(steps)
 
     def one_delay(d):
         def step(carry, k):
             params, opt_state = carry
             xs, ys = delay_task(
-                k, batch=batch, steps=steps, delay=d, vocab_size=vocab_size, dtype=h0.dtype
+                k, batch=batch, steps=steps, delay=d, vocab_size=vocab_size, dtype=params.V.dtype
             )
             # The app's step: hand gradients, mean over the sequences, optax update;
             # a diverging run is shown as it is, not skipped.
@@ -133,11 +138,11 @@ def _train(params, key, delays, *, sizes, learning_rate, clip, options):
             log_p = log_softmax(output_logits(params, hs, options))  # (T, B, K)
             labelled = (t >= d)[:, None]  # (T, 1)
             target = jnp.swapaxes(jnp.argmax(ys, -1), 0, 1)  # (T, B)
-            n = jnp.maximum(jnp.sum(labelled) * batch, 1).astype(h0.dtype)
+            n = jnp.maximum(jnp.sum(labelled) * batch, 1).astype(params.V.dtype)
             nll = -jnp.take_along_axis(log_p, target[..., None], axis=-1)[..., 0]  # (T, B)
             loss = jnp.sum(jnp.where(labelled, nll, 0)) / n
             right = (jnp.argmax(log_p, -1) == target) & labelled
-            acc = jnp.sum(right).astype(h0.dtype) / n
+            acc = jnp.sum(right).astype(params.V.dtype) / n
             return (new.params, new.opt_state), (loss, acc, gnorm)
 
         keys = jax.random.split(key, iterations)
@@ -180,13 +185,14 @@ def train_delay(
       :class:`DelayCurves` with ``loss`` and ``accuracy`` ``(D, N)`` and
       ``signal`` ``(D,)``.
     """
-    options = Options(cell=RNNCell(remedy.activation), clip_delta=remedy.clip_delta,
-                      precision=precision)  # fmt: skip
+    options = Options(cell=cell_named(remedy.cell, remedy.activation),
+                      clip_delta=remedy.clip_delta, precision=precision)  # fmt: skip
     delays = tuple(int(d) for d in delays)
     kp, kd, kf = jax.random.split(key, 3)
     params = init_params(
-        kp, vocab_size, hidden_size, init=remedy.init, spectral_radius=remedy.spectral_radius
-    )
+        kp, vocab_size, hidden_size, init=remedy.init, spectral_radius=remedy.spectral_radius,
+        cell=remedy.cell, forget_bias=remedy.forget_bias,
+    )  # fmt: skip
     loss, acc, gnorm = _train(
         params,
         kd,
@@ -197,8 +203,13 @@ def train_delay(
         options=options,
     )
     xs, ys = delay_task(kf, batch=batch, steps=steps, delay=0, vocab_size=vocab_size)
-    h0 = jnp.zeros((batch, hidden_size), params.U.dtype)
-    flow = gradient_flow_core(params, xs, ys, h0, options=options._replace(clip_delta=None))
+    h0 = options.cell.zero_state((batch, hidden_size), params.U.dtype)
+    measure = options._replace(clip_delta=None)
+    if remedy.cell == "rnn":  # the seed's δ_k^(t) (§6)
+        flow = gradient_flow_core(params, xs, ys, h0, options=measure)
+    else:  # a gated cell: the gradient reaching h_k (§13)
+        lift = lambda s: jax.tree.map(lambda a: a[None], s)  # noqa: E731
+        flow = state_flow_core(to_deep(params), xs, ys, lift(h0), options=measure)
     decay = np.asarray(flow.decay)  # (T,): by distance d
     return DelayCurves(
         remedy=remedy,
