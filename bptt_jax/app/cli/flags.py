@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +58,17 @@ positive = number(integer=True, minimum=1, strict=False)  # 1, 2, ...
 nonnegative = number(integer=True, minimum=0, strict=False)  # 0, 1, ...
 positive_float = number(integer=False, minimum=0, strict=True)  # finite, > 0
 nonnegative_float = number(integer=False, minimum=0, strict=False)  # finite, >= 0
+
+
+def real(text: str) -> float:
+    """An argparse ``type=``: any finite number (``--forget-bias -2`` as well as ``3``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
 
 
 def integer_range(low: int, high: int) -> Callable[[str], int]:

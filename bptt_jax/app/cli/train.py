@@ -29,20 +29,20 @@ from .train_flags import (
 #: ``bptt-jax train``'s line in the list of commands, and its description (argparse
 #: reflows it).
 HELP = (
-    "train the seed's RNN with the hand gradients (default: a character language model of "
-    "the standard library's source)"
+    "train the seed's RNN (or an LSTM or GRU: --cell) with the hand gradients (default: a "
+    "character language model of the standard library's source)"
 )
 DESCRIPTION = """\
-Trains the seed's vanilla RNN by truncated BPTT with the hand-derived gradients (never
-jax.grad): B parallel streams over one long text, T characters per step, the hidden state
-carried from chunk to chunk. Without --text the corpus is the source of this Python's
-standard library (about 5% of the files, chosen by a hash of their names, are held out for
-validation; --val-text chooses them; the split is printed and written to OUT/split.json).
-Shows a progress bar, validates every --eval-every steps (loss, bits per character,
-perplexity), writes OUT/checkpoint.bptt every --save-every steps, at the end and on Ctrl-C
-or SIGTERM, OUT/metrics.csv as it goes, and OUT/loss.png at the end and on Ctrl-C or
-SIGTERM. Refuses an OUT that holds an earlier run (see --resume, --overwrite) or that
-another train is writing.
+Trains the seed's vanilla RNN (--cell lstm, --cell gru: the gated cells) by truncated BPTT
+with the hand-derived gradients (never jax.grad): B parallel streams over one long text, T
+characters per step, the hidden state carried from chunk to chunk. Without --text the
+corpus is the source of this Python's standard library (about 5% of the files, chosen by a
+hash of their names, are held out for validation; --val-text chooses them; the split is
+printed and written to OUT/split.json). Shows a progress bar, validates every --eval-every
+steps (loss, bits per character, perplexity), writes OUT/checkpoint.bptt every
+--save-every steps, at the end and on Ctrl-C or SIGTERM, OUT/metrics.csv as it goes, and
+OUT/loss.png at the end and on Ctrl-C or SIGTERM. Refuses an OUT that holds an earlier run
+(see --resume, --overwrite) or that another train is writing.
 """
 
 

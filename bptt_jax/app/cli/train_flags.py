@@ -14,7 +14,9 @@ from ..training.config import (
     ACTIVATION_NAMES,
     AUTO_WARMUP_FRACTION,
     BIDIRECTIONAL_DEFAULTS,
+    CELLS,
     DTYPES,
+    LSTM_DEFAULTS,
     MAX_AUTO_WARMUP,
     OPTIMIZERS,
     SCHEDULES,
@@ -22,12 +24,12 @@ from ..training.config import (
     TrainConfig,
     default_out,
 )
-from .flags import nonnegative, nonnegative_float, positive, positive_float, seed
+from .flags import nonnegative, nonnegative_float, positive, positive_float, real, seed
 
 #: The ``train`` flags that are fields of :class:`TrainConfig` (the rest: how to run it).
 TRAIN_OPTIONS = (
     "task", "text", "val_text", "strict_text", "max_files", "steps", "batch_size", "seq_len",
-    "hidden_size", "num_layers",
+    "hidden_size", "num_layers", "cell", "forget_bias",
     "activation", "bidirectional", "lr",
     "optimizer", "clip", "clip_value", "seed", "out", "eval_every", "save_every",
     "verify_every", "val_chars", "dtype", "matmul_dtype", "recompute", "kernel", "schedule",
@@ -309,7 +311,8 @@ def _add_split_flags(a) -> None:
 
 
 def _add_model_flags(a, d: TrainConfig) -> None:
-    """``--num-layers``, ``--activation``, ``--bidirectional``: the model's shape."""
+    """``--num-layers``, ``--cell``, ``--forget-bias``, ``--activation``,
+    ``--bidirectional``: the model's shape."""
     a(
         "--num-layers",
         type=positive,
@@ -319,10 +322,28 @@ def _add_model_flags(a, d: TrainConfig) -> None:
         f"seed's model (default {d.num_layers})",
     )
     a(
+        "--cell",
+        choices=CELLS,
+        default=None,
+        help="the recurrent cell of every layer: rnn is the seed's h = f(U h + W x + b); "
+        "lstm and gru are PyTorch's nn.LSTM and nn.GRU (docs/math.md), with the same "
+        f"hand-derived BPTT (default {d.cell})",
+    )
+    a(
+        "--forget-bias",
+        type=real,
+        default=None,
+        metavar="BIAS",
+        help="--cell lstm only: the forget gate's initial bias, so that the cell state is "
+        f"carried from the first step (default {LSTM_DEFAULTS['forget_bias']} for the lstm; "
+        "0 is the mean of PyTorch's)",
+    )
+    a(
         "--activation",
         choices=ACTIVATION_NAMES,
         default=None,
-        help=f"f of every hidden layer, h = f(U h + W x + b) (default {d.activation})",
+        help="--cell rnn only: f of every hidden layer, h = f(U h + W x + b) "
+        f"(default {d.activation})",
     )
     a(
         "--bidirectional",

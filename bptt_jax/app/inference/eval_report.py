@@ -31,6 +31,7 @@ import numpy as np
 from ..io.corpus import TOKEN_TYPES, DataError, read_text, token_labels
 from ..io.files import check_regular
 from ..training.checkpoint_schema import Model, load_model
+from ..training.config import model_cell
 from ..training.validation import HeldOut, evaluation, score
 
 
@@ -161,8 +162,7 @@ class Report:
 def report(model: Model, held: HeldOut, oov: int) -> Report:
     """``model`` scored on ``held`` (:func:`~bptt_jax.app.training.validation.score`)."""
     C = len(TOKEN_TYPES) if model.task == "tag" else None
-    activation = getattr(model.config, "activation", "tanh")
-    scores = score(model.params, held, activation=activation, num_classes=C)
+    scores = score(model.params, held, cell=model_cell(model.config), num_classes=C)
     ev = evaluation(scores, model.task)
     files = tuple(
         FileScore(n, int(c), float(x / max(c, 1) / math.log(2)))

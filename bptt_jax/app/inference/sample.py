@@ -9,7 +9,8 @@ seed's model
     h_{t+1} = f(U h_t + W x_{t+1} + b),\quad z_{t+1} = V h_{t+1} + c
 
 and for ``L`` stacked layers each layer reads the one below,
-:math:`h_{t+1}^\ell = f(U^\ell h_t^\ell + W^\ell h_{t+1}^{\ell-1} + b^\ell)`,
+:math:`h_{t+1}^\ell = f(U^\ell h_t^\ell + W^\ell h_{t+1}^{\ell-1} + b^\ell)` (a gated
+cell's own step in place of :math:`f`, its state ``(h, c)`` for the LSTM),
 :math:`z_{t+1} = V h_{t+1}^L + c`. :math:`\tau = 0` picks :math:`\arg\max z_t`
 (greedy); ``top_k`` keeps the k largest logits, ``top_p`` the smallest set of most
 likely characters whose probabilities add up to at least p (nucleus sampling).
@@ -31,13 +32,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ...core.cell import RNNCell
 from ...core.deep import deep_forward_core
 from ...core.options import Options
 from ...core.params import DeepParams, to_deep
 from ...core.steps import pick, stack
 from ..io.corpus import DataError
 from ..training.checkpoint_schema import Model
+from ..training.config import model_cell
+from ..training.models import zeros_like_state
 
 #: The longest sample: its keys and ids take 12 bytes a character (a larger scan
 #: once aborted inside XLA).
@@ -53,16 +55,17 @@ MAX_SAMPLES = 10_000
 PRIME, LENGTH, TEMPERATURE = "def ", 500, 0.8
 
 
-@functools.partial(jax.jit, static_argnames=("activation",))
-def prime_core(params: DeepParams, prime: jax.Array, *, activation: str = "tanh"):
-    r"""``(h (L, H), z (C,))``: the state and logits after reading ``prime (P,)`` ids
-    from :math:`h_0 = 0`; for ``P = 0`` the zero state and :math:`z_0 = V h_0 + c = c`."""
-    L, H = len(params.layers), params.layers[0].U.shape[0]
-    h0 = jnp.zeros((L, 1, H), params.V.dtype)
+@functools.partial(jax.jit, static_argnames=("cell",))
+def prime_core(params: DeepParams, prime: jax.Array, *, cell):
+    r"""``(h (L, H), z (C,))``: the state (each part, for the LSTM's ``(h, c)``) and logits
+    after reading ``prime (P,)`` ids from :math:`h_0 = 0` with ``cell``; for ``P = 0`` the
+    zero state and :math:`z_0 = V h_0 + c = c`."""
+    h0 = zeros_like_state(cell, params, 1)  # (L, 1, H) each part
+    first = lambda s: jax.tree.map(lambda a: a[:, 0], s)  # noqa: E731  (L, 1, H) -> (L, H)
     if prime.shape[0] == 0:
-        return h0[:, 0], params.c
-    _, z, h = deep_forward_core(params, prime[None], h0, options=Options(cell=RNNCell(activation)))
-    return h[:, 0], z[0, -1]
+        return first(h0), params.c
+    _, z, h = deep_forward_core(params, prime[None], h0, options=Options(cell=cell))
+    return first(h), z[0, -1]
 
 
 def _filter(z, temperature, top_p, top_k: int | None, banned: int | None):
@@ -93,7 +96,7 @@ class Draw(NamedTuple):
 @functools.partial(jax.jit, static_argnames=("draw", "cell"))
 def sample_core(
     params: DeepParams, h: jax.Array, z: jax.Array, key: jax.Array, temperature: jax.Array,
-    top_p: jax.Array, *, draw: Draw, cell: RNNCell,
+    top_p: jax.Array, *, draw: Draw, cell,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:  # fmt: skip
     r"""``draw.length`` ids drawn after the state ``h (L, H)`` with logits ``z (C,)``; no
     checks. Each id is read by the cell's own step (:mod:`bptt_jax.core.cell`), layer by
@@ -106,7 +109,7 @@ def sample_core(
       temperature: :math:`\tau > 0` (ignored when ``draw.greedy``).
       top_p: in ``(0, 1]``; 1 keeps every character.
       draw: the length, greedy, top-k and banned id (:class:`Draw`).
-      cell: the model's cell (its activation).
+      cell: the model's cell (:func:`~bptt_jax.app.training.config.model_cell`).
 
     Returns:
       ``(h, z, ids (length,) int32)``: the state and logits after the last id, and the ids.
@@ -192,17 +195,16 @@ def generate(
     """
     check_request(model, prime, length, temperature, top_k, top_p)
     params = to_deep(model.params)
-    activation = model.config.activation
+    cell = model_cell(model.config)
     dtype = params.V.dtype
-    h, z = prime_core(params, jnp.asarray(model.vocab.encode(prime), jnp.int32),
-                      activation=activation)  # fmt: skip
+    h, z = prime_core(params, jnp.asarray(model.vocab.encode(prime), jnp.int32), cell=cell)
     key = jax.random.fold_in(jax.random.key(seed), index)
     tau = jnp.asarray(temperature if temperature > 0 else 1.0, dtype)
     for j, start in enumerate(range(0, length, CHUNK)):
         draw = Draw(CHUNK, temperature == 0, top_k, model.vocab.unknown)
         h, z, ids = sample_core(
             params, h, z, jax.random.fold_in(key, j), tau, jnp.asarray(top_p, dtype),
-            draw=draw, cell=RNNCell(activation),
+            draw=draw, cell=cell,
         )  # fmt: skip
         yield model.vocab.decode(ids[: min(CHUNK, length - start)])
 

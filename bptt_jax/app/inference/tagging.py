@@ -22,6 +22,7 @@ import numpy as np
 from ...core.params import DeepParams, Params
 from ..io.corpus import TOKEN_LETTERS, TOKEN_TYPES, DataError
 from ..training.checkpoint_schema import Model
+from ..training.config import model_cell
 from ..training.models import logits_core
 
 #: Files are padded to a multiple of this many characters (or the next power of
@@ -29,9 +30,9 @@ from ..training.models import logits_core
 _PAD = 256
 
 
-@functools.partial(jax.jit, static_argnames=("activation",))
-def _predict_core(params: Params | DeepParams, xs: jax.Array, mask: jax.Array, activation: str):
-    return jnp.argmax(logits_core(params, xs, activation, mask), axis=-1)  # (1, N)
+@functools.partial(jax.jit, static_argnames=("cell",))
+def _predict_core(params: Params | DeepParams, xs: jax.Array, mask: jax.Array, cell):
+    return jnp.argmax(logits_core(params, xs, cell, mask), axis=-1)  # (1, N)
 
 
 def _padded_length(n: int) -> int:
@@ -55,7 +56,7 @@ def predict_tags(model: Model, text: str) -> np.ndarray:
     ids = np.zeros((1, _padded_length(n)), np.int32)
     ids[0, :n] = model.vocab.encode(text)  # unknown characters -> the unknown id, in range
     mask = np.arange(ids.shape[1])[None] < n
-    pred = _predict_core(model.params, ids, mask, model.config.activation)
+    pred = _predict_core(model.params, ids, mask, model_cell(model.config))
     return np.asarray(pred[0, :n], np.int32)
 
 

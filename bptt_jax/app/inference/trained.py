@@ -48,13 +48,15 @@ class TrainedModel(Model):
 
     Attributes:
       params: :class:`~bptt_jax.Params` (one layer) or :class:`~bptt_jax.DeepParams`
-        (``--num-layers``, ``--bidirectional``), usable with every function of
+        (``--num-layers``, ``--bidirectional``) of the cell ``config.cell`` (its shapes
+        say it: ``U (G·H, H)``), usable with every function of
         ``bptt_jax``: ``K = vocab.size`` inputs, ``C = K`` classes for ``"lm"`` and
         ``len(labels)`` for ``"tag"``.
       vocab: the characters; id ``i`` is ``vocab.chars[i]``, id ``K - 1`` the unknown one.
       task: ``"lm"`` (next character) or ``"tag"`` (each character's token type).
-      config: the training configuration (``config.hidden_size``, ``config.activation``,
-        ``config.seq_len``, ... as ``bptt-jax train`` took them).
+      config: the training configuration (``config.hidden_size``, ``config.cell``,
+        ``config.activation``, ``config.seq_len``, ... as ``bptt-jax train`` took them;
+        a checkpoint written before ``--cell`` existed reads as ``cell="rnn"``).
       step: the training step the checkpoint was written at.
 
     Models compare by identity (their arrays have no single truth value).
@@ -68,7 +70,8 @@ class TrainedModel(Model):
         shape = f"L={c.num_layers}{', bidirectional' if c.bidirectional else ''}"
         return (
             f"TrainedModel(task={self.task!r}, step={self.step}, K={self.vocab.size}, "
-            f"H={c.hidden_size}, {shape}, activation={c.activation!r}, dtype={c.dtype!r})"
+            f"H={c.hidden_size}, {shape}, cell={c.cell!r}, activation={c.activation!r}, "
+            f"dtype={c.dtype!r})"
         )
 
     @property

@@ -1,9 +1,11 @@
 """``bptt-jax check``: the hand gradients against both referees, as a table.
 
-Sits above the numerical core: builds an embedded default model, runs
-:func:`bptt_jax.bptt`, :func:`bptt_jax.autodiff_bptt` and
-:func:`bptt_jax.finite_difference_bptt` on it, and reports per parameter the
-maximum relative error ``max|g_hand - g_ref| / max|g_ref|``.
+Sits above the numerical core: builds an embedded default model of a cell (the
+vanilla RNN, the LSTM or the GRU: ``cell=``), runs :func:`bptt_jax.bptt`,
+:func:`bptt_jax.autodiff_bptt` and :func:`bptt_jax.finite_difference_bptt` on it
+(which take the cell from the model's shapes, and the LSTM's state as ``(h0, c0)``),
+and reports per parameter the maximum relative error
+``max|g_hand - g_ref| / max|g_ref|``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import jax.numpy as jnp
 
 from ...api.gradients import bptt
 from ...api.referees import autodiff_bptt, finite_difference_bptt
+from ...core.cells import CELL_NAMES, cell_named
 from ...core.params import Params, init_params
 from ...referees.tolerances import AUTODIFF, FINITE_DIFF, VERIFY_PRECISION, max_relative_error
 
@@ -59,7 +62,7 @@ class Report:
         head = (
             f"bptt_jax gradient check: K={c['vocab_size']} H={c['hidden_size']} "
             f"C={c['num_classes']} B={c['batch']} T={c['steps']} inputs={c['inputs']} "
-            f"dtype={c['dtype']} seed={c['seed']}\n"
+            f"dtype={c['dtype']} seed={c['seed']} cell={c['cell']}\n"
             f"E: hand {self.losses['hand']:.12g}  jax.grad {self.losses['autodiff']:.12g}  "
             f"finite diff {self.losses['finite_diff']:.12g}\n"
             f"rel. error = max|hand - ref| / max|ref|; "
@@ -89,16 +92,19 @@ def default_problem(
     inputs="ids",
     seed=0,
     dtype="float64",
+    cell="rnn",
 ):
     """The embedded model the check runs on: ``(params, xs, ys, h0)``.
 
     Weights are scaled by 3 from :func:`init_params` and the biases and
-    ``h0`` are non-zero, so that the hidden units sit in tanh's curved range
+    ``h0`` (every part of the cell's state: the LSTM's ``(h0, c0)``) are non-zero,
+    so that the hidden units and gates sit in their nonlinearities' curved range
     and every term of the gradient is exercised; ids repeat (K is small), so
     the scatter-add into ``W`` accumulates.
     """
     kp, kb, kc, kx, ky, kh = jax.random.split(jax.random.key(seed), 6)
-    p = init_params(kp, vocab_size, hidden_size, num_classes=num_classes, dtype=dtype)
+    p = init_params(kp, vocab_size, hidden_size, num_classes=num_classes, dtype=dtype,
+                    cell=cell)  # fmt: skip
     params = Params(
         U=3 * p.U,
         V=3 * p.V,
@@ -113,8 +119,10 @@ def default_problem(
     else:
         raise ValueError(f"inputs must be one of {', '.join(map(repr, INPUTS))}, got {inputs!r}")
     ys = jax.random.randint(ky, (batch, steps), 0, num_classes)
-    h0 = 0.5 * jax.random.normal(kh, (batch, hidden_size), dtype)
-    return params, xs, ys, h0
+    parts, treedef = jax.tree.flatten(cell_named(cell).zero_state((batch, hidden_size), dtype))
+    keys = [kh, *(jax.random.fold_in(kh, i) for i in range(1, len(parts)))]
+    h0 = [0.5 * jax.random.normal(k, a.shape, dtype) for k, a in zip(keys, parts, strict=True)]
+    return params, xs, ys, jax.tree.unflatten(treedef, h0)
 
 
 def run_check(
@@ -127,9 +135,11 @@ def run_check(
     inputs: str = "ids",
     dtype: str = "float64",
     seed: int = 0,
+    cell: str = "rnn",
     grad_fn: Callable | None = None,
 ) -> Report:
-    """Runs ``grad_fn`` (default :func:`bptt_jax.bptt`) against both referees.
+    """Runs ``grad_fn`` (default :func:`bptt_jax.bptt`) against both referees, on the
+    embedded model of ``cell`` (``"rnn"``, ``"lstm"`` or ``"gru"``).
 
     Enables float64 for its own duration (the finite differences need it);
     ``dtype`` picks the precision of the model under test. Every side computes at
@@ -139,9 +149,11 @@ def run_check(
     """
     if dtype not in TOLERANCES:
         raise ValueError(f"dtype must be one of {sorted(TOLERANCES)}, got {dtype!r}")
+    if cell not in CELL_NAMES:
+        raise ValueError(f"cell must be one of {', '.join(CELL_NAMES)}, got {cell!r}")
     config = dict(
         vocab_size=vocab_size, hidden_size=hidden_size, num_classes=num_classes, batch=batch,
-        steps=steps, inputs=inputs, dtype=dtype, seed=seed,
+        steps=steps, inputs=inputs, dtype=dtype, seed=seed, cell=cell,
     )  # fmt: skip
     tol = TOLERANCES[dtype]
     with jax.enable_x64(True):

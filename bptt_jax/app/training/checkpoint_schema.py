@@ -11,11 +11,12 @@ A header with ``kind = "bptt-jax train"``, the
 epoch, the :class:`~bptt_jax.app.training.state.History`, the fingerprint (sha256) of
 the training data and (optional: older files lack it) the held-out ``split``
 (:func:`bptt_jax.app.io.split.split_record` without the training files' names);
-arrays ``params/U`` ... ``params/c``, the optimizer state's
-leaves ``opt/0``, ``opt/1``, ..., the carried state ``h (B, H)`` in stream
-order, and the RNG ``key``. :func:`read_training_checkpoint` is the one reader
-of it: ``train --resume``, ``sample``, ``tag`` and :func:`load_model` all go
-through it.
+arrays ``params/U`` ... ``params/c``, the optimizer state's leaves ``opt/0``,
+``opt/1``, ..., the carried state ``h (B, H)`` in stream order (and the LSTM's ``c``:
+one array per part, :func:`~bptt_jax.app.training.models.state_names`), and the RNG
+``key``. A configuration without ``cell`` (written before the gated cells) is the
+vanilla cell's. :func:`read_training_checkpoint` is the one reader of it: ``train
+--resume``, ``sample``, ``tag`` and :func:`load_model` all go through it.
 """
 
 from __future__ import annotations
@@ -41,7 +42,15 @@ from ..io.corpus import TOKEN_TYPES, Corpus, Vocab
 from ..io.split import split_record
 from ..io.streams import streams_in_order
 from .config import PATH_LISTS, RESUMABLE, TrainConfig, TrainingError
-from .models import param_arrays, param_shapes, params_from_arrays, state_shape
+from .models import (
+    param_arrays,
+    param_shapes,
+    params_from_arrays,
+    state_arrays,
+    state_from_arrays,
+    state_names,
+    state_shape,
+)
 from .parallel import local_rows
 from .state import History, TrainState
 
@@ -80,7 +89,8 @@ def read_training_checkpoint(path: PathLike) -> TrainingCheckpoint:
     K, H, C = (header["dims"][k] for k in "KHC")
     B = config.batch_size
     expected = {name: (shape, dtype) for name, shape in param_shapes(config, K, H, C).items()}
-    expected["h"] = (state_shape(config), dtype)
+    for name in state_names(config):  # "h", and the LSTM's "c"
+        expected[name] = (state_shape(config), dtype)
     expected["key"] = ((2,), np.dtype(np.uint32))
     biggest = max(math.prod(shape) for shape, _ in expected.values())
     for name, (shape, dt) in expected.items():
@@ -90,7 +100,7 @@ def read_training_checkpoint(path: PathLike) -> TrainingCheckpoint:
         if a.shape != shape or a.dtype != dt:
             raise CheckpointError(
                 f"{path}: {name} is {a.dtype} {a.shape}, but the checkpoint's model "
-                f"(K={K} H={H} C={C} B={B} L={config.num_layers}"
+                f"(K={K} H={H} C={C} B={B} L={config.num_layers} {config.cell}"
                 f"{' bidirectional' if config.bidirectional else ''} {config.dtype}) "
                 f"needs {dt} {shape}"
             )
@@ -130,7 +140,7 @@ def check_training_header(header: Any) -> int:
     :func:`bptt_jax.app.training.config.check_config`), the sizes ``K = len(vocab) + 1``,
     ``H = hidden_size``, ``C`` (K, or the number of token types), and the
     position (``step <= steps``). The bound is the parameters, up to three
-    optimizer copies of them, and the state ``h (B, H)``.
+    optimizer copies of them, and the state ``h (B, H)`` (and the LSTM's ``c``).
 
     Raises:
       CheckpointError: one line naming the first entry that is wrong.
@@ -177,7 +187,8 @@ def check_training_header(header: Any) -> int:
         raise CheckpointError("split must be an object naming the held-out rule and files")
     item = np.dtype(config.dtype).itemsize
     params = sum(math.prod(s) for s in param_shapes(config, K, H, C).values())
-    return item * (4 * params + math.prod(state_shape(config))) + 64 * 16
+    state = len(state_names(config)) * math.prod(state_shape(config))
+    return item * (4 * params + state) + 64 * 16
 
 
 def _check_history(history: Any, step: int) -> None:
@@ -260,7 +271,8 @@ def restore(
     """The :class:`TrainState` and :class:`History` to resume ``config`` on ``corpus`` from.
 
     ``h`` comes back as the host array ``(B, H)`` (``(L*D, B, H)`` for a deep
-    model) in stream order; the caller places its rows on its devices.
+    model; the LSTM's pair ``(h, c)`` of them) in stream order; the caller places its
+    rows on its devices.
 
     Raises:
       CheckpointError: the corpus, the model's sizes, the optimizer or the
@@ -288,10 +300,12 @@ def restore(
         corpus.num_classes,
     ):
         raise CheckpointError(f"{where}: model size {dims} does not match the configuration")
-    h = ckpt.arrays.get("h")
-    if h is None or h.shape != state_shape(config) or h.dtype != ckpt.params.V.dtype:
-        shape, dtype = (None, None) if h is None else (h.shape, h.dtype)
-        raise CheckpointError(f"{where}: hidden state has shape {shape} and dtype {dtype}")
+    for name in state_names(config):
+        h = ckpt.arrays.get(name)
+        if h is None or h.shape != state_shape(config) or h.dtype != ckpt.params.V.dtype:
+            shape, dtype = (None, None) if h is None else (h.shape, h.dtype)
+            raise CheckpointError(f"{where}: state {name} has shape {shape} and dtype {dtype}")
+    h = state_from_arrays(config, ckpt.arrays)
     try:
         key = jax.random.wrap_key_data(jnp.asarray(ckpt.arrays["key"]))
         position = [int(ckpt.header[k]) for k in ("step", "chunk", "epoch")]
@@ -338,23 +352,23 @@ def training_header(
     }
 
 
-def training_arrays(state: TrainState) -> dict[str, np.ndarray]:
+def training_arrays(config: TrainConfig, state: TrainState) -> dict[str, np.ndarray]:
     """The arrays of the checkpoint of ``state`` (collective on several processes).
 
     Host arrays only: parameters and optimizer state are replicated (any
-    device's copy), ``h`` is gathered in stream order, so the file does not
-    depend on the device count that wrote it.
+    device's copy), ``h`` (every part of the state) is gathered in stream order, so
+    the file does not depend on the device count that wrote it.
     """
     arrays = param_arrays(jax.device_get(state.params))
     for i, leaf in enumerate(jax.tree.leaves(state.opt_state)):
         arrays[f"opt/{i}"] = np.asarray(leaf)
-    arrays["h"] = _host_h(state.h)
+    arrays |= state_arrays(config, jax.tree.map(_host_h, state.h))
     arrays["key"] = np.asarray(jax.random.key_data(state.key))
     return arrays
 
 
 def _host_h(h: jax.Array) -> np.ndarray:
-    """The carried state ``(B, H)`` as one host array, row b = stream b."""
+    """A part of the carried state ``(B, H)`` as one host array, row b = stream b."""
     local = local_rows(h)  # this process's streams p, p + P, ...
     if jax.process_count() == 1:
         return local

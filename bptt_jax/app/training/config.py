@@ -17,6 +17,7 @@ import optax
 
 from ...api.options import KERNELS
 from ...core.activations import ACTIVATIONS
+from ...core.cells import CELL_NAMES, cell_named
 from ...core.checks import MATMUL_DTYPES
 
 #: ``TrainConfig.optimizer``: name -> optax constructor taking the learning rate.
@@ -38,9 +39,18 @@ TASKS = ("lm", "tag")
 #: ``TrainConfig.activation``: the hidden units' f (``bptt_jax.core.activations``).
 ACTIVATION_NAMES = tuple(ACTIVATIONS)
 
+#: ``TrainConfig.cell``: the recurrent cell of every layer (``bptt_jax.core.cells``).
+CELLS = CELL_NAMES
+
 #: The model fields added after checkpoints were first written, with the value an
 #: older checkpoint (which lacks them) was trained with: the seed's one tanh layer.
-MODEL_DEFAULTS = {"num_layers": 1, "activation": "tanh", "bidirectional": False}
+MODEL_DEFAULTS = {"num_layers": 1, "activation": "tanh", "bidirectional": False,
+                  "cell": "rnn", "forget_bias": 0.0}  # fmt: skip
+
+#: The defaults of a ``--cell lstm`` run that differ from :class:`TrainConfig`'s: the
+#: forget gate starts mostly open (its bias 1, Gers et al. 2000; Jozefowicz et al. 2015),
+#: so the cell state carries the text from the first step (``docs/training.md``).
+LSTM_DEFAULTS = {"forget_bias": 1.0}
 
 #: ``TrainConfig.schedule``: the learning rate after ``warmup`` steps of linear warm-up
 #: from 0: ``lr`` throughout, a cosine decay to 0 at ``steps``, or a linear one.
@@ -80,8 +90,9 @@ def default_config(given: dict) -> TrainConfig:
     :class:`TrainConfig`'s, or :data:`BIDIRECTIONAL_DEFAULTS` with ``--bidirectional``;
     ``out`` is :func:`default_out` of the task."""
     base = BIDIRECTIONAL_DEFAULTS if given.get("bidirectional") else {}
+    cell = LSTM_DEFAULTS if given.get("cell") == "lstm" else {}
     out = {"out": default_out(given.get("task", TrainConfig.task))}
-    return dataclasses.replace(TrainConfig(), **(base | out | given))
+    return dataclasses.replace(TrainConfig(), **(base | cell | out | given))
 
 
 class TrainingError(Exception):
@@ -102,7 +113,9 @@ class TrainConfig:
     seq_len: int = 64  # T characters per chunk (the truncation length)
     hidden_size: int = 256  # H
     num_layers: int = 1  # L stacked hidden layers (1: the seed's model)
-    activation: str = "tanh"  # f of every hidden layer
+    cell: str = "rnn"  # of every layer: "rnn" (the seed's), "lstm" or "gru"
+    forget_bias: float = 0.0  # the LSTM's initial forget-gate bias (LSTM_DEFAULTS: 1)
+    activation: str = "tanh"  # f of every hidden layer (the rnn cell's only)
     bidirectional: bool = False  # tag only: every layer also reads right to left
     lr: float = 4e-3
     optimizer: str = "adam"
@@ -238,16 +251,32 @@ def check_underflow(config: TrainConfig) -> None:
 
 
 def check_model(config: TrainConfig) -> None:
-    """Refuses a model no run can train: an unknown activation, a bidirectional
-    language model (it would read the character it must predict).
+    """Refuses a model no run can train: an unknown cell or activation, an activation or a
+    forget-gate bias the cell has not, a bidirectional language model (it would read the
+    character it must predict).
 
     Raises:
       TrainingError: naming the option and what is accepted.
     """
+    if not isinstance(config.cell, str) or config.cell not in CELLS:
+        raise TrainingError(f"unknown cell {config.cell!r}; choose one of {', '.join(CELLS)}")
     if not isinstance(config.activation, str) or config.activation not in ACTIVATION_NAMES:
         raise TrainingError(
             f"unknown activation {config.activation!r}; choose one of "
             + ", ".join(ACTIVATION_NAMES)
+        )
+    if config.cell != "rnn" and config.activation != "tanh":
+        raise TrainingError(
+            f"--activation {config.activation} is the rnn cell's f; the {config.cell} cell's "
+            "nonlinearities are fixed (sigmoid gates, tanh): drop --activation or use --cell rnn"
+        )
+    bias = config.forget_bias
+    if isinstance(bias, bool) or not isinstance(bias, int | float) or not math.isfinite(bias):
+        raise TrainingError(f"forget_bias must be a finite number, got {bias!r}")
+    if config.cell != "lstm" and bias != 0:
+        raise TrainingError(
+            f"--forget-bias is the lstm cell's forget-gate bias; the {config.cell} cell has "
+            "none: drop --forget-bias or use --cell lstm"
         )
     if not isinstance(config.bidirectional, bool):
         raise TrainingError(f"bidirectional must be true or false, got {config.bidirectional!r}")
@@ -256,6 +285,12 @@ def check_model(config: TrainConfig) -> None:
             f"--bidirectional is for --task tag only: a language model (--task {config.task}) "
             "must not read the characters it predicts"
         )
+
+
+def model_cell(config: TrainConfig):
+    """The cell of ``config``'s layers (:func:`bptt_jax.core.cells.cell_named`): what every
+    computation of the run, its evaluation, sampling and tagging use."""
+    return cell_named(config.cell, config.activation)
 
 
 def is_deep(config: TrainConfig) -> bool:

@@ -240,8 +240,8 @@ def _start(s: Session, resume) -> Loop:
             fingerprint=s.fingerprint, allow_data_change=s.allow_data_change,
         )  # fmt: skip
         n_proc, proc = jax.process_count(), jax.process_index()
-        # this process's streams p, p + P, ... (axis -2 of (B, H) and (L*D, B, H))
-        h = shard_batch(state.h[..., proc::n_proc, :], s.mesh)
+        # this process's streams p, p + P, ... (axis -2 of (B, H) and (L*D, B, H), each part)
+        h = shard_batch(jax.tree.map(lambda a: a[..., proc::n_proc, :], state.h), s.mesh)
         params, opt_state = replicate(state.params, s.mesh), replicate(state.opt_state, s.mesh)
         if s.lead:  # its rows up to the checkpoint's step, whole, one a step
             repair_metrics(pathlib.Path(s.config.out) / METRICS_NAME, state.step)

@@ -1,6 +1,8 @@
 r"""The model of a run: the seed's :class:`Params` or a :class:`DeepParams`, by its configuration.
 
-``--num-layers 1`` without ``--bidirectional`` is the seed's vanilla RNN,
+``--num-layers 1`` without ``--bidirectional`` is the seed's vanilla RNN (``--cell
+rnn``; ``--cell lstm`` and ``--cell gru`` replace the recursion by the gated cell's,
+:mod:`bptt_jax.core.lstm`, :mod:`bptt_jax.core.gru`, whose state is ``(h, c)`` and ``h``),
 
 .. math::
 
@@ -11,8 +13,10 @@ layer :math:`\ell` reads layer :math:`\ell - 1`'s states,
 :math:`s_t^\ell = U^\ell h_{t-1}^\ell + W^\ell h_t^{\ell-1} + b^\ell`, and, when
 bidirectional, a twin reads the text right to left; the output reads the top layer,
 :math:`z_t = V [h_t^{L,\rightarrow}; h_t^{L,\leftarrow}] + c`. This module names and
-shapes the model's arrays (in checkpoints), initialises it and runs it forward (for
-``sample``, ``tag`` and evaluation), the same way for both kinds.
+shapes the model's arrays and its carried state (in checkpoints), initialises it and
+runs it forward (for ``sample``, ``tag`` and evaluation), the same way for both kinds
+and every cell: a state is a pytree (``jax.tree.map`` over it, never a branch on the
+cell).
 """
 
 from __future__ import annotations
@@ -23,11 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ...core.cell import RNNCell
 from ...core.deep import deep_forward_core
 from ...core.options import Options
-from ...core.params import DeepParams, Params, init_params, to_deep
-from .config import TrainConfig, is_deep
+from ...core.params import DeepParams, Params, from_deep, init_params, to_deep
+from .config import TrainConfig, is_deep, model_cell
 
 # --------------------------------------------------------------------------- the model's arrays
 
@@ -36,6 +39,12 @@ def _name(path) -> str:
     """An array's name in a checkpoint: its path in the model's pytree, ``params/U`` or
     ``params/layers/0/W`` (field names and indices joined by ``/``)."""
     return "/".join(["params", *(str(getattr(k, "name", getattr(k, "idx", k))) for k in path)])
+
+
+def state_names(config: TrainConfig) -> tuple[str, ...]:
+    """The carried state's arrays in a checkpoint, one per part of the cell's state:
+    ``("h",)``, or ``("h", "c")`` for the LSTM."""
+    return tuple(model_cell(config).state_parts)
 
 
 def _structure(config: TrainConfig, K: int, C: int):
@@ -59,11 +68,22 @@ def param_shapes(config: TrainConfig, K: int, H: int, C: int) -> dict[str, tuple
 
 
 def state_shape(config: TrainConfig) -> tuple[int, ...]:
-    """The carried state ``h``: ``(B, H)``, or ``(L*D, B, H)`` for a deep model."""
+    """Each part of the carried state: ``(B, H)``, or ``(L*D, B, H)`` for a deep model."""
     B, H = config.batch_size, config.hidden_size
     if not is_deep(config):
         return (B, H)
     return (config.num_layers * (2 if config.bidirectional else 1), B, H)
+
+
+def state_arrays(config: TrainConfig, state) -> dict[str, np.ndarray]:
+    """The carried state (a pytree of host arrays) named as :func:`state_names` says."""
+    return dict(zip(state_names(config), map(np.asarray, jax.tree.leaves(state)), strict=True))
+
+
+def state_from_arrays(config: TrainConfig, arrays: dict):
+    """The carried state of ``config``'s cell from arrays named as :func:`state_names` says."""
+    treedef = jax.tree.structure(zero_state(config, 1))
+    return jax.tree.unflatten(treedef, [arrays[name] for name in state_names(config)])
 
 
 def param_arrays(params: Params | DeepParams) -> dict[str, np.ndarray]:
@@ -84,19 +104,44 @@ def init_model(config: TrainConfig, key: jax.Array, K: int, C: int) -> Params | 
     return init_params(
         key, K, config.hidden_size, num_classes=C, num_layers=config.num_layers,
         bidirectional=bool(config.bidirectional), dtype=jnp.dtype(config.dtype),
+        cell=config.cell, forget_bias=config.forget_bias,
     )  # fmt: skip
 
 
-def zero_state(config: TrainConfig, rows: int) -> np.ndarray:
-    """Zeros shaped like the carried state of ``rows`` streams (:func:`state_shape`)."""
+def zero_state(config: TrainConfig, rows: int):
+    """Host zeros shaped like the carried state of ``rows`` streams (each part
+    :func:`state_shape`): an array, or the LSTM's pair ``(h, c)``."""
     shape = state_shape(config)
-    return np.zeros((*shape[:-2], rows, shape[-1]), config.dtype)
+    parts = jax.tree.structure(model_cell(config).zero_state((), np.float32))
+    shape = (*shape[:-2], rows, shape[-1])
+    zeros = [np.zeros(shape, config.dtype) for _ in range(parts.num_leaves)]
+    return jax.tree.unflatten(parts, zeros)
 
 
-def logits_core(params: Params | DeepParams, xs: jax.Array, activation: str = "tanh",
-                mask: jax.Array | None = None) -> jax.Array:  # fmt: skip
-    """``z (B, T, C)`` of ``xs (B, T)`` ids, every row from a zero state (zeros at padding)."""
+def zeros_like_state(cell, params: DeepParams, rows: int):
+    """The zero state ``(L*D, rows, H)`` (each part) of ``cell`` for ``params``; traceable."""
+    H = params.layers[0].U.shape[1]
+    return cell.zero_state((params.num_layers * params.num_directions, rows, H), params.V.dtype)
+
+
+def as_deep(params: Params | DeepParams, state):
+    """``(DeepParams, state)``: the seed's :class:`Params` as one layer, each part of its
+    state ``(B, H)`` as ``(1, B, H)``; a DeepParams as it is. :func:`as_model` undoes it."""
+    if isinstance(params, DeepParams):
+        return params, state
+    return to_deep(params), jax.tree.map(lambda a: a[None], state)
+
+
+def as_model(params: Params | DeepParams, grads: DeepParams, *states):
+    """``(grads, *states)`` of :func:`as_deep`'s model in the layout of ``params``."""
+    if isinstance(params, DeepParams):
+        return grads, *states
+    return from_deep(grads), *(jax.tree.map(lambda a: a[0], s) for s in states)
+
+
+def logits_core(params: Params | DeepParams, xs: jax.Array, cell, mask=None) -> jax.Array:
+    """``z (B, T, C)`` of ``xs (B, T)`` ids, every row from a zero state (zeros at padding);
+    ``cell``: the model's (:func:`~bptt_jax.app.training.config.model_cell`)."""
     deep = to_deep(params)
-    H = deep.layers[0].U.shape[0]
-    h0 = jnp.zeros((len(deep.layers) * deep.num_directions, xs.shape[0], H), deep.V.dtype)
-    return deep_forward_core(deep, xs, h0, mask, options=Options(cell=RNNCell(activation)))[1]
+    h0 = zeros_like_state(cell, deep, xs.shape[0])
+    return deep_forward_core(deep, xs, h0, mask, options=Options(cell=cell))[1]

@@ -13,7 +13,7 @@ on its shard, and the loss and gradients are summed across devices with
 is exact: the data-parallel gradient equals the single-device gradient of the
 full batch up to the order of floating-point additions. Parameters come in
 replicated; each device's slice of ``h0`` and of the final states stays on
-that device.
+that device (every part of the state: the LSTM's ``(h, c)`` is split alike).
 
 A batch whose size is not a multiple of the device count is refused with a
 clear error (rather than padded): every device must get the same number of
@@ -28,9 +28,10 @@ from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ...core.cell import RNNCell
+from ...core.cells import cell_named
 from ...core.options import DEFAULT, Options
 from ...core.step import hand_bptt
+from .models import as_deep, as_model
 
 AXIS = "batch"
 
@@ -85,7 +86,8 @@ def data_parallel_bptt_core(mesh: Mesh, options: Options = DEFAULT):
     replicated, ``dh0 (B, H)`` = ∂E/∂h_0 and ``h_T (B, H)`` sharded like ``h0``
     (they are per sequence, nothing to sum). ``resets`` ``(B, T)`` bool (a reset
     restores the zero state, :func:`bptt_jax.core.step.hand_bptt`) is sharded like
-    ``xs``. The seed's :class:`~bptt_jax.core.params.Params` only (``h0 (B, H)``).
+    ``xs``. The seed's :class:`~bptt_jax.core.params.Params` only (``h0 (B, H)``, or
+    the LSTM's pair of them: the specs apply to every part).
 
     Args:
       mesh: from :func:`make_mesh`.
@@ -94,16 +96,22 @@ def data_parallel_bptt_core(mesh: Mesh, options: Options = DEFAULT):
     """
 
     def local(params, xs, ys, h0, resets=None):  # one device's shard of the batch
-        E, grads, dh0, h_T = hand_bptt(params, xs, ys, h0, resets, options)
+        deep, h = as_deep(params, h0)  # each part of the state (B/N, H) as (1, B/N, H)
+        E, grads, dh0, h_T = hand_bptt(deep, xs, ys, h, resets, options)
+        grads, dh0, h_T = as_model(params, grads, dh0, h_T)
         return lax.psum(E, AXIS), jax.tree.map(lambda g: lax.psum(g, AXIS), grads), dh0, h_T
 
+    # check_vma=False: the drivers' scans start their accumulators from constants, which
+    # do not vary over the mesh axis as the carries they meet do; psum makes E and the
+    # gradients the same on every device, as out_specs P() says.
     out_specs = (P(), P(), P(AXIS), P(AXIS))
     plain = jax.shard_map(
-        local, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(AXIS)), out_specs=out_specs
-    )
+        local, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(AXIS)), out_specs=out_specs,
+        check_vma=False,
+    )  # fmt: skip
     with_resets = jax.shard_map(
         local, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(AXIS), P(AXIS)),
-        out_specs=out_specs,
+        out_specs=out_specs, check_vma=False,
     )  # fmt: skip
 
     @jax.jit
@@ -115,12 +123,15 @@ def data_parallel_bptt_core(mesh: Mesh, options: Options = DEFAULT):
     return fn
 
 
-def data_parallel_bptt(mesh: Mesh, *, activation: str = "tanh", truncate: int | None = None):
+def data_parallel_bptt(mesh: Mesh, *, activation: str = "tanh", truncate: int | None = None,
+                       cell: str = "rnn"):  # fmt: skip
     """A jitted ``fn(params, xs, ys, h0) -> (E, grads, h_T)`` split over ``mesh``.
 
     Args:
       mesh: from :func:`make_mesh`.
       activation, truncate: as for :func:`bptt_jax.bptt`.
+      cell: the model's cell (``bptt_jax.core.cells``): ``"rnn"``, ``"lstm"`` (``h0`` the
+        pair ``(h0, c0)``) or ``"gru"``.
 
     The returned function takes the batched layout of the cores (``xs (B, T)``
     ids or ``(B, T, K)``, ``ys (B, T)`` or ``(B, T, C)``, ``h0 (B, H)``), with
@@ -129,7 +140,7 @@ def data_parallel_bptt(mesh: Mesh, *, activation: str = "tanh", truncate: int | 
     and ``grads`` come back replicated (summed over devices), ``h_T (B, H)``
     sharded like ``h0``.
     """
-    options = Options(cell=RNNCell(activation), truncate=truncate)
+    options = Options(cell=cell_named(cell, activation), truncate=truncate)
     core = data_parallel_bptt_core(mesh, options)
 
     @jax.jit
@@ -162,20 +173,27 @@ def replicate(tree, mesh: Mesh):
     return jax.device_put(tree, replicated(mesh))
 
 
-def shard_batch(local, mesh: Mesh) -> jax.Array:
-    """The global ``(B, ...)`` array whose rows on this process's devices are ``local``.
+def shard_batch(local, mesh: Mesh):
+    """The global ``(B, ...)`` array whose rows on this process's devices are ``local``
+    (a pytree of them: every part of a state alike).
 
     ``local`` is this process's ``(B / P, ...)`` slice of the batch (the whole
     batch in a single-process run, where this is ``device_put`` with
     :func:`batch_sharded`).
     """
-    return jax.make_array_from_process_local_data(batch_sharded(mesh), local)
+    sharding = batch_sharded(mesh)
+    return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, a), local)
 
 
-def local_rows(x: jax.Array) -> np.ndarray:
-    """This process's rows of a batch-sharded array, in order, as one host array.
+def local_rows(x):
+    """This process's rows of a batch-sharded array (or of each leaf of a pytree), in
+    order, as one host array.
 
     The inverse of :func:`shard_batch` (the whole array in a single-process run).
     """
-    shards = {s.index[0].start or 0: s.data for s in x.addressable_shards}
-    return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])
+
+    def rows(a: jax.Array) -> np.ndarray:
+        shards = {s.index[0].start or 0: s.data for s in a.addressable_shards}
+        return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])
+
+    return jax.tree.map(rows, x)

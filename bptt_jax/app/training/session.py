@@ -26,7 +26,7 @@ from ..io.checkpoint import save_checkpoint
 from ..io.corpus import Corpus
 from ..io.streams import Streams
 from .checkpoint_schema import training_arrays, training_header
-from .config import TrainConfig, TrainingError, learning_rate, warmup_steps
+from .config import TrainConfig, TrainingError, learning_rate, model_cell, warmup_steps
 from .divergence import NONFINITE_IN_A_ROW, divergence
 from .models import zero_state
 from .outputs import (
@@ -114,9 +114,9 @@ class Loop(NamedTuple):
     logged_step: int | None = None  # the step of the last metrics row (one row a step)
 
 
-def zeros_h(s: Session) -> jax.Array:
-    """``(B, H)`` zeros (``(L*D, B, H)`` for a deep model), this process's rows on its
-    devices."""
+def zeros_h(s: Session):
+    """``(B, H)`` zeros (``(L*D, B, H)`` for a deep model; the LSTM's pair of them), this
+    process's rows on its devices."""
     rows = s.config.batch_size // jax.process_count()
     return shard_batch(zero_state(s.config, rows), s.mesh)
 
@@ -141,7 +141,7 @@ def one_step(s: Session, loop: Loop) -> Loop:
         t0 = time.perf_counter()
         errors = verify_gradients(
             host_params(state), xs, ys, local_rows(state.h), s.verify_fn, tol=s.verify_tol,
-            activation=c.activation, resets=s.streams.resets(state.chunk),
+            activation=c.activation, cell=c.cell, resets=s.streams.resets(state.chunk),
         )  # fmt: skip
         history = dataclasses.replace(
             history, verified=history.verified + 1,
@@ -227,7 +227,7 @@ def host_params(state: TrainState):
 def evaluate_and_log(s: Session, loop: Loop) -> Loop:
     """Scores all the held-out text; saves OUT/best.bptt when the loss is the best yet."""
     t0 = time.perf_counter()
-    ev = evaluate(host_params(loop.state), s.held, s.config.task, s.config.activation)
+    ev = evaluate(host_params(loop.state), s.held, s.config.task, model_cell(s.config))
     h, step = loop.history, loop.state.step
     history = dataclasses.replace(h, val=(*h.val, [step, ev.loss, ev.accuracy]))
     if s.lead:
@@ -313,7 +313,7 @@ def save(s: Session, loop: Loop, *, best: bool = False) -> Loop:
     """Writes OUT/checkpoint.bptt (``best``: OUT/best.bptt)."""
     t0 = time.perf_counter()
     path = pathlib.Path(s.config.out) / BEST_NAME if best else s.checkpoint
-    arrays = training_arrays(loop.state)  # every process: gathering h is collective
+    arrays = training_arrays(s.config, loop.state)  # every process: gathering h is collective
     if s.lead:
         header = training_header(s.config, s.corpus, loop.state, loop.history, s.fingerprint)
         if s.signals is not None:

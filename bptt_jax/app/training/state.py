@@ -20,7 +20,7 @@ class TrainState(NamedTuple):
 
     params: Params | DeepParams
     opt_state: Any
-    h: jax.Array  # (B, H) the state carried into the next chunk
+    h: Any  # (B, H) the state carried into the next chunk (the LSTM's: a pair (h, c))
     key: jax.Array  # the run's RNG key (used for the initialisation)
     step: int  # steps taken
     chunk: int  # next chunk of the streams
@@ -83,6 +83,7 @@ class Result:
         parts = [
             f"{c.task} H={c.hidden_size}"
             + (f" L={c.num_layers}" if c.num_layers > 1 else "")
+            + (f" {c.cell}" if c.cell != "rnn" else "")
             + (" bidirectional" if c.bidirectional else "")
             + (f" {c.activation}" if c.activation != "tanh" else "")
             + f" B={c.batch_size} T={c.seq_len} {c.optimizer} lr={c.lr}"

@@ -19,7 +19,6 @@ import optax
 from jax.sharding import Mesh
 
 from ...api.options import resolve_kernel
-from ...core.cell import RNNCell
 from ...core.options import DEFAULT, Options
 from ...core.step import hand_bptt, train_step
 from .config import (
@@ -29,8 +28,10 @@ from .config import (
     check_optimizer,
     is_deep,
     learning_rate,
+    model_cell,
     warmup_steps,
 )
+from .models import as_deep, as_model
 from .parallel import AXIS, check_batch_divides, data_parallel_bptt_core, make_mesh
 
 __all__ = [
@@ -70,12 +71,14 @@ def make_train_step(tx: optax.GradientTransformation, grad_fn: Callable | None =
     Args:
       tx: the optax transformation (clipping and optimizer).
       grad_fn: ``(params, xs, ys, h0, resets) -> (E, grads, dh0, h_T)``; the hand
-        :func:`bptt_jax.core.step.hand_bptt` by default (any model; resets to zero).
+        :func:`bptt_jax.core.step.hand_bptt` by default (any model of the vanilla cell;
+        resets to zero; :func:`model_grad_fn` for the other cells).
 
     Returns:
       ``step(params, opt_state, xs (B, T), ys (B, T), h0, resets=None) ->
       (params, opt_state, h_T, loss, finite, gnorm)`` where ``h0``, ``h_T`` are
-      ``(B, H)`` (``(L*D, B, H)`` for a DeepParams), ``resets`` ``(B, T)`` bool
+      ``(B, H)`` (``(L*D, B, H)`` for a DeepParams; the LSTM's a pair ``(h, c)`` of
+      them), ``resets`` ``(B, T)`` bool
       (True where a document starts: the state entering that step is zero) or
       ``None``, ``loss = E/(B T)`` in nats per character and ``gnorm`` the global
       norm of the mean gradient before clipping; when ``finite`` is False the
@@ -86,11 +89,17 @@ def make_train_step(tx: optax.GradientTransformation, grad_fn: Callable | None =
     @jax.jit
     def step(params, opt_state, xs, ys, h0, resets=None):
         n = xs.shape[0] * xs.shape[1]  # B T characters
-        new = train_step(grad_fn, tx, params, opt_state, xs, ys, h0, resets, n=n)
+        parts = jax.tree.structure(h0)
+
+        def packed(*args):  # the state's parts as one array: train_step zeroes one h_T
+            E, grads, dh0, h_T = grad_fn(*args)
+            return E, grads, dh0, jnp.stack(jax.tree.leaves(h_T))
+
+        new = train_step(packed, tx, params, opt_state, xs, ys, h0, resets, n=n)
         return (
             new.params,
             new.opt_state,
-            new.h_T,
+            jax.tree.unflatten(parts, list(new.h_T)),
             new.loss,
             new.finite,
             optax.tree.norm(new.grads),
@@ -118,28 +127,40 @@ def cached_step(
     return tx, make_train_step(tx, grad_fn)
 
 
-@functools.cache
 def model_grad_fn(options: Options = DEFAULT, bidirectional: bool = False) -> Callable:
-    """The hand BPTT of the step on one device (cached: one per setting).
+    """The hand BPTT of the step on one device (cached: one per setting and cell type).
 
     :func:`~bptt_jax.core.step.hand_bptt` with ``options`` (the cell, products,
-    recompute, kernel); a bidirectional ``DeepParams`` carries only its left-to-right
-    cells' final states into the next chunk: the right-to-left cells (``h_T[1::2]``)
-    start every chunk from zero, since they have not read the text after it.
+    recompute, kernel), on any state pytree (the LSTM's ``(h, c)``); a bidirectional
+    ``DeepParams`` carries only its left-to-right cells' final states into the next
+    chunk: the right-to-left cells (``h_T[1::2]``, every part) start every chunk from
+    zero, since they have not read the text after it.
     """
+    return _model_grad_fn(options, bidirectional, type(options.cell))
 
+
+# The cell's type is part of the key: LSTMCell() and GRUCell(), fieldless NamedTuples, are
+# equal as tuples (both ()), so an Options of one would find the other's function.
+@functools.cache
+def _model_grad_fn(options: Options, bidirectional: bool, _cell_type: type) -> Callable:
     def grad_fn(params, xs, ys, h0, resets=None):
-        E, grads, dh0, h_T = hand_bptt(params, xs, ys, h0, resets, options)
-        if bidirectional:
-            h_T = h_T.at[1::2].set(0)  # cell l*2 + 1 reads right to left
-        return E, grads, dh0, h_T
+        deep, h = as_deep(params, h0)  # the seed's Params: each part (B, H) as (1, B, H)
+        E, grads, dh0, h_T = hand_bptt(deep, xs, ys, h, resets, options)
+        if bidirectional:  # cell l*2 + 1 reads right to left
+            h_T = jax.tree.map(lambda a: a.at[1::2].set(0), h_T)
+        return E, *as_model(params, grads, dh0, h_T)
 
     return grad_fn
 
 
-@functools.cache
 def data_parallel_grad_fn(mesh: Mesh, options: Options = DEFAULT) -> Callable:
-    """The data-parallel hand BPTT on ``mesh`` (cached, so :func:`cached_step` reuses it)."""
+    """The data-parallel hand BPTT on ``mesh`` (cached, so :func:`cached_step` reuses it;
+    one per cell type, as :func:`model_grad_fn`)."""
+    return _data_parallel_grad_fn(mesh, options, type(options.cell))
+
+
+@functools.cache
+def _data_parallel_grad_fn(mesh: Mesh, options: Options, _cell_type: type) -> Callable:
     return data_parallel_bptt_core(mesh, options)
 
 
@@ -156,10 +177,11 @@ def run_kernel(config: TrainConfig, devices: int = 1) -> str:
 
 def run_options(config: TrainConfig, devices: int = 1) -> Options:
     """The :class:`~bptt_jax.core.options.Options` of a run's hand BPTT: its cell
-    (activation), bf16 products, recompute and resolved kernel."""
+    (:func:`~bptt_jax.app.training.config.model_cell`), bf16 products, recompute and
+    resolved kernel."""
     mm = None if config.matmul_dtype is None else jnp.dtype(config.matmul_dtype)
     return Options(
-        cell=RNNCell(config.activation), matmul_dtype=mm, recompute=bool(config.recompute),
+        cell=model_cell(config), matmul_dtype=mm, recompute=bool(config.recompute),
         kernel=run_kernel(config, devices),
     )  # fmt: skip
 

@@ -27,12 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ...core.cell import RNNCell
 from ...core.deep import deep_forward_core
 from ...core.losses import log_softmax
-from ...core.options import Options
+from ...core.options import DEFAULT, Options
 from ...core.params import DeepParams, Params, to_deep
 from ..io.corpus import TOKEN_TYPES, Corpus, file_spans
+from .models import zeros_like_state
 
 #: Parallel rows and characters per forward call of :func:`score`: on the 2-core CPU
 #: the whole standard-library held-out set (539,454 characters, 39 files, the longest
@@ -96,12 +96,11 @@ def _names(names, starts) -> list[str]:
     return names if len(names) == len(starts) else [f"file {i + 1}" for i in range(len(starts))]
 
 
-@functools.partial(jax.jit, static_argnames=("activation",))
-def _segment_core(params: DeepParams, xs, ys, mask, fresh, h, *, activation: str):
+@functools.partial(jax.jit, static_argnames=("cell",))
+def _segment_core(params: DeepParams, xs, ys, mask, fresh, h, *, cell):
     """One forward call: rows with ``fresh`` start from zero; ``(h, nll (R,), pred (R, S))``."""
-    h = jnp.where(fresh[None, :, None], jnp.zeros_like(h), h)  # (L*D, R, H)
-    options = Options(cell=RNNCell(activation))
-    _, logits, h = deep_forward_core(params, xs, h, mask, options=options)  # (R, S, C)
+    h = jax.tree.map(lambda a: jnp.where(fresh[None, :, None], 0, a), h)  # (L*D, R, H) each
+    _, logits, h = deep_forward_core(params, xs, h, mask, options=Options(cell=cell))
     nll = -jnp.take_along_axis(log_softmax(logits), ys[..., None], axis=-1)[..., 0]
     return h, jnp.sum(jnp.where(mask, nll, 0), axis=1), jnp.argmax(logits, -1).astype(jnp.int32)
 
@@ -116,7 +115,7 @@ def score(
     params: Params | DeepParams,
     held: HeldOut,
     *,
-    activation: str = "tanh",
+    cell=DEFAULT.cell,
     num_classes: int | None = None,
     rows: int = ROWS,
     segment: int = SEGMENT,
@@ -126,7 +125,8 @@ def score(
     Args:
       params: any model (the seed's :class:`Params` run as a one-layer DeepParams).
       held: from :func:`held_out`.
-      activation: the model's :math:`f`.
+      cell: the model's cell (:func:`~bptt_jax.app.training.config.model_cell`; the
+        seed's tanh cell by default); its state is carried, every part of it.
       num_classes: C; when given, the confusion table of the argmax predictions.
       rows, segment: parallel rows and characters per call. A bidirectional model
         reads each file in one call (its backward direction starts at the file's end).
@@ -136,8 +136,7 @@ def score(
         longest = max((len(x) for x in held.xs), default=1)
         segment = -(-longest // segment) * segment
     R, S = rows, segment
-    H, dtype = deep.layers[0].U.shape[0], deep.V.dtype
-    h = jnp.zeros((deep.num_layers * deep.num_directions, R, H), dtype)
+    h = zeros_like_state(cell, deep, R)
     queue = deque(sorted(range(len(held.xs)), key=lambda i: -len(held.xs[i])))
     row_file, row_pos, calls = [-1] * R, [0] * R, []
     while True:
@@ -153,7 +152,7 @@ def score(
             if f >= 0:
                 n = min(S, len(held.xs[f]) - p)
                 X[r, :n], Y[r, :n], M[r, :n] = held.xs[f][p : p + n], held.ys[f][p : p + n], True
-        h, nll, pred = _segment_core(deep, X, Y, M, fresh, h, activation=activation)
+        h, nll, pred = _segment_core(deep, X, Y, M, fresh, h, cell=cell)
         calls.append((tuple(row_file), tuple(row_pos), nll, pred if num_classes else None))
         row_pos = [p + S for p in row_pos]
     return _collect(held, calls, num_classes, S)
@@ -234,10 +233,11 @@ def evaluation(scores: Scores, task: str) -> Evaluation:
     return Evaluation(loss, accuracy, per_class, counts, chars, file_bits, confusion)
 
 
-def evaluate(params, held: HeldOut, task: str, activation: str = "tanh") -> Evaluation:
-    """Validation loss (and, for ``tag``, accuracy per class) of ``params`` on ``held``."""
+def evaluate(params, held: HeldOut, task: str, cell=DEFAULT.cell) -> Evaluation:
+    """Validation loss (and, for ``tag``, accuracy per class) of ``params`` (a model of
+    ``cell``) on ``held``."""
     C = len(TOKEN_TYPES) if task == "tag" else None
-    return evaluation(score(params, held, activation=activation, num_classes=C), task)
+    return evaluation(score(params, held, cell=cell, num_classes=C), task)
 
 
 def baselines(corpus: Corpus, ys_val: np.ndarray, xs_val: np.ndarray) -> dict[str, float]:

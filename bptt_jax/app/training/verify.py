@@ -12,23 +12,61 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from ...api.referees import autodiff_bptt
-from ...core.cell import RNNCell
+from ...core.cells import cell_named
+from ...core.deep import deep_loss_core
 from ...core.options import Options
-from ...core.params import DeepParams, Params, as_layers, like
+from ...core.params import DeepParams, Params
 from ...core.step import hand_bptt
-from ...referees.autodiff import zero_reset_value_and_grad
+from ...referees.autodiff import deep_value_and_grad
 from ...referees.tolerances import AUTODIFF, VERIFY_PRECISION, max_relative_error
 from .config import TrainingError
+from .models import as_deep, as_model
 
 
-def _zero_reset_referee(params, xs, ys, h0, resets, activation: str):
-    """``(E, grads like params)`` by ``jax.grad`` of the chunk's loss with documents
-    starting from zero (:func:`bptt_jax.referees.autodiff.zero_reset_loss`)."""
-    deep, h0 = as_layers(params, h0)
-    options = Options(cell=RNNCell(activation), precision=lax.Precision(VERIFY_PRECISION))
-    E, grads = zero_reset_value_and_grad(deep, xs, ys, h0, resets, options=options)
-    return E, like(params, grads)[0]
+def _zero_reset_loss(params, xs, ys, h0, resets, *, options):
+    """:func:`bptt_jax.referees.autodiff.zero_reset_loss` for a state pytree (the LSTM's
+    ``(h, c)``; that one zeroes one array): each row cut at its first reset, the part
+    before it from ``h0``, the rest shifted to the front and run from zeros."""
+    T = xs.shape[1]
+    t = jnp.arange(T)
+    first = jnp.where(jnp.any(resets, axis=1), jnp.argmax(resets, axis=1), T)  # (B,)
+    head = deep_loss_core(params, xs, ys, h0, t < first[:, None], None, options=options)
+    idx = jnp.minimum(t + first[:, None], T - 1)  # (B, T): the rest, shifted to the front
+    shift = lambda a: jnp.take_along_axis(a, idx.reshape(idx.shape + (1,) * (a.ndim - 2)), 1)  # noqa: E731
+    real = t < (T - first)[:, None]
+    zeros = jax.tree.map(jnp.zeros_like, h0)
+    rest = deep_loss_core(params, shift(xs), shift(ys), zeros, real, shift(resets) & real,
+                          options=options)  # fmt: skip
+    return head + rest
+
+
+_zero_reset_value_and_grad = jax.jit(
+    jax.value_and_grad(_zero_reset_loss), static_argnames=("options",)
+)
+
+
+def _referee(params, xs, ys, h0, resets, cell):
+    """``(E, grads like params)`` by ``jax.grad`` of the chunk's loss
+    (:func:`bptt_jax.core.deep.deep_loss_core`, any cell and state pytree), with
+    documents starting from zero where ``resets`` says (:func:`_zero_reset_loss`)."""
+    deep, h0 = as_deep(params, h0)
+    options = Options(cell=cell, precision=lax.Precision(VERIFY_PRECISION))
+    if resets is None:
+        E, grads = deep_value_and_grad(deep, xs, ys, h0, options=options)
+    else:
+        E, grads = _zero_reset_value_and_grad(deep, xs, ys, h0, resets, options=options)
+    return E, as_model(params, grads)[0]
+
+
+def _hand(cell):
+    """The hand BPTT of ``cell`` on any model and state (the training step's)."""
+
+    def grad_fn(params, xs, ys, h0, resets=None):
+        deep, h = as_deep(params, h0)
+        E, grads, dh0, h_T = hand_bptt(deep, xs, ys, h, resets, Options(cell=cell))
+        return E, *as_model(params, grads, dh0, h_T)
+
+    return grad_fn
 
 
 def verify_gradients(
@@ -41,13 +79,16 @@ def verify_gradients(
     tol: float | None = None,
     activation: str = "tanh",
     resets: ArrayLike | None = None,
+    cell: str = "rnn",
 ) -> dict[str, float]:
     """Hand gradients vs ``jax.grad`` on one batch: max relative error per parameter.
 
     ``resets``: the chunk's ``(B, T)`` document starts, where the state restarts from
     zero; both sides then take them (the referee:
     :func:`bptt_jax.referees.autodiff.zero_reset_loss`), so the check covers the
-    step the training runs. ``None`` or none set: no resets.
+    step the training runs. ``None`` or none set: no resets. ``cell``, ``activation``:
+    the model's (:func:`bptt_jax.core.cells.cell_named`); ``h0`` is the cell's state
+    (the LSTM's pair ``(h, c)``). ``grad_fn``: the hand BPTT of that cell by default.
 
     Raises:
       TrainingError: if any error exceeds ``tol`` (default: the tolerance of
@@ -60,14 +101,10 @@ def verify_gradients(
     """
     params, xs, ys, h0 = jax.tree.map(jnp.asarray, (params, xs, ys, h0))  # one device
     resets = None if resets is None or not np.any(resets) else jnp.asarray(resets)
+    model_cell = cell_named(cell, activation)
     with jax.default_matmul_precision(VERIFY_PRECISION):
-        E, grads, _, _ = (grad_fn or hand_bptt)(params, xs, ys, h0, resets)
-    if resets is None:
-        E_ad, grads_ad = autodiff_bptt(
-            params, xs, ys, h0, activation=activation, precision=VERIFY_PRECISION
-        )
-    else:
-        E_ad, grads_ad = _zero_reset_referee(params, xs, ys, h0, resets, activation)
+        E, grads, _, _ = (grad_fn or _hand(model_cell))(params, xs, ys, h0, resets)
+    E_ad, grads_ad = _referee(params, xs, ys, h0, resets, model_cell)
     if tol is None:
         tol = AUTODIFF[str(params.V.dtype)]
     errors = {"E": max_relative_error(E, E_ad)}

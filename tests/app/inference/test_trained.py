@@ -222,7 +222,7 @@ def _deep_checkpoint(root, **fields) -> str:
     state = TrainState(params, make_optimizer(config).init(params), h, jax.random.key(0), 3, 0, 0)
     path = root / f"deep-{config.task}.bptt"
     save_checkpoint(path, training_header(config, corpus, state, History()),
-                    training_arrays(state))  # fmt: skip
+                    training_arrays(config, state))  # fmt: skip
     return str(path)
 
 

@@ -28,6 +28,7 @@ from bptt_jax.app.training.config import (
     check_config,
     default_config,
     default_out,
+    model_cell,
 )
 from bptt_jax.app.training.models import init_model, logits_core, param_arrays, params_from_arrays
 from bptt_jax.app.training.state import History, TrainState
@@ -51,7 +52,7 @@ def _model(task="tag", *, layers=2, bidirectional=False, activation="tanh", scal
 
 def _logits(model, text):
     return np.array(logits_core(model.params, model.vocab.encode(text)[None],
-                                  model.config.activation)[0])  # fmt: skip
+                                  model_cell(model.config))[0])  # fmt: skip
 
 
 # --------------------------------------------------------------------------- config
@@ -114,7 +115,7 @@ def _checkpoint(tmp_path, **fields):
     state = TrainState(params, make_optimizer(config).init(params), h, jax.random.key(0), 3, 0, 0)
     path = tmp_path / "checkpoint.bptt"
     save_checkpoint(path, training_header(config, corpus, state, History()),
-                    training_arrays(state))  # fmt: skip
+                    training_arrays(config, state))  # fmt: skip
     return path, params
 
 
