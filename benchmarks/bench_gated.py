@@ -30,13 +30,13 @@ import platform
 
 import jax
 import jax.numpy as jnp
+from bench_deep import round_robin
 
 import bptt_jax
 from bptt_jax.app.measure.bench import compiled
 from bptt_jax.core.cells import cell_named
 from bptt_jax.core.deep import deep_bptt_core, deep_loss_core
 from bptt_jax.core.options import Options
-from bench_deep import round_robin
 
 # (K, H, B, T)
 POINTS = [(65, 256, 32, 64), (10000, 256, 32, 35), (65, 64, 1, 1000)]

@@ -60,11 +60,11 @@ def device_checks(params: Model, xs, ys, h0, mask, flags, fold_x, fold_y, h0_sha
     (:func:`_poison`): the loss, the outputs, the final state and every gradient leaf
     -- the library's and those JAX's autodiff takes through the call -- all come out
     NaN, without reading anything back to the host. ``h0`` ``None``: the ``cell``'s
-    zero state of ``h0_shape`` (each part) in the params' dtype. ``hand``: for a call whose gradients are the
-    hand BPTT's (no autodiff through it, ``bptt``), only the biases, ``h0`` and
-    floating ``xs``/``ys`` are multiplied: a NaN there reaches every output, without
-    a pass over the weight matrices (at K = 10000, ``V`` and ``W`` are 2.6 M entries
-    each). One call instead of one per check:
+    zero state of ``h0_shape`` (each part) in the params' dtype. ``hand``: for a call
+    whose gradients are the hand BPTT's (no autodiff through it, ``bptt``), only the
+    biases, ``h0`` and floating ``xs``/``ys`` are multiplied: a NaN there reaches
+    every output, without a pass over the weight matrices (at K = 10000, ``V`` and
+    ``W`` are 2.6 M entries each). One call instead of one per check:
     each small dispatch, and the core waiting on its result, cost the CPU about
     0.1 ms (``docs/performance.md``, the public call's checks).
     """

@@ -113,7 +113,7 @@ def _layer(found: dict[str, np.ndarray], suffix: str, l: int, H: int, D: int, dt
     W_hh, W_ih = found["weight_hh"], found["weight_ih"]
     G = W_hh.shape[0] // H if W_hh.ndim == 2 and H else 1
     rows = {"rnn": H, "lstm": 4 * H, "gru": 3 * H}[cell]
-    if W_hh.shape != (rows, H) or G * H != rows:
+    if W_hh.shape != (rows, H) or rows != G * H:
         raise ValueError(f"weight_hh{suffix} has shape {W_hh.shape}, expected ({rows}, {H})"
                          f" as weight_hh_l0 (the {cell} cell)")  # fmt: skip
     D_in = W_ih.shape[1] if l == 0 else D * H

@@ -79,7 +79,8 @@ def gradient_flow(params: Model, xs: jax.Array, ys: jax.Array, h0: jax.Array | N
     ``decay_rate``, ``c_norms``, ``c_decay``), by the cell's hand recursion.
 
     Returns:
-      A :class:`GradientFlow` (a ``StateFlow`` for a gated cell): ``delta_norms`` ``(T, T)``, ``decay`` ``(T,)``,
+      A :class:`GradientFlow` (a ``StateFlow`` for a gated cell): ``delta_norms``
+      ``(T, T)``, ``decay`` ``(T,)``,
       ``decay_rate`` ``()``, ``U_norm`` ``()``, ``max_slopes`` ``(T,)``,
       ``gamma`` ``()``, ``bound`` ``(T, T)``, ``gamma_bound`` ``(T, T)``,
       ``bound_decay`` ``(T,)``, ``gamma_decay`` ``(T,)``; for a
@@ -114,8 +115,7 @@ def _gated_flow_refusals(deep, inp) -> None:
         )
     if inp.mask is not None or inp.reduction != "sum":
         raise ValueError(
-            f"gradient_flow of the {inp.cell} cell takes unpadded sequences and "
-            "reduction='sum'"
+            f"gradient_flow of the {inp.cell} cell takes unpadded sequences and reduction='sum'"
         )
 
 

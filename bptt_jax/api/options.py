@@ -121,8 +121,7 @@ def resolve_kernel(kernel: str, H: int, B: int, dtype, fn: str, backend: str | N
     if kernel == "pallas" and not fits:
         reason = unsupported_reason(H, B, dtype, backend, gates)
         raise ValueError(
-            f"{fn}: kernel='pallas' does not support {reason};"
-            " use kernel='scan' or 'auto'"
+            f"{fn}: kernel='pallas' does not support {reason}; use kernel='scan' or 'auto'"
         )
     if kernel == "auto":
         return "pallas" if AUTO_PICKS_PALLAS_ON_GPU and backend == "gpu" and fits else "scan"

@@ -20,9 +20,9 @@ from ..core.cells import bias_size, cell_name_of_shape
 from ..core.params import DeepParams, Layer, Params, from_deep, to_deep
 from .arrays import (
     as_array,
+    check_cell_state,
     check_ids,
     check_labels,
-    check_cell_state,
     check_mask,
     host_or_device,
 )

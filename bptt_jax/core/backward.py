@@ -260,7 +260,8 @@ def _stored_starts(states, h0s, split, n, rem):
     def entering_chunks(mid_i, b):
         return jnp.concatenate([mid_i[None], b[:-1, -1]]) if n else b[:, 0]
 
-    return tuple(jax.tree.map(entering_chunks, mid_i, b) for mid_i, b in zip(mid, body, strict=True))
+    pairs = zip(mid, body, strict=True)
+    return tuple(jax.tree.map(entering_chunks, mid_i, b) for mid_i, b in pairs)
 
 
 def _forward(ctx: _Ctx, cells, h0s, r0s, X, m, e, chunks):

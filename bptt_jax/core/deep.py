@@ -162,8 +162,9 @@ def _bidirectional(ctx, params: DeepParams, X, Y, h0, dh_final, views, scale, cs
             else:
                 G = fl(extra if l == L - 1 else G_buf[..., d * H : (d + 1) * H])
             view = (fl(layer_in), Y if out else None, m, e, k, top, G)
+            r0s = None if r0 is h0 else (pick(r0, i),)
             res = _sweep(ctx, (layer,), (pick(h0, i),), (pick(dh_final, i),), view, cs, out,
-                         l > 0, stored=stored[i], r0s=None if r0 is h0 else (pick(r0, i),))  # fmt: skip
+                         l > 0, stored=stored[i], r0s=r0s)  # fmt: skip
             E_i, (g,), dV_i, dc_i, (dh0s[i],), _, (below, ex) = res
             if out is not None:
                 E, dV, dc, extra = E_i, dV_i, dc_i, ex

@@ -54,8 +54,9 @@ def _backward(cells, inputs, states, h0, m, G, options: Options):
                 jax.tree.map(jnp.zeros_like, pick(h0, i)),
                 reverse=d == 1, options=options,
             )  # fmt: skip
-            term = jnp.matmul(options.cell.w_rows(deltas[i]), layer.W,
-                              precision=options.precision)  # W^{ℓ}ᵀ δ^{ℓ}_t
+            term = jnp.matmul(
+                options.cell.w_rows(deltas[i]), layer.W, precision=options.precision
+            )  # W^{ℓ}ᵀ δ^{ℓ}_t
             G_below = G_below + term
         G = G_below
     return grads, jnp.stack(deltas)  # every cell's δ has one width
@@ -104,7 +105,7 @@ def deep_per_loss_deltas_core(params: DeepParams, xs, ys, h0, mask=None, *, opti
         deltas = per_loss_deltas_core(from_deep(params), xs, ys, h0[0], options=options)
         return deltas[:, :, None]  # (T_t, T_k, 1, B, H)
     _, _, _, one_loss = _losses(params, xs, ys, h0, mask, options, reduction)
-    T, (LD, B, H) = xs.shape[1], jax.tree.leaves(h0)[0].shape
+    T, (LD, B, _) = xs.shape[1], jax.tree.leaves(h0)[0].shape
     if T == 0:
         width = params.layers[0].b.shape[0]  # δ's width: the cell's gate rows
         return jnp.zeros((0, 0, LD, B, width), params.V.dtype)

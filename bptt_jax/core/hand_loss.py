@@ -61,7 +61,8 @@ def _loss_general(params, xs, ys, h0, mask, resets, options: Options, reduction)
     Y = _time_major(ys)
     E, r_out, dV, dc, log_yhat, scale = _output_layer(params, top, Y, m, reduction, options)
     G = jnp.matmul(r_out, params.V, precision=precision)  # (T, B, D*H): ∂E/∂h_t = Vᵀ r_t
-    grads, dh0, dX = _backward(cells, inputs, states, h0, m, r, G, jax.tree.map(jnp.zeros_like, h0), options)
+    zero = jax.tree.map(jnp.zeros_like, h0)  # no gradient at the final state
+    grads, dh0, dX = _backward(cells, inputs, states, h0, m, r, G, zero, options)
     dparams = _as_params(params, grads, zero_output=False, dV=dV, dc=dc)
     dxs = None if dX is None else _time_major(dX)
     dys = None

@@ -62,25 +62,32 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pltriton
 
+from .kernel_layout import (  # BLOCK_B, padded_size: part of this module's face
+    BLOCK_B,  # noqa: F401
+    Launch,
+    block_spec,
+    compiler_params,
+    interpret_mode,
+    layout,
+    pad_to,
+    pad_weights,
+    padded_size,
+    padder,
+)
 from .options import DEFAULT
 from .steps import delta_step, forward_step
 
+#: The default launch: blocks of :data:`BLOCK_B` sequences, interpret mode off the GPU.
+LAUNCH = Launch()
+
 #: Bits of the per-step, per-sequence int32 flags.
 REAL, RESET, KEEP = 1, 2, 4
-#: Sequences per program (the rows of each step's ``(block_b, H) @ (H, H)`` product).
-BLOCK_B = 16
 #: The most bytes of a padded ``U`` one program keeps on chip (see the module doc).
 U_BYTES_MAX = 128 * 1024
 #: The products' dtypes the kernels take (float64 in interpret mode only).
 GPU_DTYPES = ("float32", "bfloat16")
 INTERPRET_DTYPES = ("float32", "bfloat16", "float64")
-
-
-def padded_size(H: int) -> int:
-    """:math:`H_p`: the next power of two ≥ max(H, 16) (Triton's shape rules)."""
-    return max(16, 1 << max(int(H) - 1, 0).bit_length())
 
 
 def kernel_supported(H: int, B: int, dtype, backend: str, gates: int = 1) -> bool:
@@ -134,16 +141,6 @@ def step_flags(T: int, B: int, real=None, reset=None, keep=None) -> jax.Array:
         return jnp.where(jnp.broadcast_to(x, (T, B)), bit, 0).astype(jnp.int32)
 
     return bits(real, REAL, True) | bits(reset, RESET, False) | bits(keep, KEEP, True)
-
-
-def _interpret(interpret: bool | None) -> bool:
-    return jax.default_backend() != "gpu" if interpret is None else interpret
-
-
-def _pad(x, axis_sizes):
-    """Zero-pads ``x`` to ``axis_sizes`` (None: unchanged)."""
-    pads = [(0, 0 if n is None else n - s) for s, n in zip(x.shape, axis_sizes, strict=True)]
-    return x if all(p == (0, 0) for p in pads) else jnp.pad(x, pads)
 
 
 def _flag(fl, bit):
@@ -213,92 +210,17 @@ def _backward_kernel(options, trees, *refs):
     jax.tree.map(lambda ref, v: ref.__setitem__(Ellipsis, v), acc_out_refs, acc)
 
 
-def _spec(x, bB: int, kind: str):
-    """The BlockSpec of one (padded) array: per-step ``(T, bB, w)``, flags ``(T, bB)``,
-    per-sequence ``(bB, w)`` or a resident weight (whole, every program)."""
-    if kind == "steps":
-        return pl.BlockSpec((x.shape[0], bB, x.shape[2]), lambda i: (0, i, 0))
-    if kind == "flags":
-        return pl.BlockSpec((x.shape[0], bB), lambda i: (0, i))
-    if kind == "state":
-        return pl.BlockSpec((bB, x.shape[1]), lambda i: (i, 0))
-    return pl.BlockSpec(x.shape, lambda i: (0,) * x.ndim)
-
-
-def num_warps_for(Hp: int, itemsize: int, gates: int = 1) -> int:
-    """Warps per program on a GPU: enough threads that ``U``'s ``gates · Hp² · itemsize``
-    bytes take at most ~128 registers per thread (4 to 16 warps, 32 threads each)."""
-    regs = gates * Hp * Hp * itemsize // 4  # 32-bit registers holding U
-    return max(4, min(16, pl.next_power_of_2(-(-regs // (128 * 32)))))
-
-
-def _compiler_params(interpret: bool, Hp: int, U, num_warps: int | None, gates: int = 1):
-    if interpret:
-        return None
-    warps = num_warps_for(Hp, U.dtype.itemsize, gates) if num_warps is None else num_warps
-    return pltriton.CompilerParams(num_warps=warps, num_stages=1)
-
-
-def _layout(T, B, H, block_b):
-    bB = max(16, block_b)
-    Bp = -(-B // bB) * bB
-    return bB, Bp, padded_size(H)
-
-
-def _blocks(x, axis: int, H: int, Hp: int):
-    """``x`` with ``axis`` (a whole number of H-unit blocks: one per gate) padded to
-    blocks of ``Hp`` units, zeros appended to each block."""
-    n = x.shape[axis] // H
-    shape = (*x.shape[:axis], n, H, *x.shape[axis + 1 :])
-    pads = [(0, 0)] * (x.ndim + 1)
-    pads[axis + 1] = (0, Hp - H)
-    y = jnp.pad(x.reshape(shape), pads) if Hp != H else x.reshape(shape)
-    return y.reshape(*x.shape[:axis], n * Hp, *x.shape[axis + 1 :])
-
-
-def _unblocks(x, axis: int, H: int, Hp: int):
-    """The inverse of :func:`_blocks`: each block's first ``H`` units."""
-    n = x.shape[axis] // Hp
-    y = x.reshape(*x.shape[:axis], n, Hp, *x.shape[axis + 1 :])
-    y = lax.slice_in_dim(y, 0, H, axis=axis + 1)
-    return y.reshape(*x.shape[:axis], n * H, *x.shape[axis + 1 :])
-
-
-def _padder(B: int, Bp: int, H: int, Hp: int):
-    """``(pad, unpad)`` of per-step ``(T, B, w)`` and per-sequence ``(B, w)`` arrays:
-    rows to ``Bp`` (frozen padding), units to ``Hp`` in every gate's block."""
-
-    def pad(x):
-        rows = 1 if x.ndim == 3 else 0
-        x = _blocks(x, x.ndim - 1, H, Hp)
-        return _pad(x, tuple(Bp if a == rows else None for a in range(x.ndim)))
-
-    def unpad(x):
-        rows = 1 if x.ndim == 3 else 0
-        return _unblocks(lax.slice_in_dim(x, 0, B, axis=rows), x.ndim - 1, H, Hp)
-
-    return pad, unpad
-
-
-def _weights(R, H: int, Hp: int):
-    """A cell's resident weights padded: every axis is whole gate blocks of H units."""
-
-    def pad(x):
-        for axis in range(x.ndim):
-            x = _blocks(x, axis, H, Hp)
-        return x
-
-    return jax.tree.map(pad, R)
-
-
-def _call(kernel, options, name, args, kinds, outs, grid, interpret, Hp, U, num_warps):
+def _call(kernel, options, name, args, kinds, outs, grid, launch: Launch, weight):
     """``pl.pallas_call`` over flattened pytrees: ``args``/``outs`` trees of arrays /
-    ShapeDtypeStructs with a BlockSpec kind per leaf (``kinds``, trees alike)."""
-    bB = grid[1]
+    ShapeDtypeStructs with a BlockSpec kind per leaf (``kinds``, trees alike); ``grid``
+    ``(programs, block_b, Hp)``; ``weight``: the resident matrix (its dtype sets the
+    warps)."""
+    bB, interpret, gates = grid[1], interpret_mode(launch.interpret), options.cell.gates
     kind_leaves = jax.tree.leaves(kinds)
-    in_specs = [_spec(x, bB, k) for x, k in zip(jax.tree.leaves(args), kind_leaves, strict=True)]
+    in_specs = [block_spec(x, bB, k)
+                for x, k in zip(jax.tree.leaves(args), kind_leaves, strict=True)]  # fmt: skip
     out_leaves, out_tree = jax.tree.flatten(outs[0])
-    out_specs = [_spec(x, bB, k) for x, k in zip(out_leaves, jax.tree.leaves(outs[1]),
+    out_specs = [block_spec(x, bB, k) for x, k in zip(out_leaves, jax.tree.leaves(outs[1]),
                                                  strict=True)]  # fmt: skip
     trees = jax.tree.structure((*args, outs[0]))
     result = pl.pallas_call(
@@ -307,17 +229,16 @@ def _call(kernel, options, name, args, kinds, outs, grid, interpret, Hp, U, num_
         grid=(grid[0],),
         in_specs=in_specs,
         out_specs=out_specs,
-        interpret=_interpret(interpret),
-        compiler_params=_compiler_params(_interpret(interpret), Hp, U, num_warps,
-                                         options.cell.gates),  # fmt: skip
+        interpret=interpret,
+        compiler_params=compiler_params(interpret, grid[2], weight, launch.num_warps, gates),
         name=name,
     )(*jax.tree.leaves(args))
     return jax.tree.unflatten(out_tree, result)
 
 
-@functools.partial(jax.jit, static_argnames=("options", "block_b", "interpret", "num_warps"))
-def forward_recursion(a, h_start, UT, h0=None, flags=None, *, options=DEFAULT, block_b=BLOCK_B,
-                      interpret=None, num_warps=None):  # fmt: skip
+@functools.partial(jax.jit, static_argnames=("options", "launch"))
+def forward_recursion(a, h_start, UT, h0=None, flags=None, *, options=DEFAULT,
+                      launch: Launch = LAUNCH):  # fmt: skip
     r"""Every step's trace (for the vanilla cell, every :math:`h_t = f(U h^{\mathrm{in}}_t +
     a_t)`, ``(T, B, H)``) in one kernel.
 
@@ -330,9 +251,8 @@ def forward_recursion(a, h_start, UT, h0=None, flags=None, *, options=DEFAULT, b
       flags: ``(T, B)`` int32 of :func:`step_flags` (``REAL``, ``RESET``), or ``None``.
       options: the cell (its step) and the products' ``precision`` (``None``: as
         ``jax_default_matmul_precision``).
-      block_b: sequences per program (at least 16).
-      interpret: ``None``: interpret mode unless the backend is a GPU.
-      num_warps: Triton warps per program (``None``: :func:`num_warps_for`).
+      launch: sequences per program, interpret mode, Triton warps
+        (:class:`~.kernel_layout.Launch`).
 
     Returns:
       The traces, ``(T, B, ·)`` leaves (the vanilla cell's: the states, frozen at
@@ -343,20 +263,25 @@ def forward_recursion(a, h_start, UT, h0=None, flags=None, *, options=DEFAULT, b
     dt = jax.tree.leaves(s_start)[0].dtype
     if T == 0:  # no steps: empty traces
         return _empty_traces(cell, a, s_start, UT)
-    bB, Bp, Hp = _layout(T, B, H, block_b)
+    bB, Bp, Hp = layout(T, B, H, launch.block_b)
     s0 = s_start if h0 is None else h0
     flags = step_flags(T, B) if flags is None else flags
-    pad, unpad = _padder(B, Bp, H, Hp)
-    R = _weights(UT, H, Hp)
+    pad, unpad = padder(B, Bp, H, Hp)
+    R = pad_weights(UT, H, Hp)
     a_p, s_p, s0_p = pad(a.astype(dt)), jax.tree.map(pad, s_start), jax.tree.map(pad, s0)
     trace = jax.eval_shape(lambda: cell.forward(_kernel_mm(options), R, s_p, a_p[0]))
     outs = jax.tree.map(lambda x: jax.ShapeDtypeStruct((T, *x.shape), x.dtype), trace)
-    args = (a_p, _pad(flags, (T, Bp)), s_p, s0_p, R)
-    kinds = ("steps", "flags", jax.tree.map(lambda _: "state", s_p),
-             jax.tree.map(lambda _: "state", s0_p), jax.tree.map(lambda _: "weight", R))
+    args = (a_p, pad_to(flags, (T, Bp)), s_p, s0_p, R)
+    kinds = (
+        "steps",
+        "flags",
+        jax.tree.map(lambda _: "state", s_p),
+        jax.tree.map(lambda _: "state", s0_p),
+        jax.tree.map(lambda _: "weight", R),
+    )
     out = _call(_forward_kernel, options, f"{cell.name}_forward_recursion", args, kinds,
-                (outs, jax.tree.map(lambda _: "steps", outs)), (Bp // bB, bB), interpret, Hp,
-                jax.tree.leaves(R)[0], num_warps)  # fmt: skip
+                (outs, jax.tree.map(lambda _: "steps", outs)), (Bp // bB, bB, Hp), launch,
+                jax.tree.leaves(R)[0])  # fmt: skip
     return jax.tree.map(unpad, out)
 
 
@@ -367,9 +292,9 @@ def _empty_traces(cell, a, s_start, R):
     return jax.tree.map(lambda x: jnp.zeros((0, *x.shape), x.dtype), trace)
 
 
-@functools.partial(jax.jit, static_argnames=("options", "block_b", "interpret", "num_warps"))
+@functools.partial(jax.jit, static_argnames=("options", "launch"))
 def backward_recursion(G, hs, g, U, flags=None, acc=None, s_in=None, *, options=DEFAULT,
-                       block_b=BLOCK_B, interpret=None, num_warps=None):  # fmt: skip
+                       launch: Launch = LAUNCH):  # fmt: skip
     r"""Every :math:`\delta_t` of a chunk and the gradient leaving it, in one kernel.
 
     Args:
@@ -387,7 +312,7 @@ def backward_recursion(G, hs, g, U, flags=None, acc=None, s_in=None, *, options=
         (``cell.reads_state_in``), else ``None``.
       options: the cell (its δ step), ``clip_delta`` (``None`` or θ > 0, as the cell
         applies it) and ``precision``.
-      block_b, interpret, num_warps: as :func:`forward_recursion`.
+      launch: as :func:`forward_recursion`.
 
     Returns:
       ``(deltas (T, B, ·), g_out, acc_out)``: every :math:`\delta_t`, the gradient
@@ -400,11 +325,11 @@ def backward_recursion(G, hs, g, U, flags=None, acc=None, s_in=None, *, options=
     if T == 0:
         width = cell.gates * H if cell.name != "gru" else 4 * H
         return jnp.zeros((0, B, width), dt), g, acc
-    bB, Bp, Hp = _layout(T, B, H, block_b)
+    bB, Bp, Hp = layout(T, B, H, launch.block_b)
     flags = step_flags(T, B) if flags is None else flags
-    pad, unpad = _padder(B, Bp, H, Hp)
+    pad, unpad = padder(B, Bp, H, Hp)
     cast = lambda tree: jax.tree.map(lambda x: pad(x.astype(dt)), tree)  # noqa: E731
-    U_p = _weights(U, H, Hp)
+    U_p = pad_weights(U, H, Hp)
     tr_p, in_p = cast(hs), None if s_in is None else cast(s_in)
     g_p, acc_p, G_p = cast(g), cast(acc), cast(G)
     d_shape = jax.eval_shape(
@@ -414,13 +339,13 @@ def backward_recursion(G, hs, g, U, flags=None, acc=None, s_in=None, *, options=
     )  # fmt: skip
     st = lambda tree: jax.tree.map(lambda _: "state", tree)  # noqa: E731
     sp = lambda tree: jax.tree.map(lambda _: "steps", tree)  # noqa: E731
-    args = (G_p, tr_p, in_p, _pad(flags, (T, Bp)), g_p, acc_p, U_p)
+    args = (G_p, tr_p, in_p, pad_to(flags, (T, Bp)), g_p, acc_p, U_p)
     kinds = ("steps", sp(tr_p), sp(in_p), "flags", st(g_p), st(acc_p), "weight")
     like = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)  # noqa: E731
     outs = (jax.ShapeDtypeStruct((T, *d_shape.shape), dt), like(g_p), like(acc_p))
     out_kinds = ("steps", st(g_p), st(acc_p))
     deltas, g_out, acc_out = _call(
         _backward_kernel, options, f"{cell.name}_backward_recursion", args, kinds,
-        (outs, out_kinds), (Bp // bB, bB), interpret, Hp, U_p, num_warps,
+        (outs, out_kinds), (Bp // bB, bB, Hp), launch, U_p,
     )  # fmt: skip
     return unpad(deltas), jax.tree.map(unpad, g_out), jax.tree.map(unpad, acc_out)

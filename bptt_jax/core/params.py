@@ -8,8 +8,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .checks import check_float_dtype, check_key, check_number
 from .cells import CELL_NAMES, bias_size
+from .checks import check_float_dtype, check_key, check_number
 from .init import init_layer, init_matrix
 
 
@@ -137,7 +137,8 @@ def like(params: Params | DeepParams, grads: DeepParams, *states: jax.Array):
 def seed_case(params: DeepParams, mask=None, resets=None, reduction: str = "sum",
               cell=None) -> bool:  # fmt: skip
     """Whether a call is the seed's own setting: the vanilla cell (``cell`` ``None`` or
-    named ``"rnn"``), one layer in one direction, no padding, no resets, the summed loss. The one test the core makes before a path that exists
+    named ``"rnn"``), one layer in one direction, no padding, no resets, the summed
+    loss. The one test the core makes before a path that exists
     only there (the per-loss form's sliding window, :mod:`.deep_per_loss`)."""
     one_cell = params.num_layers == 1 and not params.bidirectional
     one_cell = one_cell and (cell is None or cell.name == "rnn")
@@ -235,7 +236,8 @@ def init_params(
     D = 2 if bidirectional else 1
 
     def layer(kU, kW, D_in):  # each gate's block as the scheme draws one (H, H) / (H, D_in)
-        pairs = zip(jax.random.split(kU, G), jax.random.split(kW, G)) if G > 1 else [(kU, kW)]
+        keys = (jax.random.split(kU, G), jax.random.split(kW, G))
+        pairs = zip(*keys, strict=True) if G > 1 else [(kU, kW)]
         blocks = [init_layer(ku, kw, D_in, H, init=init, spectral_radius=spectral_radius,
                              dtype=dtype) for ku, kw in pairs]  # fmt: skip
         U, W = (jnp.concatenate(m) if G > 1 else m[0] for m in zip(*blocks, strict=True))

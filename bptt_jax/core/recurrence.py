@@ -50,7 +50,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from .backward import cell_backward, make_ctx, run_cell
 from .losses import log_softmax
@@ -175,8 +174,9 @@ def _backward(cells, inputs, states, h0s, m, r, G, dfinals, options: Options):
                 pick(dfinals, i), reverse=rev, options=options,
             )  # fmt: skip
             if l > 0 or not _is_ids(inputs[0]):
-                term = jnp.matmul(options.cell.w_rows(deltas), layer.W,
-                                  precision=options.precision)  # W^{ℓ}ᵀ δ^{ℓ}_t
+                term = jnp.matmul(
+                    options.cell.w_rows(deltas), layer.W, precision=options.precision
+                )  # W^{ℓ}ᵀ δ^{ℓ}_t
                 G_below = term if G_below is None else G_below + term
         G = G_below
     return grads, stack(dh0), G

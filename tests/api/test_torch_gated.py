@@ -35,8 +35,11 @@ def test_from_torch_reads_the_cell_from_the_shapes_and_keeps_b_hn_apart(cell, x6
     p = bptt_jax.from_torch(sd, head)
     layer = p.reverse_layers[1]
     b_ih, b_hh = sd["bias_ih_l1_reverse"], sd["bias_hh_l1_reverse"]
-    want = b_ih + b_hh if cell == "lstm" else np.concatenate([b_ih[: 2 * H] + b_hh[: 2 * H],
-                                                              b_ih[2 * H :], b_hh[2 * H :]])
+    want = (
+        b_ih + b_hh
+        if cell == "lstm"
+        else np.concatenate([b_ih[: 2 * H] + b_hh[: 2 * H], b_ih[2 * H :], b_hh[2 * H :]])
+    )
     np.testing.assert_array_equal(np.asarray(layer.b), want)
     np.testing.assert_array_equal(np.asarray(layer.U), sd["weight_hh_l1_reverse"])
     rnn2, head2 = bptt_jax.to_torch(p, as_numpy=True)
@@ -104,8 +107,16 @@ def test_hand_gradients_equal_pytorch_autograd(cell, L, bidirectional, x64):
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_to_torch_loads_into_pytorch_and_computes_the_same_outputs(cell, x64):
     torch = pytest.importorskip("torch")
-    p = bptt_jax.init_params(jax.random.key(0), K, H, num_classes=C, cell=cell, num_layers=2,
-                             dtype="float64", forget_bias=1.0 if cell == "lstm" else 0.0)
+    p = bptt_jax.init_params(
+        jax.random.key(0),
+        K,
+        H,
+        num_classes=C,
+        cell=cell,
+        num_layers=2,
+        dtype="float64",
+        forget_bias=1.0 if cell == "lstm" else 0.0,
+    )
     p = p._replace(c=0.1 * jnp.arange(C, dtype=jnp.float64))
     rnn_sd, head_sd = bptt_jax.to_torch(p)
     rnn = getattr(torch.nn, MODULES[cell])(K, H, num_layers=2, batch_first=True).double()

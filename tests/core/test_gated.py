@@ -65,7 +65,7 @@ def where(flag, a, b):
 def reference_loss(cell, p, xs, ys, h0, mask, resets, truncate, reduction):
     """Plain JAX, a Python loop over steps; ``jax.grad`` of it is the referee."""
     step = lstm_step if cell == "lstm" else gru_step
-    out = (lambda s: s[0]) if cell == "lstm" else (lambda s: s)  # noqa: E731
+    out = (lambda s: s[0]) if cell == "lstm" else (lambda s: s)
     X = jax.nn.one_hot(xs.T, K, dtype=p.V.dtype) if xs.ndim == 2 else jnp.swapaxes(xs, 0, 1)
     m = jnp.ones((T, B, 1), bool) if mask is None else mask.T[..., None]
     r = jnp.zeros((T, B, 1), bool) if resets is None else resets.T[..., None] & m
@@ -73,7 +73,7 @@ def reference_loss(cell, p, xs, ys, h0, mask, resets, truncate, reduction):
     for l, layers in enumerate(p.cells()):
         outs = []
         for d, layer in enumerate(layers):
-            s0 = jax.tree.map(lambda a: a[l * D + d], h0)
+            s0 = jax.tree.map(lambda a, i=l * D + d: a[i], h0)
             s, hs = s0, [None] * T
             for i, t in enumerate(range(T) if d == 0 else reversed(range(T))):
                 prev = t - 1 if d == 0 else t + 1
@@ -196,8 +196,9 @@ def _clipped_reference(cell, p, xs, ys, theta):
             x = P.W[:, int(xs[n, t])]
             if cell == "lstm":
                 s = P.U @ h + x + P.b
-                i, f, g, o = sig(s[:H]), sig(s[H : 2 * H]), np.tanh(s[2 * H : 3 * H]), sig(s[3 * H :])
-                c_prev, c = c, sig(s[H : 2 * H]) * c + i * g
+                i, f, o = sig(s[:H]), sig(s[H : 2 * H]), sig(s[3 * H :])
+                g = np.tanh(s[2 * H : 3 * H])
+                c_prev, c = c, f * c + i * g
                 h = o * np.tanh(c)
                 trace.append((h, c, c_prev, i, f, g, o))
             else:
@@ -210,12 +211,17 @@ def _clipped_reference(cell, p, xs, ys, theta):
                 h = (1 - z) * nn + z * h
         gh_, gc_, deltas = np.zeros(H), np.zeros(H), [None] * T
         for t in reversed(range(T)):
-            zt = P.V @ (trace[t][0] if cell == "lstm" else ((1 - trace[t][2]) * trace[t][4] + trace[t][2] * trace[t][0])) + P.c
+            if cell == "lstm":
+                h_out = trace[t][0]
+            else:  # h_t = (1 - z) n + z h_{t-1}
+                h_prev, _, z, _, nn = trace[t]
+                h_out = (1 - z) * nn + z * h_prev
+            zt = P.V @ h_out + P.c
             y = np.exp(zt - zt.max()) / np.exp(zt - zt.max()).sum()
             y[int(ys[n, t])] -= 1
             dh = P.V.T @ y + gh_
             if cell == "lstm":
-                h_t, c_t, c_prev, i, f, g, o = trace[t]
+                _, c_t, c_prev, i, f, g, o = trace[t]
                 tc = np.tanh(c_t)
                 dc = gc_ + dh * o * (1 - tc**2)
                 norm = np.sqrt(np.sum(dh**2) + np.sum(dc**2))
@@ -267,5 +273,6 @@ def test_bf16_products_are_close_to_the_float32_gradient_gated(cell, bi):
     with jax.default_matmul_precision("highest"):
         exact = bptt_jax.bptt(p, xs, ys, lengths=lengths, resets=resets)
         half = bptt_jax.bptt(p, xs, ys, lengths=lengths, resets=resets, matmul_dtype="bfloat16")
-    errors = [max_rel_error(a, e) for a, e in zip(jax.tree.leaves(half), jax.tree.leaves(exact))]
+    pairs = zip(jax.tree.leaves(half), jax.tree.leaves(exact), strict=True)
+    errors = [max_rel_error(a, e) for a, e in pairs]
     assert 0 < max(errors) <= 16 * 2.0**-8, errors

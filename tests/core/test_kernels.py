@@ -128,8 +128,12 @@ def test_triton_lowering_builds_without_a_gpu(activation):
         )
         U, fl = jax.ShapeDtypeStruct((Hc, Hc), dt), jax.ShapeDtypeStruct((T, 3), jnp.int32)
         options = Options(cell=RNNCell(activation), clip_delta=1.0)
-        fwd = functools.partial(kernels.forward_recursion, options=options, interpret=False)
-        bwd = functools.partial(kernels.backward_recursion, options=options, interpret=False)
+        fwd = functools.partial(
+            kernels.forward_recursion, options=options, launch=kernels.Launch(interpret=False)
+        )
+        bwd = functools.partial(
+            kernels.backward_recursion, options=options, launch=kernels.Launch(interpret=False)
+        )
         for fn, args in ((fwd, (a, h, U, h, fl)), (bwd, (a, a, h, U, fl, h))):
             text = export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=skip)(*args)
             assert text.mlir_module().count("xla.gpu.triton") == 1
