@@ -13,7 +13,6 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from ...core.cells import cell_named
-from ...core.deep import deep_loss_core
 from ...core.options import Options
 from ...core.params import DeepParams, Params
 from ...core.step import hand_bptt
@@ -23,38 +22,35 @@ from .config import TrainingError
 from .models import as_deep, as_model
 
 
-def _zero_reset_loss(params, xs, ys, h0, resets, *, options):
-    """:func:`bptt_jax.referees.autodiff.zero_reset_loss` for a state pytree (the LSTM's
-    ``(h, c)``; that one zeroes one array): each row cut at its first reset, the part
-    before it from ``h0``, the rest shifted to the front and run from zeros."""
+def _zero_reset_split(xs, ys, h0, resets):
+    """The chunk of :func:`bptt_jax.referees.autodiff.zero_reset_loss` as two padded
+    batches whose losses add up to it, for a state pytree (the LSTM's ``(h, c)``; that
+    loss zeroes one array): each row cut at its first reset, the part before it from
+    ``h0``, the rest shifted to the front and run from zeros with its resets. Returns
+    ``[(xs, ys, h0, mask, resets), ...]``; no autodiff here: the referee differentiates
+    each."""
     T = xs.shape[1]
     t = jnp.arange(T)
     first = jnp.where(jnp.any(resets, axis=1), jnp.argmax(resets, axis=1), T)  # (B,)
-    head = deep_loss_core(params, xs, ys, h0, t < first[:, None], None, options=options)
     idx = jnp.minimum(t + first[:, None], T - 1)  # (B, T): the rest, shifted to the front
     shift = lambda a: jnp.take_along_axis(a, idx.reshape(idx.shape + (1,) * (a.ndim - 2)), 1)  # noqa: E731
     real = t < (T - first)[:, None]
     zeros = jax.tree.map(jnp.zeros_like, h0)
-    rest = deep_loss_core(params, shift(xs), shift(ys), zeros, real, shift(resets) & real,
-                          options=options)  # fmt: skip
-    return head + rest
-
-
-_zero_reset_value_and_grad = jax.jit(
-    jax.value_and_grad(_zero_reset_loss), static_argnames=("options",)
-)
+    return [(xs, ys, h0, t < first[:, None], None),
+            (shift(xs), shift(ys), zeros, real, shift(resets) & real)]  # fmt: skip
 
 
 def _referee(params, xs, ys, h0, resets, cell):
     """``(E, grads like params)`` by ``jax.grad`` of the chunk's loss
     (:func:`bptt_jax.core.deep.deep_loss_core`, any cell and state pytree), with
-    documents starting from zero where ``resets`` says (:func:`_zero_reset_loss`)."""
+    documents starting from zero where ``resets`` says (:func:`_zero_reset_split`)."""
     deep, h0 = as_deep(params, h0)
     options = Options(cell=cell, precision=lax.Precision(VERIFY_PRECISION))
-    if resets is None:
-        E, grads = deep_value_and_grad(deep, xs, ys, h0, options=options)
-    else:
-        E, grads = _zero_reset_value_and_grad(deep, xs, ys, h0, resets, options=options)
+    parts = [(xs, ys, h0, None, None)] if resets is None else _zero_reset_split(xs, ys, h0, resets)
+    E, grads = 0.0, None
+    for part in parts:  # the gradient of the sum: the sum of the parts' gradients
+        E_part, g = deep_value_and_grad(deep, *part, options=options)
+        E, grads = E + E_part, g if grads is None else jax.tree.map(jnp.add, grads, g)
     return E, as_model(params, grads)[0]
 
 
