@@ -318,7 +318,9 @@ def _sweep(ctx: _Ctx, cells, h0s, g0s, view, cs: int, out, emit_below,
         if starts is None:
             states = [ctx.options.cell.state(t) for t in hs]
             starts = _stored_starts(states, h0s, split, n, rem)
-    zeros = functools.partial(jnp.zeros, dtype=cells[0].U.dtype)
+    # accumulators from a leaf of the state (not constants): under jax.shard_map they
+    # then vary over the mesh as the carried state does (the scan carries keep a type)
+    zeros = functools.partial(jnp.zeros_like, jax.tree.leaves(h0s[0])[0], cells[0].U.dtype)
     grads = tuple(
         (zeros(c.U.shape), zeros((c.W.shape[1], ctx.options.cell.gates * c.U.shape[1]))
          if i == 0 and ids else zeros(c.W.shape), zeros(c.b.shape))

@@ -14,7 +14,8 @@ with :math:`h^{\mathrm{in}}_t` the state the step reads (:math:`h_{t-1}`, or
 :math:`h_t` (:mod:`.activations`), so the backward pass keeps only the states.
 
 **The contract.** A cell is a frozen, hashable value (a static argument of the jitted
-cores, inside :class:`~bptt_jax.core.options.Options`). Its parameters are a
+cores, inside :class:`~bptt_jax.core.options.Options`): a frozen dataclass, so two
+cells are equal only when of one class with equal fields. Its parameters are a
 :class:`~bptt_jax.core.params.Layer` ``(U (G·H, H), W (G·H, D_in), b)`` with ``G``
 :attr:`gates` row blocks; its *state* is a pytree of ``(B, H)`` arrays (``h``, or
 ``(h, c)`` for the LSTM) and each step leaves a *trace*, a pytree holding the state
@@ -47,7 +48,8 @@ truncation and δ clipping around these, once for every cell; the Pallas kernels
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +65,8 @@ def project_inputs(layer, X: jax.Array, mm, cast, b: jax.Array) -> jax.Array:
     return mm(X, cast(layer.W.T)) + b  # (T, B, G·H)
 
 
-class RNNCell(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class RNNCell:
     r"""The vanilla cell :math:`h_t = f(U h_{t-1} + W x_t + b)` of the source (seed §2).
 
     State :math:`h` ``(B, H)``; trace :math:`h_t`. ``U (H, H)``, ``W (H, D_in)``,
@@ -76,12 +79,12 @@ class RNNCell(NamedTuple):
 
     activation: str = "tanh"
 
-    name = "rnn"
-    gates = 1
+    name: ClassVar[str] = "rnn"
+    gates: ClassVar[int] = 1
     #: Whether ``delta`` reads the state the step read (``s_in_t``).
-    reads_state_in = False
+    reads_state_in: ClassVar[bool] = False
     #: The names of the state's parts, as the public keywords give them.
-    state_parts = ("h",)
+    state_parts: ClassVar[tuple[str, ...]] = ("h",)
 
     @property
     def f(self):

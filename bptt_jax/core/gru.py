@@ -31,7 +31,8 @@ order. ``clip_delta`` rescales each sequence's :math:`\bar h` to norm ≤ θ.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,13 +48,14 @@ class GRUTrace(NamedTuple):
     q: jax.Array  # (B, H)  U_n h_{t-1} + b_hn
 
 
-class GRUCell(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class GRUCell:
     """The GRU cell (PyTorch's ``nn.GRU``); state ``h``, trace :class:`GRUTrace`."""
 
-    name = "gru"
-    gates = 3
-    reads_state_in = True  # δ^z and the direct path read h_{t-1}
-    state_parts = ("h",)
+    name: ClassVar[str] = "gru"
+    gates: ClassVar[int] = 3
+    reads_state_in: ClassVar[bool] = True  # δ^z and the direct path read h_{t-1}
+    state_parts: ClassVar[tuple[str, ...]] = ("h",)
 
     def project(self, layer, X: jax.Array, mm, cast) -> jax.Array:
         """:math:`W x_t + [b_r; b_z; b_{in}]` for every step, ``(T, B, 3H)``."""

@@ -34,7 +34,8 @@ E/\partial W = \sum_t \delta_t \otimes x_t`, :math:`\partial E/\partial b = \sum
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,17 +51,18 @@ class LSTMTrace(NamedTuple):
     gates: jax.Array  # (B, 4H) [i, f, g, o] after their activations
 
 
-class LSTMCell(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class LSTMCell:
     r"""The LSTM cell (PyTorch's ``nn.LSTM``); state ``(h, c)``, trace :class:`LSTMTrace`.
 
     A cell has no fields of its own: the forget-gate bias is an initialisation
     (:func:`bptt_jax.init_params`'s ``forget_bias``), part of ``b``.
     """
 
-    name = "lstm"
-    gates = 4
-    reads_state_in = True  # δ^f reads c_{t-1}
-    state_parts = ("h", "c")
+    name: ClassVar[str] = "lstm"
+    gates: ClassVar[int] = 4
+    reads_state_in: ClassVar[bool] = True  # δ^f reads c_{t-1}
+    state_parts: ClassVar[tuple[str, ...]] = ("h", "c")
 
     def project(self, layer, X: jax.Array, mm, cast) -> jax.Array:
         """:math:`W x_t + b` for every step, ``(T, B, 4H)``."""

@@ -123,5 +123,5 @@ def train_step(
 
     params = jax.tree.map(keep, new_params, params)
     opt_state = jax.tree.map(keep, new_opt_state, opt_state)
-    h_T = jnp.where(finite, h_T, jnp.zeros_like(h_T))
+    h_T = jax.tree.map(lambda h: jnp.where(finite, h, jnp.zeros_like(h)), h_T)
     return StepResult(params, opt_state, h_T, loss, grads, finite)

@@ -120,7 +120,7 @@ def zero_reset_loss(params, xs, ys, h0, resets, *, options=DEFAULT):
     idx = jnp.minimum(t + first[:, None], T - 1)  # (B, T): the rest, shifted to the front
     shift = lambda a: jnp.take_along_axis(a, idx.reshape(idx.shape + (1,) * (a.ndim - 2)), 1)  # noqa: E731
     real = t < (T - first)[:, None]
-    rest = deep_loss_core(params, shift(xs), shift(ys), jnp.zeros_like(h0), real,
+    rest = deep_loss_core(params, shift(xs), shift(ys), jax.tree.map(jnp.zeros_like, h0), real,
                           shift(resets) & real, options=options)  # fmt: skip
     return head + rest
 

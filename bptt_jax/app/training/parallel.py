@@ -101,17 +101,13 @@ def data_parallel_bptt_core(mesh: Mesh, options: Options = DEFAULT):
         grads, dh0, h_T = as_model(params, grads, dh0, h_T)
         return lax.psum(E, AXIS), jax.tree.map(lambda g: lax.psum(g, AXIS), grads), dh0, h_T
 
-    # check_vma=False: the drivers' scans start their accumulators from constants, which
-    # do not vary over the mesh axis as the carries they meet do; psum makes E and the
-    # gradients the same on every device, as out_specs P() says.
     out_specs = (P(), P(), P(AXIS), P(AXIS))
     plain = jax.shard_map(
-        local, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(AXIS)), out_specs=out_specs,
-        check_vma=False,
+        local, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(AXIS)), out_specs=out_specs
     )  # fmt: skip
     with_resets = jax.shard_map(
         local, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(AXIS), P(AXIS)),
-        out_specs=out_specs, check_vma=False,
+        out_specs=out_specs,
     )  # fmt: skip
 
     @jax.jit
