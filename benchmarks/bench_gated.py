@@ -1,6 +1,7 @@
 """The gated cells (issue 23): hand BPTT of the LSTM and GRU vs autodiff and PyTorch.
 
     python benchmarks/bench_gated.py [--repeats N] [--cells lstm,gru] [--json PATH]
+                                     [--point K,H,B,T ...]   # default: the three POINTS
 
 Float32, summed cross-entropy, forward + backward, the same parameters and token ids
 for every method; each JAX function compiled ahead (``lower().compile()``, compile
@@ -14,7 +15,9 @@ seconds apart), then all called round-robin ``--repeats`` times; medians in one 
                 the summed cross-entropy, when torch is installed (its threads set to
                 JAX's CPU count). Input: one-hot vectors at K = 65; at K = 10000 an
                 ``nn.Embedding(K, H)`` in front of an ``nn.LSTM(H, H)`` (a one-hot
-                (B·T, 10000) product would be unfair to it).
+                (B·T, 10000) product would be unfair to it). Where JAX runs on a GPU
+                and torch sees CUDA, the modules and tensors are on ``cuda`` (cuDNN's
+                cells) and each call ends with ``torch.cuda.synchronize()``.
 
 XLA's temp bytes (``memory_analysis``) for the JAX methods. Targets: hand at least 1.2x
 faster than autodiff at every point and faster than PyTorch's CPU cells, temp bytes at
@@ -33,6 +36,7 @@ import jax.numpy as jnp
 from bench_deep import round_robin
 
 import bptt_jax
+from bptt_jax.api.options import resolve_schedule
 from bptt_jax.app.measure.bench import compiled
 from bptt_jax.core.cells import cell_named
 from bptt_jax.core.deep import deep_bptt_core, deep_loss_core
@@ -43,7 +47,10 @@ POINTS = [(65, 256, 32, 64), (10000, 256, 32, 35), (65, 64, 1, 1000)]
 
 
 def jax_methods(cell, K, H, B, T):
-    options = Options(cell=cell_named(cell))
+    # the backend's default chunk and unroll, as bptt_jax.bptt resolves them (on the CPU
+    # the core's defaults; on a GPU its own row of SCHEDULES); kernel "scan"
+    chunk, unroll = resolve_schedule(None, None, False, B, T)
+    options = Options(cell=cell_named(cell), chunk=chunk, unroll=unroll)
     params = bptt_jax.init_params(jax.random.key(0), K, H, cell=cell, num_layers=1)
     deep = bptt_jax.core.params.to_deep(params)
     xs = jax.random.randint(jax.random.key(1), (B, T), 0, K)
@@ -61,25 +68,39 @@ def jax_methods(cell, K, H, B, T):
     fns = {"hand": lambda: jax.block_until_ready(exe_h(*args)),
            "autodiff": lambda: jax.block_until_ready(exe_a(*args))}  # fmt: skip
     info = dict(hand_compile_s=comp_h, autodiff_compile_s=comp_a, hand_temp_mib=temp_h / 2**20,
-                autodiff_temp_mib=temp_a / 2**20, max_rel_err=err)  # fmt: skip
+                autodiff_temp_mib=temp_a / 2**20, max_rel_err=err, chunk=chunk,
+                unroll=unroll)  # fmt: skip
     return fns, info, (xs, ys)
 
 
-def torch_method(cell, K, H, B, T, ids):
-    """PyTorch's forward + backward, or ``None`` without torch."""
+def torch_device():
+    """``"cuda"`` where JAX runs on a GPU and torch sees CUDA, ``"cpu"``, or ``None``
+    without torch."""
     try:
-        import numpy as np
         import torch
     except ImportError:
         return None
-    torch.set_num_threads(os.cpu_count())
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def torch_method(cell, K, H, B, T, ids):
+    """PyTorch's forward + backward, or ``None`` without torch (on :func:`torch_device`)."""
+    device = torch_device()
+    if device is None:
+        return None
+    import numpy as np
+    import torch
+
+    cuda = device == "cuda"
+    if not cuda:
+        torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
     module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
-    xs, ys = (torch.from_numpy(np.asarray(a)).long() for a in ids)
+    xs, ys = (torch.from_numpy(np.array(a)).long().to(device) for a in ids)  # writable copies
     embed = K > 1000
-    front = torch.nn.Embedding(K, H) if embed else None
-    rnn = module(H if embed else K, H, batch_first=True)
-    head = torch.nn.Linear(H, K)
+    front = torch.nn.Embedding(K, H).to(device) if embed else None
+    rnn = module(H if embed else K, H, batch_first=True).to(device)
+    head = torch.nn.Linear(H, K).to(device)
     x_in = None if embed else torch.nn.functional.one_hot(xs, K).float()
 
     def step():
@@ -88,6 +109,8 @@ def torch_method(cell, K, H, B, T, ids):
         E = torch.nn.functional.cross_entropy(head(out).reshape(-1, K), ys.reshape(-1),
                                               reduction="sum")  # fmt: skip
         E.backward()
+        if cuda:
+            torch.cuda.synchronize()  # the call ends when the GPU has finished it
 
     return step
 
@@ -97,7 +120,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--cells", default="lstm,gru")
     parser.add_argument("--json", default=None, help="write the rows here")
+    parser.add_argument(
+        "--point", action="append", metavar="K,H,B,T",
+        help="a point instead of POINTS (repeatable; tiny ones: a dry run)",
+    )  # fmt: skip
     args = parser.parse_args()
+    points = [tuple(int(v) for v in p.split(",")) for p in args.point] if args.point else POINTS
     print(f"jax {jax.__version__} on {jax.devices()[0]}, {platform.processor() or 'cpu'}, "
           f"{os.cpu_count()} cpus; load average before: {os.getloadavg()}")  # fmt: skip
     print(f"{'cell':>4} {'K':>6} {'H':>4} {'B':>3} {'T':>5} | {'hand ms':>8} {'AD ms':>8} "
@@ -105,7 +133,7 @@ def main():
           f"{'hand/AD':>7} | compile s hand/AD | err")  # fmt: skip
     rows = []
     for cell in args.cells.split(","):
-        for K, H, B, T in POINTS:
+        for K, H, B, T in points:
             fns, info, ids = jax_methods(cell, K, H, B, T)
             step = torch_method(cell, K, H, B, T, ids)
             if step is not None:
@@ -123,10 +151,18 @@ def main():
                   f"{info['hand_temp_mib'] / info['autodiff_temp_mib']:7.1%} | "
                   f"{info['hand_compile_s']:5.1f} / {info['autodiff_compile_s']:5.1f} | "
                   f"{info['max_rel_err']:.1e}", flush=True)  # fmt: skip
+            write(args, rows)
     print(f"load average after: {os.getloadavg()}")
+
+
+def write(args, rows):
+    """The rows so far to ``--json`` (after every point: a run stopped at a time limit
+    keeps what it measured)."""
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(dict(rows=rows, repeats=args.repeats, jax=jax.__version__), fh, indent=1)
+            json.dump(dict(rows=rows, repeats=args.repeats, jax=jax.__version__,
+                           device=str(jax.devices()[0]), torch_device=torch_device()),
+                      fh, indent=1)  # fmt: skip
 
 
 if __name__ == "__main__":

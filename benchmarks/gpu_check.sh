@@ -5,8 +5,10 @@
 #
 #   OUT=/path/to/results PYTHONPATH=. bash benchmarks/gpu_check.sh      # on the GPU machine
 #   GPU_CHECK_QUICK=1 OUT=/tmp/gpu_check PYTHONPATH=. bash benchmarks/gpu_check.sh
-#                      # shrunk (one test file, one small point, CPU allowed): that the
-#                      # script runs end to end, on any machine
+#                      # the dry run: shrunk (one test file, tiny points, CPU allowed,
+#                      # kernels in interpret mode, torch on the CPU when installed):
+#                      # every step's imports, names and flags, end to end on any
+#                      # machine in about 3 minutes. Run it before a GPU session.
 #
 # Steps (their output in $OUT/gpu_check.log, each step's exit status in
 # $OUT/summary.txt; JSON of the two benchmarks beside them):
@@ -17,8 +19,14 @@
 #      $OUT/bench_bptt.json;
 #   4. benchmarks/sweep_defaults.py, the unroll / chunk-rows / recompute-chunk sweep
 #      behind bptt_jax.core.schedule.SCHEDULES["gpu"]: $OUT/sweep_defaults.json;
-#   5. the Pallas kernel checks (another branch adds them: the marked place below).
-# At most 8 files come back from $OUT; this script writes 5.
+#   5. benchmarks/gpu_kernels.py, the Pallas kernels (issue 17): lowering, their tests on
+#      the device, the recursions and the full loss and gradient against the scan,
+#      autodiff and cuDNN's nn.RNN: $OUT/gpu_kernels.json;
+#   6. benchmarks/bench_gated.py, the LSTM and GRU (issue 23; kernel "scan": their Pallas
+#      kernels are refused on a GPU) hand vs autodiff vs cuDNN's nn.LSTM/nn.GRU at its
+#      three points: $OUT/bench_gated.json.
+# At most 8 files come back from $OUT; this script writes 7 (the log, summary.txt,
+# bench_bptt.json and .png, sweep_defaults.json, gpu_kernels.json, bench_gated.json).
 set -u -o pipefail
 OUT=${OUT:?set OUT to the folder for the results}
 QUICK=${GPU_CHECK_QUICK:-0}
@@ -59,18 +67,22 @@ fi
 
 if [ "$QUICK" = 1 ]; then
   TESTS=(tests/api/test_precision.py -m "not slow" -n 0)
-  BENCH=(--grid 65,64,8,32 --quick --no-torch)
+  BENCH=(--grid 65,64,8,32 --quick)
   SWEEP=(--quick)
-  LIMITS=(60 120 120 120 240)
-  KERNELS=(--quick --no-tests --no-torch)
+  LIMITS=(60 120 120 120 240 240)
+  KERNELS=(--quick)
+  GATED=(--repeats 2 --point 65,16,4,12 --point 2000,16,2,6) # one-hot and nn.Embedding
 else
   # the fast tier, on 4 workers (XLA's compilations are most of its time)
   TESTS=(-m "not slow" -n "${GPU_TEST_WORKERS:-4}")
   BENCH=(--large --repeats 10 --unroll-repeats 0)
   SWEEP=(--repeats 5 --grid 65,256,32,64 --grid 10000,512,64,128 --grid 65,64,1,1000
     --grid 65,256,32,1024 --grid 65,1024,256,256)
-  LIMITS=(25 160 120 70 95) # 470 s, and at most 10 s more each to stop a step at its limit
+  # 470 s, and at most 10 s more each to stop a step at its limit (the gated step's 60 s
+  # taken from the others when it was added)
+  LIMITS=(20 135 105 60 90 60)
   KERNELS=(--repeats 10)
+  GATED=(--repeats 5)
 fi
 
 step device "${LIMITS[0]}" bash -c "
@@ -105,8 +117,14 @@ step sweep "${LIMITS[3]}" "$PY" benchmarks/sweep_defaults.py "${SWEEP[@]}" \
 
 # The Pallas kernels (issue 17): lowered with interpret=False, tests/core/test_kernels.py
 # on the device, the recursions alone and the full loss and gradient against the scan,
-# autodiff and cuDNN (benchmarks/gpu_kernels.py; gpu_kernels.json).
+# autodiff and cuDNN (benchmarks/gpu_kernels.py; gpu_kernels.json, rewritten after each
+# section).
 step pallas "${LIMITS[4]}" "$PY" benchmarks/gpu_kernels.py "${KERNELS[@]}" --out "$OUT"
+
+# The gated cells (issue 23) beside cuDNN's nn.LSTM/nn.GRU (bench_gated.json, rewritten
+# after each point, lstm first).
+step gated "${LIMITS[5]}" "$PY" benchmarks/bench_gated.py "${GATED[@]}" \
+  --json "$OUT/bench_gated.json"
 
 echo "=== done: $(tr '\n' ';' <"$OUT/summary.txt")" | tee -a "$LOG"
 exit "$failed"

@@ -49,9 +49,12 @@ import numpy as np
 import bptt_jax
 from bptt_jax.app.measure.bench import round_robin
 from bptt_jax.core import kernels
-from bptt_jax.core.backward import _delta_step
+from bptt_jax.core.backward import _scan_step, make_ctx
 from bptt_jax.core.bptt import bptt_core
-from bptt_jax.core.deep import _ctx
+from bptt_jax.core.cell import RNNCell
+from bptt_jax.core.options import Options
+from bptt_jax.core.schedule import default_chunk
+from bptt_jax.core.steps import forward_step
 from bptt_jax.referees.tolerances import max_relative_error as tree_rel
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -107,8 +110,11 @@ def lowering(quick):
             a, h, U, G, g = _arrays(T, B, H)
             Uc = U.astype(dt)
             fl = kernels.step_flags(T, B, keep=jnp.arange(T) % 3 != 0)
-            fwd = functools.partial(kernels.forward_recursion, activation=act)
-            bwd = functools.partial(kernels.backward_recursion, activation=act, clip_delta=1.0)
+            cell = RNNCell(act)
+            fwd = functools.partial(kernels.forward_recursion, options=Options(cell=cell))
+            bwd = functools.partial(
+                kernels.backward_recursion, options=Options(cell=cell, clip_delta=1.0)
+            )
             for name, fn, args in (("forward", fwd, (a, h, Uc.T, h, fl)),
                                    ("backward", bwd, (G, a, g, Uc, fl, g))):  # fmt: skip
                 row = {"kernel": name, "activation": act, "products": dt, "H": H}
@@ -137,27 +143,33 @@ def device_tests(quick):
 
 
 def _recurrence_fns(dt, Uc):
-    """``(scan, pallas, pallas forward only)`` jitted: the two recursions on ``a_t, G_t``."""
-    ctx = _ctx("tanh", None if dt == "float32" else jnp.bfloat16, jnp.float32, 1, None)
+    """``(scan, pallas, pallas forward only)`` jitted: the two recursions on ``a_t, G_t``
+    (the vanilla tanh cell)."""
+    options = Options(cell=RNNCell("tanh"), matmul_dtype=None if dt == "float32" else jnp.bfloat16)
+    ctx = make_ctx(options, jnp.float32)
 
     @jax.jit
     def scan(a, h, G, g):  # the scan steps of bptt_jax.core.backward on the same a_t, G_t
-        def step(h_prev, a_t):
-            h = ctx.f(ctx.mm(h_prev, Uc.T) + a_t)
+        step = forward_step(options.cell, ctx.mm, Uc.T)
+
+        def fwd(h_prev, a_t):
+            h = step(h_prev, a_t)
             return h, h
 
-        hs = jax.lax.scan(step, h, a)[1]
-        (g, _), d = jax.lax.scan(_delta_step(ctx, Uc), (g, None), (G, hs, None, None, None),
-                                 reverse=True)  # fmt: skip
+        hs = jax.lax.scan(fwd, h, a)[1]
+        # inputs (G_t, trace_t, s_in_t, m_t, e_t, k_t): no padding, resets nor truncation
+        (g, _), d = jax.lax.scan(_scan_step(ctx, Uc), (g, None),
+                                 (G, hs, None, None, None, None), reverse=True)  # fmt: skip
         return hs, d, g
 
     @jax.jit
     def pallas(a, h, G, g):
-        hs = kernels.forward_recursion(a, h, Uc.T)
-        d, g, _ = kernels.backward_recursion(G, hs, g, Uc)
+        hs = kernels.forward_recursion(a, h, Uc.T, options=options)
+        d, g, _ = kernels.backward_recursion(G, hs, g, Uc, options=options)
         return hs, d, g
 
-    return scan, pallas, jax.jit(lambda a, h: kernels.forward_recursion(a, h, Uc.T))
+    fwd_only = jax.jit(lambda a, h: kernels.forward_recursion(a, h, Uc.T, options=options))
+    return scan, pallas, fwd_only
 
 
 def _call(fn, args):
@@ -190,6 +202,11 @@ def recurrence(grid, repeats):
     return out
 
 
+def _core(chunk, **fields):
+    """``bptt_core`` with ``Options(chunk=chunk, **fields)``."""
+    return functools.partial(bptt_core, options=Options(chunk=chunk, **fields))
+
+
 def full(grid, repeats, use_torch):
     """Loss and gradient at each point: scan, pallas, autodiff, torch."""
     out = []
@@ -201,24 +218,26 @@ def full(grid, repeats, use_torch):
         h0 = jnp.zeros((B, H), jnp.float32)
         fits32 = kernels.kernel_supported(H, B, "float32", "gpu")
         md = None if fits32 else jnp.bfloat16
+        # the backend's default chunk (as bptt_jax.bptt picks it), unroll 1 unless named
+        cs = default_chunk(T, B, False, jax.default_backend())
+        core = functools.partial(_core, cs)
         fns = {
-            "scan": functools.partial(bptt_core, kernel="scan"),
-            "scan_unroll8": functools.partial(bptt_core, kernel="scan", unroll=8),
-            "pallas": functools.partial(bptt_core, kernel="pallas", matmul_dtype=md),
+            "scan": core(kernel="scan"),
+            "scan_unroll8": core(kernel="scan", unroll=8),
+            "pallas": core(kernel="pallas", matmul_dtype=md),
             # one backward chunk: one launch of each kernel for the whole sequence
-            "pallas_one_chunk": functools.partial(
-                bptt_core, kernel="pallas", matmul_dtype=md, chunk=T
-            ),
+            "pallas_one_chunk": _core(T, kernel="pallas", matmul_dtype=md),
             "autodiff": jax.jit(jax.value_and_grad(bptt_jax.loss)),
         }
         if md is not None:
-            fns["scan_bf16"] = functools.partial(bptt_core, kernel="scan", matmul_dtype=md)
+            fns["scan_bf16"] = core(kernel="scan", matmul_dtype=md)
         args = {n: (params, xs, ys) if n == "autodiff" else (params, xs, ys, h0) for n in fns}
         results = {n: fn(*args[n]) for n, fn in fns.items()}
         times = round_robin({n: functools.partial(_call, fn, args[n]) for n, fn in fns.items()},
                             repeats)  # fmt: skip
         torch_out = torch_method(params, xs, ys, os.cpu_count()) if use_torch else None
-        row = {"point": [K, H, B, T], "pallas_products": "float32" if fits32 else "bfloat16"}
+        row = {"point": [K, H, B, T], "pallas_products": "float32" if fits32 else "bfloat16",
+               "chunk": cs}  # fmt: skip
         if torch_out is not None:
             times.update(round_robin({"torch": torch_out[0]}, repeats))
             row["torch"] = torch_out[2]
@@ -240,16 +259,22 @@ def main(argv=None):
     args = parser.parse_args(argv)
     grid, repeats = (QUICK_GRID, 3) if args.quick else (GRID, args.repeats)
     results = {"argv": sys.argv[1:], "grid": grid, "repeats": repeats}
-    section("environment", environment, results)
-    section("lowering", lambda: lowering(args.quick), results)
-    if not args.no_tests:
-        section("tests", lambda: device_tests(args.quick), results)
-    section("recurrence", lambda: recurrence(grid, repeats), results)
-    section("full", lambda: full(grid, repeats, not args.no_torch), results)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "gpu_kernels.json"
-    path.write_text(json.dumps(results, indent=1, default=str))
+    # the JSON rewritten after every section: a run stopped at its time limit keeps them
+    write = lambda: path.write_text(json.dumps(results, indent=1, default=str))  # noqa: E731
+    section("environment", environment, results)
+    write()
+    section("lowering", lambda: lowering(args.quick), results)
+    write()
+    if not args.no_tests:
+        section("tests", lambda: device_tests(args.quick), results)
+        write()
+    section("recurrence", lambda: recurrence(grid, repeats), results)
+    write()
+    section("full", lambda: full(grid, repeats, not args.no_torch), results)
+    write()
     print(f"wrote {path}")
     return results
 
