@@ -210,7 +210,7 @@ def _backward_kernel(options, trees, *refs):
     jax.tree.map(lambda ref, v: ref.__setitem__(Ellipsis, v), acc_out_refs, acc)
 
 
-def _call(kernel, options, name, args, kinds, outs, grid, launch: Launch, weight):
+def _call(body, options, name, args, kinds, outs, grid, launch: Launch, weight):
     """``pl.pallas_call`` over flattened pytrees: ``args``/``outs`` trees of arrays /
     ShapeDtypeStructs with a BlockSpec kind per leaf (``kinds``, trees alike); ``grid``
     ``(programs, block_b, Hp)``; ``weight``: the resident matrix (its dtype sets the
@@ -224,7 +224,7 @@ def _call(kernel, options, name, args, kinds, outs, grid, launch: Launch, weight
                                                  strict=True)]  # fmt: skip
     trees = jax.tree.structure((*args, outs[0]))
     result = pl.pallas_call(
-        functools.partial(kernel, options, trees),
+        functools.partial(body, options, trees),
         out_shape=out_leaves,
         grid=(grid[0],),
         in_specs=in_specs,

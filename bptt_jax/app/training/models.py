@@ -29,7 +29,7 @@ import numpy as np
 
 from ...core.deep import deep_forward_core
 from ...core.options import Options
-from ...core.params import DeepParams, Params, from_deep, init_params, to_deep
+from ...core.params import DeepParams, Params, init_params, to_deep
 from .config import TrainConfig, is_deep, model_cell
 
 # --------------------------------------------------------------------------- the model's arrays
@@ -122,21 +122,6 @@ def zeros_like_state(cell, params: DeepParams, rows: int):
     """The zero state ``(L*D, rows, H)`` (each part) of ``cell`` for ``params``; traceable."""
     H = params.layers[0].U.shape[1]
     return cell.zero_state((params.num_layers * params.num_directions, rows, H), params.V.dtype)
-
-
-def as_deep(params: Params | DeepParams, state):
-    """``(DeepParams, state)``: the seed's :class:`Params` as one layer, each part of its
-    state ``(B, H)`` as ``(1, B, H)``; a DeepParams as it is. :func:`as_model` undoes it."""
-    if isinstance(params, DeepParams):
-        return params, state
-    return to_deep(params), jax.tree.map(lambda a: a[None], state)
-
-
-def as_model(params: Params | DeepParams, grads: DeepParams, *states):
-    """``(grads, *states)`` of :func:`as_deep`'s model in the layout of ``params``."""
-    if isinstance(params, DeepParams):
-        return grads, *states
-    return from_deep(grads), *(jax.tree.map(lambda a: a[0], s) for s in states)
 
 
 def logits_core(params: Params | DeepParams, xs: jax.Array, cell, mask=None) -> jax.Array:

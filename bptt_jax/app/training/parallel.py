@@ -30,8 +30,8 @@ from jax.sharding import PartitionSpec as P
 
 from ...core.cells import cell_named
 from ...core.options import DEFAULT, Options
+from ...core.params import as_layers, like
 from ...core.step import hand_bptt
-from .models import as_deep, as_model
 
 AXIS = "batch"
 
@@ -96,9 +96,9 @@ def data_parallel_bptt_core(mesh: Mesh, options: Options = DEFAULT):
     """
 
     def local(params, xs, ys, h0, resets=None):  # one device's shard of the batch
-        deep, h = as_deep(params, h0)  # each part of the state (B/N, H) as (1, B/N, H)
+        deep, h = as_layers(params, h0)  # each part of the state (B/N, H) as (1, B/N, H)
         E, grads, dh0, h_T = hand_bptt(deep, xs, ys, h, resets, options)
-        grads, dh0, h_T = as_model(params, grads, dh0, h_T)
+        grads, dh0, h_T = like(params, grads, dh0, h_T)
         return lax.psum(E, AXIS), jax.tree.map(lambda g: lax.psum(g, AXIS), grads), dh0, h_T
 
     out_specs = (P(), P(), P(AXIS), P(AXIS))

@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 
 from ...api.options import resolve_kernel
 from ...core.options import DEFAULT, Options
+from ...core.params import as_layers, like
 from ...core.step import hand_bptt, train_step
 from .config import (
     OPTIMIZERS,
@@ -31,7 +32,6 @@ from .config import (
     model_cell,
     warmup_steps,
 )
-from .models import as_deep, as_model
 from .parallel import AXIS, check_batch_divides, data_parallel_bptt_core, make_mesh
 
 __all__ = [
@@ -144,11 +144,11 @@ def model_grad_fn(options: Options = DEFAULT, bidirectional: bool = False) -> Ca
 @functools.cache
 def _model_grad_fn(options: Options, bidirectional: bool, _cell_type: type) -> Callable:
     def grad_fn(params, xs, ys, h0, resets=None):
-        deep, h = as_deep(params, h0)  # the seed's Params: each part (B, H) as (1, B, H)
+        deep, h = as_layers(params, h0)  # the seed's Params: each part (B, H) as (1, B, H)
         E, grads, dh0, h_T = hand_bptt(deep, xs, ys, h, resets, options)
         if bidirectional:  # cell l*2 + 1 reads right to left
             h_T = jax.tree.map(lambda a: a.at[1::2].set(0), h_T)
-        return E, *as_model(params, grads, dh0, h_T)
+        return E, *like(params, grads, dh0, h_T)
 
     return grad_fn
 

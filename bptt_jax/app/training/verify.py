@@ -14,12 +14,11 @@ from jax.typing import ArrayLike
 
 from ...core.cells import cell_named
 from ...core.options import Options
-from ...core.params import DeepParams, Params
+from ...core.params import DeepParams, Params, as_layers, like
 from ...core.step import hand_bptt
 from ...referees.autodiff import deep_value_and_grad
 from ...referees.tolerances import AUTODIFF, VERIFY_PRECISION, max_relative_error
 from .config import TrainingError
-from .models import as_deep, as_model
 
 
 def _zero_reset_split(xs, ys, h0, resets):
@@ -44,23 +43,23 @@ def _referee(params, xs, ys, h0, resets, cell):
     """``(E, grads like params)`` by ``jax.grad`` of the chunk's loss
     (:func:`bptt_jax.core.deep.deep_loss_core`, any cell and state pytree), with
     documents starting from zero where ``resets`` says (:func:`_zero_reset_split`)."""
-    deep, h0 = as_deep(params, h0)
+    deep, h0 = as_layers(params, h0)
     options = Options(cell=cell, precision=lax.Precision(VERIFY_PRECISION))
     parts = [(xs, ys, h0, None, None)] if resets is None else _zero_reset_split(xs, ys, h0, resets)
     E, grads = 0.0, None
     for part in parts:  # the gradient of the sum: the sum of the parts' gradients
         E_part, g = deep_value_and_grad(deep, *part, options=options)
         E, grads = E + E_part, g if grads is None else jax.tree.map(jnp.add, grads, g)
-    return E, as_model(params, grads)[0]
+    return E, like(params, grads)[0]
 
 
 def _hand(cell):
     """The hand BPTT of ``cell`` on any model and state (the training step's)."""
 
     def grad_fn(params, xs, ys, h0, resets=None):
-        deep, h = as_deep(params, h0)
+        deep, h = as_layers(params, h0)
         E, grads, dh0, h_T = hand_bptt(deep, xs, ys, h, resets, Options(cell=cell))
-        return E, *as_model(params, grads, dh0, h_T)
+        return E, *like(params, grads, dh0, h_T)
 
     return grad_fn
 
