@@ -18,6 +18,7 @@ from .api.gradients import bptt as bptt
 from .api.gradients import bptt_chunk as bptt_chunk
 from .api.gradients import bptt_per_loss as bptt_per_loss
 from .api.gradients import per_loss_deltas as per_loss_deltas
+from .api.init import init_params as init_params
 from .api.interop import from_torch as from_torch
 from .api.interop import to_torch as to_torch
 from .api.lab import delay_task as delay_task
@@ -45,7 +46,6 @@ from .core.losses import softmax_cross_entropy_grad as softmax_cross_entropy_gra
 from .core.params import DeepParams as DeepParams
 from .core.params import Layer as Layer
 from .core.params import Params as Params
-from .core.params import init_params as init_params
 from .lab.diagnostics import GradientFlow as GradientFlow
 
 #: The installed version, read from the package metadata (set in pyproject.toml only).

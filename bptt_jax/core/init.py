@@ -30,6 +30,7 @@ is also :math:`\|U\|_2 = ρ`, since all their singular values are equal).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -128,3 +129,17 @@ def init_matrix(key: jax.Array, shape: tuple[int, int], H: int, *, init: str, dt
         return NORMAL_STD * jax.random.normal(key, shape, dtype)
     bound = 1.0 / math.sqrt(H)
     return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
+
+
+class Scheme(NamedTuple):
+    """How a model is initialised and which cell it has (``bptt_jax.init_params``'s
+    ``init``, ``spectral_radius``, ``cell`` and ``forget_bias``), as one value."""
+
+    init: str = "uniform"
+    spectral_radius: float | None = None
+    cell: str = "rnn"
+    forget_bias: float = 0.0
+
+
+#: The default :class:`Scheme`: PyTorch's uniform draws, the vanilla cell.
+DEFAULT_SCHEME = Scheme()

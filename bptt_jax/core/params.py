@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from .cells import CELL_NAMES, bias_size
 from .checks import check_float_dtype, check_key, check_number
-from .init import init_layer, init_matrix
+from .init import DEFAULT_SCHEME, Scheme, init_layer, init_matrix
 
 
 class Params(NamedTuple):
@@ -168,58 +168,12 @@ def init_params(
     num_layers: int = 1,
     bidirectional: bool = False,
     dtype: jnp.dtype | str | type = jnp.float32,
-    init: str = "uniform",
-    spectral_radius: float | None = None,
-    cell: str = "rnn",
-    forget_bias: float = 0.0,
+    scheme: Scheme = DEFAULT_SCHEME,
 ) -> Params | DeepParams:
-    r"""Initialise the parameters for a vocabulary of ``K`` and ``H`` hidden units.
-
-    By default every weight matrix (``U``, ``W``, ``V``) is drawn from
-    :math:`\mathcal{U}(-1/\sqrt{H}, 1/\sqrt{H})`, PyTorch's ``nn.RNN``
-    convention, which keeps :math:`\|U\|_2` near 1 and the pre-activations
-    :math:`s_t` of order 1; biases start at zero. ``init`` picks another
-    scheme by name (:mod:`bptt_jax.core.init`): ``"normal"`` (the seed's
-    :math:`\mathcal N(0, 0.01^2)`), ``"uniform"`` (the default above),
-    ``"orthogonal"``, ``"identity"`` (IRNN, for ReLU) or ``"spectral"``; it
-    applies to every layer and direction of a deep RNN.
-
-    Args:
-      key: a ``jax.random`` key.
-      vocab_size: ``K``, the number of input ids (columns of the first ``W``).
-      hidden_size: ``H``, the number of hidden units per layer and direction.
-      num_classes: ``C``, the number of output classes; defaults to ``K``
-        (the seed's language model, where the label is the next input).
-      num_layers: ``L >= 1`` stacked hidden layers (seed §2.4).
-      bidirectional: add a backward-in-time twin to every layer.
-      dtype: a floating dtype for every parameter; float64 needs x64 enabled
-        (``jax.config.update("jax_enable_x64", True)``): without it, a ValueError.
-      init: the name of the initialisation scheme (``bptt_jax.inits``).
-      spectral_radius: ``None``, or ρ > 0: rescale ``U`` so that its largest
-        :math:`|\lambda_i(U)|` is ρ (required by ``init="spectral"``); for a gated
-        cell, each gate's ``(H, H)`` block.
-      cell: ``"rnn"`` (the seed's), ``"lstm"`` or ``"gru"`` (``docs/math.md`` §10,
-        §11): ``U (G·H, H)``, ``W (G·H, D_in)`` with ``G`` = 1, 4 (gates i, f, g, o)
-        or 3 (r, z, n), each gate's block drawn as the scheme draws an ``(H, H)``
-        / ``(H, D_in)`` matrix; ``b`` is ``(H,)``, ``(4H,)`` or the GRU's ``(4H,)``
-        ``[b_r; b_z; b_in; b_hn]``, zero.
-      forget_bias: the LSTM's forget-gate bias (the f block of ``b``); 0 as in
-        PyTorch's ``nn.LSTM`` (whose biases are drawn around 0). Only for
-        ``cell="lstm"``.
-
-    Returns:
-      The seed's ``Params(U (H, H), V (C, H), W (H, K), b (H,), c (C,))`` when
-      ``num_layers == 1`` and not bidirectional; otherwise a
-      :class:`DeepParams` (see its shapes).
-
-    Example:
-      >>> params = init_params(jax.random.key(0), vocab_size=65, hidden_size=128)
-      >>> params.W.shape
-      (128, 65)
-      >>> deep = init_params(jax.random.key(0), 65, 128, num_layers=2, bidirectional=True)
-      >>> deep.layers[1].W.shape, deep.V.shape
-      ((128, 256), (65, 256))
-    """
+    """The parameters of :func:`bptt_jax.init_params` (documented there), with the
+    initialisation and the cell as one value, ``scheme``
+    (:class:`~bptt_jax.core.init.Scheme`); checked here, as the lab and the
+    application call it directly."""
     key = check_key(key)
     K = check_number(vocab_size, "vocab_size", integer=True, minimum=1, strict=False)
     H = check_number(hidden_size, "hidden_size", integer=True, minimum=1, strict=False)
@@ -232,6 +186,7 @@ def init_params(
     if not isinstance(bidirectional, bool):
         raise TypeError(f"bidirectional must be True or False, got {bidirectional!r}")
     dtype = check_float_dtype(dtype)  # float64 without x64: an error, not float32
+    init, spectral_radius, cell, forget_bias = scheme
     G, forget_bias = _check_cell(cell, forget_bias)
     D = 2 if bidirectional else 1
 

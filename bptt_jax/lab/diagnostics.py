@@ -33,6 +33,7 @@ from ..core.activations import get_activation
 from ..core.cell import RNNCell
 from ..core.deep import cell_outputs
 from ..core.deep_per_loss import deep_per_loss_deltas_core
+from ..core.init import Scheme
 from ..core.options import DEFAULT, Options
 from ..core.params import DeepParams, Params, init_params
 from ..core.per_loss import per_loss_deltas_core
@@ -282,7 +283,7 @@ def spectral_sweep(
         for s in scales:
             dtype = jnp.zeros(()).dtype  # float64 under enable_x64, else float32
             params = init_params(
-                kp, vocab_size, hidden_size, init=init, spectral_radius=s, dtype=dtype
+                kp, vocab_size, hidden_size, dtype=dtype, scheme=Scheme(init, spectral_radius=s)
             )
             h0 = jnp.zeros((batch, hidden_size), dtype)
             options = Options(cell=RNNCell(a), precision=precision)

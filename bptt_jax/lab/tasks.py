@@ -33,6 +33,7 @@ from jax import lax
 
 from ..core.cells import cell_named
 from ..core.clipping import make_clipper
+from ..core.init import Scheme
 from ..core.losses import log_softmax
 from ..core.options import Options
 from ..core.params import init_params, to_deep
@@ -189,10 +190,8 @@ def train_delay(
                       clip_delta=remedy.clip_delta, precision=precision)  # fmt: skip
     delays = tuple(int(d) for d in delays)
     kp, kd, kf = jax.random.split(key, 3)
-    params = init_params(
-        kp, vocab_size, hidden_size, init=remedy.init, spectral_radius=remedy.spectral_radius,
-        cell=remedy.cell, forget_bias=remedy.forget_bias,
-    )  # fmt: skip
+    scheme = Scheme(remedy.init, remedy.spectral_radius, remedy.cell, remedy.forget_bias)
+    params = init_params(kp, vocab_size, hidden_size, scheme=scheme)
     loss, acc, gnorm = _train(
         params,
         kd,

@@ -29,10 +29,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ...api.init import init_params
 from ...api.options import resolve_schedule
 from ...core.bptt import bptt_core
 from ...core.options import Options
-from ...core.params import init_params
 from ...core.rnn import loss_core
 from ...referees.tolerances import AUTODIFF, VERIFY_PRECISION, max_relative_error
 

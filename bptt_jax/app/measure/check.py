@@ -17,9 +17,10 @@ import jax
 import jax.numpy as jnp
 
 from ...api.gradients import bptt
+from ...api.init import init_params
 from ...api.referees import autodiff_bptt, finite_difference_bptt
 from ...core.cells import CELL_NAMES, cell_named
-from ...core.params import Params, init_params
+from ...core.params import Params
 from ...referees.tolerances import AUTODIFF, FINITE_DIFF, VERIFY_PRECISION, max_relative_error
 
 # Agreement required of the hand gradients, per dtype of the model.

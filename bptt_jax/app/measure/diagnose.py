@@ -15,8 +15,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ...api.init import init_params
 from ...api.lab import gradient_flow
-from ...core.params import init_params
 from ...lab.diagnostics import format_sweep, spectral_sweep
 from ...lab.tasks import REMEDIES, Remedy, train_delay
 

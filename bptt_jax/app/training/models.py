@@ -27,9 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ...api.init import init_params
 from ...core.deep import deep_forward_core
 from ...core.options import Options
-from ...core.params import DeepParams, Params, init_params, to_deep
+from ...core.params import DeepParams, Params, to_deep
 from .config import TrainConfig, is_deep, model_cell
 
 # --------------------------------------------------------------------------- the model's arrays

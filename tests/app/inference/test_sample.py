@@ -5,12 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bptt_jax.api.init import init_params
 from bptt_jax.app.inference.sample import sample
 from bptt_jax.app.inference.tagging import format_tags, legend, predict_tags
 from bptt_jax.app.io.corpus import TOKEN_LETTERS, TOKEN_TYPES, DataError, Vocab
 from bptt_jax.app.training.checkpoint_schema import Model
 from bptt_jax.app.training.config import TrainConfig
-from bptt_jax.core.params import Params, init_params
+from bptt_jax.core.params import Params
 from bptt_jax.core.rnn import forward_core
 
 CHARS = "abcdefgh ij\n"

@@ -12,6 +12,7 @@ import pytest
 from helpers import assert_tree_close
 
 import bptt_jax
+from bptt_jax.api.init import init_params
 from bptt_jax.app.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from bptt_jax.app.io.corpus import load_corpus
 from bptt_jax.app.training.checkpoint_schema import (
@@ -29,7 +30,7 @@ from bptt_jax.app.training.validation import held_out, score
 from bptt_jax.app.training.verify import verify_gradients
 from bptt_jax.core.cells import cell_named
 from bptt_jax.core.options import Options
-from bptt_jax.core.params import init_params, to_deep
+from bptt_jax.core.params import to_deep
 
 K = 7
 SOURCE = "def f(x):\n    return x + 1\n\n\nclass A:\n    pass\n"

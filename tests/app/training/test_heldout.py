@@ -12,6 +12,7 @@ import pytest
 from helpers import assert_tree_close, slow_except
 
 import bptt_jax
+from bptt_jax.api.init import init_params
 from bptt_jax.app.io.streams import Streams
 from bptt_jax.app.training.config import (
     LEGACY,
@@ -24,7 +25,6 @@ from bptt_jax.app.training.train_step import make_train_step, model_grad_fn
 from bptt_jax.app.training.validation import evaluation, held_out, score
 from bptt_jax.app.training.verify import verify_gradients
 from bptt_jax.core.options import Options
-from bptt_jax.core.params import init_params
 from bptt_jax.core.step import hand_bptt
 
 K = 7

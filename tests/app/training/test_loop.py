@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from helpers import linear_training_bound
 
+from bptt_jax.api.init import init_params
 from bptt_jax.app.io.checkpoint import CheckpointError, load_checkpoint
 from bptt_jax.app.io.corpus import load_corpus
 from bptt_jax.app.training.checkpoint_schema import config_for_resume
@@ -22,7 +23,7 @@ from bptt_jax.app.training.loop import train
 from bptt_jax.app.training.train_step import make_optimizer, make_train_step
 from bptt_jax.app.training.validation import Evaluation
 from bptt_jax.core.bptt import bptt_core
-from bptt_jax.core.params import Params, init_params
+from bptt_jax.core.params import Params
 from bptt_jax.core.step import hand_bptt
 from bptt_jax.referees.tolerances import AUTODIFF, max_relative_error
 
