@@ -33,6 +33,17 @@ class Params(NamedTuple):
     b: jax.Array  # (H,)   hidden bias
     c: jax.Array  # (C,)   output bias
 
+    def deep(self) -> DeepParams:
+        """This model as the one-layer, one-direction :class:`DeepParams` (the drivers'
+        one model type)."""
+        layer = Layer(U=self.U, W=self.W, b=self.b)
+        return DeepParams(layers=(layer,), reverse_layers=(), V=self.V, c=self.c)
+
+    def restore(self, grads: DeepParams, *states):
+        """``(grads, *states)`` of :meth:`deep`'s model in this model's layout: gradients
+        as :class:`Params`, each part of a state ``(1, B, H) -> (B, H)``."""
+        return from_deep(grads), *(jax.tree.map(lambda a: a[0], s) for s in states)
+
 
 class Layer(NamedTuple):
     r"""One direction of one hidden layer of a deep RNN (seed §2.4).
@@ -95,17 +106,20 @@ class DeepParams(NamedTuple):
             return [(f, r) for f, r in zip(self.layers, self.reverse_layers, strict=True)]
         return [(f,) for f in self.layers]
 
+    def deep(self) -> DeepParams:
+        """This model, already the drivers' type."""
+        return self
+
+    def restore(self, grads: DeepParams, *states):
+        """``(grads, *states)`` as they are: the drivers' layout is this model's."""
+        return grads, *states
+
 
 def to_deep(params: Params | DeepParams) -> DeepParams:
     """The model as a :class:`DeepParams`: the seed's :class:`Params` as one layer in one
     direction, a DeepParams as it is (a pytree restructuring: ``jax.grad`` through it
     returns the caller's type)."""
-    if isinstance(params, DeepParams):
-        return params
-    return DeepParams(
-        layers=(Layer(U=params.U, W=params.W, b=params.b),), reverse_layers=(), V=params.V,
-        c=params.c,
-    )  # fmt: skip
+    return params.deep()  # each model type says how it is one
 
 
 def from_deep(params: DeepParams) -> Params:
@@ -129,9 +143,7 @@ def as_layers(params: Params | DeepParams, state: jax.Array) -> tuple[DeepParams
 
 def like(params: Params | DeepParams, grads: DeepParams, *states: jax.Array):
     """``(grads, *states)`` of :func:`as_layers`'s model in the layout of ``params``."""
-    if isinstance(params, Params):
-        return from_deep(grads), *(jax.tree.map(lambda a: a[0], s) for s in states)
-    return grads, *states
+    return params.restore(grads, *states)
 
 
 def seed_case(params: DeepParams, mask=None, resets=None, reduction: str = "sum",

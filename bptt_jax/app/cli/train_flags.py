@@ -16,6 +16,7 @@ from ..training.config import (
     BIDIRECTIONAL_DEFAULTS,
     CELLS,
     DTYPES,
+    GATED_DEFAULTS,
     LSTM_DEFAULTS,
     MAX_AUTO_WARMUP,
     OPTIMIZERS,
@@ -327,7 +328,13 @@ def _add_model_flags(a, d: TrainConfig) -> None:
         default=None,
         help="the recurrent cell of every layer: rnn is the seed's h = f(U h + W x + b); "
         "lstm and gru are PyTorch's nn.LSTM and nn.GRU (docs/math.md), with the same "
-        f"hand-derived BPTT (default {d.cell})",
+        "hand-derived BPTT; "
+        + "; ".join(
+            f"{cell}'s defaults: "
+            + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
+            for cell, values in GATED_DEFAULTS.items()
+        )
+        + f" (default {d.cell})",
     )
     a(
         "--forget-bias",
