@@ -132,8 +132,17 @@ combos = st.tuples(
 )
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-@pytest.mark.parametrize("option", ["none", "truncate2_chunk3", "recompute"])
+FAST_COMBOS = [("lstm", "none"), ("gru", "truncate2_chunk3")]  # the rest: slow tier
+
+
+@pytest.mark.parametrize(
+    ("cell", "option"),
+    [
+        (c, o) if (c, o) in FAST_COMBOS else pytest.param(c, o, marks=pytest.mark.slow)
+        for c in ("lstm", "gru")
+        for o in ("none", "truncate2_chunk3", "recompute")
+    ],
+)
 def test_a_stacked_bidirectional_gated_model_matches_jax_grad(cell, option, x64):
     check_combo((cell, 2, True, True, True, option), "float64")
 
@@ -264,7 +273,9 @@ def test_clip_delta_rescales_the_gated_state_gradient(cell, x64):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-@pytest.mark.parametrize("bi", [False, True], ids=["stacked", "bidirectional"])
+@pytest.mark.parametrize(
+    "bi", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["stacked", "bidirectional"]
+)
 def test_bf16_products_are_close_to_the_float32_gradient_gated(cell, bi):
     # bf16 operands, float32 accumulation: O(u) from the float32 gradient, u = 2**-8,
     # with the same 16·u allowance as the vanilla cell's test (test_backward.py).

@@ -237,7 +237,7 @@ def test_forward_and_loss_pallas_equal_scan():
     assert max_rel_error(E, bptt_jax.loss(params, xs, ys, h0)) <= KERNEL_RTOL["float32"]
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", [pytest.param("lstm", marks=pytest.mark.slow), "gru"])
 def test_gated_kernels_match_the_scan_with_every_option(cell, x64):
     # The LSTM's (h, c) carry, the GRU's b_hn and both cells' gate blocks padded per
     # gate (H = 5 -> 16 units in each block), through the public call: resets, ragged

@@ -27,7 +27,18 @@ def test_check_passes_and_prints_a_row_per_parameter(capsys):
     [
         # finite differences on the default model
         pytest.param(["--dtype", "float32", "--inputs", "dense"], marks=pytest.mark.slow),
-        ["-T", "1", "-B", "1", "-K", "20", "-H", "3"],
+        [
+            "-T",
+            "1",
+            "-B",
+            "1",
+            "-K",
+            "20",
+            "-H",
+            "3",
+            "--cell",
+            "rnn",
+        ],  # the gated cells: test_cli_cells.py
     ],
     ids=["float32_dense", "tiny"],
 )
