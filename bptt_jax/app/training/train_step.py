@@ -89,17 +89,11 @@ def make_train_step(tx: optax.GradientTransformation, grad_fn: Callable | None =
     @jax.jit
     def step(params, opt_state, xs, ys, h0, resets=None):
         n = xs.shape[0] * xs.shape[1]  # B T characters
-        parts = jax.tree.structure(h0)
-
-        def packed(*args):  # the state's parts as one array: train_step zeroes one h_T
-            E, grads, dh0, h_T = grad_fn(*args)
-            return E, grads, dh0, jnp.stack(jax.tree.leaves(h_T))
-
-        new = train_step(packed, tx, params, opt_state, xs, ys, h0, resets, n=n)
+        new = train_step(grad_fn, tx, params, opt_state, xs, ys, h0, resets, n=n)
         return (
             new.params,
             new.opt_state,
-            jax.tree.unflatten(parts, list(new.h_T)),
+            new.h_T,
             new.loss,
             new.finite,
             optax.tree.norm(new.grads),
