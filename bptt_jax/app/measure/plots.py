@@ -270,8 +270,9 @@ def plot_history(path, history, baselines: dict, config, vocab_size: int) -> pat
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
     fig.suptitle(
-        f"bptt_jax, hand BPTT: task {config.task}, K={vocab_size} H={config.hidden_size} "
-        f"B={config.batch_size} T={config.seq_len}, {config.optimizer} lr={config.lr}"
+        f"bptt_jax, hand BPTT: task {config.task}, {getattr(config, 'cell', 'rnn')} cell, "
+        f"K={vocab_size} H={config.hidden_size} B={config.batch_size} T={config.seq_len}, "
+        f"{config.optimizer} lr={config.lr}"
     )
     fig.tight_layout()
     return _save(fig, path)
