@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .cell import scatter_inputs
 from .kernels import backward_recursion, forward_recursion, step_flags
 from .losses import softmax_cross_entropy
 from .options import Options
@@ -152,7 +153,7 @@ def cell_backward(ctx: _Ctx, layer: Layer, X_c, tr_c, s_start, s0, carry, G, mar
     dU = ctx.mm(_transposed(cell.u_rows(d2)), _rows(cell.h_of(s_in)))  # Σ_t δ_t ⊗ h_in_t
     ids = jnp.issubdtype(X_c.dtype, jnp.integer)
     dW = cell.w_rows(d2)
-    dW = dW if ids else ctx.mm(_transposed(dW), _rows(X_c))  # ids: rows to scatter into dWᵀ
+    dW = dW if ids else ctx.mm(_transposed(dW), _rows(X_c))  # ids: rows to scatter into dW
     return g, acc, (dU, dW, jnp.sum(d2, axis=0)), deltas
 
 
@@ -221,10 +222,8 @@ def _chunk_body(ctx: _Ctx, cells, r0s, out: _Out | None, emit_below: bool):
                 (m_c, e_c, k_c),
             )  # fmt: skip
             gU, gW, gb = grads[i]
-            if jnp.issubdtype(X_i.dtype, jnp.integer):  # scatter δ_t into rows x_t of dWᵀ
-                gW = gW.at[X_i.reshape(-1)].add(dW)
-            else:
-                gW = gW + dW
+            ids = jnp.issubdtype(X_i.dtype, jnp.integer)  # δ_t into columns x_t of dW
+            gW = scatter_inputs(gW, X_i, dW) if ids else gW + dW
             grads[i] = (gU + dU, gW, gb + db)
             if i > 0 or emit_below:
                 G_c = ctx.mm(ctx.options.cell.w_rows(deltas), ctx.cast(cells[i].W))  # W^ℓᵀ δ^ℓ_t
@@ -307,7 +306,7 @@ def _sweep(ctx: _Ctx, cells, h0s, g0s, view, cs: int, out, emit_below,
     that reaches a reset is part of ``dh0s``; with ``r0s`` given it is not).
     """
     X, y, m, e, k, top, G = view
-    T, ids = X.shape[0], jnp.issubdtype(X.dtype, jnp.integer)
+    T = X.shape[0]
     n, rem, split, join = _splitter(T, cs)
     own_r0s = r0s is not None
     r0s = tuple(h0s) if r0s is None else tuple(r0s)
@@ -321,11 +320,7 @@ def _sweep(ctx: _Ctx, cells, h0s, g0s, view, cs: int, out, emit_below,
     # accumulators from a leaf of the state (not constants): under jax.shard_map they
     # then vary over the mesh as the carried state does (the scan carries keep a type)
     zeros = functools.partial(jnp.zeros_like, jax.tree.leaves(h0s[0])[0], cells[0].U.dtype)
-    grads = tuple(
-        (zeros(c.U.shape), zeros((c.W.shape[1], ctx.options.cell.gates * c.U.shape[1]))
-         if i == 0 and ids else zeros(c.W.shape), zeros(c.b.shape))
-        for i, c in enumerate(cells)
-    )  # fmt: skip
+    grads = tuple((zeros(c.U.shape), zeros(c.W.shape), zeros(c.b.shape)) for c in cells)
     accs = tuple(None if e is None else jax.tree.map(jnp.zeros_like, h0) for h0 in h0s)
     V_shape = (1, 1) if out is None else out.V.shape
     carry = (tuple(g0s), accs, zeros(()), grads, zeros(V_shape), zeros(V_shape[:1]))
@@ -346,6 +341,4 @@ def _sweep(ctx: _Ctx, cells, h0s, g0s, view, cs: int, out, emit_below,
     gs, accs, E, grads, dV, dc = carry
     dh0s = tuple(g if a is None or own_r0s else jax.tree.map(jnp.add, g, a)
                  for g, a in zip(gs, accs, strict=True))  # fmt: skip
-    grads = tuple((dU, dW.T if i == 0 and ids else dW, db)
-                  for i, (dU, dW, db) in enumerate(grads))  # fmt: skip
     return E, grads, dV, dc, dh0s, finals, emitted

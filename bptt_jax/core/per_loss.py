@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .cell import scatter_inputs
 from .losses import cross_entropy, log_softmax, residual
 from .options import DEFAULT, Options
 from .params import Params
@@ -53,9 +54,7 @@ def input_gradient(deltas: jax.Array, xs: jax.Array, K: int, options: Options) -
     """
     H = deltas.shape[-1]
     if jnp.issubdtype(xs.dtype, jnp.integer):
-        ids = xs.T.reshape(-1)  # (T*B,) in the order of deltas
-        dWT = jnp.zeros((K, H), deltas.dtype).at[ids].add(deltas.reshape(-1, H))  # (K, H)
-        return dWT.T
+        return scatter_inputs(jnp.zeros((H, K), deltas.dtype), xs.T, deltas.reshape(-1, H))
     return jnp.einsum("tbh,btk->hk", deltas, xs, precision=options.precision)
 
 

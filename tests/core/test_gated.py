@@ -287,3 +287,39 @@ def test_bf16_products_are_close_to_the_float32_gradient_gated(cell, bi):
     pairs = zip(jax.tree.leaves(half), jax.tree.leaves(exact), strict=True)
     errors = [max_rel_error(a, e) for a, e in pairs]
     assert 0 < max(errors) <= 16 * 2.0**-8, errors
+
+
+def _scatter_shapes(fn, *args):
+    """The output shape of every scatter-add in ``fn``'s jaxpr, scan bodies included."""
+    from test_bptt_options import equations
+
+    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+    return [tuple(e.outvars[0].aval.shape) for e in equations(jaxpr)
+            if e.primitive.name == "scatter-add"]  # fmt: skip
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_input_gradient_of_token_ids_is_scattered_in_w_layout(cell):
+    # ∂E/∂W for ids is scattered straight into W's (G·H, K) layout: no (K, G·H)
+    # accumulator to transpose at the end (a second W-sized buffer: 41 MB for the LSTM
+    # at K = 10000, H = 256).
+    K_, H_ = 50, 6
+    p = bptt_jax.init_params(jax.random.key(0), K_, H_, cell=cell)
+    xs = jax.random.randint(jax.random.key(1), (2, 9), 0, K_)
+    shapes = _scatter_shapes(lambda q: bptt_jax.bptt(q, xs, xs), p)
+    assert shapes and set(shapes) == {(GATES[cell] * H_, K_)}
+
+
+@pytest.mark.slow  # compiles the hand and autodiff paths at a vocabulary of 4000
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_temp_memory_at_a_large_vocabulary_is_a_fraction_of_autodiffs(cell):
+    # XLA's account of the temporary buffers (issue 23: at most 30 % of autodiff's at a
+    # large vocabulary): the chunked backward keeps a chunk's logits, not all T steps'.
+    def temp_bytes(fn, *args):
+        return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+    p = bptt_jax.init_params(jax.random.key(0), 4000, 64, cell=cell)
+    xs = jax.random.randint(jax.random.key(1), (8, 32), 0, 4000)
+    hand = temp_bytes(lambda q: bptt_jax.bptt(q, xs, xs), p)
+    autodiff = temp_bytes(jax.value_and_grad(lambda q: bptt_jax.loss(q, xs, xs)), p)
+    assert hand <= 0.30 * autodiff, (hand, autodiff)
