@@ -80,7 +80,7 @@ def _require_sizes(args: argparse.Namespace, cell: str) -> None:
     G = _GATES[cell]
     require_memory(
         f"check -K {K} -H {H} -C {C} -B {B} -T {T} --cell {cell}",
-        4 * rnn_bytes(K=K, H=G * H, C=C, B=B, T=max(T, 1), itemsize=8),
+        4 * rnn_bytes(K=K, H=H, C=C, B=B, T=max(T, 1), itemsize=8, gates=G),
     )
     entries = G * H * H + C * H + G * H * K + bias_size(cell, H) + C
     work = 2 * entries * B * max(T, 1) * (G * H * H + G * H * K + C * H)

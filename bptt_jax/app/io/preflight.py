@@ -79,18 +79,21 @@ def _gib(n: int) -> str:
 
 def rnn_bytes(
     *, K: int, H: int, C: int, B: int, T: int, itemsize: int, copies: int = 6,
-    layers: int = 1, directions: int = 1,
+    layers: int = 1, directions: int = 1, gates: int = 1,
 ) -> int:  # fmt: skip
     """A rough estimate of one BPTT step's memory: ``copies`` of the parameters (the
     model, its gradient, optimizer moments, a referee's copy) and a few ``(B, T, .)``
     activations (inputs, states, logits, deltas), for ``layers`` stacked layers of
-    ``directions`` (1, or 2 when bidirectional) cells each.
+    ``directions`` (1, or 2 when bidirectional) cells each, of ``gates`` gate blocks
+    (1 for the vanilla cell, 4 for the LSTM, 3 for the GRU).
 
-    Parameters: the first layer's ``D (H H + H K + H)``, each layer above
-    ``D (H H + D H H + H)``, the output ``C D H + C``; activations: ``3 H`` per
-    layer and direction, and ``2 C + K``, per character.
+    Parameters: with ``G = gates``, the first layer's ``D G (H H + H K + H)``, each
+    layer above ``D G (H H + D H H + H)``, the output ``C D H + C``; activations:
+    ``(1 + 2 G) H`` per layer and direction (the state, the gates' values and their
+    δ), and ``2 C + K``, per character.
     """
-    L, D = layers, directions
-    params = D * (H * H + H * K + H) + (L - 1) * D * (H * H + D * H * H + H) + C * D * H + C
-    activations = B * T * (3 * H * L * D + 2 * C + K)
+    L, D, G = layers, directions, gates
+    params = (D * G * (H * H + H * K + H) + (L - 1) * D * G * (H * H + D * H * H + H)
+              + C * D * H + C)  # fmt: skip
+    activations = B * T * ((1 + 2 * G) * H * L * D + 2 * C + K)
     return itemsize * (copies * params + 4 * activations)

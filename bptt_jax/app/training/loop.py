@@ -51,7 +51,7 @@ from ..io.preflight import check_writable_folder, require_memory, rnn_bytes
 from ..io.split import announce_split
 from ..io.streams import Streams
 from .checkpoint_schema import data_fingerprint, read_training_checkpoint, restore
-from .config import TrainConfig, check_config
+from .config import TrainConfig, check_config, model_cell
 from .models import init_model
 from .outputs import (
     CHECKPOINT_NAME,
@@ -178,7 +178,7 @@ def _preflight(config: TrainConfig) -> None:
         f"--seq-len {config.seq_len}",
         rnn_bytes(K=256, H=config.hidden_size, C=256, B=config.batch_size, T=config.seq_len,
                   itemsize=itemsize, layers=config.num_layers,
-                  directions=2 if config.bidirectional else 1),
+                  directions=2 if config.bidirectional else 1, gates=model_cell(config).gates),
     )  # fmt: skip
     check_writable_folder(config.out)
 

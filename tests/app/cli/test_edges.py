@@ -150,6 +150,16 @@ def test_the_memory_estimate_grows_with_layers_and_directions():
     assert rnn_bytes(**base, directions=2) > one + 4 * 6 * (H * H + H * K)
 
 
+@pytest.mark.parametrize("gates", [3, 4], ids=["gru", "lstm"])
+def test_the_memory_estimate_counts_a_gated_cells_gate_rows(gates):
+    base = dict(K=65, H=64, C=65, B=4, T=16, itemsize=4)
+    H, K, BT = base["H"], base["K"], base["B"] * base["T"]
+    # G - 1 more blocks of U, W and b in each of 6 copies, and 2 (G - 1) H more
+    # activations (gate values and their δ) per character
+    extra = 4 * (6 * (gates - 1) * (H * H + H * K + H) + 4 * BT * 2 * (gates - 1) * H)
+    assert rnn_bytes(**base, gates=gates) - rnn_bytes(**base) == extra
+
+
 # --------------------------------------------------------------------------- the parser
 
 
