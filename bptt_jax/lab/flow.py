@@ -21,9 +21,11 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..core.backward import entering, make_ctx, run_cell
+from ..core.cells import cell_named
+from ..core.init import DEFAULT_SCHEME, Scheme
 from ..core.losses import log_softmax, residual
 from ..core.options import DEFAULT, Options
-from ..core.params import DeepParams
+from ..core.params import DeepParams, init_params, to_deep
 from ..core.steps import delta_step, pick
 from .diagnostics import _decay_by_distance, _fit_rate
 
@@ -79,3 +81,29 @@ def state_flow_core(params: DeepParams, xs, ys, h0, *, options: Options = DEFAUL
     decay = _decay_by_distance(h_norms)
     c = (parts[1], _decay_by_distance(parts[1], h_norms)) if len(parts) > 1 else (None, None)
     return StateFlow(h_norms, decay, _fit_rate(decay), *c)
+
+
+#: The models ``bptt-jax diagnose`` sets side by side (``docs/math.md`` §13): label,
+#: cell, the LSTM's forget-gate bias (0 is PyTorch's centre; 1 the training runs').
+COMPARED_CELLS = (("rnn", "rnn", 0.0), ("lstm, forget bias 0", "lstm", 0.0),
+                  ("lstm, forget bias 1", "lstm", 1.0), ("gru", "gru", 0.0))  # fmt: skip
+
+
+def cell_flows(
+    key: jax.Array, xs, ys, *, vocab_size: int, hidden_size: int, activation: str = "tanh",
+    scheme: Scheme = DEFAULT_SCHEME, dtype=jnp.float32, cells=COMPARED_CELLS,
+) -> list[tuple[str, StateFlow]]:  # fmt: skip
+    """``(label, StateFlow)`` of each of ``cells`` (:data:`COMPARED_CELLS`) on one batch
+    ``xs``, ``ys`` ``(B, T)`` ids, from the zero state: every model drawn from the same
+    ``key`` by the same ``scheme`` (its ``init`` and ``spectral_radius``; the cell and
+    forget bias from ``cells``), in ``dtype``. The vanilla cell's ``activation`` is
+    named in its label."""
+    B, flows = xs.shape[0], []
+    for label, name, forget_bias in cells:
+        cell = cell_named(name, activation if name == "rnn" else "tanh")
+        drawn = scheme._replace(cell=name, forget_bias=forget_bias)
+        params = init_params(key, vocab_size, hidden_size, dtype=dtype, scheme=drawn)
+        h0 = cell.zero_state((1, B, hidden_size), dtype)
+        flow = state_flow_core(to_deep(params), xs, ys, h0, options=Options(cell=cell))
+        flows.append((f"rnn ({activation})" if name == "rnn" else label, flow))
+    return flows

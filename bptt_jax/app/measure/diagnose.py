@@ -17,7 +17,9 @@ import jax.numpy as jnp
 
 from ...api.init import init_params
 from ...api.lab import gradient_flow
+from ...core.init import Scheme
 from ...lab.diagnostics import format_sweep, spectral_sweep
+from ...lab.flow import cell_flows
 from ...lab.tasks import REMEDIES, Remedy, train_delay
 
 
@@ -52,14 +54,23 @@ def run_diagnose(
     ``settings`` (:class:`DiagnoseSettings`; ``fields`` replace some of them).
 
     Writes ``delta_heatmap.png`` and ``decay.png`` (one model: ``init``,
-    ``activation``, float64), ``sweep.png`` (unless ``sweep=False``) and, when
+    ``activation``, float64), ``cell_flow.png`` (that model beside the LSTM, with
+    forget bias 0 and 1, and the GRU drawn from the same key and scheme:
+    :func:`bptt_jax.lab.flow.cell_flows`), ``sweep.png`` (unless ``sweep=False``) and, when
     ``delays`` are given, ``delay_task.png`` and ``delay_grad_norm.png``
     (:func:`bptt_jax.lab.tasks.train_delay` for each of ``remedies``, default
     :data:`bptt_jax.lab.tasks.REMEDIES`).
     """
     # matplotlib takes seconds to load and only this command (and train's last
     # step) draws: imported when it runs, not when the command line is parsed.
-    from .plots import plot_decay, plot_delay, plot_delay_grad_norm, plot_heatmap, plot_sweep
+    from .plots import (
+        plot_cell_flow,
+        plot_decay,
+        plot_delay,
+        plot_delay_grad_norm,
+        plot_heatmap,
+        plot_sweep,
+    )
 
     s = dataclasses.replace(settings or DiagnoseSettings(), **fields)
     vocab_size, hidden_size, batch, steps = s.vocab_size, s.hidden_size, s.batch, s.steps
@@ -83,6 +94,13 @@ def run_diagnose(
         paths.append(plot_heatmap(flow, out / "delta_heatmap.png", what=what))
         paths.append(plot_decay(flow, out / "decay.png", what=what))
         lines += _flow_lines(flow, what, seed=seed, **dims)
+        flows = cell_flows(kp, xs, ys, vocab_size=vocab_size, hidden_size=hidden_size,
+                           activation=activation, scheme=Scheme(init, spectral_radius),
+                           dtype=jnp.float64)  # fmt: skip
+        same = f"init={init}" + (f" ρ(U)={spectral_radius:g}" if spectral_radius else "")
+        sizes = f"{same}, K={vocab_size} H={hidden_size} B={batch} T={steps}, float64"
+        paths.append(plot_cell_flow(flows, out / "cell_flow.png", what=sizes))
+        lines += _cell_lines(flows, same, steps)
         if s.sweep:
             kwargs = {} if s.sweep_scales is None else {"scales": tuple(s.sweep_scales)}
             rows = spectral_sweep(ks, **dims, **kwargs)
@@ -111,6 +129,20 @@ def _flow_lines(flow, what, *, vocab_size, hidden_size, batch, steps, seed) -> l
             f"  {d:<4} {float(flow.decay[d]):10.3e} {float(flow.bound_decay[d]):18.3e} "
             f"{float(flow.gamma_decay[d]):9.3e}"
         )
+    return lines
+
+
+def _cell_lines(flows, same: str, steps: int) -> list[str]:
+    ds = sorted({1, 5, 10, 20, steps - 1} & set(range(1, steps)))
+    lines = ["", f"gradient reaching the state d steps back, by cell ({same}, the same batch; "
+             "Σ_t‖∂E_t/∂h_(t−d)‖ / Σ_t‖∂E_t/∂h_t‖; the LSTM's c path through c_(k+1))",
+             f"  {'cell':28} " + " ".join(f"{f'd={d}':>9}" for d in ds) + f"{'ρ':>9}"]  # fmt: skip
+    for label, flow in flows:
+        values = " ".join(f"{float(flow.decay[d]):9.2e}" for d in ds)
+        lines.append(f"  {label:28} {values} {float(flow.decay_rate):8.3f}")
+        if flow.c_decay is not None:
+            values = " ".join(f"{float(flow.c_decay[d]):9.2e}" for d in ds)
+            lines.append(f"  {'  its c path':28} {values}")
     return lines
 
 

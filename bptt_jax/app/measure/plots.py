@@ -198,6 +198,35 @@ def plot_delay(curves, path, *, vocab_size: int, window: int = 25) -> pathlib.Pa
     return _save(fig, path)
 
 
+def plot_cell_flow(flows, path, *, what: str = "") -> pathlib.Path:
+    r"""The gradient reaching the state d steps back, one line per cell (``docs/math.md``
+    §13): ``flows`` is :func:`bptt_jax.lab.flow.cell_flows`' ``(label, StateFlow)`` list;
+    the LSTM's cell-state path dashed in the same colour."""
+    fig = Figure(figsize=(6.8, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+
+    def positive(a):  # a zero (the c path at d = 0 has no c_(k+1)) is left out, not logged
+        a = np.asarray(a, np.float64)
+        return np.where(a > 0, a, np.nan)
+
+    for i, (label, flow) in enumerate(flows):
+        decay, color, rho = positive(flow.decay), f"C{i}", float(flow.decay_rate)
+        ax.semilogy(np.arange(len(decay)), decay, "o-", ms=2.5, color=color,
+                    label=f"{label}: h (fitted ρ = {rho:.3g} per step)")  # fmt: skip
+        if flow.c_decay is not None:
+            c = positive(flow.c_decay)
+            ax.semilogy(np.arange(len(c)), c, "--", color=color, label=f"{label}: c path")
+    ax.axhline(1.0, color="0.6", lw=0.8)
+    ax.set_xlabel("distance d = t − k (steps back from the loss)")
+    ratio = r"$\sum_t\|\partial E_t/\partial h_{t-d}\| \,/\, \sum_t\|\partial E_t/\partial h_t\|$"
+    ax.set_ylabel("gradient reaching the state, relative to d = 0\n" + ratio)
+    ax.set_title("Vanishing with distance, by cell, at the same initialisation\n" + what,
+                 fontsize=10)  # fmt: skip
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(True, which="major", alpha=0.3)
+    return _save(fig, path)
+
+
 def plot_delay_grad_norm(curves, path) -> pathlib.Path:
     """Global gradient norm during training, one panel per remedy (log scale)."""
     cols = min(3, len(curves))

@@ -18,7 +18,7 @@ def test_run_diagnose_writes_every_plot_and_reports(tmp_path):
         tmp_path / "out", vocab_size=8, hidden_size=6, batch=2, steps=10, sweep_scales=(0.5, 2.0),
         delays=(1, 3), iterations=20, remedies=REMEDIES[1:2],
     )  # fmt: skip
-    names = ["delta_heatmap.png", "decay.png", "sweep.png", "delay_task.png",
+    names = ["delta_heatmap.png", "decay.png", "cell_flow.png", "sweep.png", "delay_task.png",
              "delay_grad_norm.png"]  # fmt: skip
     assert [p.name for p in report.paths] == names
     for p in report.paths:
@@ -37,7 +37,9 @@ def test_diagnose_command_line(tmp_path, capsys):
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "relu, init=identity" in text and "sweep" not in text
-    assert sorted(p.name for p in out.iterdir()) == ["decay.png", "delta_heatmap.png"]
+    assert "rnn (relu)" in text and "lstm, forget bias 1" in text and "its c path" in text
+    assert sorted(p.name for p in out.iterdir()) == ["cell_flow.png", "decay.png",
+                                                     "delta_heatmap.png"]  # fmt: skip
     for p in out.iterdir():
         assert_valid_png(p)
     # ‖U‖₂ of the identity is 1; the line the report prints says so.
