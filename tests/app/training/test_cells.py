@@ -46,6 +46,14 @@ def test_an_lstm_run_opens_its_forget_gate_by_default():
     assert default_config({}).cell == "rnn"
 
 
+def test_an_lstm_run_reads_64_streams_of_32_characters_by_default():
+    # the timed default run of docs/training.md: B 64, T 32, lr 0.03, 5200 steps
+    c = default_config({"cell": "lstm"})
+    assert (c.batch_size, c.seq_len, c.lr, c.steps, c.eval_every) == (64, 32, 0.03, 5200, 0)
+    assert default_config({"cell": "lstm", "seq_len": 64}).seq_len == 64  # a flag wins
+    assert default_config({"cell": "gru"}).seq_len == default_config({}).seq_len == 64
+
+
 def test_a_configuration_saved_before_the_cells_reads_as_the_vanilla_cell():
     saved = TrainConfig(activation="relu").to_json()
     del saved["cell"], saved["forget_bias"]
