@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .cell import scatter_inputs
+from .cell import rows_first, scatter_inputs
 from .kernels import backward_recursion, forward_recursion, step_flags
 from .losses import softmax_cross_entropy
 from .options import Options
@@ -222,8 +222,10 @@ def _chunk_body(ctx: _Ctx, cells, r0s, out: _Out | None, emit_below: bool):
                 (m_c, e_c, k_c),
             )  # fmt: skip
             gU, gW, gb = grads[i]
-            ids = jnp.issubdtype(X_i.dtype, jnp.integer)  # δ_t into columns x_t of dW
-            gW = scatter_inputs(gW, X_i, dW) if ids else gW + dW
+            if jnp.issubdtype(X_i.dtype, jnp.integer):  # δ_t at token x_t of dW
+                gW = scatter_inputs(gW, X_i, dW, rows_first(cells[i].W.shape[1]))
+            else:
+                gW = gW + dW
             grads[i] = (gU + dU, gW, gb + db)
             if i > 0 or emit_below:
                 G_c = ctx.mm(ctx.options.cell.w_rows(deltas), ctx.cast(cells[i].W))  # W^ℓᵀ δ^ℓ_t
@@ -306,7 +308,7 @@ def _sweep(ctx: _Ctx, cells, h0s, g0s, view, cs: int, out, emit_below,
     that reaches a reset is part of ``dh0s``; with ``r0s`` given it is not).
     """
     X, y, m, e, k, top, G = view
-    T = X.shape[0]
+    T, ids = X.shape[0], jnp.issubdtype(X.dtype, jnp.integer)
     n, rem, split, join = _splitter(T, cs)
     own_r0s = r0s is not None
     r0s = tuple(h0s) if r0s is None else tuple(r0s)
@@ -320,7 +322,9 @@ def _sweep(ctx: _Ctx, cells, h0s, g0s, view, cs: int, out, emit_below,
     # accumulators from a leaf of the state (not constants): under jax.shard_map they
     # then vary over the mesh as the carried state does (the scan carries keep a type)
     zeros = functools.partial(jnp.zeros_like, jax.tree.leaves(h0s[0])[0], cells[0].U.dtype)
-    grads = tuple((zeros(c.U.shape), zeros(c.W.shape), zeros(c.b.shape)) for c in cells)
+    first = bool(ids) and rows_first(cells[0].W.shape[1])  # dW of ids as (K, G·H) rows
+    grads = tuple((zeros(c.U.shape), zeros(c.W.shape[::-1] if i == 0 and first else c.W.shape),
+                   zeros(c.b.shape)) for i, c in enumerate(cells))  # fmt: skip
     accs = tuple(None if e is None else jax.tree.map(jnp.zeros_like, h0) for h0 in h0s)
     V_shape = (1, 1) if out is None else out.V.shape
     carry = (tuple(g0s), accs, zeros(()), grads, zeros(V_shape), zeros(V_shape[:1]))
@@ -339,6 +343,8 @@ def _sweep(ctx: _Ctx, cells, h0s, g0s, view, cs: int, out, emit_below,
     elif emitted_head is not None:
         emitted = emitted_head
     gs, accs, E, grads, dV, dc = carry
+    if first:  # the bottom cell's (K, G·H) rows back to W's layout
+        grads = ((grads[0][0], grads[0][1].T, grads[0][2]), *grads[1:])
     dh0s = tuple(g if a is None or own_r0s else jax.tree.map(jnp.add, g, a)
                  for g, a in zip(gs, accs, strict=True))  # fmt: skip
     return E, grads, dV, dc, dh0s, finals, emitted

@@ -65,15 +65,39 @@ def project_inputs(layer, X: jax.Array, mm, cast, b: jax.Array) -> jax.Array:
     return mm(X, cast(layer.W.T)) + b  # (T, B, G·H)
 
 
-def scatter_inputs(dW: jax.Array, ids: jax.Array, rows: jax.Array) -> jax.Array:
+#: Largest vocabulary whose ∂E/∂W of token ids is accumulated rows first, as
+#: :math:`(\partial E/\partial W)^\top` ``(K, G·H)`` transposed at the end (see
+#: :func:`scatter_inputs`).
+ROWS_FIRST_MAX_K = 1024
+
+
+def rows_first(K: int) -> bool:
+    """Whether ∂E/∂W of ``K`` token ids is accumulated as ``(K, G·H)`` (see
+    :func:`scatter_inputs`)."""
+    return K <= ROWS_FIRST_MAX_K
+
+
+def scatter_inputs(acc: jax.Array, ids: jax.Array, rows: jax.Array, first: bool) -> jax.Array:
     r""":math:`\partial E/\partial W \mathrel{+}= \sum \delta \otimes x` for one-hot
     :math:`x`, the adjoint of :func:`project_inputs`' gather: row ``j`` of ``rows`` ``(n,
-    G·H)`` added into column ``ids[j]`` of ``dW (G·H, K)`` (repeated ids accumulate).
+    G·H)`` added at token ``ids[j]`` (repeated ids accumulate).
 
-    Scattered straight into ``W``'s layout: a ``(K, G·H)`` accumulator transposed at the
-    end runs no faster on XLA's CPU backend and is a second ``W``-sized buffer (41 MB
-    for the LSTM at K = 10000, H = 256; ``benchmarks/README.md``)."""
-    return dW.at[:, ids.reshape(-1)].add(rows.T)
+    ``first`` (:func:`rows_first`): ``acc`` is ``(K, G·H)``, each δ a contiguous row,
+    transposed once at the end; otherwise ``acc`` is ``dW (G·H, K)`` itself, each δ a
+    column. XLA's CPU backend runs the rows faster at a small vocabulary (the seed's
+    model at K = 65: 6-7 % of the whole backward) and the two alike at K = 10000, where
+    the ``(K, G·H)`` buffer would be a second W (41 MB for the LSTM at H = 256:
+    ``benchmarks/README.md``)."""
+    ids = ids.reshape(-1)
+    return acc.at[ids].add(rows) if first else acc.at[:, ids].add(rows.T)
+
+
+def input_gradient_of_ids(ids: jax.Array, rows: jax.Array, K: int) -> jax.Array:
+    """``dW (G·H, K)`` of token ``ids`` with δ ``rows`` ``(n, G·H)`` in one scatter."""
+    first, GH = rows_first(K), rows.shape[-1]
+    acc = jnp.zeros((K, GH) if first else (GH, K), rows.dtype)
+    dW = scatter_inputs(acc, ids, rows, first)
+    return dW.T if first else dW
 
 
 @dataclasses.dataclass(frozen=True)

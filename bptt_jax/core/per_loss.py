@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .cell import scatter_inputs
+from .cell import input_gradient_of_ids
 from .losses import cross_entropy, log_softmax, residual
 from .options import DEFAULT, Options
 from .params import Params
@@ -54,7 +54,7 @@ def input_gradient(deltas: jax.Array, xs: jax.Array, K: int, options: Options) -
     """
     H = deltas.shape[-1]
     if jnp.issubdtype(xs.dtype, jnp.integer):
-        return scatter_inputs(jnp.zeros((H, K), deltas.dtype), xs.T, deltas.reshape(-1, H))
+        return input_gradient_of_ids(xs.T, deltas.reshape(-1, H), K)
     return jnp.einsum("tbh,btk->hk", deltas, xs, precision=options.precision)
 
 

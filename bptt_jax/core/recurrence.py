@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 
 from .backward import cell_backward, make_ctx, run_cell
-from .cell import scatter_inputs
+from .cell import input_gradient_of_ids
 from .losses import log_softmax
 from .options import DEFAULT, Options
 from .params import DeepParams, Layer
@@ -113,7 +113,7 @@ def _backprop(layer: Layer, X, h0, traces, m, r, G, dh_final, *, reverse: bool,
     )
     dh0 = g if acc is None else jax.tree.map(jnp.add, g, acc)  # the first step read h0
     if _is_ids(X):  # Σ_t δ_t ⊗ x_t for one-hot x_t: a scatter-add into column x_t
-        dW = scatter_inputs(jnp.zeros_like(layer.W, dW.dtype), fl(X), dW)
+        dW = input_gradient_of_ids(fl(X), dW, layer.W.shape[1])
     return Layer(U=dU, W=dW, b=db), dh0, fl(deltas)
 
 

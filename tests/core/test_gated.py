@@ -18,6 +18,7 @@ from test_backward import OPTIONS, problem
 
 import bptt_jax
 from bptt_jax import DeepParams, Layer
+from bptt_jax.core.cell import ROWS_FIRST_MAX_K, rows_first
 
 K, H, C, B, T = 5, 4, 6, 3, 7
 GATES = {"lstm": 4, "gru": 3}
@@ -298,16 +299,20 @@ def _scatter_shapes(fn, *args):
             if e.primitive.name == "scatter-add"]  # fmt: skip
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_the_input_gradient_of_token_ids_is_scattered_in_w_layout(cell):
-    # ∂E/∂W for ids is scattered straight into W's (G·H, K) layout: no (K, G·H)
-    # accumulator to transpose at the end (a second W-sized buffer: 41 MB for the LSTM
-    # at K = 10000, H = 256).
-    K_, H_ = 50, 6
-    p = bptt_jax.init_params(jax.random.key(0), K_, H_, cell=cell)
-    xs = jax.random.randint(jax.random.key(1), (2, 9), 0, K_)
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("K_", [50, ROWS_FIRST_MAX_K + 1], ids=["rows_first", "w_layout"])
+def test_the_input_gradient_of_token_ids_is_scattered_in_one_layout(cell, K_, x64):
+    # ∂E/∂W of ids: a small vocabulary accumulates (K, G·H) rows (transposed once at the
+    # end), a large one scatters straight into W's (G·H, K), with no second W-sized
+    # buffer (41 MB for the LSTM at K = 10000, H = 256); both are the same gradient.
+    H_, G = 3, {"rnn": 1, **GATES}[cell]
+    p = bptt_jax.init_params(jax.random.key(0), K_, H_, cell=cell, dtype="float64")
+    xs = jax.random.randint(jax.random.key(1), (2, 5), 0, K_).at[0, :2].set(7)  # a repeat
     shapes = _scatter_shapes(lambda q: bptt_jax.bptt(q, xs, xs), p)
-    assert shapes and set(shapes) == {(GATES[cell] * H_, K_)}
+    want = (K_, G * H_) if rows_first(K_) else (G * H_, K_)
+    assert shapes and set(shapes) == {want}
+    _, grads = bptt_jax.bptt(p, xs, xs)
+    assert_tree_close(grads, jax.grad(bptt_jax.loss)(p, xs, xs), rtol=RTOL["float64"])
 
 
 @pytest.mark.slow  # compiles the hand and autodiff paths at a vocabulary of 4000
