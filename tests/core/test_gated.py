@@ -15,6 +15,7 @@ from helpers import RTOL, assert_tree_close, max_rel_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_backward import OPTIONS, problem
+from test_bptt_options import equations
 
 import bptt_jax
 from bptt_jax import DeepParams, Layer
@@ -292,8 +293,6 @@ def test_bf16_products_are_close_to_the_float32_gradient_gated(cell, bi):
 
 def _scatter_shapes(fn, *args):
     """The output shape of every scatter-add in ``fn``'s jaxpr, scan bodies included."""
-    from test_bptt_options import equations
-
     jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
     return [tuple(e.outvars[0].aval.shape) for e in equations(jaxpr)
             if e.primitive.name == "scatter-add"]  # fmt: skip
